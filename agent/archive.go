@@ -1,0 +1,129 @@
+package agent
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+	"time"
+)
+
+// Paths of what a Launch puts into a build container. The executor's path
+// is the service's command, fixed by the coordinator's service spec.
+const (
+	ExecutorPath = "/forgexec"
+	SpecPath     = "/.forge/build.json"
+)
+
+// Payload is what one Launch injects into a container: the executor, the
+// build spec, and optionally a tar stream of the source tree, which is put
+// under Workdir.
+type Payload struct {
+	Executor     io.Reader
+	ExecutorSize int64
+	Spec         []byte
+	Workdir      string    // absolute; where the source tree goes
+	Source       io.Reader // tar stream, or nil
+}
+
+// WriteArchive writes p as one tar stream rooted at "/", the body of a
+// single PUT /containers/{id}/archive?path=/. The executor comes first and
+// the source last; entries of the source are re-rooted under Workdir and
+// may not leave it.
+func WriteArchive(w io.Writer, p Payload) error {
+	if !path.IsAbs(p.Workdir) {
+		return fmt.Errorf("workdir %q is not absolute", p.Workdir)
+	}
+	workdir := strings.TrimPrefix(path.Clean(p.Workdir), "/")
+	now := time.Now()
+	tw := tar.NewWriter(w)
+	hdr := func(name string, typ byte, mode, size int64) error {
+		return tw.WriteHeader(&tar.Header{Name: name, Typeflag: typ, Mode: mode, Size: size, ModTime: now, Format: tar.FormatPAX})
+	}
+	if err := hdr(strings.TrimPrefix(ExecutorPath, "/"), tar.TypeReg, 0o755, p.ExecutorSize); err != nil {
+		return err
+	}
+	if n, err := io.CopyN(tw, p.Executor, p.ExecutorSize); err != nil {
+		return fmt.Errorf("executor: copied %d of %d bytes: %w", n, p.ExecutorSize, err)
+	}
+	if err := hdr(".forge/", tar.TypeDir, 0o755, 0); err != nil {
+		return err
+	}
+	if err := hdr(strings.TrimPrefix(SpecPath, "/"), tar.TypeReg, 0o644, int64(len(p.Spec))); err != nil {
+		return err
+	}
+	if _, err := tw.Write(p.Spec); err != nil {
+		return err
+	}
+	if workdir != "" {
+		// Every parent of the work directory, so the extraction does not
+		// depend on what the image has.
+		parts := strings.Split(workdir, "/")
+		for i := range parts {
+			if err := hdr(strings.Join(parts[:i+1], "/")+"/", tar.TypeDir, 0o755, 0); err != nil {
+				return err
+			}
+		}
+	}
+	if p.Source != nil {
+		if err := copySource(tw, tar.NewReader(p.Source), workdir); err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+	}
+	return tw.Close()
+}
+
+// ErrUnsafePath is returned for a source entry that would land outside the
+// work directory.
+var ErrUnsafePath = errors.New("path leaves the work directory")
+
+func copySource(tw *tar.Writer, tr *tar.Reader, workdir string) error {
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		name, err := underDir(workdir, h.Name)
+		if err != nil {
+			return err
+		}
+		switch h.Typeflag {
+		case tar.TypeReg, tar.TypeDir, tar.TypeSymlink:
+		case tar.TypeLink:
+			if h.Linkname, err = underDir(workdir, h.Linkname); err != nil {
+				return err
+			}
+		default:
+			continue // devices, fifos and the like have no place in a source tree
+		}
+		if h.Typeflag == tar.TypeDir {
+			name += "/"
+		}
+		h.Name = name
+		h.Uname, h.Gname = "", ""
+		h.Format = tar.FormatPAX
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if h.Typeflag == tar.TypeReg {
+			if _, err := io.CopyN(tw, tr, h.Size); err != nil {
+				return fmt.Errorf("%s: %w", h.Name, err)
+			}
+		}
+	}
+}
+
+// underDir joins a relative archive name onto dir, refusing names that are
+// absolute or climb out with "..".
+func underDir(dir, name string) (string, error) {
+	clean := path.Clean("/" + name)
+	if path.IsAbs(name) || strings.Contains("/"+name+"/", "/../") {
+		return "", fmt.Errorf("%q: %w", name, ErrUnsafePath)
+	}
+	return strings.TrimPrefix(path.Join(dir, clean), "/"), nil
+}

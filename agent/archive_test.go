@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"archive/tar"
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/forge-ci/forge/internal/dockertest"
+)
+
+func tarOf(t testing.TB, files []dockertest.File) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		h := &tar.Header{Name: f.Name, Mode: f.Mode, Size: int64(len(f.Body)), Typeflag: tar.TypeReg}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		if f.Link != "" {
+			h.Typeflag, h.Linkname, h.Size = tar.TypeSymlink, f.Link, 0
+		}
+		if strings.HasSuffix(f.Name, "/") {
+			h.Typeflag, h.Mode = tar.TypeDir, 0o755
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(f.Body)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func readTar(t *testing.T, b []byte) map[string]*tar.Header {
+	t.Helper()
+	out := map[string]*tar.Header{}
+	tr := tar.NewReader(bytes.NewReader(b))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[h.Name] = h
+	}
+}
+
+func TestWriteArchive(t *testing.T) {
+	exe := []byte("\x7fELF fake executor")
+	src := tarOf(t, []dockertest.File{
+		{Name: "./"},
+		{Name: "main.go", Body: []byte("package main\n")},
+		{Name: "scripts/run.sh", Mode: 0o755, Body: []byte("#!/bin/sh\n")},
+		{Name: "link", Link: "main.go"},
+	})
+	var buf bytes.Buffer
+	err := WriteArchive(&buf, Payload{Executor: bytes.NewReader(exe), ExecutorSize: int64(len(exe)),
+		Spec: []byte(`{"version":1}`), Workdir: "/forge/src", Source: bytes.NewReader(src)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := readTar(t, buf.Bytes())
+	for name, mode := range map[string]int64{
+		"forgexec": 0o755, ".forge/build.json": 0o644, "forge/": 0o755, "forge/src/": 0o755,
+		"forge/src/main.go": 0o644, "forge/src/scripts/run.sh": 0o755,
+	} {
+		h, ok := got[name]
+		if !ok {
+			t.Errorf("archive lacks %s; has %v", name, got)
+			continue
+		}
+		if h.Mode != mode {
+			t.Errorf("%s mode %o, want %o", name, h.Mode, mode)
+		}
+	}
+	if h := got["forge/src/link"]; h == nil || h.Linkname != "main.go" {
+		t.Errorf("symlink not kept: %+v", h)
+	}
+	// The executor must come first: a reader of the stream sees it whole
+	// before anything else.
+	first, _ := tar.NewReader(bytes.NewReader(buf.Bytes())).Next()
+	if first.Name != "forgexec" {
+		t.Errorf("first entry %s, want forgexec", first.Name)
+	}
+}
+
+func TestWriteArchiveRefusesEscapes(t *testing.T) {
+	for _, name := range []string{"../etc/passwd", "/etc/passwd", "a/../../b"} {
+		src := tarOf(t, []dockertest.File{{Name: name, Body: []byte("x")}})
+		err := WriteArchive(io.Discard, Payload{Executor: strings.NewReader("x"), ExecutorSize: 1,
+			Workdir: "/forge/src", Source: bytes.NewReader(src)})
+		if !errors.Is(err, ErrUnsafePath) {
+			t.Errorf("%s: err %v, want ErrUnsafePath", name, err)
+		}
+	}
+	err := WriteArchive(io.Discard, Payload{Executor: strings.NewReader("x"), ExecutorSize: 1, Workdir: "rel"})
+	if err == nil {
+		t.Error("relative workdir accepted")
+	}
+	err = WriteArchive(io.Discard, Payload{Executor: strings.NewReader("x"), ExecutorSize: 5, Workdir: "/w"})
+	if err == nil {
+		t.Error("short executor accepted")
+	}
+}

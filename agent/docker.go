@@ -1,0 +1,122 @@
+// Package agent is the Forge agent: it runs on every swarm node, dials the
+// coordinator, and on request injects the executor into a build container
+// on its own node and starts it through the node's local Docker socket.
+//
+// The agent is not a Docker proxy: it only touches containers that carry
+// forge labels, and only in the few ways a build needs (inject and start a
+// never-run container, stop it, read its logs and artifacts).
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+)
+
+// Labels the coordinator puts on build services and their containers.
+const (
+	LabelBuild = "forge.build"
+	LabelRepo  = "forge.repo"
+)
+
+// Docker is the part of the Engine API the agent uses, always against its
+// own node's local socket. *client.Client satisfies it.
+type Docker interface {
+	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
+	CopyToContainer(ctx context.Context, id, dstPath string, content io.Reader, opts container.CopyToContainerOptions) error
+	ContainerStart(ctx context.Context, id string, opts container.StartOptions) error
+}
+
+// Refusal errors: a Launch that fails one of the checks is refused and the
+// container is left untouched.
+var (
+	ErrNotForge     = errors.New("container has no forge.build label")
+	ErrWrongBuild   = errors.New("container belongs to another build")
+	ErrAlreadyRan   = errors.New("container has already run")
+	ErrNotFailedYet = errors.New("container's own start has not failed yet")
+)
+
+var errCopyEnded = errors.New("copy to container ended")
+
+// neverStarted is how the engine reports a zero StartedAt.
+const neverStarted = "0001-01-01T00:00:00Z"
+
+// CheckLaunchable tells whether c is a container that a Launch for buildID
+// may inject into and start: it carries the matching forge.build label and
+// has never run. Swarm's own start of it must have failed already
+// (State.Error set): injecting earlier would race that start, and the
+// executor could be exec'd half-written.
+func CheckLaunchable(c container.InspectResponse, buildID string) error {
+	if c.Config == nil || c.State == nil {
+		return fmt.Errorf("container %s: incomplete inspect data", c.ID)
+	}
+	got, ok := c.Config.Labels[LabelBuild]
+	switch {
+	case !ok:
+		return ErrNotForge
+	case got != buildID:
+		return fmt.Errorf("%w: label %s=%s, launch is for %s", ErrWrongBuild, LabelBuild, got, buildID)
+	case c.State.Running || c.State.Paused || c.State.Restarting,
+		c.State.StartedAt != "" && c.State.StartedAt != neverStarted,
+		c.State.Status != "created":
+		return fmt.Errorf("%w (status %s, started %s)", ErrAlreadyRan, c.State.Status, c.State.StartedAt)
+	case c.State.Error == "":
+		return ErrNotFailedYet
+	}
+	return nil
+}
+
+// pollInterval paces the wait for swarm's failed start: the engine emits no
+// event for it (only "create"), so inspecting is the only way to see it.
+const pollInterval = 20 * time.Millisecond
+
+// WaitLaunchable inspects the container until CheckLaunchable passes or
+// fails for good, or ctx ends. ErrNotFailedYet is the only reason to wait.
+func WaitLaunchable(ctx context.Context, d Docker, id, buildID string) error {
+	for {
+		c, err := d.ContainerInspect(ctx, id)
+		if err != nil {
+			return fmt.Errorf("inspect container %s: %w", id, err)
+		}
+		err = CheckLaunchable(c, buildID)
+		if !errors.Is(err, ErrNotFailedYet) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("container %s: %w: %w", id, err, ctx.Err())
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+// Inject checks the container, puts p into it as one archive, and starts
+// it. The check comes first so that a refused Launch touches nothing.
+func Inject(ctx context.Context, d Docker, id, buildID string, p Payload) error {
+	if err := WaitLaunchable(ctx, d, id, buildID); err != nil {
+		return err
+	}
+	pr, pw := io.Pipe()
+	written := make(chan error, 1)
+	go func() {
+		err := WriteArchive(pw, p)
+		pw.CloseWithError(err)
+		written <- err
+	}()
+	err := d.CopyToContainer(ctx, id, "/", pr, container.CopyToContainerOptions{})
+	pr.CloseWithError(errCopyEnded) // stops the writer if the copy failed early
+	if werr := <-written; werr != nil && !errors.Is(werr, errCopyEnded) {
+		return fmt.Errorf("archive for %s: %w", id, werr)
+	}
+	if err != nil {
+		return fmt.Errorf("put archive into %s: %w", id, err)
+	}
+	if err := d.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		return fmt.Errorf("start container %s: %w", id, err)
+	}
+	return nil
+}
