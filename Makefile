@@ -1,0 +1,35 @@
+# Forge: continuous builds on Docker Swarm. See README.md.
+GO       ?= go
+BIN      ?= bin
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -s -w -X github.com/forge-ci/forge/internal/version.Version=$(VERSION)
+GOBUILD  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
+# Tests that use the Docker engine build images and start swarm tasks; the
+# whole suite stays well inside CI's limit on 2 cores.
+TESTFLAGS ?= -race -count=1 -timeout 30m
+FUZZTIME  ?= 10s
+
+.PHONY: all build test fuzz lint clean
+
+all: build
+
+build:
+	$(GOBUILD) -o $(BIN)/forge ./cmd/forge
+	$(GOBUILD) -o $(BIN)/forgexec ./cmd/forgexec
+	@ls -l $(BIN)/forge $(BIN)/forgexec
+
+test: lint
+	$(GO) test $(TESTFLAGS) ./...
+	$(MAKE) fuzz
+
+# A short run of every fuzz target; longer runs: make fuzz FUZZTIME=5m.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzSplitWords$$' -fuzztime $(FUZZTIME) ./forgexec/
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)
