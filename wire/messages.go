@@ -1,0 +1,518 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"path"
+	"reflect"
+	"sort"
+	"time"
+)
+
+// Message is one frame's content. Each message struct names its type (a
+// Type* constant) through MessageType; encoding puts that name in the
+// frame's "type" field and decoding looks it up in one registry. Both the
+// struct and a pointer to it satisfy Message; decoding returns pointers.
+type Message interface {
+	MessageType() string
+}
+
+// validator is implemented by messages with rules beyond their JSON shape.
+// EncodeMessage and DecodeMessage both enforce them, so a peer that breaks
+// a rule is stopped at the edge.
+type validator interface {
+	Validate() error
+}
+
+// Hello is the agent's first frame, on the first stream it opens after the
+// session is up (the control stream). The coordinator answers Welcome, or
+// Refused (RefusedProtocol when Protocol differs from its own, with both
+// versions in the message; RefusedIdentity when NodeID cannot be bound to
+// this connection) and then closes the session.
+type Hello struct {
+	Protocol      int    `json:"protocol"`       // ProtocolVersion of the agent
+	NodeID        string `json:"node_id"`        // swarm node id of the agent's node
+	Hostname      string `json:"hostname"`       // node host name, for people
+	AgentVersion  string `json:"agent_version"`  // forge version of the agent
+	EngineVersion string `json:"engine_version"` // Docker Engine version of the node
+}
+
+// Welcome is the coordinator's answer to an accepted Hello, on the control
+// stream. The agent then sends Holding.
+type Welcome struct {
+	Protocol           int    `json:"protocol"`            // ProtocolVersion of the coordinator
+	CoordinatorVersion string `json:"coordinator_version"` // forge version of the coordinator
+	SessionID          string `json:"session_id"`          // names this session in both sides' logs
+}
+
+// Refused is a refusal, sent instead of the expected answer: to Hello, and
+// as the error answer to any request (Launch, Cancel, Attach,
+// ArtifactsRequest) or to a frame that breaks a conversation. The sender
+// closes the stream after it (after Hello: the session). Code is one of
+// the Refused* constants; Message is for people and both sides log it.
+// Receivers see it as a *RefusedError from Expect.
+type Refused struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// NewRefused returns a Refused with code and a formatted message.
+func NewRefused(code, format string, args ...any) *Refused {
+	return &Refused{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ProtocolRefusal returns the coordinator's answer to a Hello whose
+// protocol version is agentProtocol: nil when it matches ProtocolVersion,
+// otherwise a Refused{Code: RefusedProtocol} that names both versions.
+func ProtocolRefusal(agentProtocol int) *Refused {
+	if agentProtocol == ProtocolVersion {
+		return nil
+	}
+	return NewRefused(RefusedProtocol,
+		"protocol version mismatch: agent speaks %d, coordinator speaks %d; run the same forge version on both",
+		agentProtocol, ProtocolVersion)
+}
+
+// Holding is the agent's second frame on the control stream, right after
+// Welcome: every build whose container this agent started and whose Exit
+// the coordinator has not acknowledged (Builds empty when there are none).
+// The agent then opens a log stream (Attach) for each. No answer.
+type Holding struct {
+	Builds []Held `json:"builds"`
+}
+
+// Held is one build in Holding.
+type Held struct {
+	BuildID     string `json:"build_id"`
+	ContainerID string `json:"container_id"`
+	State       string `json:"state"`     // StateRunning or StateExited
+	ExitCode    *int   `json:"exit_code"` // set exactly when State is StateExited
+}
+
+// Landed is sent by the agent on the control stream whenever Docker events
+// show a container with a forge.build label created on its node, so the
+// coordinator learns where a build's task landed without polling swarm. No
+// answer; the coordinator still checks against swarm before Launch.
+type Landed struct {
+	BuildID     string    `json:"build_id"`
+	ContainerID string    `json:"container_id"`
+	Created     time.Time `json:"created"`
+}
+
+// BlobRef names raw bytes that follow on a stream: their size and their
+// digest, "sha256:<64 lower-case hex digits>".
+type BlobRef struct {
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+}
+
+// Launch is the first frame of a stream the coordinator opens to start a
+// build: inject the executor, the spec and the source into ContainerID and
+// start it. The agent answers LaunchReady or Refused (container missing,
+// not on this node, wrong forge.build label, already ran). After
+// LaunchReady the coordinator sends, with no frame around them, the
+// executor's Executor.Size raw bytes if NeedExecutor, then SourceSize raw
+// bytes of a tar of the source tree. The agent checks the executor's
+// digest, injects, starts, and answers Started or Refused; the stream is
+// then closed by both.
+type Launch struct {
+	BuildID     string          `json:"build_id"`
+	ContainerID string          `json:"container_id"`
+	Executor    BlobRef         `json:"executor"`
+	Spec        json.RawMessage `json:"spec"`        // build.json, at most MaxSpecSize
+	SourceSize  int64           `json:"source_size"` // raw tar bytes that follow; 0 = none
+	Workdir     string          `json:"workdir"`     // absolute; where the source is unpacked
+}
+
+// LaunchReady is the agent's answer to an acceptable Launch. NeedExecutor
+// is false when the agent already has an executor with that digest, and
+// then the coordinator sends only the source bytes.
+type LaunchReady struct {
+	NeedExecutor bool `json:"need_executor"`
+}
+
+// Started is the agent's answer once the container runs; the stream ends.
+// The log stream for the build follows, opened by the agent.
+type Started struct {
+	ContainerID string    `json:"container_id"`
+	StartedAt   time.Time `json:"started_at"`
+}
+
+// Cancel is the first frame of a stream the coordinator opens to stop a
+// build: the agent stops the container (SIGTERM, then SIGKILL after
+// GraceSeconds) and answers Cancelled, or Refused (not a forge container,
+// not on this node). The build's Exit still arrives on its log stream.
+type Cancel struct {
+	BuildID      string `json:"build_id"`
+	ContainerID  string `json:"container_id"`
+	GraceSeconds int    `json:"grace_seconds"`
+}
+
+// Cancelled is the answer to Cancel: the container is stopped. ExitCode is
+// its exit code, or null when it had not been started.
+type Cancelled struct {
+	ExitCode *int `json:"exit_code"`
+}
+
+// Attach is the first frame of a log stream, which the agent opens for each
+// build it runs (and, after a reconnect, for each build it holds). The
+// coordinator answers Attached, or Refused (unknown build: the agent drops
+// it). Then the agent sends Log frames and finally Exit, while the
+// coordinator sends LogAck frames and finally ExitAck. Both directions are
+// busy at once: each side reads and writes in separate goroutines.
+type Attach struct {
+	BuildID     string `json:"build_id"`
+	ContainerID string `json:"container_id"`
+}
+
+// Attached tells the agent what the coordinator has already stored, so it
+// resumes without losing or repeating output: the next Log must carry
+// NextSeq, and output continues at StdoutOffset and StderrOffset bytes of
+// each stream. Done means the coordinator has already recorded the build's
+// exit: the agent sends nothing more, drops the build and closes.
+type Attached struct {
+	NextSeq      uint64 `json:"next_seq"`
+	StdoutOffset int64  `json:"stdout_offset"`
+	StderrOffset int64  `json:"stderr_offset"`
+	Done         bool   `json:"done"`
+}
+
+// Log is a chunk of a build's output, agent to coordinator on the log
+// stream. Seq numbers Log frames of a build 1, 2, 3... across reconnects;
+// Offset is the byte offset of Data within its Stream. Data is at most
+// MaxLogChunk bytes (base64 in JSON). The coordinator acknowledges with
+// LogAck from time to time.
+type Log struct {
+	Seq    uint64 `json:"seq"`
+	Stream string `json:"stream"` // StreamStdout or StreamStderr
+	Offset int64  `json:"offset"`
+	Data   []byte `json:"data"`
+}
+
+// LogAck is the coordinator's cumulative acknowledgement on a log stream:
+// every Log up to and including Seq is stored durably.
+type LogAck struct {
+	Seq uint64 `json:"seq"`
+}
+
+// Exit is the agent's last frame on a log stream: the container exited.
+// LastSeq is the Seq of the last Log sent (0 if none), so the coordinator
+// can tell it has all output. Error is set when the agent could not run or
+// follow the container (infrastructure fault; ExitCode is then -1). The
+// coordinator records it and answers ExitAck; until the agent has ExitAck
+// it keeps the build and sends Exit again on its next log stream.
+type Exit struct {
+	ExitCode   int       `json:"exit_code"`
+	LastSeq    uint64    `json:"last_seq"`
+	FinishedAt time.Time `json:"finished_at"`
+	Error      string    `json:"error"`
+}
+
+// ExitAck acknowledges Exit: the coordinator has recorded the exit and all
+// output; the agent forgets the build and both close the stream.
+type ExitAck struct{}
+
+// ArtifactsRequest is the first frame of a stream the coordinator opens to
+// collect a finished build's artifacts: Paths (paths or globs relative to
+// the work directory) as one tar of at most MaxBytes bytes. The agent
+// answers ArtifactsHeader followed by Size raw tar bytes, or Refused
+// (RefusedForbidden when the tar would exceed MaxBytes).
+type ArtifactsRequest struct {
+	BuildID     string   `json:"build_id"`
+	ContainerID string   `json:"container_id"`
+	Paths       []string `json:"paths"`
+	MaxBytes    int64    `json:"max_bytes"`
+}
+
+// ArtifactsHeader precedes Size raw bytes of a tar of the artifacts. The
+// tar is untrusted: the coordinator checks every entry.
+type ArtifactsHeader struct {
+	Size int64 `json:"size"`
+}
+
+func (Hello) MessageType() string            { return TypeHello }
+func (Welcome) MessageType() string          { return TypeWelcome }
+func (Refused) MessageType() string          { return TypeRefused }
+func (Holding) MessageType() string          { return TypeHolding }
+func (Landed) MessageType() string           { return TypeLanded }
+func (Launch) MessageType() string           { return TypeLaunch }
+func (LaunchReady) MessageType() string      { return TypeLaunchReady }
+func (Started) MessageType() string          { return TypeStarted }
+func (Cancel) MessageType() string           { return TypeCancel }
+func (Cancelled) MessageType() string        { return TypeCancelled }
+func (Attach) MessageType() string           { return TypeAttach }
+func (Attached) MessageType() string         { return TypeAttached }
+func (Log) MessageType() string              { return TypeLog }
+func (LogAck) MessageType() string           { return TypeLogAck }
+func (Exit) MessageType() string             { return TypeExit }
+func (ExitAck) MessageType() string          { return TypeExitAck }
+func (ArtifactsRequest) MessageType() string { return TypeArtifactsRequest }
+func (ArtifactsHeader) MessageType() string  { return TypeArtifactsHeader }
+
+// registry maps each type name to its struct type. It is the one list of
+// messages this version understands.
+var registry = func() map[string]reflect.Type {
+	m := map[string]reflect.Type{}
+	for _, p := range []Message{
+		Hello{}, Welcome{}, Refused{}, Holding{}, Landed{},
+		Launch{}, LaunchReady{}, Started{}, Cancel{}, Cancelled{},
+		Attach{}, Attached{}, Log{}, LogAck{}, Exit{}, ExitAck{},
+		ArtifactsRequest{}, ArtifactsHeader{},
+	} {
+		if _, dup := m[p.MessageType()]; dup {
+			panic("wire: message type registered twice: " + p.MessageType())
+		}
+		m[p.MessageType()] = reflect.TypeOf(p)
+	}
+	return m
+}()
+
+// registeredTypes returns the registered type names, sorted.
+func registeredTypes() []string {
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// EncodeMessage returns msg as a frame payload: one JSON object whose
+// "type" field comes first. msg must be a registered message (a struct
+// or a non-nil pointer to one) that passes its validation, and the result
+// must fit MaxFrameSize.
+func EncodeMessage(msg Message) ([]byte, error) {
+	if msg == nil {
+		return nil, fmt.Errorf("%w: nil message", ErrInvalidMessage)
+	}
+	rv := reflect.ValueOf(msg)
+	if rv.Kind() == reflect.Pointer {
+		if rv.IsNil() {
+			return nil, fmt.Errorf("%w: nil %T", ErrInvalidMessage, msg)
+		}
+		rv = rv.Elem()
+	}
+	typ := msg.MessageType()
+	if registry[typ] != rv.Type() {
+		return nil, fmt.Errorf("%w: %T (type %q) is not a registered message", ErrUnknownType, msg, typ)
+	}
+	if v, ok := msg.(validator); ok {
+		if err := v.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	body, err := json.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("wire: encode %s: %w", typ, err)
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(typ) + len(body) + 12)
+	buf.WriteString(`{"type":`)
+	name, _ := json.Marshal(typ)
+	buf.Write(name)
+	if len(body) > 2 { // not "{}"
+		buf.WriteByte(',')
+	}
+	buf.Write(body[1:])
+	if buf.Len() > MaxFrameSize {
+		return nil, fmt.Errorf("%w: %s encodes to %d bytes, max %d", ErrFrameTooLarge, typ, buf.Len(), MaxFrameSize)
+	}
+	return buf.Bytes(), nil
+}
+
+// DecodeMessage decodes a frame payload into a pointer to the registered
+// struct its "type" names, and validates it. Fields it does not know are
+// ignored (a newer peer may add optional ones); a type it does not know is
+// ErrUnknownType, naming the type.
+func DecodeMessage(payload []byte) (Message, error) {
+	// A map, not a struct: encoding/json matches struct fields without
+	// regard to case, and only the exact key "type" names the type.
+	var env map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &env); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	rawType, ok := env["type"]
+	if !ok {
+		return nil, fmt.Errorf("%w: no \"type\" field", ErrMalformed)
+	}
+	var typ string
+	if err := json.Unmarshal(rawType, &typ); err != nil {
+		return nil, fmt.Errorf("%w: \"type\" is not a string: %s", ErrMalformed, rawType)
+	}
+	t, ok := registry[typ]
+	if !ok {
+		return nil, fmt.Errorf("%w %q (is the peer newer? this side speaks protocol %d)", ErrUnknownType, typ, ProtocolVersion)
+	}
+	msg := reflect.New(t).Interface().(Message)
+	if err := json.Unmarshal(payload, msg); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrMalformed, typ, err)
+	}
+	if v, ok := msg.(validator); ok {
+		if err := v.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	return msg, nil
+}
+
+// invalid returns an ErrInvalidMessage for a message of type typ.
+func invalid(typ, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalidMessage, typ, fmt.Sprintf(format, args...))
+}
+
+func requireIDs(typ, buildID, containerID string) error {
+	if buildID == "" {
+		return invalid(typ, "empty build_id")
+	}
+	if containerID == "" {
+		return invalid(typ, "empty container_id")
+	}
+	return nil
+}
+
+// Validate checks the node id and that a protocol version is stated. A
+// version other than ProtocolVersion is valid here: the coordinator answers
+// it with ProtocolRefusal.
+func (m Hello) Validate() error {
+	if m.Protocol <= 0 {
+		return invalid(TypeHello, "protocol %d, want a positive version", m.Protocol)
+	}
+	if m.NodeID == "" {
+		return invalid(TypeHello, "empty node_id")
+	}
+	return nil
+}
+
+// Validate checks that a code is given.
+func (m Refused) Validate() error {
+	if m.Code == "" {
+		return invalid(TypeRefused, "empty code")
+	}
+	return nil
+}
+
+// Validate checks every held build.
+func (m Holding) Validate() error {
+	for i, h := range m.Builds {
+		if err := requireIDs(TypeHolding, h.BuildID, h.ContainerID); err != nil {
+			return fmt.Errorf("build %d: %w", i, err)
+		}
+		switch {
+		case h.State == StateRunning && h.ExitCode != nil:
+			return invalid(TypeHolding, "build %s is running but has an exit code", h.BuildID)
+		case h.State == StateExited && h.ExitCode == nil:
+			return invalid(TypeHolding, "build %s exited without an exit code", h.BuildID)
+		case h.State != StateRunning && h.State != StateExited:
+			return invalid(TypeHolding, "build %s has state %q, want %s or %s", h.BuildID, h.State, StateRunning, StateExited)
+		}
+	}
+	return nil
+}
+
+// Validate checks the ids.
+func (m Landed) Validate() error { return requireIDs(TypeLanded, m.BuildID, m.ContainerID) }
+
+// Validate checks the ids, the executor reference, the spec size and the
+// work directory.
+func (m Launch) Validate() error {
+	if err := requireIDs(TypeLaunch, m.BuildID, m.ContainerID); err != nil {
+		return err
+	}
+	if _, err := parseDigest(m.Executor.Digest); err != nil {
+		return invalid(TypeLaunch, "executor: %v", err)
+	}
+	if m.Executor.Size <= 0 {
+		return invalid(TypeLaunch, "executor size %d, want > 0", m.Executor.Size)
+	}
+	if len(m.Spec) == 0 {
+		return invalid(TypeLaunch, "empty spec")
+	}
+	if len(m.Spec) > MaxSpecSize {
+		return invalid(TypeLaunch, "spec is %d bytes, max %d", len(m.Spec), MaxSpecSize)
+	}
+	if m.SourceSize < 0 {
+		return invalid(TypeLaunch, "negative source_size %d", m.SourceSize)
+	}
+	if m.Workdir != "" && !path.IsAbs(m.Workdir) {
+		return invalid(TypeLaunch, "workdir %q is not absolute", m.Workdir)
+	}
+	if m.SourceSize > 0 && m.Workdir == "" {
+		return invalid(TypeLaunch, "source without a workdir")
+	}
+	return nil
+}
+
+// Validate checks the ids and the grace period.
+func (m Cancel) Validate() error {
+	if err := requireIDs(TypeCancel, m.BuildID, m.ContainerID); err != nil {
+		return err
+	}
+	if m.GraceSeconds < 0 {
+		return invalid(TypeCancel, "negative grace_seconds %d", m.GraceSeconds)
+	}
+	return nil
+}
+
+// Validate checks the ids.
+func (m Attach) Validate() error { return requireIDs(TypeAttach, m.BuildID, m.ContainerID) }
+
+// Validate checks that sequence numbers start at 1 and offsets are not
+// negative.
+func (m Attached) Validate() error {
+	if m.NextSeq == 0 {
+		return invalid(TypeAttached, "next_seq 0, sequence numbers start at 1")
+	}
+	if m.StdoutOffset < 0 || m.StderrOffset < 0 {
+		return invalid(TypeAttached, "negative offset (stdout %d, stderr %d)", m.StdoutOffset, m.StderrOffset)
+	}
+	return nil
+}
+
+// Validate checks the sequence number, the stream name, the offset and the
+// chunk size.
+func (m Log) Validate() error {
+	if m.Seq == 0 {
+		return invalid(TypeLog, "seq 0, sequence numbers start at 1")
+	}
+	if m.Stream != StreamStdout && m.Stream != StreamStderr {
+		return invalid(TypeLog, "stream %q, want %s or %s", m.Stream, StreamStdout, StreamStderr)
+	}
+	if m.Offset < 0 {
+		return invalid(TypeLog, "negative offset %d", m.Offset)
+	}
+	if len(m.Data) == 0 {
+		return invalid(TypeLog, "empty data")
+	}
+	if len(m.Data) > MaxLogChunk {
+		return invalid(TypeLog, "data is %d bytes, max %d", len(m.Data), MaxLogChunk)
+	}
+	return nil
+}
+
+// Validate checks the ids, the paths and the size bound.
+func (m ArtifactsRequest) Validate() error {
+	if err := requireIDs(TypeArtifactsRequest, m.BuildID, m.ContainerID); err != nil {
+		return err
+	}
+	if len(m.Paths) == 0 {
+		return invalid(TypeArtifactsRequest, "no paths")
+	}
+	for _, p := range m.Paths {
+		if p == "" {
+			return invalid(TypeArtifactsRequest, "empty path")
+		}
+	}
+	if m.MaxBytes <= 0 {
+		return invalid(TypeArtifactsRequest, "max_bytes %d, want > 0", m.MaxBytes)
+	}
+	return nil
+}
+
+// Validate checks the size.
+func (m ArtifactsHeader) Validate() error {
+	if m.Size < 0 {
+		return invalid(TypeArtifactsHeader, "negative size %d", m.Size)
+	}
+	return nil
+}

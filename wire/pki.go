@@ -1,0 +1,398 @@
+package wire
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// Role is what a certificate lets its holder be on the wire: the
+// coordinator (TLS server) or an agent (TLS client). It is carried as the
+// URI SAN RoleURIPrefix+role, so it is covered by the CA's signature.
+type Role string
+
+// String returns the role's name.
+func (r Role) String() string { return string(r) }
+
+// URI returns the role's URI SAN, spiffe://forge/<role>.
+func (r Role) URI() *url.URL {
+	return &url.URL{Scheme: "spiffe", Host: "forge", Path: "/" + string(r)}
+}
+
+func (r Role) valid() bool { return r == RoleCoordinator || r == RoleAgent }
+
+// ParseRole parses "coordinator" or "agent" (the `forge certs issue --role`
+// values).
+func ParseRole(s string) (Role, error) {
+	r := Role(s)
+	if !r.valid() {
+		return "", fmt.Errorf("wire: unknown role %q (want %s or %s)", s, RoleCoordinator, RoleAgent)
+	}
+	return r, nil
+}
+
+// RoleOf returns the role stated by cert. A certificate must carry exactly
+// one URI SAN that starts with spiffe://forge/ and names a known role; URIs
+// of other schemes or authorities are ignored.
+func RoleOf(cert *x509.Certificate) (Role, error) {
+	if cert == nil {
+		return "", ErrNoPeerCertificate
+	}
+	var found []string
+	for _, u := range cert.URIs {
+		if u.Scheme == "spiffe" && u.Host == "forge" {
+			found = append(found, u.String())
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("%w (certificate %q)", ErrNoRole, cert.Subject.CommonName)
+	case 1:
+	default:
+		return "", fmt.Errorf("%w: certificate %q has %d role URIs (%s), want exactly one",
+			ErrNoRole, cert.Subject.CommonName, len(found), strings.Join(found, ", "))
+	}
+	r := Role(strings.TrimPrefix(found[0], RoleURIPrefix))
+	if !strings.HasPrefix(found[0], RoleURIPrefix) || !r.valid() {
+		return "", fmt.Errorf("%w: certificate %q has unknown role URI %s", ErrNoRole, cert.Subject.CommonName, found[0])
+	}
+	return r, nil
+}
+
+// CA is a certificate authority: the root every forge certificate chains to.
+type CA struct {
+	Cert *x509.Certificate
+	Key  *ecdsa.PrivateKey
+}
+
+// NewCA makes a self-signed ECDSA P-256 CA named commonName, valid from
+// ClockSkew ago for validFor (DefaultCAValidity when zero). It can sign
+// leaf certificates only (path length zero).
+func NewCA(commonName string, validFor time.Duration) (*CA, error) {
+	if commonName == "" {
+		return nil, errors.New("wire: new CA: empty common name")
+	}
+	if validFor < 0 {
+		return nil, fmt.Errorf("wire: new CA: negative validity %s", validFor)
+	}
+	if validFor == 0 {
+		validFor = DefaultCAValidity
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("wire: new CA: generate key: %w", err)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, fmt.Errorf("wire: new CA: %w", err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: commonName},
+		NotBefore:             now.Add(-ClockSkew),
+		NotAfter:              now.Add(validFor),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+		// SubjectKeyId is derived by x509.CreateCertificate for CAs.
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("wire: new CA: sign: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("wire: new CA: parse: %w", err)
+	}
+	return &CA{Cert: cert, Key: key}, nil
+}
+
+// LoadCA reads a CA written by CertPEM and KeyPEM. The key must be the
+// certificate's and the certificate must be a CA.
+func LoadCA(certPEM, keyPEM []byte) (*CA, error) {
+	cert, err := parseCertPEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("wire: load CA certificate: %w", err)
+	}
+	if !cert.IsCA || !cert.BasicConstraintsValid {
+		return nil, fmt.Errorf("wire: load CA: certificate %q is not a CA", cert.Subject.CommonName)
+	}
+	key, err := parseKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("wire: load CA key: %w", err)
+	}
+	if !key.PublicKey.Equal(cert.PublicKey) {
+		return nil, fmt.Errorf("wire: load CA: key does not match certificate %q", cert.Subject.CommonName)
+	}
+	return &CA{Cert: cert, Key: key}, nil
+}
+
+// CertPEM returns the CA certificate as a PEM "CERTIFICATE" block.
+func (ca *CA) CertPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})
+}
+
+// KeyPEM returns the CA key as a PKCS#8 PEM "PRIVATE KEY" block.
+func (ca *CA) KeyPEM() ([]byte, error) {
+	return marshalKeyPEM(ca.Key)
+}
+
+// Pool returns a pool holding only this CA, for ServerConfig and
+// ClientConfig.
+func (ca *CA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.Cert)
+	return p
+}
+
+// IssueRequest describes a certificate to issue.
+type IssueRequest struct {
+	// Role is RoleCoordinator or RoleAgent.
+	Role Role
+	// Name is the certificate's common name (for agents, typically the
+	// node's host name; for the coordinator, its service name).
+	Name string
+	// Hosts are the DNS names and IP addresses the holder is reached at.
+	// The agent verifies the coordinator's host name against them, so a
+	// coordinator certificate needs at least one; for agents they are
+	// optional and only informative.
+	Hosts []string
+	// ValidFor is the validity period (DefaultLeafValidity when zero). The
+	// certificate never outlives the CA: NotAfter is capped at the CA's.
+	ValidFor time.Duration
+	// NotBefore is the start of validity. Zero means now minus ClockSkew,
+	// and then the certificate ends ValidFor from now; otherwise it ends
+	// ValidFor after NotBefore.
+	NotBefore time.Time
+}
+
+// Issue signs a new ECDSA P-256 certificate for req and returns it and its
+// key as PEM ("CERTIFICATE", and PKCS#8 "PRIVATE KEY").
+//
+// Extended key usage follows the role: a coordinator may only be a TLS
+// server and an agent only a TLS client, so a certificate used in the wrong
+// place is refused by crypto/tls itself before the role check runs.
+func (ca *CA) Issue(req IssueRequest) (certPEM, keyPEM []byte, err error) {
+	return ca.issue(req, nil)
+}
+
+// issue is Issue with the extended key usages overridable, so tests can make
+// certificates that pass crypto/tls's key-usage check and reach the role
+// check.
+func (ca *CA) issue(req IssueRequest, eku []x509.ExtKeyUsage) (certPEM, keyPEM []byte, err error) {
+	fail := func(format string, args ...any) ([]byte, []byte, error) {
+		return nil, nil, fmt.Errorf("wire: issue %s certificate %q: "+format, append([]any{req.Role, req.Name}, args...)...)
+	}
+	if !req.Role.valid() {
+		return fail("unknown role (want %s or %s)", RoleCoordinator, RoleAgent)
+	}
+	if req.Name == "" {
+		return fail("empty name")
+	}
+	if req.ValidFor < 0 {
+		return fail("negative validity %s", req.ValidFor)
+	}
+	var dns []string
+	var ips []net.IP
+	for _, h := range req.Hosts {
+		h = strings.TrimSpace(h)
+		switch {
+		case h == "":
+			continue
+		case net.ParseIP(h) != nil:
+			ips = append(ips, net.ParseIP(h))
+		default:
+			dns = append(dns, h)
+		}
+	}
+	if req.Role == RoleCoordinator && len(dns)+len(ips) == 0 {
+		return fail("no hosts: agents verify the coordinator's host name, so its certificate needs at least one DNS name or IP address")
+	}
+	if eku == nil {
+		eku = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		if req.Role == RoleCoordinator {
+			eku = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		}
+	}
+	validFor := req.ValidFor
+	if validFor == 0 {
+		validFor = DefaultLeafValidity
+	}
+	notBefore, notAfter := req.NotBefore, req.NotBefore.Add(validFor)
+	if notBefore.IsZero() {
+		now := time.Now()
+		notBefore, notAfter = now.Add(-ClockSkew), now.Add(validFor)
+	}
+	if notAfter.After(ca.Cert.NotAfter) {
+		notAfter = ca.Cert.NotAfter
+	}
+
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fail("generate key: %w", err)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return fail("%w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: req.Name},
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  eku,
+		DNSNames:     dns,
+		IPAddresses:  ips,
+		URIs:         []*url.URL{req.Role.URI()},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		return fail("sign: %w", err)
+	}
+	keyPEM, err = marshalKeyPEM(key)
+	if err != nil {
+		return fail("%w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+}
+
+// LoadKeyPair reads a certificate and its key from PEM files. Errors name
+// the file at fault.
+func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("wire: read certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("wire: read key: %w", err)
+	}
+	if _, err := parseCertPEM(certPEM); err != nil {
+		return tls.Certificate{}, fmt.Errorf("wire: certificate %s: %w", certFile, err)
+	}
+	if !hasKeyBlock(keyPEM) {
+		return tls.Certificate{}, fmt.Errorf("wire: key %s: no PEM PRIVATE KEY block", keyFile)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("wire: key pair %s, %s: %w", certFile, keyFile, err)
+	}
+	return pair, nil
+}
+
+// LoadCAPool reads every certificate of a PEM file into a pool. A file
+// without certificates is an error that names it.
+func LoadCAPool(caFile string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("wire: read CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("wire: CA %s: certificate %d: %w", caFile, n+1, err)
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("wire: CA %s: no PEM CERTIFICATE block", caFile)
+	}
+	return pool, nil
+}
+
+func randomSerial() (*big.Int, error) {
+	// 128 random bits: unique without coordination between issuers.
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, fmt.Errorf("serial number: %w", err)
+	}
+	return serial, nil
+}
+
+func marshalKeyPEM(key *ecdsa.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("marshal key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// parseCertPEM returns the first CERTIFICATE block of data.
+func parseCertPEM(data []byte) (*x509.Certificate, error) {
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return nil, errors.New("no PEM CERTIFICATE block")
+		}
+		if block.Type == "CERTIFICATE" {
+			return x509.ParseCertificate(block.Bytes)
+		}
+	}
+}
+
+func hasKeyBlock(data []byte) bool {
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return false
+		}
+		if strings.HasSuffix(block.Type, "PRIVATE KEY") {
+			return true
+		}
+	}
+}
+
+// parseKeyPEM returns the ECDSA key of the first key block of data: PKCS#8
+// "PRIVATE KEY" as written here, or SEC 1 "EC PRIVATE KEY" as written by
+// `openssl ecparam -genkey`.
+func parseKeyPEM(data []byte) (*ecdsa.PrivateKey, error) {
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return nil, errors.New("no PEM PRIVATE KEY block")
+		}
+		switch block.Type {
+		case "PRIVATE KEY":
+			k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+			if err != nil {
+				return nil, err
+			}
+			ec, ok := k.(*ecdsa.PrivateKey)
+			if !ok {
+				return nil, fmt.Errorf("key is %T, want ECDSA", k)
+			}
+			return ec, nil
+		case "EC PRIVATE KEY":
+			return x509.ParseECPrivateKey(block.Bytes)
+		}
+	}
+}
