@@ -1,0 +1,404 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// State is where a build is in its life (DESIGN.md §2).
+type State string
+
+const (
+	Queued  State = "queued"  // recorded, service not created yet
+	Running State = "running" // service created; landing, launching or running
+	Success State = "success"
+	Failure State = "failure"
+	Error   State = "error" // timeout, cancel, superseded, rejected image, infrastructure fault; Reason says which
+)
+
+// States lists every state, in life order.
+var States = []State{Queued, Running, Success, Failure, Error}
+
+// Final reports whether a build in state s is over: nothing may change its
+// outcome any more.
+func (s State) Final() bool {
+	return s == Success || s == Failure || s == Error
+}
+
+// Valid reports whether s is one of the States.
+func (s State) Valid() bool {
+	switch s {
+	case Queued, Running, Success, Failure, Error:
+		return true
+	}
+	return false
+}
+
+// Build is the record of one build.
+type Build struct {
+	ID             string // opaque, unique, e.g. "20261129T135301-3f9a2c" (caller makes it)
+	Owner, Repo    string
+	PullRequest    int // 0 for pushes and `forge run`
+	Branch         string
+	SHA            string
+	Ref            string
+	Action         string
+	CommitCount    int
+	Fork           bool
+	Trigger        string // "pull_request", "push", "run", "api"
+	Key            string // supersede key: builds with the same key supersede each other ("" = never)
+	InstallationID int64  // GitHub App installation, 0 when none
+	Config         string // the .forge.yml text the build ran with
+	State          State
+	Reason         string // for people: why it is in this state ("superseded by abc1234", "timed out after 30m0s", swarm's own message...)
+	ExitCode       *int
+	NodeID         string
+	ContainerID    string
+	ServiceID      string
+	ServiceName    string
+	Created        time.Time
+	Started        time.Time // zero until the executor started
+	Finished       time.Time // zero until final
+}
+
+// clone is a deep copy of b (ExitCode is a pointer).
+func (b *Build) clone() *Build {
+	c := *b
+	if b.ExitCode != nil {
+		e := *b.ExitCode
+		c.ExitCode = &e
+	}
+	return &c
+}
+
+// ErrFinal is returned, wrapped, by UpdateBuild when the change would alter
+// the outcome (State, ExitCode, Finished) of a build already in a final
+// state: a late or repeated report never rewrites a finished build.
+var ErrFinal = errors.New("build is final")
+
+// buildColumns is the column list of every SELECT and of the INSERT; scan
+// and args follow the same order.
+const buildColumns = `id, owner, repo, pull_request, branch, sha, ref, action,
+	commit_count, fork, trigger_event, supersede_key, installation_id, config,
+	state, reason, exit_code, node_id, container_id, service_id, service_name,
+	created, started, finished`
+
+// updateBuildSQL sets every column but id (args[0] of buildArgs) and takes
+// the id last, for the WHERE.
+var updateBuildSQL = func() string {
+	cols := strings.Split(buildColumns, ",")[1:]
+	for i := range cols {
+		cols[i] = strings.TrimSpace(cols[i]) + " = ?"
+	}
+	return `UPDATE builds SET ` + strings.Join(cols, ", ") + ` WHERE id = ?`
+}()
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanBuild(sc scanner) (*Build, error) {
+	var (
+		b                          Build
+		state                      string
+		exit                       sql.NullInt64
+		created, started, finished sql.NullInt64
+	)
+	err := sc.Scan(&b.ID, &b.Owner, &b.Repo, &b.PullRequest, &b.Branch, &b.SHA, &b.Ref, &b.Action,
+		&b.CommitCount, &b.Fork, &b.Trigger, &b.Key, &b.InstallationID, &b.Config,
+		&state, &b.Reason, &exit, &b.NodeID, &b.ContainerID, &b.ServiceID, &b.ServiceName,
+		&created, &started, &finished)
+	if err != nil {
+		return nil, err
+	}
+	b.State = State(state)
+	if exit.Valid {
+		e := int(exit.Int64)
+		b.ExitCode = &e
+	}
+	b.Created, b.Started, b.Finished = goTime(created), goTime(started), goTime(finished)
+	return &b, nil
+}
+
+// buildArgs are b's values in buildColumns order, checked.
+func buildArgs(b *Build) ([]any, error) {
+	if b.ID == "" {
+		return nil, errors.New("build has no id")
+	}
+	if !b.State.Valid() {
+		return nil, fmt.Errorf("build %s: unknown state %q", b.ID, b.State)
+	}
+	if b.Created.IsZero() {
+		return nil, fmt.Errorf("build %s: no created time", b.ID)
+	}
+	var times [3]any
+	for i, t := range []struct {
+		name string
+		t    time.Time
+	}{{"created", b.Created}, {"started", b.Started}, {"finished", b.Finished}} {
+		v, err := dbTime(t.name, t.t)
+		if err != nil {
+			return nil, fmt.Errorf("build %s: %w", b.ID, err)
+		}
+		times[i] = v
+	}
+	var exit any
+	if b.ExitCode != nil {
+		exit = int64(*b.ExitCode)
+	}
+	return []any{b.ID, b.Owner, b.Repo, b.PullRequest, b.Branch, b.SHA, b.Ref, b.Action,
+		b.CommitCount, b.Fork, b.Trigger, b.Key, b.InstallationID, b.Config,
+		string(b.State), b.Reason, exit, b.NodeID, b.ContainerID, b.ServiceID, b.ServiceName,
+		times[0], times[1], times[2]}, nil
+}
+
+// CreateBuild stores a new build. An empty State becomes Queued, a zero
+// Created becomes now, and a build created already final (a config refused
+// before any service) with a zero Finished gets Finished = Created; these
+// are written back into b so that the caller holds what was stored. It
+// fails with ErrExists (wrapped) if the id is taken.
+func (s *Store) CreateBuild(ctx context.Context, b *Build) error {
+	if b.State == "" {
+		b.State = Queued
+	}
+	if b.Created.IsZero() {
+		b.Created = now()
+	}
+	if b.State.Final() && b.Finished.IsZero() {
+		b.Finished = b.Created
+	}
+	args, err := buildArgs(b)
+	if err != nil {
+		return fmt.Errorf("store: create build: %w", err)
+	}
+	// ON CONFLICT DO NOTHING + RowsAffected tells "exists" apart from
+	// other failures without depending on the driver's error codes.
+	res, err := s.db.ExecContext(ctx, `INSERT INTO builds (`+buildColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO NOTHING`, args...)
+	if err != nil {
+		return fmt.Errorf("store: create build %s: %w", b.ID, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("store: create build %s: %w", b.ID, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("store: create build %s: %w", b.ID, ErrExists)
+	}
+	return nil
+}
+
+// Build returns the build with that id, or ErrNotFound (wrapped).
+func (s *Store) Build(ctx context.Context, id string) (*Build, error) {
+	b, err := scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildColumns+` FROM builds WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("store: build %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: build %s: %w", id, err)
+	}
+	return b, nil
+}
+
+// UpdateBuild reads the build, lets fn change it and writes it back, all in
+// one transaction, and returns what was stored. An error from fn aborts the
+// update and is returned wrapped. fn must not call the Store (see the
+// package comment) and should be quick: it holds the database.
+//
+// Rules kept whatever fn does:
+//   - the ID cannot change;
+//   - once the stored build is final, its State, ExitCode and Finished
+//     cannot change (ErrFinal, wrapped); other fields, such as Reason or
+//     the container, may still be filled in;
+//   - a build that becomes final with a zero Finished gets Finished = now.
+func (s *Store) UpdateBuild(ctx context.Context, id string, fn func(*Build) error) (*Build, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("store: update build %s: %w", id, err)
+	}
+	defer tx.Rollback() // no-op after Commit
+
+	old, err := scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildColumns+` FROM builds WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("store: update build %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: update build %s: %w", id, err)
+	}
+	b := old.clone()
+	if err := fn(b); err != nil {
+		return nil, fmt.Errorf("store: update build %s: %w", id, err)
+	}
+	if b.ID != old.ID {
+		return nil, fmt.Errorf("store: update build %s: the id cannot change (to %q)", id, b.ID)
+	}
+	if old.State.Final() {
+		if b.State != old.State || !sameExit(b.ExitCode, old.ExitCode) || !b.Finished.Equal(old.Finished) {
+			return nil, fmt.Errorf("store: update build %s: %w as %s", id, ErrFinal, old.State)
+		}
+	} else if b.State.Final() && b.Finished.IsZero() {
+		b.Finished = now()
+	}
+	args, err := buildArgs(b)
+	if err != nil {
+		return nil, fmt.Errorf("store: update build: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, updateBuildSQL, append(args[1:], id)...); err != nil {
+		return nil, fmt.Errorf("store: update build %s: %w", id, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("store: update build %s: %w", id, err)
+	}
+	// What was stored is b, read back through the same conversions.
+	b.Created, b.Started, b.Finished = roundTime(b.Created), roundTime(b.Started), roundTime(b.Finished)
+	return b, nil
+}
+
+func sameExit(a, b *int) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// roundTime is t as it comes back from the database: UTC, no monotonic
+// reading, zero kept zero.
+func roundTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.UTC()
+}
+
+// ListOptions selects builds for ListBuilds.
+type ListOptions struct {
+	Limit       int // default 50, max 500
+	Owner, Repo string
+	State       State
+	Before      string // build id cursor: only builds older than this one
+}
+
+const (
+	defaultListLimit = 50
+	maxListLimit     = 500
+)
+
+// ListBuilds returns builds newest first (Created, then ID, descending),
+// filtered by o. Owner, Repo and State filter independently when set. A
+// Before id that does not exist gives ErrNotFound (wrapped).
+func (s *Store) ListBuilds(ctx context.Context, o ListOptions) ([]*Build, error) {
+	limit := o.Limit
+	if limit <= 0 {
+		limit = defaultListLimit
+	}
+	if limit > maxListLimit {
+		limit = maxListLimit
+	}
+	var (
+		where []string
+		args  []any
+	)
+	if o.Owner != "" {
+		where, args = append(where, "owner = ?"), append(args, o.Owner)
+	}
+	if o.Repo != "" {
+		where, args = append(where, "repo = ?"), append(args, o.Repo)
+	}
+	if o.State != "" {
+		if !o.State.Valid() {
+			return nil, fmt.Errorf("store: list builds: unknown state %q", o.State)
+		}
+		where, args = append(where, "state = ?"), append(args, string(o.State))
+	}
+	if o.Before != "" {
+		// Resolve the cursor first so that a bad one is an error rather
+		// than an empty page. Builds are never deleted, so it cannot go
+		// away between the two queries.
+		var created int64
+		err := s.db.QueryRowContext(ctx, `SELECT created FROM builds WHERE id = ?`, o.Before).Scan(&created)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("store: list builds before %s: %w", o.Before, ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store: list builds: %w", err)
+		}
+		where = append(where, "(created < ? OR (created = ? AND id < ?))")
+		args = append(args, created, created, o.Before)
+	}
+	q := `SELECT ` + buildColumns + ` FROM builds`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	q += ` ORDER BY created DESC, id DESC LIMIT ?`
+	args = append(args, limit)
+	return s.queryBuilds(ctx, "list builds", q, args...)
+}
+
+// Active returns the Queued and Running builds, oldest first: what a
+// restarted coordinator must find again.
+func (s *Store) Active(ctx context.Context) ([]*Build, error) {
+	return s.queryBuilds(ctx, "active builds", `SELECT `+buildColumns+` FROM builds
+		WHERE state IN (?, ?) ORDER BY created, id`, string(Queued), string(Running))
+}
+
+// ActiveByKey returns the Queued and Running builds with that supersede
+// key, oldest first. The empty key means "never supersede" and matches
+// nothing.
+func (s *Store) ActiveByKey(ctx context.Context, key string) ([]*Build, error) {
+	if key == "" {
+		return nil, nil
+	}
+	return s.queryBuilds(ctx, "active builds by key", `SELECT `+buildColumns+` FROM builds
+		WHERE supersede_key = ? AND state IN (?, ?) ORDER BY created, id`, key, string(Queued), string(Running))
+}
+
+func (s *Store) queryBuilds(ctx context.Context, what, q string, args ...any) ([]*Build, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: %s: %w", what, err)
+	}
+	defer rows.Close()
+	var out []*Build
+	for rows.Next() {
+		b, err := scanBuild(rows)
+		if err != nil {
+			return nil, fmt.Errorf("store: %s: %w", what, err)
+		}
+		out = append(out, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: %s: %w", what, err)
+	}
+	return out, nil
+}
+
+// CountByState returns how many builds are in each state. Every State is
+// in the map, with 0 when none, so that a metrics gauge reports zeros.
+func (s *Store) CountByState(ctx context.Context) (map[State]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT state, count(*) FROM builds GROUP BY state`)
+	if err != nil {
+		return nil, fmt.Errorf("store: count builds: %w", err)
+	}
+	defer rows.Close()
+	m := make(map[State]int, len(States))
+	for _, st := range States {
+		m[st] = 0
+	}
+	for rows.Next() {
+		var (
+			st string
+			n  int
+		)
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("store: count builds: %w", err)
+		}
+		m[State(st)] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: count builds: %w", err)
+	}
+	return m, nil
+}

@@ -1,0 +1,272 @@
+// Package store keeps the coordinator's durable state in one SQLite file
+// under --data: builds, webhook deliveries and the agents seen (DESIGN.md §6).
+// Logs and artifacts are files beside it and are not kept here.
+//
+// It uses modernc.org/sqlite, a pure Go SQLite, so that the forge binary
+// stays static and cgo-free.
+//
+// Concurrency: the database/sql pool is limited to one connection
+// (SetMaxOpenConns(1)), so every call, reads included, runs on that
+// connection one after another. That is what makes UpdateBuild's
+// read-modify-write free of lost updates without retry loops, and what
+// makes SQLITE_BUSY impossible between the goroutines of one process. The
+// cost, no parallel readers, does not matter at a CI coordinator's rate
+// (a few writes per build). The consequence for callers: the function given
+// to UpdateBuild runs while that one connection is held, so it must not call
+// the Store (it would wait for itself forever) and should not block.
+// Another process opening the same file (an operator's sqlite3 shell) is
+// handled by busy_timeout and by transactions that take the write lock at
+// BEGIN (_txlock=immediate), so they wait for each other instead of failing.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// ErrNotFound is returned, wrapped with what was looked for, when a build
+// (or a ListBuilds cursor) does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrExists is returned, wrapped with the id, by CreateBuild when a build
+// with that id is already stored.
+var ErrExists = errors.New("already exists")
+
+// Store is the coordinator's SQLite database. It is safe for concurrent use.
+type Store struct {
+	db   *sql.DB
+	path string
+}
+
+// pragmas applied by the driver to every connection it opens.
+//   - busy_timeout: wait up to 5 s for another process's lock rather than
+//     fail with SQLITE_BUSY at once.
+//   - journal_mode(WAL): readers do not block the writer, and a commit is one
+//     append to the -wal file rather than a rewrite of the journal.
+//   - foreign_keys(1): SQLite leaves them off by default; on, so that any
+//     reference a later migration adds is enforced.
+//
+// synchronous is left at SQLite's default (FULL): a recorded delivery must
+// survive a power cut, or GitHub's redelivery would build a second time.
+const pragmas = "_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_txlock=immediate"
+
+// Open opens the database at path, creating the file, its folder and the
+// schema if needed, and upgrading an older schema. path ":memory:" gives a
+// private in-memory database (for tests of other packages).
+// Every error names the path.
+func Open(path string) (*Store, error) {
+	dsn, err := dataSourceName(path)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	// One connection: see the package comment. It is also never closed
+	// while idle, which an in-memory database needs to keep its content.
+	db.SetMaxOpenConns(1)
+	db.SetMaxIdleConns(1)
+	db.SetConnMaxLifetime(0)
+	db.SetConnMaxIdleTime(0)
+
+	s := &Store{db: db, path: path}
+	ctx := context.Background()
+	if err := s.checkJournal(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// dataSourceName makes the driver's DSN for path. A file path becomes a
+// file: URI so that characters such as '?' or '#' in it cannot be taken
+// for the start of the parameters (the driver cuts at the first '?').
+// Creating the folder and the file here, rather than letting SQLite do it,
+// gives a plain error naming the failing path (SQLite only says "unable to
+// open database file") and a file mode of 0600; SQLite gives its -wal and
+// -shm files the mode of the database file.
+func dataSourceName(path string) (string, error) {
+	if path == "" {
+		return "", errors.New("no path given")
+	}
+	if path == ":memory:" {
+		return ":memory:?" + pragmas, nil
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
+		return "", err
+	}
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs), RawQuery: pragmas}
+	return u.String(), nil
+}
+
+// checkJournal makes the first connection (so any open error shows here
+// rather than at the first query) and confirms WAL is in force: SQLite
+// silently keeps another mode when it cannot switch (e.g. a file system
+// without shared memory), and we would rather know at start.
+func (s *Store) checkJournal(ctx context.Context) error {
+	var mode string
+	if err := s.db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		return err
+	}
+	if s.path == ":memory:" {
+		return nil // an in-memory database has journal mode "memory"
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return fmt.Errorf("journal mode is %q, want wal", mode)
+	}
+	return nil
+}
+
+// Close closes the database. Calls after Close fail.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("store: close %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// migrations are applied in order; the database's user_version pragma holds
+// how many have been. Append only: never edit or reorder a released one,
+// since files in the field have recorded it as done.
+var migrations = [][]string{
+	// 1: the first schema.
+	{
+		// Times are INTEGER unix nanoseconds, UTC, and NULL for a zero
+		// time.Time: integers sort and compare correctly (RFC3339Nano text
+		// does not, as it drops trailing zeros) and keep every nanosecond.
+		// State is checked in Go, not by a CHECK constraint, so that a
+		// later state needs no table rebuild.
+		// Column names avoid SQL keywords: key -> supersede_key,
+		// trigger -> trigger_event.
+		`CREATE TABLE builds (
+			id              TEXT    NOT NULL PRIMARY KEY,
+			owner           TEXT    NOT NULL DEFAULT '',
+			repo            TEXT    NOT NULL DEFAULT '',
+			pull_request    INTEGER NOT NULL DEFAULT 0,
+			branch          TEXT    NOT NULL DEFAULT '',
+			sha             TEXT    NOT NULL DEFAULT '',
+			ref             TEXT    NOT NULL DEFAULT '',
+			action          TEXT    NOT NULL DEFAULT '',
+			commit_count    INTEGER NOT NULL DEFAULT 0,
+			fork            INTEGER NOT NULL DEFAULT 0,
+			trigger_event   TEXT    NOT NULL DEFAULT '',
+			supersede_key   TEXT    NOT NULL DEFAULT '',
+			installation_id INTEGER NOT NULL DEFAULT 0,
+			config          TEXT    NOT NULL DEFAULT '',
+			state           TEXT    NOT NULL,
+			reason          TEXT    NOT NULL DEFAULT '',
+			exit_code       INTEGER,
+			node_id         TEXT    NOT NULL DEFAULT '',
+			container_id    TEXT    NOT NULL DEFAULT '',
+			service_id      TEXT    NOT NULL DEFAULT '',
+			service_name    TEXT    NOT NULL DEFAULT '',
+			created         INTEGER NOT NULL,
+			started         INTEGER,
+			finished        INTEGER
+		)`,
+		// Supersede: "the queued or running builds with this key" is asked
+		// for every new build (ActiveByKey).
+		`CREATE INDEX builds_key_state ON builds (supersede_key, state)`,
+		// The build list (UI, API) is newest first, paged by a
+		// (created, id) cursor: this index serves both the order and the
+		// cursor without a sort. id is in it because created can tie.
+		`CREATE INDEX builds_created ON builds (created, id)`,
+		// A repository's builds, newest first (ListBuilds with Owner/Repo).
+		`CREATE INDEX builds_owner_repo ON builds (owner, repo, created, id)`,
+		// Active() at every restart and CountByState for /metrics: the
+		// table only grows, while active builds stay few.
+		`CREATE INDEX builds_state ON builds (state, created, id)`,
+
+		// One row per X-GitHub-Delivery id, so a redelivery is recognised.
+		`CREATE TABLE deliveries (
+			id       TEXT    NOT NULL PRIMARY KEY,
+			event    TEXT    NOT NULL DEFAULT '',
+			received INTEGER NOT NULL
+		)`,
+		// PruneDeliveries deletes by age.
+		`CREATE INDEX deliveries_received ON deliveries (received)`,
+
+		// History of agents that connected, one row per swarm node.
+		`CREATE TABLE agents (
+			node_id        TEXT    NOT NULL PRIMARY KEY,
+			hostname       TEXT    NOT NULL DEFAULT '',
+			agent_version  TEXT    NOT NULL DEFAULT '',
+			engine_version TEXT    NOT NULL DEFAULT '',
+			address        TEXT    NOT NULL DEFAULT '',
+			first_seen     INTEGER NOT NULL,
+			last_seen      INTEGER NOT NULL
+		)`,
+	},
+}
+
+// migrate brings the schema up to date in one transaction per migration.
+// The version is read inside the transaction, which holds the write lock
+// from BEGIN, so two processes opening a new file at once cannot both run
+// a migration.
+func (s *Store) migrate(ctx context.Context) error {
+	for {
+		done, err := s.migrateOne(ctx)
+		if err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+func (s *Store) migrateOne(ctx context.Context) (done bool, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback()
+	var v int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return false, err
+	}
+	switch {
+	case v == len(migrations):
+		return true, nil
+	case v > len(migrations) || v < 0:
+		return false, fmt.Errorf("schema version %d is newer than this forge knows (%d): downgrade refused", v, len(migrations))
+	}
+	for _, stmt := range migrations[v] {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return false, fmt.Errorf("migration %d: %w", v+1, err)
+		}
+	}
+	// user_version lives in the database header and is written as part of
+	// this transaction: the schema and its version commit together.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v+1)); err != nil {
+		return false, fmt.Errorf("migration %d: %w", v+1, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("migration %d: %w", v+1, err)
+	}
+	return false, nil
+}
