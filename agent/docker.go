@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/system"
 )
 
 // Labels the coordinator puts on build services and their containers.
@@ -26,6 +28,20 @@ const (
 // Docker is the part of the Engine API the agent uses, always against its
 // own node's local socket. *client.Client satisfies it.
 type Docker interface {
+	Info(ctx context.Context) (system.Info, error)
+	Events(ctx context.Context, opts events.ListOptions) (<-chan events.Message, <-chan error)
+	ContainerList(ctx context.Context, opts container.ListOptions) ([]container.Summary, error)
+	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
+	CopyToContainer(ctx context.Context, id, dstPath string, content io.Reader, opts container.CopyToContainerOptions) error
+	CopyFromContainer(ctx context.Context, id, srcPath string) (io.ReadCloser, container.PathStat, error)
+	ContainerStart(ctx context.Context, id string, opts container.StartOptions) error
+	ContainerStop(ctx context.Context, id string, opts container.StopOptions) error
+	ContainerWait(ctx context.Context, id string, cond container.WaitCondition) (<-chan container.WaitResponse, <-chan error)
+	ContainerLogs(ctx context.Context, id string, opts container.LogsOptions) (io.ReadCloser, error)
+}
+
+// injector is the subset Inject needs, so its tests can fake less.
+type injector interface {
 	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
 	CopyToContainer(ctx context.Context, id, dstPath string, content io.Reader, opts container.CopyToContainerOptions) error
 	ContainerStart(ctx context.Context, id string, opts container.StartOptions) error
@@ -76,7 +92,7 @@ const pollInterval = 20 * time.Millisecond
 
 // WaitLaunchable inspects the container until CheckLaunchable passes or
 // fails for good, or ctx ends. ErrNotFailedYet is the only reason to wait.
-func WaitLaunchable(ctx context.Context, d Docker, id, buildID string) error {
+func WaitLaunchable(ctx context.Context, d injector, id, buildID string) error {
 	for {
 		c, err := d.ContainerInspect(ctx, id)
 		if err != nil {
@@ -96,7 +112,7 @@ func WaitLaunchable(ctx context.Context, d Docker, id, buildID string) error {
 
 // Inject checks the container, puts p into it as one archive, and starts
 // it. The check comes first so that a refused Launch touches nothing.
-func Inject(ctx context.Context, d Docker, id, buildID string, p Payload) error {
+func Inject(ctx context.Context, d injector, id, buildID string, p Payload) error {
 	if err := WaitLaunchable(ctx, d, id, buildID); err != nil {
 		return err
 	}

@@ -2,70 +2,17 @@ package agent
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/api/types/swarm"
-	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/forge-ci/forge/internal/dockertest"
 )
-
-// buildService creates a one-task service the way the coordinator does:
-// command /forgexec (absent from the image), restart condition none, forge
-// labels on the service and its container.
-func buildService(t *testing.T, cli *client.Client, image, buildID, testID string) string {
-	t.Helper()
-	labels := map[string]string{LabelBuild: buildID, dockertest.LabelTest: testID}
-	one := uint64(1)
-	spec := swarm.ServiceSpec{
-		Annotations: swarm.Annotations{Name: "forge-" + testID, Labels: labels},
-		TaskTemplate: swarm.TaskSpec{
-			ContainerSpec: &swarm.ContainerSpec{
-				Image:   image,
-				Command: []string{ExecutorPath},
-				Labels:  labels,
-			},
-			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
-		},
-		Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &one}},
-	}
-	resp, err := cli.ServiceCreate(dockertest.Context(t, 30*time.Second), spec, swarm.ServiceCreateOptions{QueryRegistry: false})
-	if err != nil {
-		t.Fatalf("create service: %v", err)
-	}
-	return resp.ID
-}
-
-// taskContainer waits for the service's task to name its container.
-func taskContainer(ctx context.Context, t *testing.T, cli *client.Client, serviceID string) (swarm.Task, error) {
-	t.Helper()
-	f := filters.NewArgs(filters.Arg("service", serviceID))
-	for {
-		tasks, err := cli.TaskList(ctx, swarm.TaskListOptions{Filters: f})
-		if err != nil {
-			return swarm.Task{}, err
-		}
-		for _, task := range tasks {
-			if cs := task.Status.ContainerStatus; cs != nil && cs.ContainerID != "" {
-				return task, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return swarm.Task{}, fmt.Errorf("no container for service %s: %w", serviceID, ctx.Err())
-		case <-time.After(25 * time.Millisecond):
-		}
-	}
-}
 
 func buildSpec(t *testing.T, buildID string, commands ...string) []byte {
 	t.Helper()
@@ -124,8 +71,8 @@ func TestInjectIntoSwarmTask(t *testing.T) {
 			dockertest.Cleanup(t, cli, id)
 			ctx := dockertest.Context(t, 2*time.Minute)
 			buildID := "b-" + id
-			svc := buildService(t, cli, tc.image, buildID, id)
-			task, err := taskContainer(ctx, t, cli, svc)
+			svc := dockertest.BuildService(t, cli, tc.image, buildID, id)
+			task, err := dockertest.TaskContainer(ctx, cli, svc)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -191,7 +138,7 @@ func TestSIGTERMStopsBuild(t *testing.T) {
 	dockertest.Cleanup(t, cli, id)
 	ctx := dockertest.Context(t, 2*time.Minute)
 	buildID := "b-" + id
-	task, err := taskContainer(ctx, t, cli, buildService(t, cli, image, buildID, id))
+	task, err := dockertest.TaskContainer(ctx, cli, dockertest.BuildService(t, cli, image, buildID, id))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,201 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/hashicorp/yamux"
+
+	"github.com/forge-ci/forge/wire"
+)
+
+// handle serves one stream the coordinator opened. The first frame names
+// the request; anything the agent does not do is refused.
+func (a *Agent) handle(ctx context.Context, st *yamux.Stream) {
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(helloTimeout))
+	c := wire.NewCodec(st)
+	msg, err := c.Recv()
+	if err != nil {
+		a.log.Warn("request stream", "err", err)
+		return
+	}
+	var reply wire.Message
+	switch m := msg.(type) {
+	case *wire.Launch:
+		st.SetDeadline(time.Now().Add(launchTimeout))
+		reply = a.launch(ctx, c, m)
+	case *wire.Cancel:
+		st.SetDeadline(time.Now().Add(time.Duration(m.GraceSeconds)*time.Second + cancelExtra))
+		reply = a.cancel(ctx, m)
+	case *wire.ArtifactsRequest:
+		reply = wire.NewRefused(wire.RefusedBadRequest, "artifacts are not supported by this agent yet")
+	default:
+		reply = wire.NewRefused(wire.RefusedBadRequest, "the agent does not serve %q requests", msg.MessageType())
+	}
+	if r, ok := reply.(*wire.Refused); ok {
+		a.log.Warn("request refused", "type", msg.MessageType(), "code", r.Code, "message", r.Message)
+	}
+	if err := c.Send(reply); err != nil {
+		a.log.Warn("reply", "type", reply.MessageType(), "err", err)
+	}
+}
+
+// refusal maps an error of the node's Docker or of the checks to a Refused.
+func refusal(err error) *wire.Refused {
+	code := wire.RefusedInternal
+	switch {
+	case errdefs.IsNotFound(err):
+		code = wire.RefusedNotFound
+	case errors.Is(err, ErrNotForge), errors.Is(err, ErrWrongBuild), errors.Is(err, ErrAlreadyRan):
+		code = wire.RefusedForbidden
+	}
+	return wire.NewRefused(code, "%v", err)
+}
+
+// launch serves a Launch: check the container first (a refused Launch
+// costs no transfer and touches nothing), ask only for an executor the
+// agent lacks, then inject and start, and hand the build to the session
+// loop for its log stream.
+func (a *Agent) launch(ctx context.Context, c *wire.Codec, m *wire.Launch) wire.Message {
+	a.mu.Lock()
+	busy := a.launches[m.ContainerID]
+	a.launches[m.ContainerID] = true
+	a.mu.Unlock()
+	if busy {
+		return wire.NewRefused(wire.RefusedBusy, "a launch into container %s is in progress", m.ContainerID)
+	}
+	defer func() {
+		a.mu.Lock()
+		delete(a.launches, m.ContainerID)
+		a.mu.Unlock()
+	}()
+
+	wctx, cancel := context.WithTimeout(ctx, launchableWait)
+	err := WaitLaunchable(wctx, a.cfg.Docker, m.ContainerID, m.BuildID)
+	cancel()
+	if err != nil {
+		return refusal(err)
+	}
+	exe, have := a.exec.get(m.Executor.Digest)
+	if err := c.Send(&wire.LaunchReady{NeedExecutor: !have}); err != nil {
+		return wire.NewRefused(wire.RefusedInternal, "send launch_ready: %v", err)
+	}
+	if !have {
+		var buf bytes.Buffer
+		if err := wire.RecvBlobVerified(c.Stream(), m.Executor, &buf); err != nil {
+			return wire.NewRefused(wire.RefusedBadRequest, "executor: %v", err)
+		}
+		exe = buf.Bytes()
+		a.exec.put(m.Executor.Digest, exe)
+	}
+	p := Payload{
+		Executor: bytes.NewReader(exe), ExecutorSize: int64(len(exe)),
+		Spec: m.Spec, Workdir: m.Workdir,
+	}
+	var src *io.LimitedReader
+	if m.SourceSize > 0 {
+		src = &io.LimitedReader{R: c.Stream(), N: m.SourceSize}
+		p.Source = src
+	}
+	err = Inject(ctx, a.cfg.Docker, m.ContainerID, m.BuildID, p)
+	if src != nil && src.N > 0 {
+		// Read what the coordinator announced, so it sees the Refused
+		// rather than a broken write (PROTOCOL.md).
+		if _, derr := io.Copy(io.Discard, src); derr == nil && err == nil {
+			err = errors.New("source: bytes left after the end of the tar")
+		}
+	}
+	if err != nil {
+		return refusal(err)
+	}
+	started := time.Now()
+	if in, err := a.cfg.Docker.ContainerInspect(ctx, m.ContainerID); err == nil && in.State != nil {
+		if t, err := time.Parse(time.RFC3339Nano, in.State.StartedAt); err == nil {
+			started = t
+		}
+	}
+	a.log.Info("build started", "build", m.BuildID, "container", m.ContainerID)
+	select {
+	case a.started <- heldBuild{buildID: m.BuildID, containerID: m.ContainerID}:
+	case <-ctx.Done(): // the session ended; the next one reports the build as held
+	}
+	return &wire.Started{ContainerID: m.ContainerID, StartedAt: started}
+}
+
+// cancel stops a forge container: SIGTERM, SIGKILL after the grace period
+// (the engine's stop does both). The executor, as PID 1, passes SIGTERM on
+// to the build's commands.
+func (a *Agent) cancel(ctx context.Context, m *wire.Cancel) wire.Message {
+	in, err := a.cfg.Docker.ContainerInspect(ctx, m.ContainerID)
+	if err != nil {
+		return refusal(err)
+	}
+	if got := in.Config.Labels[LabelBuild]; got == "" {
+		return refusal(ErrNotForge)
+	} else if got != m.BuildID {
+		return refusal(fmt.Errorf("%w: label %s=%s, cancel is for %s", ErrWrongBuild, LabelBuild, got, m.BuildID))
+	}
+	grace := max(m.GraceSeconds, 0)
+	if err := a.cfg.Docker.ContainerStop(ctx, m.ContainerID, container.StopOptions{Timeout: &grace}); err != nil {
+		return refusal(fmt.Errorf("stop container %s: %w", m.ContainerID, err))
+	}
+	in, err = a.cfg.Docker.ContainerInspect(ctx, m.ContainerID)
+	if err != nil {
+		return refusal(err)
+	}
+	out := &wire.Cancelled{}
+	if in.State.StartedAt != "" && in.State.StartedAt != neverStarted {
+		code := in.State.ExitCode
+		out.ExitCode = &code
+	}
+	a.log.Info("build cancelled", "build", m.BuildID, "container", m.ContainerID)
+	return out
+}
+
+// execCache keeps the executors the agent received, by digest, so their
+// bytes cross the wire once per node and version. Two are kept: the
+// current one and the previous one during an upgrade.
+type execCache struct {
+	mu    sync.Mutex
+	order []string
+	bins  map[string][]byte
+}
+
+const execCacheSize = 2
+
+func (e *execCache) get(digest string) ([]byte, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	b, ok := e.bins[digest]
+	return b, ok
+}
+
+func (e *execCache) put(digest string, b []byte) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.bins == nil {
+		e.bins = map[string][]byte{}
+	}
+	if _, ok := e.bins[digest]; ok {
+		return
+	}
+	e.bins[digest] = b
+	e.order = append(e.order, digest)
+	for len(e.order) > execCacheSize {
+		delete(e.bins, e.order[0])
+		e.order = e.order[1:]
+	}
+}
+
+func containerListAll(label string) container.ListOptions {
+	return container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", label))}
+}

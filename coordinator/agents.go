@@ -1,0 +1,487 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/forge-ci/forge/internal/version"
+	"github.com/forge-ci/forge/wire"
+)
+
+// NodeVerifier decides whether a connection may speak for a swarm node.
+// The coordinator binds a node id to a session only when it passes.
+type NodeVerifier interface {
+	VerifyAgent(ctx context.Context, nodeID string, remote net.Addr) error
+}
+
+// BuildLogs stores what agents report about builds. Calls for one build
+// come from one log stream at a time, in order; calls for different builds
+// are concurrent.
+type BuildLogs interface {
+	// Attach says what is stored for the build: the agent resumes from
+	// there. An unknown build is an error wrapping ErrUnknownBuild.
+	Attach(ctx context.Context, nodeID string, a *wire.Attach) (*wire.Attached, error)
+	// Log stores one chunk; it returns when the chunk is stored. Chunks that
+	// repeat stored output are dropped; a gap is an error.
+	Log(ctx context.Context, buildID string, l *wire.Log) error
+	// Exit records the build's exit; a second Exit for the same build is
+	// accepted and ignored, so a build is never reported twice.
+	Exit(ctx context.Context, buildID string, e *wire.Exit) error
+}
+
+// ErrUnknownBuild is what BuildLogs returns for a build it has no record of.
+var ErrUnknownBuild = errors.New("unknown build")
+
+// ErrNoAgent means no agent session is bound to the node.
+var ErrNoAgent = errors.New("no agent on node")
+
+// AgentInfo describes a connected agent (GET /api/agents).
+type AgentInfo struct {
+	NodeID         string    `json:"node_id"`
+	Hostname       string    `json:"hostname"`
+	AgentVersion   string    `json:"agent_version"`
+	EngineVersion  string    `json:"engine_version"`
+	Protocol       int       `json:"protocol"`
+	Address        string    `json:"address"`
+	ConnectedSince time.Time `json:"connected_since"`
+	SessionID      string    `json:"session_id"`
+}
+
+// AgentServer accepts agents' sessions on the agent listener and is the
+// coordinator's way to reach the agent of a node.
+type AgentServer struct {
+	TLS     *tls.Config // wire.ServerConfig
+	Session *wire.SessionConfig
+	Verify  NodeVerifier
+	Logs    BuildLogs
+	Log     *slog.Logger
+	// OnLanded, when set, is told of each Landed an agent sends.
+	OnLanded func(nodeID string, l wire.Landed)
+	// OnHolding, when set, is told what an agent holds after it connects.
+	OnHolding func(nodeID string, h wire.Holding)
+
+	mu         sync.Mutex
+	agents     map[string]*agentConn // by node id
+	waiters    map[string][]chan struct{}
+	logStreams map[string]*yamux.Stream // the one log stream of each build
+}
+
+type agentConn struct {
+	info AgentInfo
+	ys   *yamux.Session
+}
+
+// Timeouts of the coordinator's side of the wire.
+const (
+	helloTimeout   = 15 * time.Second
+	requestTimeout = 30 * time.Second
+	launchTimeout  = 5 * time.Minute
+	logAckEvery    = 32 // Log frames between LogAcks
+)
+
+func (s *AgentServer) logger() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
+
+// Serve accepts agent connections on ln until ctx ends, then closes every
+// session and returns after their goroutines have stopped.
+func (s *AgentServer) Serve(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	go func() { <-ctx.Done(); ln.Close() }()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept agents: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveConn(ctx, conn)
+		}()
+	}
+}
+
+func (s *AgentServer) serveConn(ctx context.Context, conn net.Conn) {
+	log := s.logger().With("remote", conn.RemoteAddr().String())
+	ys, err := wire.Server(tls.Server(conn, s.TLS), s.Session)
+	if err != nil {
+		log.Warn("agent connection refused", "err", err)
+		return
+	}
+	defer ys.Close()
+	stop := context.AfterFunc(ctx, func() { ys.Close() })
+	defer stop()
+
+	ctl, err := ys.AcceptStream()
+	if err != nil {
+		log.Warn("agent opened no control stream", "err", err)
+		return
+	}
+	ctl.SetDeadline(time.Now().Add(helloTimeout))
+	c := wire.NewCodec(ctl)
+	hello, err := wire.Expect[*wire.Hello](c)
+	if err != nil {
+		log.Warn("agent hello", "err", err)
+		return
+	}
+	log = log.With("node", hello.NodeID, "hostname", hello.Hostname)
+	if r := wire.ProtocolRefusal(hello.Protocol); r != nil {
+		log.Error("agent refused", "code", r.Code, "message", r.Message)
+		c.Send(r)
+		return
+	}
+	vctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	err = s.Verify.VerifyAgent(vctx, hello.NodeID, conn.RemoteAddr())
+	cancel()
+	if err != nil {
+		log.Error("agent refused", "code", wire.RefusedIdentity, "err", err)
+		c.Send(wire.NewRefused(wire.RefusedIdentity, "%v", err))
+		return
+	}
+	ac := &agentConn{ys: ys, info: AgentInfo{
+		NodeID: hello.NodeID, Hostname: hello.Hostname, AgentVersion: hello.AgentVersion,
+		EngineVersion: hello.EngineVersion, Protocol: hello.Protocol,
+		Address: conn.RemoteAddr().String(), ConnectedSince: time.Now().UTC(), SessionID: newSessionID(),
+	}}
+	if err := c.Send(&wire.Welcome{Protocol: wire.ProtocolVersion, CoordinatorVersion: version.Version, SessionID: ac.info.SessionID}); err != nil {
+		log.Warn("welcome", "err", err)
+		return
+	}
+	holding, err := wire.Expect[*wire.Holding](c)
+	if err != nil {
+		log.Warn("agent holding report", "err", err)
+		return
+	}
+	ctl.SetDeadline(time.Time{})
+	s.bind(ac)
+	defer s.unbind(ac)
+	log.Info("agent connected", "session", ac.info.SessionID, "holding", len(holding.Builds))
+	if s.OnHolding != nil {
+		s.OnHolding(hello.NodeID, *holding)
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ys.Close() // runs before wg.Wait: stops the stream goroutines
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			st, err := ys.AcceptStream()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.serveStream(ctx, hello.NodeID, st)
+			}()
+		}
+	}()
+	for {
+		m, err := c.Recv()
+		if err != nil {
+			log.Info("agent disconnected", "session", ac.info.SessionID, "err", err)
+			return
+		}
+		switch m := m.(type) {
+		case *wire.Landed:
+			if s.OnLanded != nil {
+				s.OnLanded(hello.NodeID, *m)
+			}
+		default:
+			log.Warn("unexpected message on control stream", "type", m.MessageType())
+		}
+	}
+}
+
+// bind makes ac the session of its node; an older session of the same
+// node, which passed the same check, is closed.
+func (s *AgentServer) bind(ac *agentConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.agents == nil {
+		s.agents = map[string]*agentConn{}
+	}
+	if old := s.agents[ac.info.NodeID]; old != nil {
+		s.logger().Info("agent session replaced", "node", ac.info.NodeID, "old", old.info.SessionID, "new", ac.info.SessionID)
+		old.ys.Close()
+	}
+	s.agents[ac.info.NodeID] = ac
+	for _, w := range s.waiters[ac.info.NodeID] {
+		close(w)
+	}
+	delete(s.waiters, ac.info.NodeID)
+}
+
+func (s *AgentServer) unbind(ac *agentConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.agents[ac.info.NodeID] == ac {
+		delete(s.agents, ac.info.NodeID)
+	}
+}
+
+// Agents lists the connected agents, by node id.
+func (s *AgentServer) Agents() []AgentInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]AgentInfo, 0, len(s.agents))
+	for _, a := range s.agents {
+		out = append(out, a.info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].NodeID < out[j].NodeID })
+	return out
+}
+
+// WaitAgent returns when an agent session is bound to nodeID, or an error
+// wrapping ErrNoAgent when ctx ends first.
+func (s *AgentServer) WaitAgent(ctx context.Context, nodeID string) error {
+	s.mu.Lock()
+	if s.agents[nodeID] != nil {
+		s.mu.Unlock()
+		return nil
+	}
+	if s.waiters == nil {
+		s.waiters = map[string][]chan struct{}{}
+	}
+	ch := make(chan struct{})
+	s.waiters[nodeID] = append(s.waiters[nodeID], ch)
+	s.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w %s: %w", ErrNoAgent, nodeID, ctx.Err())
+	}
+}
+
+// open opens a request stream to the agent of nodeID.
+func (s *AgentServer) open(nodeID string) (*yamux.Stream, error) {
+	s.mu.Lock()
+	ac := s.agents[nodeID]
+	s.mu.Unlock()
+	if ac == nil {
+		return nil, fmt.Errorf("%w %s", ErrNoAgent, nodeID)
+	}
+	st, err := ac.ys.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open stream to agent of %s: %w", nodeID, err)
+	}
+	return st, nil
+}
+
+// LaunchRequest is what Launch sends: the build's container on the node,
+// the executor, the spec, and optionally a tar of the source tree.
+type LaunchRequest struct {
+	BuildID, ContainerID string
+	Executor             *Executor
+	Spec                 []byte
+	Workdir              string
+	Source               io.Reader // tar stream of SourceSize bytes, or nil
+	SourceSize           int64
+}
+
+// Executor is the forgexec binary with its digest, computed once.
+type Executor struct {
+	Bytes []byte
+	Ref   wire.BlobRef
+}
+
+// NewExecutor computes b's digest.
+func NewExecutor(b []byte) (*Executor, error) {
+	ref, err := wire.BlobRefOf(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	return &Executor{Bytes: b, Ref: ref}, nil
+}
+
+// LaunchResult is what a Launch did.
+type LaunchResult struct {
+	Started      wire.Started
+	ExecutorSent bool // the agent lacked this executor and received it
+}
+
+// Launch asks the agent of nodeID, and no other, to inject and start the
+// build's container. The executor's bytes go only when the agent lacks
+// them. A refusal comes back as a *wire.RefusedError.
+func (s *AgentServer) Launch(ctx context.Context, nodeID string, req LaunchRequest) (*LaunchResult, error) {
+	st, err := s.open(nodeID)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	deadline := time.Now().Add(launchTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	st.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
+	defer stop()
+	c := wire.NewCodec(st)
+	err = c.Send(&wire.Launch{
+		BuildID: req.BuildID, ContainerID: req.ContainerID, Executor: req.Executor.Ref,
+		Spec: req.Spec, SourceSize: req.SourceSize, Workdir: req.Workdir,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ready, err := wire.Expect[*wire.LaunchReady](c)
+	if err != nil {
+		return nil, fmt.Errorf("launch %s on %s: %w", req.BuildID, nodeID, err)
+	}
+	if ready.NeedExecutor {
+		if err := c.SendBlob(bytes.NewReader(req.Executor.Bytes), req.Executor.Ref.Size); err != nil {
+			return nil, fmt.Errorf("launch %s: send executor: %w", req.BuildID, err)
+		}
+	}
+	if req.SourceSize > 0 {
+		if err := c.SendBlob(req.Source, req.SourceSize); err != nil {
+			return nil, fmt.Errorf("launch %s: send source: %w", req.BuildID, err)
+		}
+	}
+	started, err := wire.Expect[*wire.Started](c)
+	if err != nil {
+		return nil, fmt.Errorf("launch %s on %s: %w", req.BuildID, nodeID, err)
+	}
+	return &LaunchResult{Started: *started, ExecutorSent: ready.NeedExecutor}, nil
+}
+
+// Cancel asks the agent of nodeID to stop the build's container.
+func (s *AgentServer) Cancel(ctx context.Context, nodeID, buildID, containerID string, grace time.Duration) (*wire.Cancelled, error) {
+	st, err := s.open(nodeID)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(grace + requestTimeout))
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
+	defer stop()
+	c := wire.NewCodec(st)
+	if err := c.Send(&wire.Cancel{BuildID: buildID, ContainerID: containerID, GraceSeconds: int(grace.Seconds())}); err != nil {
+		return nil, err
+	}
+	out, err := wire.Expect[*wire.Cancelled](c)
+	if err != nil {
+		return nil, fmt.Errorf("cancel %s on %s: %w", buildID, nodeID, err)
+	}
+	return out, nil
+}
+
+// serveStream serves a stream an agent opened: only log streams exist.
+func (s *AgentServer) serveStream(ctx context.Context, nodeID string, st *yamux.Stream) {
+	defer st.Close()
+	log := s.logger().With("node", nodeID)
+	st.SetDeadline(time.Now().Add(requestTimeout))
+	c := wire.NewCodec(st)
+	att, err := wire.Expect[*wire.Attach](c)
+	if err != nil {
+		log.Warn("agent stream", "err", err)
+		c.Send(wire.NewRefused(wire.RefusedBadRequest, "%v", err))
+		return
+	}
+	log = log.With("build", att.BuildID)
+	// One log stream per build: a new attach (the agent reconnected before
+	// the old session was found dead) replaces the old stream.
+	s.mu.Lock()
+	if s.logStreams == nil {
+		s.logStreams = map[string]*yamux.Stream{}
+	}
+	if old := s.logStreams[att.BuildID]; old != nil {
+		old.SetReadDeadline(time.Now()) // its reader ends, and closes it
+	}
+	s.logStreams[att.BuildID] = st
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		if s.logStreams[att.BuildID] == st {
+			delete(s.logStreams, att.BuildID)
+		}
+		s.mu.Unlock()
+	}()
+	reply, err := s.Logs.Attach(ctx, nodeID, att)
+	if err != nil {
+		code := wire.RefusedInternal
+		if errors.Is(err, ErrUnknownBuild) {
+			code = wire.RefusedNotFound
+		}
+		c.Send(wire.NewRefused(code, "%v", err))
+		log.Warn("attach refused", "err", err)
+		return
+	}
+	if err := c.Send(reply); err != nil || reply.Done {
+		return
+	}
+	// A log stream lives as long as the build; the session's keep-alives
+	// watch the connection, so the stream itself has no deadline now.
+	st.SetDeadline(time.Time{})
+	var unacked int
+	for {
+		m, err := c.Recv()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, io.EOF) {
+				log.Info("log stream ended", "err", err)
+			}
+			return
+		}
+		switch m := m.(type) {
+		case *wire.Log:
+			if err := s.Logs.Log(ctx, att.BuildID, m); err != nil {
+				log.Error("store log", "seq", m.Seq, "err", err)
+				c.Send(wire.NewRefused(wire.RefusedBadRequest, "log seq %d: %v", m.Seq, err))
+				return
+			}
+			if unacked++; unacked >= logAckEvery {
+				unacked = 0
+				if err := c.Send(&wire.LogAck{Seq: m.Seq}); err != nil {
+					return
+				}
+			}
+		case *wire.Exit:
+			if err := s.Logs.Exit(ctx, att.BuildID, m); err != nil {
+				log.Error("record exit", "err", err)
+				c.Send(wire.NewRefused(wire.RefusedInternal, "record exit: %v", err))
+				return
+			}
+			st.SetDeadline(time.Now().Add(requestTimeout))
+			c.Send(&wire.ExitAck{})
+			return
+		default:
+			c.Send(wire.NewRefused(wire.RefusedBadRequest, "unexpected %s on a log stream", m.MessageType()))
+			return
+		}
+	}
+}
+
+func newSessionID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

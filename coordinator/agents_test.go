@@ -1,0 +1,240 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/forge-ci/forge/wire"
+)
+
+// verifyFunc is a NodeVerifier made of a function.
+type verifyFunc func(nodeID string, remote net.Addr) error
+
+func (f verifyFunc) VerifyAgent(_ context.Context, nodeID string, remote net.Addr) error {
+	return f(nodeID, remote)
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type testPKI struct {
+	ca                 *wire.CA
+	coordinator, agent tls.Certificate
+}
+
+func newTestPKI(t *testing.T) *testPKI {
+	t.Helper()
+	ca, err := wire.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(role wire.Role, hosts ...string) tls.Certificate {
+		c, k, err := ca.Issue(wire.IssueRequest{Role: role, Name: string(role), Hosts: hosts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pair, err := tls.X509KeyPair(c, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pair
+	}
+	return &testPKI{ca: ca, coordinator: issue(wire.RoleCoordinator, "127.0.0.1"), agent: issue(wire.RoleAgent)}
+}
+
+// serveAgents runs an AgentServer on loopback until the test ends.
+func serveAgents(t *testing.T, p *testPKI, v NodeVerifier) (*AgentServer, string, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	s := &AgentServer{TLS: wire.ServerConfig(p.ca.Pool(), p.coordinator), Verify: v,
+		Logs: &LogStore{Dir: t.TempDir()}, Log: slog.New(slog.NewTextHandler(logs, nil))}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return s, ln.Addr().String(), logs
+}
+
+// rawAgent speaks the wire by hand: Hello, then whatever the test wants.
+func rawAgent(t *testing.T, p *testPKI, addr string, hello wire.Hello) (*yamux.Session, *wire.Codec, error) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ys, err := wire.Client(tls.Client(conn, wire.ClientConfig(p.ca.Pool(), p.agent, "127.0.0.1")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ys.Close() })
+	st, err := ys.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.SetDeadline(time.Now().Add(10 * time.Second))
+	c := wire.NewCodec(st)
+	// As the real agent does: the answer is read even when the send
+	// failed, since a refusing coordinator may close the session first.
+	serr := c.Send(&hello)
+	if _, err := wire.Expect[*wire.Welcome](c); err != nil {
+		return ys, c, err
+	}
+	if serr != nil {
+		return ys, c, serr
+	}
+	return ys, c, c.Send(&wire.Holding{Builds: []wire.Held{}})
+}
+
+func hello(node string) wire.Hello {
+	return wire.Hello{Protocol: wire.ProtocolVersion, NodeID: node, Hostname: "h-" + node, AgentVersion: "test", EngineVersion: "20.10"}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for !cond() {
+		select {
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func TestAgentServerRefusesProtocolMismatch(t *testing.T) {
+	p := newTestPKI(t)
+	s, addr, logs := serveAgents(t, p, verifyFunc(func(string, net.Addr) error { return nil }))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	})
+	h := hello("n1")
+	h.Protocol = wire.ProtocolVersion + 1
+	_, _, err := rawAgent(t, p, addr, h)
+	var r *wire.RefusedError
+	if !errors.As(err, &r) || r.Code != wire.RefusedProtocol {
+		t.Fatalf("hello with protocol %d: %v, want refused %s", h.Protocol, err, wire.RefusedProtocol)
+	}
+	want := fmt.Sprintf("agent speaks %d, coordinator speaks %d", h.Protocol, wire.ProtocolVersion)
+	if !strings.Contains(r.Message, want) {
+		t.Errorf("agent sees %q, want it to name both versions", r.Message)
+	}
+	if !strings.Contains(logs.String(), want) {
+		t.Errorf("coordinator log lacks %q:\n%s", want, logs.String())
+	}
+	if len(s.Agents()) != 0 {
+		t.Errorf("refused agent is bound: %+v", s.Agents())
+	}
+}
+
+func TestAgentServerIdentity(t *testing.T) {
+	p := newTestPKI(t)
+	s, addr, _ := serveAgents(t, p, verifyFunc(func(node string, _ net.Addr) error {
+		if node != "good" {
+			return fmt.Errorf("node %s is not in this swarm", node)
+		}
+		return nil
+	}))
+	_, _, err := rawAgent(t, p, addr, hello("evil"))
+	var r *wire.RefusedError
+	if !errors.As(err, &r) || r.Code != wire.RefusedIdentity || !strings.Contains(r.Message, "not in this swarm") {
+		t.Fatalf("unverifiable node: %v", err)
+	}
+
+	first, _, err := rawAgent(t, p, addr, hello("good"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "first session bound", func() bool { return len(s.Agents()) == 1 })
+	firstID := s.Agents()[0].SessionID
+	// A second valid session for the same node replaces the first.
+	if _, _, err := rawAgent(t, p, addr, hello("good")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "second session bound", func() bool { a := s.Agents(); return len(a) == 1 && a[0].SessionID != firstID })
+	select {
+	case <-first.CloseChan():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the replaced session is still open")
+	}
+	// Requests go to the bound agent only; other nodes have none.
+	_, err = s.Launch(context.Background(), "other", LaunchRequest{BuildID: "b", ContainerID: "c", Executor: &Executor{}})
+	if !errors.Is(err, ErrNoAgent) {
+		t.Errorf("launch on a node without agent: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := s.WaitAgent(ctx, "other"); !errors.Is(err, ErrNoAgent) {
+		t.Errorf("WaitAgent: %v", err)
+	}
+}
+
+func TestAPIAgents(t *testing.T) {
+	p := newTestPKI(t)
+	s, addr, _ := serveAgents(t, p, verifyFunc(func(string, net.Addr) error { return nil }))
+	if _, _, err := rawAgent(t, p, addr, hello("n1")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "agent bound", func() bool { return len(s.Agents()) == 1 })
+	srv := httptest.NewServer((&API{Agents: s}).Handler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/api/agents")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got []map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Header.Get("Content-Type") != "application/json" || len(got) != 1 {
+		t.Fatalf("%s %v", resp.Header.Get("Content-Type"), got)
+	}
+	for _, k := range []string{"node_id", "hostname", "agent_version", "engine_version", "address", "connected_since"} {
+		if got[0][k] == nil || got[0][k] == "" {
+			t.Errorf("agent lacks %s: %v", k, got[0])
+		}
+	}
+	if got[0]["node_id"] != "n1" || !strings.HasPrefix(got[0]["address"].(string), "127.0.0.1:") {
+		t.Errorf("agent %v", got[0])
+	}
+}

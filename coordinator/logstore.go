@@ -1,0 +1,341 @@
+package coordinator
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+
+	"github.com/forge-ci/forge/wire"
+)
+
+// LogStore keeps each build's output in a file under Dir and is the
+// BuildLogs of the agent server.
+//
+// The file is a sequence of records: one byte naming the stream (1 stdout,
+// 2 stderr), a 4-byte big-endian length, the bytes. From it alone the
+// store recovers, after a restart, how much of each stream it has, which is
+// what an agent needs to resume without losing or repeating output. A
+// record cut short by a crash is dropped when the file is opened again.
+// The exit is kept beside it in <id>.exit, written once.
+type LogStore struct {
+	Dir string
+
+	mu     sync.Mutex
+	builds map[string]*buildLog
+}
+
+type buildLog struct {
+	mu      sync.Mutex
+	f       *os.File
+	nextSeq uint64
+	off     [3]int64 // by stream code
+	exit    *wire.Exit
+	changed chan struct{} // closed and replaced on every append or exit
+}
+
+const (
+	recStdout byte = 1
+	recStderr byte = 2
+	recHeader      = 5
+)
+
+var buildIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+func streamCode(s string) (byte, error) {
+	switch s {
+	case wire.StreamStdout:
+		return recStdout, nil
+	case wire.StreamStderr:
+		return recStderr, nil
+	}
+	return 0, fmt.Errorf("unknown stream %q", s)
+}
+
+func (s *LogStore) path(id, ext string) string { return filepath.Join(s.Dir, id+ext) }
+
+// Create makes the (empty) log of a new build; agents can attach to it
+// from then on.
+func (s *LogStore) Create(id string) error {
+	if !buildIDPattern.MatchString(id) {
+		return fmt.Errorf("build id %q: not a valid id", id)
+	}
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(s.path(id, ".log"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("create log of %s: %w", id, err)
+	}
+	return f.Close()
+}
+
+// open returns the build's log, loading it from disk on first use.
+func (s *LogStore) open(id string) (*buildLog, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b := s.builds[id]; b != nil {
+		return b, nil
+	}
+	if !buildIDPattern.MatchString(id) {
+		return nil, fmt.Errorf("%w %q", ErrUnknownBuild, id)
+	}
+	f, err := os.OpenFile(s.path(id, ".log"), os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w %s", ErrUnknownBuild, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	b := &buildLog{f: f, changed: make(chan struct{})}
+	good, err := scanRecords(f, func(code byte, data []byte) { b.off[code] += int64(len(data)) })
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("read log of %s: %w", id, err)
+	}
+	// Drop a record cut short by a crash, then append after the good ones.
+	if err := f.Truncate(good); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if _, err := f.Seek(good, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if raw, err := os.ReadFile(s.path(id, ".exit")); err == nil {
+		var e wire.Exit
+		if err := json.Unmarshal(raw, &e); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("exit of %s: %w", id, err)
+		}
+		b.exit = &e
+		b.nextSeq = e.LastSeq + 1
+	}
+	if s.builds == nil {
+		s.builds = map[string]*buildLog{}
+	}
+	s.builds[id] = b
+	return b, nil
+}
+
+// scanRecords calls fn for each whole record of r and returns the length
+// of the whole records.
+func scanRecords(r io.Reader, fn func(code byte, data []byte)) (int64, error) {
+	br := bufio.NewReader(r)
+	var good int64
+	var hdr [recHeader]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return good, nil
+			}
+			return good, err
+		}
+		code, n := hdr[0], binary.BigEndian.Uint32(hdr[1:])
+		if (code != recStdout && code != recStderr) || n > wire.MaxLogChunk {
+			return good, nil // garbage from a torn write: the rest is dropped
+		}
+		data := make([]byte, n)
+		if _, err := io.ReadFull(br, data); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return good, nil
+			}
+			return good, err
+		}
+		fn(code, data)
+		good += recHeader + int64(n)
+	}
+}
+
+// Attach implements BuildLogs.
+func (s *LogStore) Attach(ctx context.Context, nodeID string, a *wire.Attach) (*wire.Attached, error) {
+	b, err := s.open(a.BuildID)
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return &wire.Attached{NextSeq: max(b.nextSeq, 1), StdoutOffset: b.off[recStdout], StderrOffset: b.off[recStderr], Done: b.exit != nil}, nil
+}
+
+// Log implements BuildLogs. Output the store has already (an agent that
+// resumes from an older point, or a second stream of the same build) is
+// dropped by its offset; output beyond what the store has is a gap and an
+// error, so nothing is ever stored out of order.
+func (s *LogStore) Log(ctx context.Context, id string, l *wire.Log) error {
+	code, err := streamCode(l.Stream)
+	if err != nil {
+		return err
+	}
+	b, err := s.open(id)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.exit != nil {
+		return fmt.Errorf("build %s has exited; no more output is taken", id)
+	}
+	have := b.off[code]
+	data := l.Data
+	switch end := l.Offset + int64(len(data)); {
+	case l.Offset > have:
+		return fmt.Errorf("%s offset %d, but the store has %d bytes: output is missing", l.Stream, l.Offset, have)
+	case end <= have:
+		b.nextSeq = max(b.nextSeq, l.Seq+1)
+		return nil
+	default:
+		data = data[have-l.Offset:]
+	}
+	rec := make([]byte, recHeader+len(data))
+	rec[0] = code
+	binary.BigEndian.PutUint32(rec[1:], uint32(len(data)))
+	copy(rec[recHeader:], data)
+	if _, err := b.f.Write(rec); err != nil {
+		return fmt.Errorf("append log of %s: %w", id, err)
+	}
+	b.off[code] += int64(len(data))
+	b.nextSeq = max(b.nextSeq, l.Seq+1)
+	b.notify()
+	return nil
+}
+
+// Exit implements BuildLogs: the first exit of a build is recorded, later
+// ones are ignored.
+func (s *LogStore) Exit(ctx context.Context, id string, e *wire.Exit) error {
+	b, err := s.open(id)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.exit != nil {
+		return nil
+	}
+	if err := b.f.Sync(); err != nil {
+		return err
+	}
+	raw, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	tmp := s.path(id, ".exit.tmp")
+	if err := os.WriteFile(tmp, raw, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, s.path(id, ".exit")); err != nil {
+		return err
+	}
+	ex := *e
+	b.exit = &ex
+	b.notify()
+	return nil
+}
+
+// notify wakes followers; b.mu is held.
+func (b *buildLog) notify() {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// Exited returns the build's recorded exit, or nil while it runs.
+func (s *LogStore) Exited(id string) (*wire.Exit, error) {
+	b, err := s.open(id)
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.exit == nil {
+		return nil, nil
+	}
+	e := *b.exit
+	return &e, nil
+}
+
+// Follow writes the build's output to w as plain text, stdout and stderr
+// in the order they were stored, and when follow is set goes on until the
+// build's exit is recorded or ctx ends.
+func (s *LogStore) Follow(ctx context.Context, id string, w io.Writer, follow bool) error {
+	b, err := s.open(id)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(s.path(id, ".log"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var pos int64
+	for {
+		b.mu.Lock()
+		changed, exited := b.changed, b.exit != nil
+		b.mu.Unlock()
+		// Read the whole records written so far.
+		var werr error
+		n, err := scanRecords(io.NewSectionReader(f, pos, 1<<62), func(_ byte, data []byte) {
+			if werr == nil {
+				_, werr = w.Write(data)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		if werr != nil {
+			return werr
+		}
+		pos += n
+		if fl, ok := w.(interface{ Flush() }); ok && n > 0 {
+			fl.Flush()
+		}
+		if !follow || exited {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// Close closes the open log files.
+func (s *LogStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for id, b := range s.builds {
+		errs = append(errs, b.f.Close())
+		delete(s.builds, id)
+	}
+	return errors.Join(errs...)
+}
+
+// WaitExit returns the build's exit once it is recorded, or ctx's error.
+func (s *LogStore) WaitExit(ctx context.Context, id string) (*wire.Exit, error) {
+	b, err := s.open(id)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		b.mu.Lock()
+		changed, exit := b.changed, b.exit
+		b.mu.Unlock()
+		if exit != nil {
+			e := *exit
+			return &e, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-changed:
+		}
+	}
+}

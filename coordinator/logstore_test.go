@@ -1,0 +1,156 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/forge-ci/forge/wire"
+)
+
+func logOf(t *testing.T, s *LogStore, id string) string {
+	t.Helper()
+	var b bytes.Buffer
+	if err := s.Follow(context.Background(), id, &b, false); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func TestLogStoreResume(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := &LogStore{Dir: dir}
+	if err := s.Create("b1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Attach(ctx, "n", &wire.Attach{BuildID: "nope", ContainerID: "c"}); !errors.Is(err, ErrUnknownBuild) {
+		t.Fatalf("unknown build: %v", err)
+	}
+	at, err := s.Attach(ctx, "n", &wire.Attach{BuildID: "b1", ContainerID: "c"})
+	if err != nil || at.NextSeq != 1 || at.StdoutOffset != 0 || at.Done {
+		t.Fatalf("fresh attach: %+v %v", at, err)
+	}
+	steps := []struct {
+		l       wire.Log
+		wantErr bool
+	}{
+		{wire.Log{Seq: 1, Stream: "stdout", Offset: 0, Data: []byte("hello\n")}, false},
+		{wire.Log{Seq: 2, Stream: "stderr", Offset: 0, Data: []byte("warn\n")}, false},
+		{wire.Log{Seq: 3, Stream: "stdout", Offset: 0, Data: []byte("hello\n")}, false},      // a repeat: dropped
+		{wire.Log{Seq: 4, Stream: "stdout", Offset: 3, Data: []byte("lo\nworld\n")}, false},  // overlaps: only "world\n" is new
+		{wire.Log{Seq: 5, Stream: "stdout", Offset: 100, Data: []byte("after a gap")}, true}, // a gap
+		{wire.Log{Seq: 6, Stream: "stdin", Offset: 0, Data: []byte("x")}, true},              // no such stream
+	}
+	for i, st := range steps {
+		err := s.Log(ctx, "b1", &st.l)
+		if (err != nil) != st.wantErr {
+			t.Fatalf("step %d: err %v, want error %v", i, err, st.wantErr)
+		}
+	}
+	if got := logOf(t, s, "b1"); got != "hello\nwarn\nworld\n" {
+		t.Fatalf("log %q", got)
+	}
+
+	// A restart: a new store over the same folder, with a torn record at
+	// the end of the file as a crash mid-write leaves it.
+	s.Close()
+	f, err := os.OpenFile(filepath.Join(dir, "b1.log"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte{recStdout, 0, 0, 0, 50, 'p', 'a'})
+	f.Close()
+	s = &LogStore{Dir: dir}
+	defer s.Close()
+	at, err = s.Attach(ctx, "n", &wire.Attach{BuildID: "b1", ContainerID: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at.StdoutOffset != int64(len("hello\nworld\n")) || at.StderrOffset != int64(len("warn\n")) {
+		t.Fatalf("after restart: %+v", at)
+	}
+	if err := s.Log(ctx, "b1", &wire.Log{Seq: at.NextSeq, Stream: "stdout", Offset: at.StdoutOffset, Data: []byte("more\n")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := logOf(t, s, "b1"); got != "hello\nwarn\nworld\nmore\n" {
+		t.Fatalf("log after restart %q", got)
+	}
+	if err := s.Exit(ctx, "b1", &wire.Exit{ExitCode: 4, LastSeq: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Exit(ctx, "b1", &wire.Exit{ExitCode: 0, LastSeq: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if x, _ := s.Exited("b1"); x == nil || x.ExitCode != 4 {
+		t.Fatalf("exit %+v, want the first one (4)", x)
+	}
+	if err := s.Log(ctx, "b1", &wire.Log{Seq: 11, Stream: "stdout", Offset: 17, Data: []byte("late")}); err == nil {
+		t.Error("output after the exit accepted")
+	}
+	at, _ = s.Attach(ctx, "n", &wire.Attach{BuildID: "b1", ContainerID: "c"})
+	if !at.Done {
+		t.Errorf("attach after exit: %+v, want done", at)
+	}
+}
+
+func TestLogStoreFollow(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s := &LogStore{Dir: t.TempDir()}
+	defer s.Close()
+	if err := s.Create("b2"); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := newPipe()
+	done := make(chan error, 1)
+	go func() { done <- s.Follow(ctx, "b2", pw, true) }()
+	s.Log(ctx, "b2", &wire.Log{Seq: 1, Stream: "stdout", Data: []byte("one\n")})
+	if got := pr.next(t); got != "one\n" {
+		t.Fatalf("first %q", got)
+	}
+	s.Log(ctx, "b2", &wire.Log{Seq: 2, Stream: "stdout", Offset: 4, Data: []byte("two\n")})
+	if got := pr.next(t); got != "two\n" {
+		t.Fatalf("second %q", got)
+	}
+	s.Exit(ctx, "b2", &wire.Exit{ExitCode: 0, LastSeq: 2})
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("follow did not end with the build")
+	}
+}
+
+func TestLogStoreRefusesBadIDs(t *testing.T) {
+	s := &LogStore{Dir: t.TempDir()}
+	for _, id := range []string{"", "../x", "a/b", ".hidden"} {
+		if err := s.Create(id); err == nil {
+			t.Errorf("Create(%q) accepted", id)
+		}
+	}
+}
+
+// chunkPipe hands each Write to the test as one chunk.
+type chunkPipe chan string
+
+func newPipe() (chunkPipe, chunkPipe) { c := make(chunkPipe, 16); return c, c }
+
+func (c chunkPipe) Write(p []byte) (int, error) { c <- string(p); return len(p), nil }
+
+func (c chunkPipe) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case s := <-c:
+		return s
+	case <-time.After(10 * time.Second):
+		t.Fatal("no output")
+		return ""
+	}
+}
