@@ -37,6 +37,8 @@ func newApp() *cli.App {
 		HideVersion:    true,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits, once
 		Commands: []*cli.Command{
+			agentCommand(),
+			certsCommand(),
 			versionCommand(),
 		},
 	}

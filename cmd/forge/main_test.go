@@ -2,9 +2,13 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 
+	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/internal/version"
 )
 
@@ -25,4 +29,18 @@ func TestVersion(t *testing.T) {
 	if !strings.HasPrefix(out, "forge "+version.Version+" ") {
 		t.Errorf("version printed %q", out)
 	}
+}
+
+func TestMain(m *testing.M) { os.Exit(dockertest.Main(m)) }
+
+// syncWriter serialises writes from the program's goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/internal/dockertest"
+	"github.com/forge-ci/forge/wire"
+)
+
+// TestAgentCommand starts the real `forge agent` with certificates made by
+// `forge certs`, against a coordinator's agent listener on port 0, and
+// waits for it to be bound to this node.
+func TestAgentCommand(t *testing.T) {
+	cli := dockertest.Client(t)
+	dockertest.Swarm(t, cli)
+	info, err := cli.Info(dockertest.Context(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"certs", "init", "--dir", dir},
+		{"certs", "issue", "--dir", dir, "--role", "coordinator", "--name", "coordinator", "--host", "localhost"},
+		{"certs", "issue", "--dir", dir, "--role", "agent", "--name", "agent"},
+	} {
+		if _, err := run(t, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool, err := wire.LoadCAPool(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "coordinator.pem"), filepath.Join(dir, "coordinator-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &coordinator.AgentServer{TLS: wire.ServerConfig(pool, pair), Logs: &coordinator.LogStore{Dir: t.TempDir()},
+		Verify: &coordinator.SwarmVerifier{Docker: cli, LocalNodeID: info.Swarm.NodeID}, Log: slog.New(slog.DiscardHandler)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+	defer func() { cancel(); <-served }()
+
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	actx, stop := context.WithCancel(context.Background())
+	app := newApp()
+	var out strings.Builder
+	app.Writer, app.ErrWriter = &out, &syncWriter{w: &out}
+	ran := make(chan error, 1)
+	go func() {
+		ran <- app.RunContext(actx, []string{"forge", "agent", "--coordinator", "localhost:" + port,
+			"--tls-ca", filepath.Join(dir, "ca.pem"), "--tls-cert", filepath.Join(dir, "agent.pem"), "--tls-key", filepath.Join(dir, "agent-key.pem")})
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if err := srv.WaitAgent(wctx, info.Swarm.NodeID); err != nil {
+		t.Fatalf("%v; agent said:\n%s", err, out.String())
+	}
+	stop()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Errorf("forge agent: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("forge agent did not stop on cancel")
+	}
+}
+
+func TestAgentCommandRefusesTCPDocker(t *testing.T) {
+	_, err := run(t, "agent", "--coordinator", "c:7443", "--tls-ca", "x", "--tls-cert", "y", "--tls-key", "z", "--docker-host", "tcp://10.0.0.1:2375")
+	if err == nil || !strings.Contains(err.Error(), "--tls-ca") && !strings.Contains(err.Error(), "never Docker over TCP") {
+		t.Fatalf("err %v", err)
+	}
+	if _, err := localDocker("tcp://10.0.0.1:2375"); err == nil || !strings.Contains(err.Error(), "never Docker over TCP") {
+		t.Fatalf("localDocker(tcp): %v", err)
+	}
+}
