@@ -72,6 +72,8 @@ type AgentServer struct {
 	OnLanded func(nodeID string, l wire.Landed)
 	// OnHolding, when set, is told what an agent holds after it connects.
 	OnHolding func(nodeID string, h wire.Holding)
+	// OnConnect, when set, is told of each agent bound to its node.
+	OnConnect func(a AgentInfo)
 
 	mu         sync.Mutex
 	agents     map[string]*agentConn // by node id
@@ -182,6 +184,9 @@ func (s *AgentServer) serveConn(ctx context.Context, conn net.Conn) {
 	s.bind(ac)
 	defer s.unbind(ac)
 	log.Info("agent connected", "session", ac.info.SessionID, "holding", len(holding.Builds))
+	if s.OnConnect != nil {
+		s.OnConnect(ac.info)
+	}
 	if s.OnHolding != nil {
 		s.OnHolding(hello.NodeID, *holding)
 	}

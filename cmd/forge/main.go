@@ -13,7 +13,9 @@ import (
 
 func main() {
 	if err := newApp().Run(os.Args); err != nil {
-		fmt.Fprintf(os.Stderr, "forge: %v\n", err)
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintf(os.Stderr, "forge: %s\n", msg)
+		}
 		os.Exit(exitCode(err))
 	}
 }
@@ -39,6 +41,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			agentCommand(),
 			certsCommand(),
+			runCommand(),
 			versionCommand(),
 		},
 	}
