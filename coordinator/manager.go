@@ -99,6 +99,7 @@ type Manager struct {
 	mu     sync.Mutex
 	runs   map[string]*run
 	landed map[string]chan landing
+	kick   chan struct{}
 	base   context.Context
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
@@ -123,6 +124,7 @@ func (m *Manager) init() {
 	}
 	m.runs = map[string]*run{}
 	m.landed = map[string]chan landing{}
+	m.kick = make(chan struct{})
 	m.base, m.stop = context.WithCancel(context.Background())
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
@@ -237,20 +239,42 @@ func (m *Manager) Cancel(ctx context.Context, id, reason string) error {
 	return nil
 }
 
-// Wait returns the build once it is final, or ctx's error.
+// Wait returns the build once it is final, or ctx's error. A build that
+// nobody watches yet (Recover has not reached it) is waited for too.
 func (m *Manager) Wait(ctx context.Context, id string) (*store.Build, error) {
 	m.init()
-	m.mu.Lock()
-	r := m.runs[id]
-	m.mu.Unlock()
-	if r != nil {
+	for {
+		m.mu.Lock()
+		r, kick := m.runs[id], m.kick
+		m.mu.Unlock()
+		if r != nil {
+			select {
+			case <-r.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		b, err := m.Store.Build(ctx, id)
+		if err != nil || b.State.Final() {
+			return b, err
+		}
+		if r != nil {
+			continue // the run ended without a final state: shutdown
+		}
 		select {
-		case <-r.done:
+		case <-kick:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
 	}
-	return m.Store.Build(ctx, id)
+}
+
+// kicked wakes Waits that found no run: a run started or a build ended.
+func (m *Manager) kicked() {
+	m.mu.Lock()
+	close(m.kick)
+	m.kick = make(chan struct{})
+	m.mu.Unlock()
 }
 
 // Landed is the agent server's OnLanded: an agent saw a build's container
@@ -276,6 +300,7 @@ func (m *Manager) start(b *store.Build, fn func(ctx context.Context, r *run)) {
 	m.runs[b.ID] = r
 	m.landed[b.ID] = make(chan landing, 4)
 	m.mu.Unlock()
+	m.kicked()
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -326,6 +351,7 @@ func (m *Manager) finish(ctx context.Context, b *store.Build, st store.State, re
 		return b
 	}
 	m.Log.Info("build finished", "build", b.ID, "state", st, "reason", reason)
+	m.kicked()
 	return nb
 }
 

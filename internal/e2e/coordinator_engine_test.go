@@ -1,0 +1,251 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/config"
+	"github.com/forge-ci/forge/coordinator/store"
+	"github.com/forge-ci/forge/internal/dockertest"
+)
+
+// server is a whole coordinator (coordinator.Server) on loopback.
+type server struct {
+	srv    *coordinator.Server
+	http   string
+	agents string
+	cancel context.CancelFunc
+	done   chan error
+	mu     sync.Mutex
+	finals map[string]int // final states recorded, by build
+}
+
+func startServer(t *testing.T, e *env, data, agentAddr string) *server {
+	t.Helper()
+	ctx := dockertest.Context(t, 30*time.Second)
+	srv, err := coordinator.New(ctx, coordinator.Config{TLS: e.pki.serverTLS(), Session: fastSession, DataDir: data,
+		Executor: e.exe.Bytes, Logger: testLogger(t, "coordinator"), AgentWait: 20 * time.Second}, e.cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{srv: srv, finals: map[string]int{}}
+	srv.Manager.OnChange = func(b *store.Build) {
+		if b.State.Final() {
+			s.mu.Lock()
+			s.finals[b.ID]++
+			s.mu.Unlock()
+		}
+	}
+	if agentAddr == "" {
+		agentAddr = "127.0.0.1:0"
+	}
+	agentLn, err := net.Listen("tcp", agentAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.http, s.agents = "http://"+httpLn.Addr().String(), agentLn.Addr().String()
+	sctx, cancel := context.WithCancel(context.Background())
+	s.cancel, s.done = cancel, make(chan error, 1)
+	go func() { s.done <- srv.Serve(sctx, httpLn, agentLn) }()
+	t.Cleanup(s.stop)
+	return s
+}
+
+// stop ends the coordinator the way a restart does: builds stay in swarm.
+func (s *server) stop() {
+	if s.cancel == nil {
+		return
+	}
+	s.cancel()
+	<-s.done
+	s.cancel = nil
+}
+
+func (s *server) submit(t *testing.T, e *env, yml string, testID string) *store.Build {
+	t.Helper()
+	cfg, err := config.Parse(".forge.yml", []byte(yml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.srv.Manager.Submit(dockertest.Context(t, 30*time.Second), coordinator.Request{
+		Build:  store.Build{Owner: "acme", Repo: "widgets", Branch: "main", SHA: "0123456789abcdef0123456789abcdef01234567", Action: "execute", Trigger: "api"},
+		Config: cfg, ConfigText: yml, Node: e.node, Labels: map[string]string{dockertest.LabelTest: testID},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func getJSON(t *testing.T, url string, v any) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if v != nil {
+		json.NewDecoder(resp.Body).Decode(v)
+	}
+	return resp.StatusCode
+}
+
+// waitState polls the API until the build reaches one of states.
+func waitStarted(t *testing.T, s *server, id string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		var v coordinator.BuildView
+		getJSON(t, s.http+"/api/builds/"+id, &v)
+		if v.Started != nil {
+			return
+		}
+		if v.State != "running" && v.State != "queued" {
+			t.Fatalf("build %s is %s (%s) before it started", id, v.State, v.Reason)
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatalf("build %s did not start", id)
+}
+
+// TestCoordinatorRestartMidBuild: the coordinator goes away while a build
+// runs and a new one starts on the same data; the agent reconnects, the
+// build finishes normally with every line once, and is recorded once.
+func TestCoordinatorRestartMidBuild(t *testing.T) {
+	e := newEnv(t)
+	data := t.TempDir()
+	s1 := startServer(t, e, data, "")
+	startAgent(t, e.pki, s1.agents, nil, nil)
+	id := dockertest.ID(t)
+	dockertest.Cleanup(t, e.cli, id)
+	const n = 120
+	b := s1.submit(t, e, "image: "+e.image+"\nexecute: ['"+lineScript(n, 5)+"']\n", id)
+	waitStarted(t, s1, b.ID)
+	s1.stop()
+
+	s2 := startServer(t, e, data, s1.agents)
+	ctx := dockertest.Context(t, 2*time.Minute)
+	final, err := s2.srv.Manager.Wait(ctx, b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final.State != store.Failure || final.ExitCode == nil || *final.ExitCode != 5 {
+		t.Fatalf("after the restart: %s (%s) exit %v, want failure 5", final.State, final.Reason, final.ExitCode)
+	}
+	resp, err := http.Get(s2.http + "/api/builds/" + b.ID + "/log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	checkLines(t, string(log), n)
+	s2.mu.Lock()
+	if s1.finals[b.ID]+s2.finals[b.ID] != 1 {
+		t.Errorf("final state recorded %d+%d times", s1.finals[b.ID], s2.finals[b.ID])
+	}
+	s2.mu.Unlock()
+}
+
+// TestHTTPAPI: the build API, a live log, cancel, metrics and the pages,
+// against a real build.
+func TestHTTPAPI(t *testing.T) {
+	e := newEnv(t)
+	s := startServer(t, e, t.TempDir(), "")
+	startAgent(t, e.pki, s.agents, nil, nil)
+	id := dockertest.ID(t)
+	dockertest.Cleanup(t, e.cli, id)
+
+	if code := getJSON(t, s.http+"/api/builds/nope", nil); code != http.StatusNotFound {
+		t.Errorf("unknown build: %d", code)
+	}
+	b := s.submit(t, e, "image: "+e.image+"\nexecute: ['echo first; sleep 60; echo never']\n", id)
+	waitStarted(t, s, b.ID)
+
+	// Follow the log live: the first line arrives while the build runs.
+	resp, err := http.Get(s.http + "/api/builds/" + b.ID + "/log?follow=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		t.Errorf("log content type %q", ct)
+	}
+	lines := make(chan string, 16)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	for got := ""; got != "first"; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("log ended before the first line")
+			}
+			got = l
+		case <-time.After(30 * time.Second):
+			t.Fatal("no live log")
+		}
+	}
+	var list []coordinator.BuildView
+	if code := getJSON(t, s.http+"/api/builds?limit=5", &list); code != 200 || len(list) == 0 || list[0].ID != b.ID || list[0].State != "running" {
+		t.Fatalf("list: %d %+v", code, list)
+	}
+	r, err := http.Post(s.http+"/api/builds/"+b.ID+"/cancel", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	if r.StatusCode != http.StatusAccepted {
+		t.Errorf("cancel: %d", r.StatusCode)
+	}
+	// The follower ends with the build.
+	for range lines {
+	}
+	final, err := s.srv.Manager.Wait(dockertest.Context(t, time.Minute), b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final.State != store.Error || !strings.Contains(final.Reason, "cancelled") {
+		t.Errorf("after cancel: %s (%s)", final.State, final.Reason)
+	}
+	r, _ = http.Post(s.http+"/api/builds/"+b.ID+"/cancel", "", nil)
+	r.Body.Close()
+	if r.StatusCode != http.StatusConflict {
+		t.Errorf("second cancel: %d, want 409", r.StatusCode)
+	}
+	for path, want := range map[string]string{
+		"/metrics":        `forge_builds{state="error"} 1`,
+		"/builds/" + b.ID: "Build " + b.ID,
+		"/":               b.ID,
+		"/healthz":        "ok",
+		"/api/agents":     e.node,
+	} {
+		resp, err := http.Get(s.http + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Errorf("GET %s: %d, body lacks %q", path, resp.StatusCode, want)
+		}
+	}
+}
