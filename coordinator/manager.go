@@ -100,6 +100,7 @@ type Manager struct {
 	runs   map[string]*run
 	landed map[string]chan landing
 	kick   chan struct{}
+	since  time.Time // when this manager started: builds from before are Recover's
 	base   context.Context
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
@@ -125,6 +126,7 @@ func (m *Manager) init() {
 	m.runs = map[string]*run{}
 	m.landed = map[string]chan landing{}
 	m.kick = make(chan struct{})
+	m.since = time.Now().UTC()
 	m.base, m.stop = context.WithCancel(context.Background())
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
@@ -322,16 +324,18 @@ func (m *Manager) changed(b *store.Build) {
 	}
 }
 
-// update writes fn's changes and tells OnChange when the state moved.
-func (m *Manager) update(ctx context.Context, id string, fn func(*store.Build) error) (*store.Build, error) {
+// update writes fn's changes to b's record and tells OnChange when the
+// state moved. It returns the stored build, or b itself and the error.
+func (m *Manager) update(ctx context.Context, b *store.Build, fn func(*store.Build) error) (*store.Build, error) {
 	var before store.State
-	b, err := m.Store.UpdateBuild(ctx, id, func(b *store.Build) error {
-		before = b.State
-		return fn(b)
+	nb, err := m.Store.UpdateBuild(ctx, b.ID, func(x *store.Build) error {
+		before = x.State
+		return fn(x)
 	})
 	if err != nil {
-		return nil, err
+		return b, err
 	}
+	b = nb
 	if b.State != before {
 		m.changed(b)
 	}
@@ -340,7 +344,7 @@ func (m *Manager) update(ctx context.Context, id string, fn func(*store.Build) e
 
 // finish records a final state, once.
 func (m *Manager) finish(ctx context.Context, b *store.Build, st store.State, reason string, code *int) *store.Build {
-	nb, err := m.update(ctx, b.ID, func(x *store.Build) error {
+	nb, err := m.update(ctx, b, func(x *store.Build) error {
 		x.State, x.Reason, x.ExitCode, x.Finished = st, reason, code, time.Now().UTC()
 		return nil
 	})
@@ -382,12 +386,14 @@ func (m *Manager) execute(ctx context.Context, r *run, b *store.Build, req Reque
 		return
 	}
 	defer m.removeService(resp.ID, b.ID)
-	b, err = m.update(ctx, b.ID, func(x *store.Build) error {
+	b, err = m.update(ctx, b, func(x *store.Build) error {
 		x.State, x.ServiceID, x.ServiceName = store.Running, resp.ID, spec.Name
 		return nil
 	})
 	if err != nil {
-		m.Log.Error("record service", "build", b.ID, "err", err)
+		// Final already (cancelled meanwhile) or the store failed: the
+		// deferred removal takes the service away again.
+		m.Log.Warn("record service", "build", b.ID, "err", err)
 		return
 	}
 
@@ -404,7 +410,7 @@ func (m *Manager) execute(ctx context.Context, r *run, b *store.Build, req Reque
 		}
 		return
 	}
-	b, _ = m.update(ctx, b.ID, func(x *store.Build) error { x.NodeID, x.ContainerID = node, cid; return nil })
+	b, _ = m.update(ctx, b, func(x *store.Build) error { x.NodeID, x.ContainerID = node, cid; return nil })
 
 	// Launch through that node's agent and no other.
 	actx, acancel := context.WithTimeout(ctx, m.AgentWait)
@@ -426,7 +432,7 @@ func (m *Manager) execute(ctx context.Context, r *run, b *store.Build, req Reque
 	if m.OnDispatch != nil {
 		m.OnDispatch(started.Sub(created))
 	}
-	b, _ = m.update(ctx, b.ID, func(x *store.Build) error { x.Started = started.UTC(); return nil })
+	b, _ = m.update(ctx, b, func(x *store.Build) error { x.Started = started.UTC(); return nil })
 	m.await(ctx, r, b, req.Config.Timeout, started)
 }
 
@@ -639,6 +645,12 @@ func (m *Manager) Recover(ctx context.Context) error {
 		return fmt.Errorf("recover: %w", err)
 	}
 	for _, b := range active {
+		m.mu.Lock()
+		mine := m.runs[b.ID] != nil || !b.Created.Before(m.since)
+		m.mu.Unlock()
+		if mine {
+			continue // submitted to this manager, not left by an earlier one
+		}
 		s, ok := byBuild[b.ID]
 		switch {
 		case !ok:
