@@ -9,7 +9,7 @@ GOBUILD  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 TESTFLAGS ?= -race -count=1 -timeout 30m
 FUZZTIME  ?= 10s
 
-.PHONY: all build test fuzz lint clean
+.PHONY: all build test fuzz lint clean demo
 
 all: build
 
@@ -33,6 +33,10 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+# The first command of the README: a build passing end to end on this machine.
+demo: build
+	./deploy/demo.sh
 
 clean:
 	rm -rf $(BIN)
