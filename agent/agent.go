@@ -125,6 +125,9 @@ func Run(ctx context.Context, cfg Config) error {
 // running while there is no session; the next session reports them.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.identify(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before the engine answered
+		}
 		return err
 	}
 	a.log.Info("agent starting", "node", a.nodeID, "hostname", a.hostname, "engine", a.engine, "coordinator", a.cfg.Coordinator)

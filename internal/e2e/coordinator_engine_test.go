@@ -29,7 +29,7 @@ type server struct {
 	finals map[string]int // final states recorded, by build
 }
 
-func startServer(t *testing.T, e *env, data, agentAddr string) *server {
+func startServer(t testing.TB, e *env, data, agentAddr string) *server {
 	t.Helper()
 	ctx := dockertest.Context(t, 30*time.Second)
 	srv, err := coordinator.New(ctx, coordinator.Config{TLS: e.pki.serverTLS(), Session: fastSession, DataDir: data,
@@ -74,7 +74,7 @@ func (s *server) stop() {
 	s.cancel = nil
 }
 
-func (s *server) submit(t *testing.T, e *env, yml string, testID string) *store.Build {
+func (s *server) submit(t testing.TB, e *env, yml string, testID string) *store.Build {
 	t.Helper()
 	cfg, err := config.Parse(".forge.yml", []byte(yml))
 	if err != nil {
@@ -90,7 +90,7 @@ func (s *server) submit(t *testing.T, e *env, yml string, testID string) *store.
 	return b
 }
 
-func getJSON(t *testing.T, url string, v any) int {
+func getJSON(t testing.TB, url string, v any) int {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -104,7 +104,7 @@ func getJSON(t *testing.T, url string, v any) int {
 }
 
 // waitState polls the API until the build reaches one of states.
-func waitStarted(t *testing.T, s *server, id string) {
+func waitStarted(t testing.TB, s *server, id string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {

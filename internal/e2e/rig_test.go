@@ -70,7 +70,7 @@ var fastSession = &wire.SessionConfig{KeepAliveInterval: 300 * time.Millisecond,
 // coord is a coordinator's agent side (listener, registry, log store) on
 // loopback; restart stops and starts its listener on the same address.
 type coord struct {
-	t      *testing.T
+	t      testing.TB
 	server *coordinator.AgentServer
 	logs   *coordinator.LogStore
 	addr   string
@@ -78,7 +78,7 @@ type coord struct {
 	done   chan error
 }
 
-func startCoord(t *testing.T, p *pki, verify coordinator.NodeVerifier, addr string) *coord {
+func startCoord(t testing.TB, p *pki, verify coordinator.NodeVerifier, addr string) *coord {
 	t.Helper()
 	c := &coord{t: t, logs: &coordinator.LogStore{Dir: t.TempDir()}}
 	c.server = &coordinator.AgentServer{TLS: p.serverTLS(), Session: fastSession, Verify: verify, Logs: c.logs, Log: testLogger(t, "coordinator")}
@@ -120,7 +120,7 @@ func (c *coord) stop() {
 
 // runningAgent is a real agent running in this test process.
 type runningAgent struct {
-	t      *testing.T
+	t      testing.TB
 	agent  *agent.Agent
 	cancel context.CancelFunc
 	done   chan error
@@ -146,7 +146,7 @@ func (r *runningAgent) stop() {
 // startAgent runs a real agent against the local engine, dialling addr
 // (through dial when set); sessions, when set, receives each session id
 // and "" when a session ends.
-func startAgent(t *testing.T, p *pki, addr string, dial func(ctx context.Context, n, a string) (net.Conn, error), sessions chan<- string) *runningAgent {
+func startAgent(t testing.TB, p *pki, addr string, dial func(ctx context.Context, n, a string) (net.Conn, error), sessions chan<- string) *runningAgent {
 	t.Helper()
 	cli := dockertest.Client(t)
 	a, err := agent.New(agent.Config{
@@ -173,7 +173,7 @@ func startAgent(t *testing.T, p *pki, addr string, dial func(ctx context.Context
 }
 
 // localNode is this engine's swarm node id, after making sure swarm is on.
-func localNode(t *testing.T, cli *client.Client) string {
+func localNode(t testing.TB, cli *client.Client) string {
 	t.Helper()
 	dockertest.Swarm(t, cli)
 	info, err := cli.Info(dockertest.Context(t, 10*time.Second))
@@ -188,7 +188,7 @@ func swarmVerifier(cli *client.Client, node string) *coordinator.SwarmVerifier {
 }
 
 // waitAgent waits until an agent of node is bound.
-func waitAgent(t *testing.T, c *coord, node string, d time.Duration) {
+func waitAgent(t testing.TB, c *coord, node string, d time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
@@ -208,7 +208,7 @@ type proxy struct {
 	wg     sync.WaitGroup
 }
 
-func startProxy(t *testing.T, target string) *proxy {
+func startProxy(t testing.TB, target string) *proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

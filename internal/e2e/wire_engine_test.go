@@ -73,7 +73,7 @@ type env struct {
 	land  *landings
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	cli := dockertest.Client(t)
 	e := &env{cli: cli, node: localNode(t, cli), pki: newPKI(t), land: &landings{}}
@@ -86,13 +86,13 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-func (e *env) coord(t *testing.T, addr string) *coord {
+func (e *env) coord(t testing.TB, addr string) *coord {
 	c := startCoord(t, e.pki, swarmVerifier(e.cli, e.node), addr)
 	c.server.OnLanded = e.land.landed
 	return c
 }
 
-func spec(t *testing.T, buildID string, cmds ...string) []byte {
+func spec(t testing.TB, buildID string, cmds ...string) []byte {
 	b, err := json.Marshal(map[string]any{"version": 1, "build_id": buildID, "action": "execute", "commands": cmds, "workdir": "/forge/src"})
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +102,7 @@ func spec(t *testing.T, buildID string, cmds ...string) []byte {
 
 // build creates a build service and returns its build id and container,
 // learnt from the agent's Landed report.
-func (e *env) build(t *testing.T, c *coord) (buildID, containerID string) {
+func (e *env) build(t testing.TB, c *coord) (buildID, containerID string) {
 	t.Helper()
 	id := dockertest.ID(t)
 	dockertest.Cleanup(t, e.cli, id)
@@ -119,7 +119,7 @@ func (e *env) build(t *testing.T, c *coord) (buildID, containerID string) {
 	return buildID, containerID
 }
 
-func (e *env) launch(t *testing.T, c *coord, buildID, cid string, cmds ...string) (*coordinator.LaunchResult, error) {
+func (e *env) launch(t testing.TB, c *coord, buildID, cid string, cmds ...string) (*coordinator.LaunchResult, error) {
 	ctx := dockertest.Context(t, time.Minute)
 	return c.server.Launch(ctx, e.node, coordinator.LaunchRequest{
 		BuildID: buildID, ContainerID: cid, Executor: e.exe, Spec: spec(t, buildID, cmds...), Workdir: "/forge/src",
@@ -127,7 +127,7 @@ func (e *env) launch(t *testing.T, c *coord, buildID, cid string, cmds ...string
 }
 
 // output waits for the build's exit and returns its log and exit.
-func output(t *testing.T, c *coord, buildID string) (string, *wire.Exit) {
+func output(t testing.TB, c *coord, buildID string) (string, *wire.Exit) {
 	t.Helper()
 	var out bytes.Buffer
 	ctx := dockertest.Context(t, 2*time.Minute)
@@ -320,7 +320,7 @@ func lineScript(n, code int) string {
 	return fmt.Sprintf("i=1; while [ $i -le %d ]; do echo out $i; echo err $i >&2; i=$((i+1)); sleep 0.02; done; exit %d", n, code)
 }
 
-func checkLines(t *testing.T, out string, n int) {
+func checkLines(t testing.TB, out string, n int) {
 	t.Helper()
 	var outs, errs []string
 	for _, l := range strings.Split(out, "\n") {
