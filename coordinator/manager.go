@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -71,6 +72,11 @@ type Manager struct {
 	Agents   Dispatcher
 	Executor *Executor
 	Log      *slog.Logger
+	// Instance names this coordinator's state: its services carry it in
+	// LabelCoordinator, and Recover touches no other services, so two
+	// coordinators (or test runs) on one swarm leave each other's builds
+	// alone.
+	Instance string
 
 	AllowPorts bool
 	// LandTimeout bounds create -> the task's container exists on a node
@@ -108,8 +114,9 @@ type Manager struct {
 
 // run is one build being watched.
 type run struct {
-	cancel chan string // a reason; buffered 1
-	done   chan struct{}
+	cancel    chan string // a reason; buffered 1
+	done      chan struct{}
+	cancelled atomic.Bool // set by Cancel before it sends: seen without a receive
 }
 
 const (
@@ -179,7 +186,7 @@ func (m *Manager) Submit(ctx context.Context, req Request) (*store.Build, error)
 	}
 	m.changed(&b)
 	if b.Key != "" {
-		m.supersede(ctx, b.Key, b.ID, "superseded by "+short(b.SHA))
+		m.supersede(ctx, b.Key, &b, "superseded by "+short(b.SHA))
 	}
 	m.start(&b, func(ctx context.Context, r *run) { m.execute(ctx, r, &b, req) })
 	return &b, nil
@@ -192,15 +199,17 @@ func short(sha string) string {
 	return sha
 }
 
-// supersede cancels the active builds of key other than keep.
-func (m *Manager) supersede(ctx context.Context, key, keep, reason string) {
+// supersede cancels the active builds of key that are older than keep
+// (all of them when keep is nil). Only older ones: two builds of one key
+// submitted at once must not cancel each other.
+func (m *Manager) supersede(ctx context.Context, key string, keep *store.Build, reason string) {
 	olds, err := m.Store.ActiveByKey(ctx, key)
 	if err != nil {
 		m.Log.Error("find builds to supersede", "key", key, "err", err)
 		return
 	}
 	for _, o := range olds {
-		if o.ID != keep {
+		if keep == nil || o.Created.Before(keep.Created) || (o.Created.Equal(keep.Created) && o.ID < keep.ID) {
 			m.Cancel(ctx, o.ID, reason)
 		}
 	}
@@ -209,7 +218,7 @@ func (m *Manager) supersede(ctx context.Context, key, keep, reason string) {
 // CancelKey cancels every active build of key (a closed pull request).
 func (m *Manager) CancelKey(ctx context.Context, key, reason string) {
 	m.init()
-	m.supersede(ctx, key, "", reason)
+	m.supersede(ctx, key, nil, reason)
 }
 
 // ErrNotRunning is returned by Cancel for a build that is already final.
@@ -234,6 +243,7 @@ func (m *Manager) Cancel(ctx context.Context, id, reason string) error {
 		m.finish(ctx, b, store.Error, reason, nil)
 		return nil
 	}
+	r.cancelled.Store(true)
 	select {
 	case r.cancel <- reason:
 	default: // a cancel is pending already
@@ -327,6 +337,10 @@ func (m *Manager) changed(b *store.Build) {
 // update writes fn's changes to b's record and tells OnChange when the
 // state moved. It returns the stored build, or b itself and the error.
 func (m *Manager) update(ctx context.Context, b *store.Build, fn func(*store.Build) error) (*store.Build, error) {
+	// A record must be written even as the coordinator shuts down (a
+	// build that started must be known to have started after a restart).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	var before store.State
 	nb, err := m.Store.UpdateBuild(ctx, b.ID, func(x *store.Build) error {
 		before = x.State
@@ -363,7 +377,12 @@ func (m *Manager) finish(ctx context.Context, b *store.Build, st store.State, re
 func (m *Manager) execute(ctx context.Context, r *run, b *store.Build, req Request) {
 	pb := plan.Build{ID: b.ID, Owner: b.Owner, Repo: b.Repo, PullRequest: b.PullRequest, Branch: b.Branch,
 		SHA: b.SHA, Ref: b.Ref, Action: b.Action, CommitCount: b.CommitCount, Fork: b.Fork, Created: b.Created}
-	spec, err := plan.ServiceSpec(pb, req.Config, plan.Options{AllowPorts: m.AllowPorts, Node: req.Node, ExtraLabels: req.Labels})
+	labels := map[string]string{}
+	for k, v := range req.Labels {
+		labels[k] = v
+	}
+	labels[LabelCoordinator] = m.Instance // Recover relies on it
+	spec, err := plan.ServiceSpec(pb, req.Config, plan.Options{AllowPorts: m.AllowPorts, Node: req.Node, ExtraLabels: labels})
 	if err != nil {
 		m.finish(ctx, b, store.Error, err.Error(), nil)
 		return
@@ -411,18 +430,38 @@ func (m *Manager) execute(ctx context.Context, r *run, b *store.Build, req Reque
 		return
 	}
 	b, _ = m.update(ctx, b, func(x *store.Build) error { x.NodeID, x.ContainerID = node, cid; return nil })
+	b.NodeID, b.ContainerID = node, cid // even if the record failed: launch goes there
 
-	// Launch through that node's agent and no other.
-	actx, acancel := context.WithTimeout(ctx, m.AgentWait)
+	// Launch through that node's agent and no other. A cancel meanwhile
+	// stops the wait or the transfer; the reason is kept for the record.
+	lctx, stopWatch, reason := watchCancel(ctx, r)
+	actx, acancel := context.WithTimeout(lctx, m.AgentWait)
 	err = m.Agents.WaitAgent(actx, node)
 	acancel()
-	if err != nil {
-		if ctx.Err() == nil {
-			m.finish(ctx, b, store.Error, fmt.Sprintf("no agent on node %s within %v", node, m.AgentWait), nil)
-		}
-		return
+	if err == nil && r.cancelled.Load() {
+		err = context.Canceled // cancelled as the agent came: no launch
+	} else if err == nil {
+		err = m.launch(lctx, b, execSpec, req.Config.Workdir, req.Source)
+	} else if lctx.Err() == nil {
+		err = fmt.Errorf("no agent on node %s within %v", node, m.AgentWait)
 	}
-	if err := m.launch(ctx, b, execSpec, req.Config.Workdir, req.Source); err != nil {
+	stopWatch()
+	why := reason()
+	if why == "" && r.cancelled.Load() {
+		select { // sent, but not yet taken by the watcher when it stopped
+		case why = <-r.cancel:
+		default:
+		}
+	}
+	if why != "" {
+		if err == nil {
+			r.cancel <- why // launched after all: await stops it through the agent
+		} else {
+			m.finish(ctx, b, store.Error, why, nil)
+			return
+		}
+	}
+	if err != nil {
 		if ctx.Err() == nil {
 			m.finish(ctx, b, store.Error, err.Error(), nil)
 		}
@@ -433,7 +472,31 @@ func (m *Manager) execute(ctx context.Context, r *run, b *store.Build, req Reque
 		m.OnDispatch(started.Sub(created))
 	}
 	b, _ = m.update(ctx, b, func(x *store.Build) error { x.Started = started.UTC(); return nil })
+	b.Started = started.UTC()
 	m.await(ctx, r, b, req.Config.Timeout, started)
+}
+
+// LabelCoordinator carries the Instance of the coordinator that created a
+// build's service.
+const LabelCoordinator = "forge.coordinator"
+
+// watchCancel returns a context that ends when ctx does or when the run
+// is cancelled, and the cancel's reason ("" when none). stop must be
+// called; after it, reason is stable.
+func watchCancel(ctx context.Context, r *run) (context.Context, func(), func() string) {
+	cctx, cancel := context.WithCancel(ctx)
+	var why string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case why = <-r.cancel:
+			cancel()
+		case <-cctx.Done():
+		}
+	}()
+	stop := func() { cancel(); <-done }
+	return cctx, stop, func() string { return why }
 }
 
 // landing is an agent's report that a build's container exists on its node.
@@ -539,18 +602,25 @@ func (m *Manager) await(ctx context.Context, r *run, b *store.Build, timeout tim
 	defer deadline.Stop()
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
-	exits := make(chan *wire.Exit, 1)
+	type exitOrErr struct {
+		x   *wire.Exit
+		err error
+	}
+	exits := make(chan exitOrErr, 1)
 	go func() {
 		x, err := m.Logs.WaitExit(wctx, b.ID)
-		if err == nil {
-			exits <- x
-		}
-		close(exits)
+		exits <- exitOrErr{x, err}
 	}()
 	var reason string
 	select {
-	case x := <-exits:
-		m.exited(ctx, b, x, timeout)
+	case e := <-exits:
+		if e.err != nil {
+			if ctx.Err() == nil {
+				m.finish(ctx, b, store.Error, fmt.Sprintf("build log unavailable: %v", e.err), nil)
+			}
+			return
+		}
+		m.exited(ctx, b, e.x, timeout)
 		return
 	case <-ctx.Done():
 		return // the coordinator stops; the build goes on and is recovered
@@ -560,23 +630,26 @@ func (m *Manager) await(ctx context.Context, r *run, b *store.Build, timeout tim
 	}
 	m.Log.Info("stopping build", "build", b.ID, "reason", reason)
 	cctx, ccancel := context.WithTimeout(ctx, m.CancelGrace+requestTimeout)
-	_, err := m.Agents.Cancel(cctx, b.NodeID, b.ID, b.ContainerID, m.CancelGrace)
+	stopped, err := m.Agents.Cancel(cctx, b.NodeID, b.ID, b.ContainerID, m.CancelGrace)
 	ccancel()
+	var code *int
 	if err != nil {
 		m.Log.Warn("cancel through the agent", "build", b.ID, "err", err)
+	} else if stopped.ExitCode != nil {
+		c := *stopped.ExitCode
+		code = &c
 	}
 	// The output up to the stop is still worth having: wait a little for
 	// the exit report, then record the reason whatever came.
 	select {
-	case x, ok := <-exits:
-		code := (*int)(nil)
-		if ok && x != nil {
-			c := x.ExitCode
+	case e := <-exits:
+		if e.err == nil && e.x != nil {
+			c := e.x.ExitCode
 			code = &c
 		}
 		m.finish(ctx, b, store.Error, reason, code)
 	case <-time.After(exitWait):
-		m.finish(ctx, b, store.Error, reason, nil)
+		m.finish(ctx, b, store.Error, reason, code)
 	case <-ctx.Done():
 	}
 }
@@ -622,7 +695,8 @@ func (m *Manager) removeService(serviceID, buildID string) {
 // as error.
 func (m *Manager) Recover(ctx context.Context) error {
 	m.init()
-	svcs, err := m.Swarm.ServiceList(ctx, swarm.ServiceListOptions{Filters: filters.NewArgs(filters.Arg("label", plan.LabelBuild))})
+	svcs, err := m.Swarm.ServiceList(ctx, swarm.ServiceListOptions{Filters: filters.NewArgs(
+		filters.Arg("label", plan.LabelBuild), filters.Arg("label", LabelCoordinator+"="+m.Instance))})
 	if err != nil {
 		return fmt.Errorf("recover: list build services: %w", err)
 	}

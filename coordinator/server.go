@@ -98,10 +98,15 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
+	instance, err := instanceID(cfg.DataDir)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
 	s := &Server{Store: st, Logs: &LogStore{Dir: filepath.Join(cfg.DataDir, "logs")}, LocalNode: info.Swarm.NodeID, log: log}
 	s.Agents = &AgentServer{TLS: cfg.TLS, Session: cfg.Session, Logs: s.Logs, Log: log.With("part", "agents"),
 		Verify: &SwarmVerifier{Docker: docker, LocalNodeID: info.Swarm.NodeID}}
-	s.Manager = &Manager{Swarm: docker, Store: st, Logs: s.Logs, Agents: s.Agents, Executor: exe,
+	s.Manager = &Manager{Swarm: docker, Store: st, Logs: s.Logs, Agents: s.Agents, Executor: exe, Instance: instance,
 		Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts, LandTimeout: cfg.LandTimeout, AgentWait: cfg.AgentWait}
 	s.Agents.OnLanded = s.Manager.Landed
 	s.Agents.OnConnect = func(a AgentInfo) {
@@ -117,6 +122,19 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Server, error) {
 	s.Manager.OnDispatch = func(d time.Duration) { s.Metrics.Dispatch.Observe(d.Seconds()) }
 	s.API = &API{Agents: s.Agents, Store: st, Logs: s.Logs, Manager: s.Manager, Metrics: s.Metrics, Webhook: cfg.Webhook}
 	return s, nil
+}
+
+// instanceID reads the coordinator's instance id from the data folder,
+// making one on first start: it survives restarts with the data.
+func instanceID(dir string) (string, error) {
+	path := filepath.Join(dir, "instance")
+	if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
+		return string(b), nil
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	id := newSessionID()
+	return id, os.WriteFile(path, []byte(id), 0o600)
 }
 
 // ErrNotManager: the coordinator's engine is not a swarm manager.

@@ -8,12 +8,21 @@ import (
 	"testing"
 )
 
-func testLogger() *slog.Logger {
+// testLogger keeps the coordinator's and agent's log of a test and shows
+// it when the test fails (always, with -v).
+func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return slog.New(slog.DiscardHandler)
+	buf := &lockedBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("coordinator and agent log:\n%s", buf.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
 
 func tarNames(t *testing.T, r io.Reader) []string {
 	t.Helper()

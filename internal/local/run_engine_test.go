@@ -63,7 +63,7 @@ func forgeRun(t *testing.T, cli *client.Client, ctx context.Context, yml string,
 	dockertest.Cleanup(t, cli, id)
 	var out, errOut lockedBuffer
 	code, err := Run(ctx, Options{Dir: dir, Docker: cli, Executor: dockertest.Forgexec(t), Stdout: &out, Stderr: &errOut,
-		Labels: map[string]string{dockertest.LabelTest: id}, Started: started, Logger: testLogger()})
+		Labels: map[string]string{dockertest.LabelTest: id}, Started: started, Logger: testLogger(t)})
 	r := result{code: code, err: err, stdout: out.String(), stderr: errOut.String()}
 	t.Logf("exit %d, err %v\nstdout:\n%s\nstderr:\n%s", code, err, r.stdout, r.stderr)
 	noneLeft(t, cli, id)
