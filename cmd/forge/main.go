@@ -39,6 +39,7 @@ func newApp() *cli.App {
 		HideVersion:    true,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits, once
 		Commands: []*cli.Command{
+			coordinatorCommand(),
 			agentCommand(),
 			certsCommand(),
 			runCommand(),

@@ -1,0 +1,388 @@
+// Package github is Forge's GitHub side (DESIGN §2.1-2.3, §2.8, §3): the
+// webhook handler, the GitHub App client, and the glue that turns events
+// into builds and build changes into commit statuses.
+//
+// The pieces and their goroutines:
+//
+//	POST /webhook -> Webhook (answers at once) -> Queue -> Forge workers
+//	    -> App (installation token, .forge.yml) -> Builds.Submit
+//	Manager.OnChange -> Forge.BuildChanged -> status queue -> status senders
+//	    -> App.SetStatus (retried)
+//
+// Forge.Run owns the workers and the senders. The coordinator package does
+// not import this one; the main wires them (see Forge).
+package github
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/config"
+	"github.com/forge-ci/forge/coordinator/store"
+)
+
+// GitHub is what Forge asks of GitHub; *App is the real one.
+type GitHub interface {
+	Installation(ctx context.Context, owner, repo string) (int64, error)
+	Config(ctx context.Context, inst int64, owner, repo, sha string) (data []byte, found bool, err error)
+	Source(ctx context.Context, inst int64, owner, repo, sha string, maxBytes int64) (path string, size int64, err error)
+	SetStatus(ctx context.Context, inst int64, owner, repo, sha, state, statusContext, description, targetURL string) error
+}
+
+// Builds runs builds; *coordinator.Manager is one.
+type Builds interface {
+	Submit(ctx context.Context, req coordinator.Request) (*store.Build, error)
+	CancelKey(ctx context.Context, key, reason string)
+}
+
+var (
+	_ GitHub = (*App)(nil)
+	_ Builds = (*coordinator.Manager)(nil)
+)
+
+// Commit status states (DESIGN §3).
+const (
+	StatePending = "pending"
+	StateSuccess = "success"
+	StateFailure = "failure"
+	StateError   = "error"
+)
+
+// Forge turns webhook events into builds and build changes into commit
+// statuses. Set the fields, then call Run; BuildChanged may be called
+// before Run (statuses wait in the queue).
+//
+// Wiring, in the main:
+//
+//	app, err := github.NewApp(appID, keyPEM, apiBase, nil)
+//	srv, err := coordinator.New(ctx, cfg, docker)
+//	q := github.NewQueue(0)
+//	f := &github.Forge{App: app, Builds: srv.Manager, Queue: q, PublicURL: publicURL, Log: log}
+//	srv.Manager.OnChange = f.BuildChanged
+//	srv.API.Webhook = &github.Webhook{Secret: secret, Deliveries: srv.Store, Queue: q, Log: log}
+//	go f.Run(ctx)
+//	err = srv.Serve(ctx, httpLn, agentLn)
+type Forge struct {
+	App    GitHub
+	Builds Builds
+	// Queue is where the Webhook puts events; nil: Run starts no workers.
+	Queue *Queue
+	// PublicURL is the base of target_url links (--public-url); "" sends
+	// statuses without a link.
+	PublicURL string
+	Log       *slog.Logger
+
+	// Workers handle events concurrently (default 4).
+	Workers int
+	// EventTimeout bounds the handling of one event (default 2 min).
+	EventTimeout time.Duration
+	// StatusQueue bounds the statuses waiting to be sent (default 256);
+	// when it is full, new statuses are dropped with a warning rather
+	// than block a build.
+	StatusQueue int
+	// StatusSenders send statuses concurrently (default 4). Statuses of
+	// one commit and context always go through the same sender, in order.
+	StatusSenders int
+	// MaxSource caps a source download (default DefaultMaxSource).
+	MaxSource int64
+
+	once    sync.Once
+	senders []chan statusUpdate
+}
+
+// statusUpdate is one commit status to send.
+type statusUpdate struct {
+	inst                     int64
+	owner, repo, sha         string
+	state, context, desc, to string
+}
+
+func (f *Forge) init() {
+	f.once.Do(func() {
+		if f.Log == nil {
+			f.Log = slog.New(slog.DiscardHandler)
+		}
+		if f.Workers <= 0 {
+			f.Workers = 4
+		}
+		if f.EventTimeout <= 0 {
+			f.EventTimeout = 2 * time.Minute
+		}
+		if f.StatusQueue <= 0 {
+			f.StatusQueue = 256
+		}
+		if f.StatusSenders <= 0 {
+			f.StatusSenders = 4
+		}
+		if f.MaxSource <= 0 {
+			f.MaxSource = DefaultMaxSource
+		}
+		per := max(f.StatusQueue/f.StatusSenders, 1)
+		f.senders = make([]chan statusUpdate, f.StatusSenders)
+		for i := range f.senders {
+			f.senders[i] = make(chan statusUpdate, per)
+		}
+	})
+}
+
+// Run handles queued events and sends statuses until ctx ends, then
+// returns once every goroutine it started has stopped. Events still queued
+// then are dropped (and logged with their delivery ids, so that they can
+// be redelivered from the app's settings); the queue refuses new ones.
+func (f *Forge) Run(ctx context.Context) {
+	f.init()
+	var wg sync.WaitGroup
+	if f.Queue != nil {
+		for range f.Workers {
+			wg.Go(func() { f.work(ctx) })
+		}
+	}
+	for _, ch := range f.senders {
+		wg.Go(func() { f.send(ctx, ch) })
+	}
+	<-ctx.Done()
+	if f.Queue != nil {
+		for _, ev := range f.Queue.stop() {
+			f.Log.Warn("event dropped at shutdown", "delivery", ev.Delivery, "event", ev.Name, "repo", ev.Owner+"/"+ev.Repo)
+		}
+	}
+	wg.Wait()
+	for _, ch := range f.senders {
+		if n := len(ch); n > 0 {
+			f.Log.Warn("statuses not sent at shutdown", "count", n)
+		}
+	}
+}
+
+func (f *Forge) work(ctx context.Context) {
+	for {
+		ev, ok := f.Queue.take(ctx)
+		if !ok {
+			return
+		}
+		f.handle(ctx, ev)
+	}
+}
+
+// handle runs one event with its own deadline; a panic in it fails the
+// event, not the coordinator.
+func (f *Forge) handle(ctx context.Context, ev Event) {
+	ctx, cancel := context.WithTimeout(ctx, f.EventTimeout)
+	defer cancel()
+	defer func() {
+		if r := recover(); r != nil {
+			f.Log.Error("panic while handling a webhook event", "delivery", ev.Delivery, "panic", r)
+		}
+	}()
+	if err := f.HandleEvent(ctx, ev); err != nil {
+		f.Log.Error("webhook event failed", "delivery", ev.Delivery, "event", ev.Name, "action", ev.Action,
+			"repo", ev.Owner+"/"+ev.Repo, "err", err)
+	}
+}
+
+// HandleEvent does what an event asks (the workers call it): build a pull
+// request's head, cancel a closed pull request's builds, or build a
+// pushed branch that .forge.yml maps to an action. A repository without
+// .forge.yml gets nothing; an invalid one gets an error status and no
+// build.
+func (f *Forge) HandleEvent(ctx context.Context, ev Event) error {
+	f.init()
+	switch ev.Kind {
+	case KindPullRequestClosed:
+		f.Builds.CancelKey(ctx, prKey(ev), "pull request closed")
+		return nil
+	case KindPullRequest:
+		return f.build(ctx, ev, config.DefaultAction)
+	case KindPush:
+		if ev.Branch == "" {
+			return nil // tags and deleted refs never become events
+		}
+		return f.build(ctx, ev, "")
+	}
+	return fmt.Errorf("event of unknown kind %q", ev.Kind)
+}
+
+func prKey(ev Event) string { return fmt.Sprintf("%s/%s#%d", ev.Owner, ev.Repo, ev.PullRequest) }
+
+// build reads the config at ev.SHA and submits the build. action "" means
+// a push: the config's on.push picks it, or there is nothing to build.
+func (f *Forge) build(ctx context.Context, ev Event, action string) error {
+	log := f.Log.With("delivery", ev.Delivery, "repo", ev.Owner+"/"+ev.Repo, "sha", ev.SHA)
+	inst := ev.Installation
+	if inst == 0 {
+		var err error
+		if inst, err = f.App.Installation(ctx, ev.Owner, ev.Repo); err != nil {
+			return err
+		}
+	}
+	data, found, err := f.App.Config(ctx, inst, ev.Owner, ev.Repo, ev.SHA)
+	var cerr *config.Error
+	if err != nil && !errors.As(err, &cerr) {
+		return err
+	}
+	if !found {
+		log.Debug("no " + ConfigFile + ": the repository does not use Forge")
+		return nil
+	}
+	var cfg *config.Config
+	if err == nil {
+		cfg, err = config.Parse(ConfigFile, data)
+	}
+	if err != nil {
+		// An invalid config cannot say which action a push would run,
+		// so the error goes on the pull-request context, forge/execute,
+		// for pushes too: the author learns of it either way.
+		log.Info("invalid "+ConfigFile, "err", err)
+		f.status(statusUpdate{inst: inst, owner: ev.Owner, repo: ev.Repo, sha: ev.SHA, state: StateError,
+			context: statusContext(config.DefaultAction), desc: config.Summary(err, MaxDescription)})
+		return nil
+	}
+	b := store.Build{Owner: ev.Owner, Repo: ev.Repo, Branch: ev.Branch, SHA: ev.SHA, Action: action,
+		CommitCount: ev.CommitCount, Fork: ev.Fork, Trigger: string(ev.Kind), InstallationID: inst}
+	if ev.Kind == KindPullRequest {
+		b.PullRequest, b.Ref, b.Key = ev.PullRequest, fmt.Sprintf("refs/pull/%d/head", ev.PullRequest), prKey(ev)
+	} else {
+		mapped, ok := cfg.OnPush[ev.Branch]
+		if !ok {
+			log.Debug("push to a branch that .forge.yml does not map", "branch", ev.Branch)
+			return nil
+		}
+		b.Action, b.Ref, b.Key = mapped, "refs/heads/"+ev.Branch, fmt.Sprintf("%s/%s@%s", ev.Owner, ev.Repo, ev.Branch)
+	}
+	if b.Fork {
+		// Secrets, once Forge has them, are withheld here: a pull
+		// request from a fork runs code its author controls
+		// (DESIGN §5), so its Request must carry none.
+		log.Info("pull request from a fork", "pr", ev.PullRequest)
+	}
+	req := coordinator.Request{Build: b, Config: cfg, ConfigText: string(data),
+		Source: f.source(inst, ev.Owner, ev.Repo, ev.SHA)}
+	nb, err := f.Builds.Submit(ctx, req)
+	if err != nil {
+		f.status(statusUpdate{inst: inst, owner: ev.Owner, repo: ev.Repo, sha: ev.SHA, state: StateError,
+			context: statusContext(b.Action), desc: "Forge could not queue the build; see the coordinator's log"})
+		return fmt.Errorf("submit build of %s/%s@%s: %w", ev.Owner, ev.Repo, ev.SHA, err)
+	}
+	log.Info("build submitted", "build", nb.ID, "action", nb.Action, "key", nb.Key)
+	return nil
+}
+
+// source fetches the tarball when the build's container is ready for it
+// (the manager calls it once), not when the event arrives: a build that is
+// superseded or fails to land never downloads anything.
+func (f *Forge) source(inst int64, owner, repo, sha string) coordinator.Source {
+	return func(ctx context.Context) (io.ReadCloser, int64, error) {
+		path, size, err := f.App.Source(ctx, inst, owner, repo, sha, f.MaxSource)
+		if err != nil {
+			return nil, 0, err
+		}
+		fh, err := os.Open(path)
+		if err != nil {
+			os.Remove(path)
+			return nil, 0, fmt.Errorf("open source of %s/%s@%s: %w", owner, repo, sha, err)
+		}
+		return &tempFile{File: fh}, size, nil
+	}
+}
+
+// tempFile removes itself when closed.
+type tempFile struct{ *os.File }
+
+func (t *tempFile) Close() error {
+	err := t.File.Close()
+	if rerr := os.Remove(t.Name()); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
+		err = rerr
+	}
+	return err
+}
+
+func statusContext(action string) string {
+	if action == "" {
+		action = config.DefaultAction
+	}
+	return "forge/" + action
+}
+
+// BuildChanged is the Manager's OnChange: it queues the commit status of
+// the build's new state (queued and running are pending, then success,
+// failure or error with the reason) and returns at once. Builds without a
+// GitHub installation (forge run) get none.
+func (f *Forge) BuildChanged(b *store.Build) {
+	if b == nil || b.InstallationID == 0 || b.SHA == "" || b.Owner == "" || b.Repo == "" {
+		return
+	}
+	f.init()
+	var state, desc string
+	switch b.State {
+	case store.Queued:
+		state, desc = StatePending, "queued"
+	case store.Running:
+		// Reported once per build: the manager calls OnChange only when
+		// the state moves. The node is not known yet at this point.
+		state, desc = StatePending, "running"
+	case store.Success:
+		state, desc = StateSuccess, or(b.Reason, "passed")
+	case store.Failure:
+		d := "failed"
+		if b.ExitCode != nil {
+			d = "exit code " + strconv.Itoa(*b.ExitCode)
+		}
+		state, desc = StateFailure, or(b.Reason, d)
+	case store.Error:
+		state, desc = StateError, or(b.Reason, "error")
+	default:
+		return
+	}
+	to := ""
+	if f.PublicURL != "" && b.ID != "" {
+		to = strings.TrimRight(f.PublicURL, "/") + "/builds/" + b.ID
+	}
+	f.status(statusUpdate{inst: b.InstallationID, owner: b.Owner, repo: b.Repo, sha: b.SHA, state: state,
+		context: statusContext(b.Action), desc: desc, to: to})
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// status queues u without waiting. Updates of one commit and context go
+// to the same sender, so they are sent in the order they happened.
+func (f *Forge) status(u statusUpdate) {
+	h := fnv.New32a()
+	io.WriteString(h, u.owner+"/"+u.repo+"@"+u.sha+" "+u.context)
+	ch := f.senders[h.Sum32()%uint32(len(f.senders))]
+	select {
+	case ch <- u:
+	default:
+		f.Log.Warn("status queue full; status dropped", "repo", u.owner+"/"+u.repo, "sha", u.sha,
+			"context", u.context, "state", u.state)
+	}
+}
+
+func (f *Forge) send(ctx context.Context, ch <-chan statusUpdate) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case u := <-ch:
+			err := f.App.SetStatus(ctx, u.inst, u.owner, u.repo, u.sha, u.state, u.context, u.desc, u.to)
+			if err != nil && ctx.Err() == nil {
+				f.Log.Warn("commit status not set", "repo", u.owner+"/"+u.repo, "sha", u.sha,
+					"context", u.context, "state", u.state, "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,339 @@
+package github
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/store"
+)
+
+// fakeBuilds records what Forge asks of the build manager.
+type fakeBuilds struct {
+	mu      sync.Mutex
+	submits []coordinator.Request
+	cancels []string // "key|reason"
+	done    chan struct{}
+}
+
+func newFakeBuilds() *fakeBuilds { return &fakeBuilds{done: make(chan struct{}, 100)} }
+
+func (f *fakeBuilds) Submit(ctx context.Context, req coordinator.Request) (*store.Build, error) {
+	f.mu.Lock()
+	f.submits = append(f.submits, req)
+	f.mu.Unlock()
+	b := req.Build
+	b.ID, b.State = "20260101T000000-abcdef", store.Queued
+	f.done <- struct{}{}
+	return &b, nil
+}
+
+func (f *fakeBuilds) CancelKey(ctx context.Context, key, reason string) {
+	f.mu.Lock()
+	f.cancels = append(f.cancels, key+"|"+reason)
+	f.mu.Unlock()
+	f.done <- struct{}{}
+}
+
+func (f *fakeBuilds) get() ([]coordinator.Request, []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]coordinator.Request(nil), f.submits...), append([]string(nil), f.cancels...)
+}
+
+const validConfig = `image: golang:1.22
+execute:
+  - go test ./...
+deploy:
+  - ./release.sh
+on:
+  push:
+    master: deploy
+`
+
+// badConfig has an unknown key on line 3.
+const badConfig = `image: golang:1.22
+execute: [go test ./...]
+timeot: 30m
+`
+
+func newForge(t *testing.T) (*Forge, *fakeGitHub, *fakeBuilds) {
+	fake := newFakeGitHub(t)
+	builds := newFakeBuilds()
+	return &Forge{App: fake.newApp(t), Builds: builds, PublicURL: "https://forge.example.com/"}, fake, builds
+}
+
+// pending counts the statuses queued and not yet taken by a sender.
+func (f *Forge) pending() int {
+	n := 0
+	for _, ch := range f.senders {
+		n += len(ch)
+	}
+	return n
+}
+
+// run starts f.Run until the test ends.
+func run(t *testing.T, f *Forge) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func prEvent(file string, t *testing.T) Event {
+	ev, work, _, err := Decode("pull_request", readPayload(t, file))
+	if err != nil || !work {
+		t.Fatalf("Decode %s: %v", file, err)
+	}
+	ev.Delivery = "d"
+	return ev
+}
+
+func pushEvent(t *testing.T) Event {
+	ev, work, _, err := Decode("push", readPayload(t, "push.with-new-branch.json"))
+	if err != nil || !work {
+		t.Fatalf("Decode push: %v", err)
+	}
+	return ev
+}
+
+func TestPullRequestBuild(t *testing.T) {
+	f, fake, builds := newForge(t)
+	fake.setFile(repo, prSHA, validConfig)
+	fake.setTarball(repo, prSHA, tarball(t, goodTree...))
+	if err := f.HandleEvent(context.Background(), prEvent("pull_request.opened.json", t)); err != nil {
+		t.Fatal(err)
+	}
+	subs, _ := builds.get()
+	if len(subs) != 1 {
+		t.Fatalf("%d submits, want 1", len(subs))
+	}
+	req := subs[0]
+	want := store.Build{Owner: "Codertocat", Repo: "Hello-World", PullRequest: 2, Branch: "changes", SHA: prSHA,
+		Ref: "refs/pull/2/head", Action: "execute", CommitCount: 1, Trigger: "pull_request",
+		Key: "Codertocat/Hello-World#2", InstallationID: 1}
+	if req.Build != want {
+		t.Errorf("build\n got %+v\nwant %+v", req.Build, want)
+	}
+	if req.Config == nil || req.Config.Image != "golang:1.22" || req.ConfigText != validConfig {
+		t.Errorf("config %+v / %q", req.Config, req.ConfigText)
+	}
+	if f.pending() != 0 {
+		t.Errorf("a status was queued for a submitted build (the manager's OnChange does that)")
+	}
+
+	// The source is fetched only when asked for, as a plain tar without
+	// the top folder, in a file that goes away on Close.
+	if n := fake.countRequests("GET /api/v3/repos/Codertocat/Hello-World/tarball/"); n != 0 {
+		t.Errorf("the tarball was fetched before the build asked for it")
+	}
+	rc, size, err := req.Source(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := rc.(*tempFile).Name()
+	got := readTar(t, rc)
+	if err := rc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if size <= 0 || got[".forge.yml"] == "" || got["src/main.go"] != "package main\n" {
+		t.Errorf("source %d bytes: %v", size, got)
+	}
+	if _, err := os.Stat(name); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the source file is still there after Close: %v", err)
+	}
+}
+
+func TestPullRequestWithoutInstallation(t *testing.T) {
+	f, fake, builds := newForge(t)
+	fake.setFile(repo, prSHA, validConfig)
+	ev := prEvent("pull_request.ready_for_review.json", t)
+	if ev.Installation != 0 {
+		t.Fatal("the payload has an installation")
+	}
+	if err := f.HandleEvent(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	subs, _ := builds.get()
+	if len(subs) != 1 || subs[0].Build.InstallationID != 1 {
+		t.Fatalf("submits %+v; want one with installation 1 (looked up)", subs)
+	}
+}
+
+func TestInvalidConfig(t *testing.T) {
+	f, fake, builds := newForge(t)
+	fake.setFile(repo, prSHA, badConfig)
+	if err := f.HandleEvent(context.Background(), prEvent("pull_request.synchronize.json", t)); err != nil {
+		t.Fatal(err)
+	}
+	if subs, _ := builds.get(); len(subs) != 0 {
+		t.Fatalf("an invalid config was submitted")
+	}
+	run(t, f)
+	s := fake.nextStatus(t)
+	if s.State != "error" || s.Context != "forge/execute" || s.SHA != prSHA {
+		t.Errorf("status %+v", s)
+	}
+	if !strings.Contains(s.Description, ".forge.yml:3") || !strings.Contains(s.Description, "timeot") ||
+		utf8.RuneCountInString(s.Description) > MaxDescription {
+		t.Errorf("description %q should name the file, line and key in at most 140 characters", s.Description)
+	}
+}
+
+func TestNoConfigNoNothing(t *testing.T) {
+	f, fake, builds := newForge(t)
+	for _, ev := range []Event{prEvent("pull_request.opened.json", t), pushEvent(t)} {
+		if err := f.HandleEvent(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	subs, cancels := builds.get()
+	if len(subs)+len(cancels) != 0 || f.pending() != 0 {
+		t.Errorf("a repository without .forge.yml got submits %d, cancels %d, statuses %d", len(subs), len(cancels), f.pending())
+	}
+	if n := fake.countRequests("POST /api/v3/repos/"); n != 0 {
+		t.Errorf("%d writes to GitHub", n)
+	}
+}
+
+func TestClosedCancels(t *testing.T) {
+	f, fake, builds := newForge(t)
+	if err := f.HandleEvent(context.Background(), prEvent("pull_request.closed.json", t)); err != nil {
+		t.Fatal(err)
+	}
+	subs, cancels := builds.get()
+	if len(subs) != 0 || len(cancels) != 1 || cancels[0] != "Codertocat/Hello-World#2|pull request closed" {
+		t.Errorf("submits %d, cancels %v", len(subs), cancels)
+	}
+	if n := len(fake.allRequests()); n != 0 {
+		t.Errorf("closing needed %d GitHub requests", n)
+	}
+}
+
+func TestPushBuilds(t *testing.T) {
+	f, fake, builds := newForge(t)
+	fake.setFile(repo, pushSHA, validConfig)
+	if err := f.HandleEvent(context.Background(), pushEvent(t)); err != nil {
+		t.Fatal(err)
+	}
+	subs, _ := builds.get()
+	if len(subs) != 1 {
+		t.Fatalf("%d submits, want 1", len(subs))
+	}
+	want := store.Build{Owner: "Codertocat", Repo: "Hello-World", Branch: "master", SHA: pushSHA,
+		Ref: "refs/heads/master", Action: "deploy", CommitCount: 1, Trigger: "push",
+		Key: "Codertocat/Hello-World@master", InstallationID: 1}
+	if subs[0].Build != want {
+		t.Errorf("build\n got %+v\nwant %+v", subs[0].Build, want)
+	}
+}
+
+func TestPushNothingToBuild(t *testing.T) {
+	f, fake, builds := newForge(t)
+	fake.setFile(repo, pushSHA, strings.Replace(validConfig, "master: deploy", "main: deploy", 1))
+	if err := f.HandleEvent(context.Background(), pushEvent(t)); err != nil {
+		t.Fatal(err)
+	}
+	// Tags and deleted refs never become events; an event without a
+	// branch does nothing either.
+	for _, file := range []string{"push.json", "push.1.json", "push.with-installation.json", "push.with-organization.json"} {
+		if _, work, _, err := Decode("push", readPayload(t, file)); work || err != nil {
+			t.Errorf("%s: work=%v err=%v", file, work, err)
+		}
+	}
+	if err := f.HandleEvent(context.Background(), Event{Kind: KindPush, Owner: "Codertocat", Repo: "Hello-World", SHA: pushSHA}); err != nil {
+		t.Fatal(err)
+	}
+	if subs, _ := builds.get(); len(subs) != 0 || f.pending() != 0 {
+		t.Errorf("an unmapped branch got %d submits and %d statuses", len(subs), f.pending())
+	}
+}
+
+func TestBuildChangedStatuses(t *testing.T) {
+	f, fake, _ := newForge(t)
+	fake.failStatuses(2, "502") // the first status needs three tries
+	run(t, f)
+	b := &store.Build{ID: "20260101T000000-abcdef", Owner: "Codertocat", Repo: "Hello-World", SHA: prSHA,
+		Action: "execute", InstallationID: 1, State: store.Queued}
+	f.BuildChanged(b)
+	b.State = store.Running
+	f.BuildChanged(b)
+	code := 0
+	b.State, b.ExitCode = store.Success, &code
+	f.BuildChanged(b)
+
+	want := []struct{ state, desc string }{{"pending", "queued"}, {"pending", "running"}, {"success", "passed"}}
+	for _, w := range want {
+		s := fake.nextStatus(t)
+		if s.State != w.state || s.Description != w.desc || s.Context != "forge/execute" ||
+			s.TargetURL != "https://forge.example.com/builds/20260101T000000-abcdef" || s.SHA != prSHA {
+			t.Errorf("status %+v, want %s %q", s, w.state, w.desc)
+		}
+	}
+
+	// Failure and error carry the reason, on the action's context.
+	d := &store.Build{ID: "x2", Owner: "Codertocat", Repo: "Hello-World", SHA: pushSHA, Action: "deploy",
+		InstallationID: 1, State: store.Failure, Reason: "exit code 2"}
+	f.BuildChanged(d)
+	if s := fake.nextStatus(t); s.State != "failure" || s.Description != "exit code 2" || s.Context != "forge/deploy" {
+		t.Errorf("failure status %+v", s)
+	}
+	d.State, d.Reason = store.Error, "superseded by abc1234"
+	f.BuildChanged(d)
+	if s := fake.nextStatus(t); s.State != "error" || s.Description != "superseded by abc1234" {
+		t.Errorf("error status %+v", s)
+	}
+	if n := fake.tokenCount(1); n != 1 {
+		t.Errorf("%d token requests for 5 statuses, want 1", n)
+	}
+}
+
+func TestBuildChangedSkipsLocalBuilds(t *testing.T) {
+	f, _, _ := newForge(t)
+	f.BuildChanged(&store.Build{ID: "r", Owner: "local", Repo: "dir", SHA: prSHA, State: store.Queued, Trigger: "run"})
+	f.BuildChanged(nil)
+	if f.pending() != 0 {
+		t.Errorf("a build without an installation got a status")
+	}
+}
+
+func TestStatusQueueNeverBlocks(t *testing.T) {
+	f, _, _ := newForge(t)
+	f.StatusQueue, f.StatusSenders = 2, 1
+	b := &store.Build{ID: "x", Owner: "Codertocat", Repo: "Hello-World", SHA: prSHA, InstallationID: 1, State: store.Queued}
+	for range 10 { // no Run: nothing drains the queue
+		f.BuildChanged(b)
+	}
+	if f.pending() != 2 {
+		t.Errorf("%d statuses queued, want the queue's size, 2", f.pending())
+	}
+}
+
+// TestEndToEnd: a signed pull_request delivery through the handler, the
+// queue and a worker, to a Submit.
+func TestEndToEnd(t *testing.T) {
+	f, fake, builds := newForge(t)
+	fake.setFile(repo, prSHA, validConfig)
+	q := NewQueue(8)
+	f.Queue = q
+	run(t, f)
+	h := &Webhook{Secret: testSecret, Deliveries: &memDeliveries{}, Queue: q}
+	if w := post(h, "pull_request", readPayload(t, "pull_request.opened.json"), ""); w.Code != 202 {
+		t.Fatalf("code %d", w.Code)
+	}
+	select {
+	case <-builds.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no Submit")
+	}
+	subs, _ := builds.get()
+	if len(subs) != 1 || subs[0].Build.Key != "Codertocat/Hello-World#2" {
+		t.Errorf("submits %+v", subs)
+	}
+}
