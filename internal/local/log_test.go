@@ -23,7 +23,6 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-
 func tarNames(t *testing.T, r io.Reader) []string {
 	t.Helper()
 	var out []string
