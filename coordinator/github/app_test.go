@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -14,16 +15,17 @@ import (
 	"unicode/utf8"
 
 	"github.com/forge-ci/forge/coordinator/config"
+	"github.com/forge-ci/forge/internal/fakegithub"
 )
 
 const repo = "Codertocat/Hello-World"
 
-var goodTree = []tarEntry{
-	{name: "Codertocat-Hello-World-ec26c3e/", typ: tar.TypeDir},
-	{name: "Codertocat-Hello-World-ec26c3e/.forge.yml", body: "image: busybox\nexecute: [\"true\"]\n"},
-	{name: "Codertocat-Hello-World-ec26c3e/src/", typ: tar.TypeDir},
-	{name: "Codertocat-Hello-World-ec26c3e/src/main.go", body: "package main\n"},
-	{name: "Codertocat-Hello-World-ec26c3e/link", typ: tar.TypeSymlink, link: "src/main.go"},
+var goodTree = []fakegithub.Entry{
+	{Name: "Codertocat-Hello-World-ec26c3e/", Type: tar.TypeDir},
+	{Name: "Codertocat-Hello-World-ec26c3e/.forge.yml", Body: "image: busybox\nexecute: [\"true\"]\n"},
+	{Name: "Codertocat-Hello-World-ec26c3e/src/", Type: tar.TypeDir},
+	{Name: "Codertocat-Hello-World-ec26c3e/src/main.go", Body: "package main\n"},
+	{Name: "Codertocat-Hello-World-ec26c3e/link", Type: tar.TypeSymlink, Link: "src/main.go"},
 }
 
 var goodTreeWant = map[string]string{
@@ -33,8 +35,61 @@ var goodTreeWant = map[string]string{
 	"link":        "-> src/main.go",
 }
 
+// newTestApp is an App on the fake, with retries fast enough for tests.
+func newTestApp(t testing.TB, fake *fakegithub.Server) *App {
+	t.Helper()
+	app, err := NewApp(fakegithub.AppID, fakegithub.AppKeyPEM(t), fake.APIBase(), fake.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	app.TempDir = t.TempDir()
+	app.retry = retryPolicy{tries: 5, base: time.Millisecond, max: 10 * time.Millisecond, budget: 10 * time.Second, maxRetryAfter: 2 * time.Second}
+	return app
+}
+
+// countRequests counts the fake's requests that start with prefix
+// ("METHOD /path").
+func countRequests(fake *fakegithub.Server, prefix string) int {
+	n := 0
+	for _, r := range fake.Requests() {
+		if strings.HasPrefix(r, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// readTar lists a plain tar: name -> body (or "-> link" for links, "/"
+// for directories).
+func readTar(t testing.TB, r io.Reader) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			out[h.Name] = "/"
+		case tar.TypeSymlink, tar.TypeLink:
+			out[h.Name] = "-> " + h.Linkname
+		default:
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[h.Name] = string(b)
+		}
+	}
+}
+
 func TestNewAppBases(t *testing.T) {
-	_, pemKey := appKey(t)
+	pemKey := fakegithub.AppKeyPEM(t)
 	for base, want := range map[string]string{
 		"":                                "https://api.github.com/",
 		"https://api.github.com":          "https://api.github.com/",
@@ -58,8 +113,8 @@ func TestNewAppBases(t *testing.T) {
 }
 
 func TestInstallationLookup(t *testing.T) {
-	fake := newFakeGitHub(t)
-	app := fake.newApp(t)
+	fake := fakegithub.New(t)
+	app := newTestApp(t, fake)
 	id, err := app.Installation(context.Background(), "Codertocat", "Hello-World")
 	if err != nil || id != 1 {
 		t.Fatalf("Installation = %d, %v; want 1", id, err)
@@ -71,11 +126,11 @@ func TestInstallationLookup(t *testing.T) {
 }
 
 func TestConfigAndTokenCache(t *testing.T) {
-	fake := newFakeGitHub(t)
-	app := fake.newApp(t)
+	fake := fakegithub.New(t)
+	app := newTestApp(t, fake)
 	ctx := context.Background()
 	text := "image: busybox\nexecute:\n  - \"true\"\n"
-	fake.setFile(repo, prSHA, text)
+	fake.SetFile(repo, prSHA, text)
 	for range 5 {
 		data, found, err := app.Config(ctx, 1, "Codertocat", "Hello-World", prSHA)
 		if err != nil || !found || string(data) != text {
@@ -86,10 +141,10 @@ func TestConfigAndTokenCache(t *testing.T) {
 	if err != nil || found || data != nil {
 		t.Errorf("absent file: %q, %v, %v; want not found, no error", data, found, err)
 	}
-	if n := fake.tokenCount(1); n != 1 {
+	if n := fake.TokenCount(1); n != 1 {
 		t.Errorf("%d token requests for 6 calls, want 1", n)
 	}
-	for _, r := range fake.allRequests() {
+	for _, r := range fake.Requests() {
 		if !strings.Contains(r, " /api/v3/") {
 			t.Errorf("request outside the API base: %s", r)
 		}
@@ -97,9 +152,9 @@ func TestConfigAndTokenCache(t *testing.T) {
 }
 
 func TestConfigTooLarge(t *testing.T) {
-	fake := newFakeGitHub(t)
-	app := fake.newApp(t)
-	fake.setFile(repo, prSHA, "image: x\n"+strings.Repeat("#", config.MaxSize))
+	fake := fakegithub.New(t)
+	app := newTestApp(t, fake)
+	fake.SetFile(repo, prSHA, "image: x\n"+strings.Repeat("#", config.MaxSize))
 	_, found, err := app.Config(context.Background(), 1, "Codertocat", "Hello-World", prSHA)
 	var ce *config.Error
 	if !found || !errors.As(err, &ce) {
@@ -108,9 +163,9 @@ func TestConfigTooLarge(t *testing.T) {
 }
 
 func TestSource(t *testing.T) {
-	fake := newFakeGitHub(t)
-	app := fake.newApp(t)
-	fake.setTarball(repo, prSHA, tarball(t, goodTree...))
+	fake := fakegithub.New(t)
+	app := newTestApp(t, fake)
+	fake.SetTarball(repo, prSHA, fakegithub.TarballEntries(t, goodTree...))
 	path, size, err := app.Source(context.Background(), 1, "Codertocat", "Hello-World", prSHA, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -142,9 +197,9 @@ func TestSource(t *testing.T) {
 }
 
 func TestSourceCap(t *testing.T) {
-	fake := newFakeGitHub(t)
-	app := fake.newApp(t)
-	fake.setTarball(repo, prSHA, tarball(t, tarEntry{name: "top/big", body: strings.Repeat("x", 64<<10)}))
+	fake := fakegithub.New(t)
+	app := newTestApp(t, fake)
+	fake.SetTarball(repo, prSHA, fakegithub.TarballEntries(t, fakegithub.Entry{Name: "top/big", Body: strings.Repeat("x", 64<<10)}))
 	_, _, err := app.Source(context.Background(), 1, "Codertocat", "Hello-World", prSHA, 32<<10)
 	if !errors.Is(err, ErrSourceTooLarge) {
 		t.Fatalf("err = %v, want ErrSourceTooLarge", err)
@@ -155,20 +210,20 @@ func TestSourceCap(t *testing.T) {
 }
 
 func TestRetarRefuses(t *testing.T) {
-	for name, entries := range map[string][]tarEntry{
-		"dotdot":            {{name: "top/", typ: tar.TypeDir}, {name: "top/../../etc/passwd", body: "x"}},
-		"dotdot inside":     {{name: "top/a/../../b", body: "x"}},
-		"absolute":          {{name: "/etc/passwd", body: "x"}},
-		"two tops":          {{name: "top/a", body: "x"}, {name: "other/b", body: "y"}},
-		"through symlink":   {{name: "top/l", typ: tar.TypeSymlink, link: "/etc"}, {name: "top/l/passwd", body: "x"}},
-		"hardlink out":      {{name: "top/h", typ: tar.TypeLink, link: "../x"}},
-		"replaces link":     {{name: "top/l", typ: tar.TypeSymlink, link: "/etc"}, {name: "top/l/", typ: tar.TypeDir}},
-		"hardlink via link": {{name: "top/l", typ: tar.TypeSymlink, link: "/etc"}, {name: "top/h", typ: tar.TypeLink, link: "top/l/passwd"}},
-		"device":            {{name: "top/dev", typ: tar.TypeChar}},
+	for name, entries := range map[string][]fakegithub.Entry{
+		"dotdot":            {{Name: "top/", Type: tar.TypeDir}, {Name: "top/../../etc/passwd", Body: "x"}},
+		"dotdot inside":     {{Name: "top/a/../../b", Body: "x"}},
+		"absolute":          {{Name: "/etc/passwd", Body: "x"}},
+		"two tops":          {{Name: "top/a", Body: "x"}, {Name: "other/b", Body: "y"}},
+		"through symlink":   {{Name: "top/l", Type: tar.TypeSymlink, Link: "/etc"}, {Name: "top/l/passwd", Body: "x"}},
+		"hardlink out":      {{Name: "top/h", Type: tar.TypeLink, Link: "../x"}},
+		"replaces link":     {{Name: "top/l", Type: tar.TypeSymlink, Link: "/etc"}, {Name: "top/l/", Type: tar.TypeDir}},
+		"hardlink via link": {{Name: "top/l", Type: tar.TypeSymlink, Link: "/etc"}, {Name: "top/h", Type: tar.TypeLink, Link: "top/l/passwd"}},
+		"device":            {{Name: "top/dev", Type: tar.TypeChar}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var out bytes.Buffer
-			_, err := Retar(&out, bytes.NewReader(tarball(t, entries...)), 1<<20)
+			_, err := Retar(&out, bytes.NewReader(fakegithub.TarballEntries(t, entries...)), 1<<20)
 			if !errors.Is(err, ErrUnsafeArchive) {
 				t.Errorf("err = %v, want ErrUnsafeArchive", err)
 			}
@@ -178,7 +233,7 @@ func TestRetarRefuses(t *testing.T) {
 
 func TestRetarCaps(t *testing.T) {
 	// A gzip bomb: little compressed, much written.
-	tgz := tarball(t, tarEntry{name: "top/zeros", body: strings.Repeat("\x00", 4<<20)})
+	tgz := fakegithub.TarballEntries(t, fakegithub.Entry{Name: "top/zeros", Body: strings.Repeat("\x00", 4<<20)})
 	if int64(len(tgz)) > 1<<20 {
 		t.Fatalf("test archive is %d bytes compressed", len(tgz))
 	}
@@ -198,35 +253,35 @@ func TestRetarCaps(t *testing.T) {
 }
 
 func TestSetStatusRetries(t *testing.T) {
-	fake := newFakeGitHub(t)
-	app := fake.newApp(t)
+	fake := fakegithub.New(t)
+	app := newTestApp(t, fake)
 	ctx := context.Background()
 
-	fake.failStatuses(2, "502")
+	fake.FailStatuses(2, "502")
 	if err := app.SetStatus(ctx, 1, "Codertocat", "Hello-World", prSHA, "pending", "forge/execute", "queued", ""); err != nil {
 		t.Fatalf("after two 502s: %v", err)
 	}
-	if n := fake.countRequests("POST /api/v3/repos/Codertocat/Hello-World/statuses/"); n != 3 {
+	if n := countRequests(fake, "POST /api/v3/repos/Codertocat/Hello-World/statuses/"); n != 3 {
 		t.Errorf("%d status requests, want 3", n)
 	}
 
-	fake.failStatuses(100, "502")
+	fake.FailStatuses(100, "502")
 	err := app.SetStatus(ctx, 1, "Codertocat", "Hello-World", prSHA, "pending", "forge/execute", "queued", "")
 	if err == nil || !strings.Contains(err.Error(), "5 tries") {
 		t.Errorf("always 502: %v, want an error after 5 tries", err)
 	}
 
-	fake.failStatuses(1, "422")
-	before := fake.countRequests("POST ")
+	fake.FailStatuses(1, "422")
+	before := countRequests(fake, "POST ")
 	if err := app.SetStatus(ctx, 1, "Codertocat", "Hello-World", prSHA, "bogus", "forge/execute", "", ""); err == nil {
 		t.Error("a 422 gives no error")
 	}
-	if n := fake.countRequests("POST ") - before; n != 1 {
+	if n := countRequests(fake, "POST ") - before; n != 1 {
 		t.Errorf("a 422 was tried %d times, want once", n)
 	}
 
 	// A secondary rate limit is waited out (Retry-After: 1).
-	fake.failStatuses(1, "abuse")
+	fake.FailStatuses(1, "abuse")
 	start := time.Now()
 	if err := app.SetStatus(ctx, 1, "Codertocat", "Hello-World", prSHA, "success", "forge/execute", "passed", ""); err != nil {
 		t.Fatalf("after a secondary rate limit: %v", err)
@@ -234,19 +289,19 @@ func TestSetStatusRetries(t *testing.T) {
 	if time.Since(start) < time.Second {
 		t.Errorf("Retry-After was not respected")
 	}
-	if n := fake.tokenCount(1); n != 1 {
+	if n := fake.TokenCount(1); n != 1 {
 		t.Errorf("%d token requests, want 1", n)
 	}
 }
 
 func TestSetStatusCutsDescription(t *testing.T) {
-	fake := newFakeGitHub(t)
-	app := fake.newApp(t)
+	fake := fakegithub.New(t)
+	app := newTestApp(t, fake)
 	long := strings.Repeat("é", 300)
 	if err := app.SetStatus(context.Background(), 1, "Codertocat", "Hello-World", prSHA, "error", "forge/execute", long, "https://ci/builds/1"); err != nil {
 		t.Fatal(err)
 	}
-	s := fake.nextStatus(t)
+	s := fake.NextStatus(t, 10*time.Second)
 	if n := utf8.RuneCountInString(s.Description); n != MaxDescription || !strings.HasSuffix(s.Description, "…") {
 		t.Errorf("description of %d characters: %q", n, s.Description)
 	}
@@ -287,9 +342,9 @@ func (r *recordingTB) Errorf(format string, args ...any) {
 // payloads' URLs do) is caught.
 func TestForeignHostGuard(t *testing.T) {
 	rec := &recordingTB{TB: t}
-	fake := newFakeGitHub(rec)
-	_, pemKey := appKey(t)
-	app, err := NewApp(testAppID, pemKey, DefaultAPI, fake.client())
+	fake := fakegithub.New(rec)
+	pemKey := fakegithub.AppKeyPEM(t)
+	app, err := NewApp(fakegithub.AppID, pemKey, DefaultAPI, fake.Client())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,13 +362,11 @@ func TestForeignHostGuard(t *testing.T) {
 // TestConcurrentInstallations: many calls for two installations at once
 // (run with -race): one token each.
 func TestConcurrentInstallations(t *testing.T) {
-	fake := newFakeGitHub(t)
-	fake.mu.Lock()
-	fake.installations["Other/Repo"] = 2
-	fake.mu.Unlock()
-	fake.setFile(repo, prSHA, "x")
-	fake.setFile("Other/Repo", prSHA, "y")
-	app := fake.newApp(t)
+	fake := fakegithub.New(t)
+	fake.SetInstallation("Other/Repo", 2)
+	fake.SetFile(repo, prSHA, "x")
+	fake.SetFile("Other/Repo", prSHA, "y")
+	app := newTestApp(t, fake)
 	var wg sync.WaitGroup
 	for i := range 16 {
 		wg.Go(func() {
@@ -328,7 +381,7 @@ func TestConcurrentInstallations(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if a, b := fake.tokenCount(1), fake.tokenCount(2); a != 1 || b != 1 {
+	if a, b := fake.TokenCount(1), fake.TokenCount(2); a != 1 || b != 1 {
 		t.Errorf("token requests %d and %d, want 1 each", a, b)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/store"
+	"github.com/forge-ci/forge/internal/fakegithub"
 )
 
 // fakeBuilds records what Forge asks of the build manager.
@@ -63,10 +64,10 @@ execute: [go test ./...]
 timeot: 30m
 `
 
-func newForge(t *testing.T) (*Forge, *fakeGitHub, *fakeBuilds) {
-	fake := newFakeGitHub(t)
+func newForge(t *testing.T) (*Forge, *fakegithub.Server, *fakeBuilds) {
+	fake := fakegithub.New(t)
 	builds := newFakeBuilds()
-	return &Forge{App: fake.newApp(t), Builds: builds, PublicURL: "https://forge.example.com/"}, fake, builds
+	return &Forge{App: newTestApp(t, fake), Builds: builds, PublicURL: "https://forge.example.com/"}, fake, builds
 }
 
 // pending counts the statuses queued and not yet taken by a sender.
@@ -105,8 +106,8 @@ func pushEvent(t *testing.T) Event {
 
 func TestPullRequestBuild(t *testing.T) {
 	f, fake, builds := newForge(t)
-	fake.setFile(repo, prSHA, validConfig)
-	fake.setTarball(repo, prSHA, tarball(t, goodTree...))
+	fake.SetFile(repo, prSHA, validConfig)
+	fake.SetTarball(repo, prSHA, fakegithub.TarballEntries(t, goodTree...))
 	if err := f.HandleEvent(context.Background(), prEvent("pull_request.opened.json", t)); err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +131,7 @@ func TestPullRequestBuild(t *testing.T) {
 
 	// The source is fetched only when asked for, as a plain tar without
 	// the top folder, in a file that goes away on Close.
-	if n := fake.countRequests("GET /api/v3/repos/Codertocat/Hello-World/tarball/"); n != 0 {
+	if n := countRequests(fake, "GET /api/v3/repos/Codertocat/Hello-World/tarball/"); n != 0 {
 		t.Errorf("the tarball was fetched before the build asked for it")
 	}
 	rc, size, err := req.Source(context.Background())
@@ -152,7 +153,7 @@ func TestPullRequestBuild(t *testing.T) {
 
 func TestPullRequestWithoutInstallation(t *testing.T) {
 	f, fake, builds := newForge(t)
-	fake.setFile(repo, prSHA, validConfig)
+	fake.SetFile(repo, prSHA, validConfig)
 	ev := prEvent("pull_request.ready_for_review.json", t)
 	if ev.Installation != 0 {
 		t.Fatal("the payload has an installation")
@@ -168,7 +169,7 @@ func TestPullRequestWithoutInstallation(t *testing.T) {
 
 func TestInvalidConfig(t *testing.T) {
 	f, fake, builds := newForge(t)
-	fake.setFile(repo, prSHA, badConfig)
+	fake.SetFile(repo, prSHA, badConfig)
 	if err := f.HandleEvent(context.Background(), prEvent("pull_request.synchronize.json", t)); err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +177,7 @@ func TestInvalidConfig(t *testing.T) {
 		t.Fatalf("an invalid config was submitted")
 	}
 	run(t, f)
-	s := fake.nextStatus(t)
+	s := fake.NextStatus(t, 10*time.Second)
 	if s.State != "error" || s.Context != "forge/execute" || s.SHA != prSHA {
 		t.Errorf("status %+v", s)
 	}
@@ -197,7 +198,7 @@ func TestNoConfigNoNothing(t *testing.T) {
 	if len(subs)+len(cancels) != 0 || f.pending() != 0 {
 		t.Errorf("a repository without .forge.yml got submits %d, cancels %d, statuses %d", len(subs), len(cancels), f.pending())
 	}
-	if n := fake.countRequests("POST /api/v3/repos/"); n != 0 {
+	if n := countRequests(fake, "POST /api/v3/repos/"); n != 0 {
 		t.Errorf("%d writes to GitHub", n)
 	}
 }
@@ -211,14 +212,14 @@ func TestClosedCancels(t *testing.T) {
 	if len(subs) != 0 || len(cancels) != 1 || cancels[0] != "Codertocat/Hello-World#2|pull request closed" {
 		t.Errorf("submits %d, cancels %v", len(subs), cancels)
 	}
-	if n := len(fake.allRequests()); n != 0 {
+	if n := len(fake.Requests()); n != 0 {
 		t.Errorf("closing needed %d GitHub requests", n)
 	}
 }
 
 func TestPushBuilds(t *testing.T) {
 	f, fake, builds := newForge(t)
-	fake.setFile(repo, pushSHA, validConfig)
+	fake.SetFile(repo, pushSHA, validConfig)
 	if err := f.HandleEvent(context.Background(), pushEvent(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +237,7 @@ func TestPushBuilds(t *testing.T) {
 
 func TestPushNothingToBuild(t *testing.T) {
 	f, fake, builds := newForge(t)
-	fake.setFile(repo, pushSHA, strings.Replace(validConfig, "master: deploy", "main: deploy", 1))
+	fake.SetFile(repo, pushSHA, strings.Replace(validConfig, "master: deploy", "main: deploy", 1))
 	if err := f.HandleEvent(context.Background(), pushEvent(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +258,7 @@ func TestPushNothingToBuild(t *testing.T) {
 
 func TestBuildChangedStatuses(t *testing.T) {
 	f, fake, _ := newForge(t)
-	fake.failStatuses(2, "502") // the first status needs three tries
+	fake.FailStatuses(2, "502") // the first status needs three tries
 	run(t, f)
 	b := &store.Build{ID: "20260101T000000-abcdef", Owner: "Codertocat", Repo: "Hello-World", SHA: prSHA,
 		Action: "execute", InstallationID: 1, State: store.Queued}
@@ -270,7 +271,7 @@ func TestBuildChangedStatuses(t *testing.T) {
 
 	want := []struct{ state, desc string }{{"pending", "queued"}, {"pending", "running"}, {"success", "passed"}}
 	for _, w := range want {
-		s := fake.nextStatus(t)
+		s := fake.NextStatus(t, 10*time.Second)
 		if s.State != w.state || s.Description != w.desc || s.Context != "forge/execute" ||
 			s.TargetURL != "https://forge.example.com/builds/20260101T000000-abcdef" || s.SHA != prSHA {
 			t.Errorf("status %+v, want %s %q", s, w.state, w.desc)
@@ -281,15 +282,15 @@ func TestBuildChangedStatuses(t *testing.T) {
 	d := &store.Build{ID: "x2", Owner: "Codertocat", Repo: "Hello-World", SHA: pushSHA, Action: "deploy",
 		InstallationID: 1, State: store.Failure, Reason: "exit code 2"}
 	f.BuildChanged(d)
-	if s := fake.nextStatus(t); s.State != "failure" || s.Description != "exit code 2" || s.Context != "forge/deploy" {
+	if s := fake.NextStatus(t, 10*time.Second); s.State != "failure" || s.Description != "exit code 2" || s.Context != "forge/deploy" {
 		t.Errorf("failure status %+v", s)
 	}
 	d.State, d.Reason = store.Error, "superseded by abc1234"
 	f.BuildChanged(d)
-	if s := fake.nextStatus(t); s.State != "error" || s.Description != "superseded by abc1234" {
+	if s := fake.NextStatus(t, 10*time.Second); s.State != "error" || s.Description != "superseded by abc1234" {
 		t.Errorf("error status %+v", s)
 	}
-	if n := fake.tokenCount(1); n != 1 {
+	if n := fake.TokenCount(1); n != 1 {
 		t.Errorf("%d token requests for 5 statuses, want 1", n)
 	}
 }
@@ -319,7 +320,7 @@ func TestStatusQueueNeverBlocks(t *testing.T) {
 // queue and a worker, to a Submit.
 func TestEndToEnd(t *testing.T) {
 	f, fake, builds := newForge(t)
-	fake.setFile(repo, prSHA, validConfig)
+	fake.SetFile(repo, prSHA, validConfig)
 	q := NewQueue(8)
 	f.Queue = q
 	run(t, f)
