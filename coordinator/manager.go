@@ -120,6 +120,7 @@ type run struct {
 }
 
 const (
+	maxNameTries = 5                // service names tried when swarm says one is taken
 	timeoutGrace = 30 * time.Second // after the executor's own timeout
 	exitWait     = 45 * time.Second // for the exit after a cancel
 )
@@ -382,7 +383,8 @@ func (m *Manager) execute(ctx context.Context, r *run, b *store.Build, req Reque
 		labels[k] = v
 	}
 	labels[LabelCoordinator] = m.Instance // Recover relies on it
-	spec, err := plan.ServiceSpec(pb, req.Config, plan.Options{AllowPorts: m.AllowPorts, Node: req.Node, ExtraLabels: labels})
+	opt := plan.Options{AllowPorts: m.AllowPorts, Node: req.Node, ExtraLabels: labels}
+	spec, err := plan.ServiceSpec(pb, req.Config, opt)
 	if err != nil {
 		m.finish(ctx, b, store.Error, err.Error(), nil)
 		return
@@ -399,7 +401,20 @@ func (m *Manager) execute(ctx context.Context, r *run, b *store.Build, req Reque
 	default:
 	}
 	created := time.Now()
-	resp, err := m.Swarm.ServiceCreate(ctx, spec, swarm.ServiceCreateOptions{})
+	// Names have a one-second timestamp: two builds of one pull request in
+	// the same second (the older one superseded but not yet removed) would
+	// share one. A name swarm says is taken is tried again with a suffix.
+	tried := map[string]bool{}
+	var resp swarm.ServiceCreateResponse
+	for {
+		resp, err = m.Swarm.ServiceCreate(ctx, spec, swarm.ServiceCreateOptions{})
+		if err == nil || !errdefs.IsConflict(err) || len(tried) >= maxNameTries {
+			break
+		}
+		tried[spec.Name] = true
+		opt.Name = plan.ServiceName(pb, func(n string) bool { return tried[n] })
+		spec.Annotations.Name = opt.Name
+	}
 	if err != nil {
 		m.finish(ctx, b, store.Error, fmt.Sprintf("create service %s: %v", spec.Name, err), nil)
 		return

@@ -143,9 +143,15 @@ func (f *Forge) Run(ctx context.Context) {
 	f.init()
 	var wg sync.WaitGroup
 	if f.Queue != nil {
-		for range f.Workers {
-			wg.Go(func() { f.work(ctx) })
+		// Events of one pull request or branch are handled in delivery
+		// order by one worker: a closed pull request must not be built
+		// after its cancel, nor an older head supersede a newer one.
+		workers := make([]chan Event, f.Workers)
+		for i := range workers {
+			workers[i] = make(chan Event)
+			wg.Go(func() { f.work(ctx, workers[i]) })
 		}
+		wg.Go(func() { f.route(ctx, workers) })
 	}
 	for _, ch := range f.senders {
 		wg.Go(func() { f.send(ctx, ch) })
@@ -164,13 +170,41 @@ func (f *Forge) Run(ctx context.Context) {
 	}
 }
 
-func (f *Forge) work(ctx context.Context) {
+// route hands each queued event to the worker of its key.
+func (f *Forge) route(ctx context.Context, workers []chan Event) {
 	for {
 		ev, ok := f.Queue.take(ctx)
 		if !ok {
 			return
 		}
-		f.handle(ctx, ev)
+		h := fnv.New32a()
+		h.Write([]byte(orderKey(ev)))
+		select {
+		case workers[h.Sum32()%uint32(len(workers))] <- ev:
+		case <-ctx.Done():
+			f.Log.Warn("event dropped at shutdown", "delivery", ev.Delivery, "event", ev.Name, "repo", ev.Owner+"/"+ev.Repo)
+			return
+		}
+	}
+}
+
+// orderKey names what an event's order matters for: its pull request, or
+// its branch.
+func orderKey(ev Event) string {
+	if ev.PullRequest != 0 {
+		return prKey(ev)
+	}
+	return ev.Owner + "/" + ev.Repo + "@" + ev.Branch
+}
+
+func (f *Forge) work(ctx context.Context, events <-chan Event) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-events:
+			f.handle(ctx, ev)
+		}
 	}
 }
 
