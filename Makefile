@@ -41,3 +41,23 @@ demo: build
 
 clean:
 	rm -rf $(BIN)
+
+# Production deployment on this swarm (README: Deploying on a swarm):
+# images FROM scratch, built here; the stack deploy/stack.yml; secrets and
+# certificates made once and kept in .forge/ (FORGE_STATE_DIR).
+.PHONY: images up down test-deploy
+
+images: build
+	VERSION='$(VERSION)' ./deploy/images.sh
+
+up: images
+	VERSION='$(VERSION)' ./deploy/up.sh
+
+# make down PURGE=1 also removes the secrets, the data volume and .forge/.
+down:
+	PURGE='$(PURGE)' ./deploy/down.sh
+
+# The real-engine test of make up / a build through the deployed
+# coordinator / make down (go test ./... runs it too).
+test-deploy:
+	$(GO) test -count=1 -timeout 10m -run '^TestDeployMakeUp$$' -v ./deploy/

@@ -1,0 +1,366 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/forge-ci/forge/internal/dockertest"
+)
+
+// The compose file, as far as these tests read it.
+type stackFile struct {
+	Services map[string]service `yaml:"services"`
+	Networks map[string]struct {
+		Driver     string            `yaml:"driver"`
+		Attachable bool              `yaml:"attachable"`
+		External   bool              `yaml:"external"`
+		Labels     map[string]string `yaml:"labels"`
+	} `yaml:"networks"`
+	Volumes map[string]struct {
+		External bool `yaml:"external"`
+	} `yaml:"volumes"`
+	Secrets map[string]struct {
+		External bool   `yaml:"external"`
+		Name     string `yaml:"name"`
+		File     string `yaml:"file"`
+	} `yaml:"secrets"`
+}
+
+type service struct {
+	Image       string            `yaml:"image"`
+	Command     []string          `yaml:"command"`
+	User        string            `yaml:"user"`
+	CapDrop     []string          `yaml:"cap_drop"`
+	Environment map[string]string `yaml:"environment"`
+	Labels      map[string]string `yaml:"labels"`
+	Volumes     []struct {
+		Type     string `yaml:"type"`
+		Source   string `yaml:"source"`
+		Target   string `yaml:"target"`
+		ReadOnly bool   `yaml:"read_only"`
+	} `yaml:"volumes"`
+	Ports []struct {
+		Target    int    `yaml:"target"`
+		Published string `yaml:"published"`
+		Protocol  string `yaml:"protocol"`
+		Mode      string `yaml:"mode"`
+	} `yaml:"ports"`
+	Networks names `yaml:"networks"`
+	Secrets  []struct {
+		Source string `yaml:"source"`
+		Target string `yaml:"target"`
+		UID    string `yaml:"uid"`
+		Mode   int    `yaml:"mode"`
+	} `yaml:"secrets"`
+	Deploy struct {
+		Mode         string            `yaml:"mode"`
+		Replicas     *int              `yaml:"replicas"`
+		EndpointMode string            `yaml:"endpoint_mode"`
+		Labels       map[string]string `yaml:"labels"`
+		Placement    struct {
+			Constraints []string `yaml:"constraints"`
+		} `yaml:"placement"`
+	} `yaml:"deploy"`
+}
+
+// names is a list of names written as a list or as the keys of a map
+// (docker stack config writes a service's networks as a map).
+type names []string
+
+func (n *names) UnmarshalYAML(node *yaml.Node) error {
+	if node.Kind == yaml.MappingNode {
+		for i := 0; i < len(node.Content); i += 2 {
+			*n = append(*n, node.Content[i].Value)
+		}
+		return nil
+	}
+	return node.Decode((*[]string)(n))
+}
+
+func readStack(t *testing.T, name string) (stackFile, []byte) {
+	t.Helper()
+	raw, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s stackFile
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&s); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return s, raw
+}
+
+const socket = "/var/run/docker.sock"
+
+func hasSocket(s service) bool {
+	for _, v := range s.Volumes {
+		if v.Type == "bind" && v.Source == socket && v.Target == socket {
+			return true
+		}
+	}
+	return false
+}
+
+// secretTargets maps the files under /run/secrets of a service to the
+// secret each comes from.
+func secretTargets(s service) map[string]string {
+	m := map[string]string{}
+	for _, sec := range s.Secrets {
+		target := sec.Target
+		if target == "" {
+			target = sec.Source
+		}
+		m[target] = sec.Source
+	}
+	return m
+}
+
+// TestStackFile checks deploy/stack.yml against what Forge needs on a
+// swarm: the coordinator on a manager with its local socket, its data and
+// its port; an agent on every node with that node's socket; certificates,
+// keys and the webhook secret as Docker secrets; one overlay network; and
+// no Docker port anywhere.
+func TestStackFile(t *testing.T) {
+	s, raw := readStack(t, "stack.yml")
+	coord, ok := s.Services["coordinator"]
+	if !ok {
+		t.Fatalf("no coordinator service; services: %v", keys(s.Services))
+	}
+	agent, ok := s.Services["agent"]
+	if !ok {
+		t.Fatalf("no agent service; services: %v", keys(s.Services))
+	}
+	if len(s.Services) != 2 {
+		t.Errorf("services %v, want coordinator and agent", keys(s.Services))
+	}
+
+	// The agent: one per node, its node's socket, dialling the
+	// coordinator by its service name.
+	if agent.Deploy.Mode != "global" {
+		t.Errorf("agent deploy.mode %q, want global", agent.Deploy.Mode)
+	}
+	if !hasSocket(agent) {
+		t.Errorf("agent has no bind mount of %s: %+v", socket, agent.Volumes)
+	}
+	if !slices.Equal(agent.Command, []string{"agent"}) || !strings.Contains(agent.Image, "forge/agent:") {
+		t.Errorf("agent runs %s %v", agent.Image, agent.Command)
+	}
+	host, port, err := net.SplitHostPort(agent.Environment["FORGE_COORDINATOR"])
+	if err != nil || host != "coordinator" {
+		t.Errorf("agent FORGE_COORDINATOR %q: want coordinator:PORT, the coordinator's service name (%v)", agent.Environment["FORGE_COORDINATOR"], err)
+	}
+	if _, lport, _ := net.SplitHostPort(coord.Environment["FORGE_AGENT_LISTEN"]); lport != port {
+		t.Errorf("agents dial port %s, the coordinator listens on %q", port, coord.Environment["FORGE_AGENT_LISTEN"])
+	}
+	// The coordinator's certificate must name the host agents dial.
+	up, err := os.ReadFile("up.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`--role coordinator --name coordinator --host ([a-z0-9.-]+,)*` + host + `\b`).Match(up) {
+		t.Errorf("up.sh does not issue the coordinator's certificate for %q", host)
+	}
+
+	// The coordinator: one replica on a manager, its socket, its data,
+	// its HTTP port.
+	if coord.Deploy.Mode != "" && coord.Deploy.Mode != "replicated" {
+		t.Errorf("coordinator deploy.mode %q", coord.Deploy.Mode)
+	}
+	if coord.Deploy.Replicas == nil || *coord.Deploy.Replicas != 1 {
+		t.Errorf("coordinator replicas %v, want 1", coord.Deploy.Replicas)
+	}
+	if !slices.Contains(coord.Deploy.Placement.Constraints, "node.role == manager") {
+		t.Errorf("coordinator constraints %q lack node.role == manager", coord.Deploy.Placement.Constraints)
+	}
+	if !hasSocket(coord) {
+		t.Errorf("coordinator has no bind mount of %s: %+v", socket, coord.Volumes)
+	}
+	if !slices.Equal(coord.Command, []string{"coordinator"}) || !strings.Contains(coord.Image, "forge/coordinator:") {
+		t.Errorf("coordinator runs %s %v", coord.Image, coord.Command)
+	}
+	data := coord.Environment["FORGE_DATA"]
+	found := false
+	for _, v := range coord.Volumes {
+		if v.Type == "volume" && v.Target == data && data != "" {
+			found = true
+			if _, declared := s.Volumes[v.Source]; !declared {
+				t.Errorf("volume %q is not declared", v.Source)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no volume holds the coordinator's --data (FORGE_DATA %q): %+v", data, coord.Volumes)
+	}
+	_, httpPort, _ := net.SplitHostPort(coord.Environment["FORGE_LISTEN"])
+	if len(coord.Ports) != 1 || fmt.Sprint(coord.Ports[0].Target) != httpPort ||
+		!strings.Contains(coord.Ports[0].Published, "FORGE_HTTP_PORT") {
+		t.Errorf("coordinator ports %+v: want its HTTP port %q published at ${FORGE_HTTP_PORT}", coord.Ports, httpPort)
+	}
+
+	// Keys, certificates and the webhook secret are Docker secrets, each
+	// declared, each used, and every file flag points at one.
+	used := map[string]bool{}
+	for name, svc := range s.Services {
+		targets := secretTargets(svc)
+		for _, src := range targets {
+			used[src] = true
+			if _, ok := s.Secrets[src]; !ok {
+				t.Errorf("%s uses the undeclared secret %q", name, src)
+			}
+		}
+		for _, v := range svc.Secrets {
+			if strings.Contains(v.Target, "key") && v.Mode != 0o400 {
+				t.Errorf("%s: key %s has mode %#o, want 0400", name, v.Target, v.Mode)
+			}
+		}
+		for env, val := range svc.Environment {
+			if f, ok := strings.CutPrefix(val, "/run/secrets/"); ok {
+				if _, ok := targets[f]; !ok {
+					t.Errorf("%s: %s=%s, but no secret is mounted there", name, env, val)
+				}
+			}
+		}
+	}
+	for name, sec := range s.Secrets {
+		if !used[name] {
+			t.Errorf("secret %q is declared but not used", name)
+		}
+		if !sec.External || !strings.Contains(sec.Name, "${") {
+			t.Errorf("secret %q: want external, named by deploy/up.sh (secrets are immutable: the name carries a hash)", name)
+		}
+	}
+	for _, env := range []string{"FORGE_TLS_CA", "FORGE_TLS_CERT", "FORGE_TLS_KEY", "FORGE_WEBHOOK_SECRET_FILE"} {
+		if !strings.HasPrefix(coord.Environment[env], "/run/secrets/") {
+			t.Errorf("coordinator %s=%q, want a secret", env, coord.Environment[env])
+		}
+	}
+	for _, env := range []string{"FORGE_TLS_CA", "FORGE_TLS_CERT", "FORGE_TLS_KEY"} {
+		if !strings.HasPrefix(agent.Environment[env], "/run/secrets/") {
+			t.Errorf("agent %s=%q, want a secret", env, agent.Environment[env])
+		}
+	}
+
+	// One overlay network, attachable, shared by both.
+	if len(coord.Networks) == 0 || !slices.Equal(coord.Networks, agent.Networks) {
+		t.Errorf("networks: coordinator %v, agent %v", coord.Networks, agent.Networks)
+	}
+	for _, n := range coord.Networks {
+		nw, ok := s.Networks[n]
+		if !ok || nw.Driver != "overlay" || !nw.Attachable || nw.External {
+			t.Errorf("network %q: %+v, want a declared overlay network, attachable", n, nw)
+		}
+	}
+
+	// Labelled, unprivileged.
+	for name, svc := range s.Services {
+		if svc.Labels["forge.component"] != name || svc.Deploy.Labels["forge.component"] != name {
+			t.Errorf("%s: labels %v, deploy.labels %v; want forge.component=%s on both", name, svc.Labels, svc.Deploy.Labels, name)
+		}
+		if svc.User == "" || !slices.Contains(svc.CapDrop, "ALL") {
+			t.Errorf("%s: user %q, cap_drop %v", name, svc.User, svc.CapDrop)
+		}
+		if _, ok := svc.Environment["FORGE_DOCKER_HOST"]; ok {
+			t.Errorf("%s sets FORGE_DOCKER_HOST: the local socket is the default", name)
+		}
+	}
+
+	noDockerPort(t, "stack.yml", raw)
+	usedVariables(t, "stack.yml", raw, up)
+}
+
+// TestStackGitHub checks deploy/stack.github.yml, the GitHub App's part.
+func TestStackGitHub(t *testing.T) {
+	s, raw := readStack(t, "stack.github.yml")
+	coord := s.Services["coordinator"]
+	if len(s.Services) != 1 {
+		t.Errorf("services %v, want only the coordinator", keys(s.Services))
+	}
+	if coord.Environment["FORGE_GITHUB_APP_ID"] == "" {
+		t.Error("no FORGE_GITHUB_APP_ID")
+	}
+	f, ok := strings.CutPrefix(coord.Environment["FORGE_GITHUB_KEY_FILE"], "/run/secrets/")
+	if src, mounted := secretTargets(coord)[f]; !ok || !mounted {
+		t.Errorf("FORGE_GITHUB_KEY_FILE=%q is not a mounted secret", coord.Environment["FORGE_GITHUB_KEY_FILE"])
+	} else if sec, declared := s.Secrets[src]; !declared || !sec.External {
+		t.Errorf("secret %q not declared external", src)
+	}
+	up, err := os.ReadFile("up.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noDockerPort(t, "stack.github.yml", raw)
+	usedVariables(t, "stack.github.yml", raw, up)
+}
+
+// noDockerPort: Forge never reaches Docker over TCP.
+func noDockerPort(t *testing.T, name string, raw []byte) {
+	t.Helper()
+	for _, bad := range []string{"DOCKER_HOST", "tcp://", "2375", "2376"} {
+		if bytes.Contains(raw, []byte(bad)) {
+			t.Errorf("%s mentions %s: Forge reaches Docker only through local sockets", name, bad)
+		}
+	}
+}
+
+// usedVariables: every variable the file interpolates is one that
+// deploy/up.sh sets.
+func usedVariables(t *testing.T, name string, raw, up []byte) {
+	t.Helper()
+	for _, m := range regexp.MustCompile(`\$\{([A-Z0-9_]+)`).FindAllSubmatch(raw, -1) {
+		if !bytes.Contains(up, m[1]) {
+			t.Errorf("%s uses ${%s}, which deploy/up.sh never sets", name, m[1])
+		}
+	}
+}
+
+// TestStackConfig has the docker CLI itself read both files with the
+// variables deploy/up.sh sets (docker stack config: no engine needed).
+func TestStackConfig(t *testing.T) {
+	if _, err := exec.LookPath("docker"); err != nil {
+		dockertest.Unavailable(t, "docker CLI: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "docker", "stack", "config", "-c", "stack.yml", "-c", "stack.github.yml")
+	cmd.Env = append(os.Environ(), "FORGE_USER=65532:999", "FORGE_AGENT_USER=65532:999", "FORGE_UID=65532",
+		"FORGE_COORDINATOR_NODE=node1", "FORGE_VERSION=v1", "FORGE_HTTP_PORT=9090", "FORGE_GITHUB_APP_ID=42",
+		"FORGE_SECRET_CA=s1", "FORGE_SECRET_COORDINATOR_CERT=s2", "FORGE_SECRET_COORDINATOR_KEY=s3",
+		"FORGE_SECRET_AGENT_CERT=s4", "FORGE_SECRET_AGENT_KEY=s5", "FORGE_SECRET_WEBHOOK=s6", "FORGE_SECRET_GITHUB_KEY=s7")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker stack config: %v\n%s", err, out)
+	}
+	var s stackFile
+	if err := yaml.Unmarshal(out, &s); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	c := s.Services["coordinator"]
+	if c.Environment["FORGE_GITHUB_APP_ID"] != "42" || c.Deploy.Placement.Constraints[1] != "node.id == node1" ||
+		len(c.Ports) != 1 || c.Ports[0].Published != "9090" || len(c.Secrets) != 5 || s.Secrets["github_app_key"].Name != "s7" {
+		t.Errorf("merged configuration:\n%s", out)
+	}
+	if s.Services["agent"].User != "65532:999" {
+		t.Errorf("agent user %q", s.Services["agent"].User)
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var k []string
+	for n := range m {
+		k = append(k, n)
+	}
+	slices.Sort(k)
+	return k
+}
