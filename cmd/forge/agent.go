@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -71,6 +73,19 @@ func splitHost(h string) (proto, addr string, ok bool) {
 	return "", h, false
 }
 
+// loadTLS reads the --tls-ca, --tls-cert and --tls-key files.
+func loadTLS(c *cli.Context) (*x509.CertPool, tls.Certificate, error) {
+	pool, err := wire.LoadCAPool(c.Path("tls-ca"))
+	if err != nil {
+		return nil, tls.Certificate{}, fmt.Errorf("--tls-ca: %w", err)
+	}
+	pair, err := wire.LoadKeyPair(c.Path("tls-cert"), c.Path("tls-key"))
+	if err != nil {
+		return nil, tls.Certificate{}, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	return pool, pair, nil
+}
+
 func newLogger(c *cli.Context) *slog.Logger {
 	level := slog.LevelInfo
 	if c.Bool("debug") {
@@ -106,13 +121,9 @@ func agentCommand() *cli.Command {
 			if serverName == "" {
 				serverName = host
 			}
-			pool, err := wire.LoadCAPool(c.Path("tls-ca"))
+			pool, pair, err := loadTLS(c)
 			if err != nil {
-				return fmt.Errorf("--tls-ca: %w", err)
-			}
-			pair, err := wire.LoadKeyPair(c.Path("tls-cert"), c.Path("tls-key"))
-			if err != nil {
-				return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+				return err
 			}
 			docker, err := localDocker(c.String("docker-host"))
 			if err != nil {

@@ -53,13 +53,9 @@ func coordinatorCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			pool, err := wire.LoadCAPool(c.Path("tls-ca"))
+			pool, pair, err := loadTLS(c)
 			if err != nil {
-				return fmt.Errorf("--tls-ca: %w", err)
-			}
-			pair, err := wire.LoadKeyPair(c.Path("tls-cert"), c.Path("tls-key"))
-			if err != nil {
-				return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+				return err
 			}
 			exe, err := readForgexec(c.Path("forgexec"))
 			if err != nil {
