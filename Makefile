@@ -67,3 +67,14 @@ down:
 # coordinator / make down (go test ./... runs it too).
 test-deploy:
 	$(GO) test -count=1 -timeout 10m -run '^TestDeployMakeUp$$' -v ./deploy/
+
+# Benchmarks that compare Forge with a baseline in the same run
+# (docs/benchmarks.md): results in bench-results.json, then a table.
+# Needs the engine (swarm mode turned on if needed, left as found).
+.PHONY: bench
+BENCHFLAGS ?= -timeout 14m
+bench: build
+	rm -f bench-results.json
+	FORGE_BENCH_OUT='$(CURDIR)/bench-results.json' FORGE_BENCH_FORGE='$(CURDIR)/$(BIN)/forge' \
+	  $(GO) test -count=1 -run '^$$' -bench . -benchtime=1x $(BENCHFLAGS) ./internal/bench/
+	$(GO) run ./cmd/forgebench bench-results.json

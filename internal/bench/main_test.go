@@ -1,0 +1,142 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/client"
+
+	"github.com/forge-ci/forge/internal/dockertest"
+	"github.com/forge-ci/forge/wire"
+)
+
+// TestMain runs the benchmarks, or, when the scale benchmark re-executes
+// this test binary with envChild set, the agents' side of that benchmark
+// in a process of its own (so the coordinator's memory is measured alone).
+func TestMain(m *testing.M) {
+	if os.Getenv(envChild) != "" {
+		os.Exit(runAgentsChild())
+	}
+	if os.Getenv(EnvOut) != "" {
+		if err := Record(machineInfo()); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: record machine: %v\n", err)
+		}
+	}
+	os.Exit(dockertest.Main(m))
+}
+
+// machineInfo describes where the numbers come from.
+func machineInfo() map[string]any {
+	out := map[string]any{
+		"machine.nproc": strconv.Itoa(runtime.NumCPU()),
+		"machine.go":    runtime.Version(),
+		"machine.date":  time.Now().UTC().Format(time.RFC3339),
+	}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				out["machine.cpu"] = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemTotal:" {
+				kb, _ := strconv.ParseFloat(f[1], 64)
+				out["machine.memory"] = fmt.Sprintf("%.1f GiB", kb/(1<<20))
+			}
+		}
+	}
+	if cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation()); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if v, err := cli.ServerVersion(ctx); err == nil {
+			out["machine.docker_server"] = fmt.Sprintf("Docker Engine %s (API %s), %s", v.Version, v.APIVersion, v.Os+"/"+v.Arch)
+		}
+		cancel()
+		cli.Close()
+	}
+	return out
+}
+
+// record writes kv to the results file and fails b when it cannot.
+func record(b testing.TB, kv map[string]any) {
+	b.Helper()
+	if err := Record(kv); err != nil {
+		b.Fatalf("record results: %v", err)
+	}
+}
+
+// raiseNoFile lifts the soft limit on open files to the hard limit: the
+// scale benchmark holds a socket per agent on each side.
+func raiseNoFile() (uint64, error) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, err
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+			return 0, err
+		}
+	}
+	return rl.Cur, nil
+}
+
+// pki is a throw-away forge CA with a coordinator certificate for
+// 127.0.0.1 and one agent certificate shared by every agent.
+type pki struct {
+	ca                         *wire.CA
+	coordCert, coordKey        []byte
+	agentCertPEM, agentKeyPEM  []byte
+	coordinatorPair, agentPair tls.Certificate
+}
+
+func newPKI(t testing.TB) *pki {
+	t.Helper()
+	ca, err := wire.NewCA("forge bench CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pki{ca: ca}
+	p.coordCert, p.coordKey, err = ca.Issue(wire.IssueRequest{Role: wire.RoleCoordinator, Name: "coordinator", Hosts: []string{"127.0.0.1", "localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.agentCertPEM, p.agentKeyPEM, err = ca.Issue(wire.IssueRequest{Role: wire.RoleAgent, Name: "agent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.coordinatorPair, err = tls.X509KeyPair(p.coordCert, p.coordKey); err != nil {
+		t.Fatal(err)
+	}
+	if p.agentPair, err = tls.X509KeyPair(p.agentCertPEM, p.agentKeyPEM); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (p *pki) serverTLS() *tls.Config { return wire.ServerConfig(p.ca.Pool(), p.coordinatorPair) }
+func (p *pki) clientTLS() *tls.Config {
+	return wire.ClientConfig(p.ca.Pool(), p.agentPair, "127.0.0.1")
+}
+
+func mustRead(b testing.TB, path string) []byte {
+	b.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		dockertest.Unavailable(b, "%s: %v", path, err)
+	}
+	return data
+}
