@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -12,9 +11,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/forge-ci/forge/internal/syncbuf"
 
 	"github.com/hashicorp/yamux"
 
@@ -26,24 +26,6 @@ type verifyFunc func(nodeID string, remote net.Addr) error
 
 func (f verifyFunc) VerifyAgent(_ context.Context, nodeID string, remote net.Addr) error {
 	return f(nodeID, remote)
-}
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 type testPKI struct {
@@ -72,9 +54,9 @@ func newTestPKI(t *testing.T) *testPKI {
 }
 
 // serveAgents runs an AgentServer on loopback until the test ends.
-func serveAgents(t *testing.T, p *testPKI, v NodeVerifier) (*AgentServer, string, *syncBuffer) {
+func serveAgents(t *testing.T, p *testPKI, v NodeVerifier) (*AgentServer, string, *syncbuf.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	s := &AgentServer{TLS: wire.ServerConfig(p.ca.Pool(), p.coordinator), Verify: v,
 		Logs: &LogStore{Dir: t.TempDir()}, Log: slog.New(slog.NewTextHandler(logs, nil))}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

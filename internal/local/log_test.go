@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"testing"
+
+	"github.com/forge-ci/forge/internal/syncbuf"
 )
 
 // testLogger keeps the coordinator's and agent's log of a test and shows
@@ -14,7 +16,7 @@ func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	buf := &lockedBuffer{}
+	buf := &syncbuf.Buffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("coordinator and agent log:\n%s", buf.String())

@@ -1,7 +1,6 @@
 package local
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -10,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forge-ci/forge/internal/syncbuf"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/swarm"
@@ -17,24 +18,6 @@ import (
 
 	"github.com/forge-ci/forge/internal/dockertest"
 )
-
-// lockedBuffer collects output written by the run's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 type file struct {
 	body string
@@ -61,7 +44,7 @@ func forgeRun(t *testing.T, cli *client.Client, ctx context.Context, yml string,
 	}
 	id := dockertest.ID(t)
 	dockertest.Cleanup(t, cli, id)
-	var out, errOut lockedBuffer
+	var out, errOut syncbuf.Buffer
 	code, err := Run(ctx, Options{Dir: dir, Docker: cli, Executor: dockertest.Forgexec(t), Stdout: &out, Stderr: &errOut,
 		Labels: map[string]string{dockertest.LabelTest: id}, Started: started, Logger: testLogger(t)})
 	r := result{code: code, err: err, stdout: out.String(), stderr: errOut.String()}
