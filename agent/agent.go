@@ -159,9 +159,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// NodeID is the swarm node id the agent reports (after Run has started).
-func (a *Agent) NodeID() string { return a.nodeID }
-
 // identify reads the node id, host name and engine version. The engine may
 // start after the agent (both restart with the machine), so it retries.
 func (a *Agent) identify(ctx context.Context) error {

@@ -70,8 +70,6 @@ type AgentServer struct {
 	Log     *slog.Logger
 	// OnLanded, when set, is told of each Landed an agent sends.
 	OnLanded func(nodeID string, l wire.Landed)
-	// OnHolding, when set, is told what an agent holds after it connects.
-	OnHolding func(nodeID string, h wire.Holding)
 	// OnConnect, when set, is told of each agent bound to its node.
 	OnConnect func(a AgentInfo)
 
@@ -186,9 +184,6 @@ func (s *AgentServer) serveConn(ctx context.Context, conn net.Conn) {
 	log.Info("agent connected", "session", ac.info.SessionID, "holding", len(holding.Builds))
 	if s.OnConnect != nil {
 		s.OnConnect(ac.info)
-	}
-	if s.OnHolding != nil {
-		s.OnHolding(hello.NodeID, *holding)
 	}
 
 	var wg sync.WaitGroup

@@ -45,8 +45,6 @@ type Config struct {
 	// AllowPorts lets configs publish ports.
 	AllowPorts bool
 	Logger     *slog.Logger
-	// Webhook, when set, is served at POST /webhook.
-	Webhook http.Handler
 	// Manager settings; zero values take the manager's defaults.
 	LandTimeout, AgentWait time.Duration
 }
@@ -120,7 +118,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Server, error) {
 	}
 	s.Metrics = NewMetrics(st, s.Agents)
 	s.Manager.OnDispatch = func(d time.Duration) { s.Metrics.Dispatch.Observe(d.Seconds()) }
-	s.API = &API{Agents: s.Agents, Store: st, Logs: s.Logs, Manager: s.Manager, Metrics: s.Metrics, Webhook: cfg.Webhook}
+	s.API = &API{Agents: s.Agents, Store: st, Logs: s.Logs, Manager: s.Manager, Metrics: s.Metrics}
 	return s, nil
 }
 
