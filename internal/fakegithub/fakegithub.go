@@ -28,6 +28,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path"
@@ -103,8 +104,16 @@ type Server struct {
 	holds         []*Hold
 }
 
-// New starts a fake GitHub, closed when the test ends.
+// New starts a fake GitHub on loopback, closed when the test ends.
 func New(t testing.TB) *Server {
+	t.Helper()
+	return NewListener(t, nil)
+}
+
+// NewListener starts a fake GitHub serving on ln (one in another network
+// namespace, say), or on loopback when ln is nil. The server closes ln
+// when the test ends.
+func NewListener(t testing.TB, ln net.Listener) *Server {
 	t.Helper()
 	f := &Server{t: t, key: key(t), tokenCalls: map[int64]int{}, tokens: map[string]int64{},
 		installations: map[string]int64{ExampleRepo: ExampleInstallation}, files: map[string]string{},
@@ -120,7 +129,7 @@ func New(t testing.TB) *Server {
 		f.t.Errorf("fake GitHub: unexpected request %s %s", r.Method, r.URL)
 		notFound(w)
 	})
-	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		req := r.Method + " " + r.URL.RequestURI()
 		f.mu.Lock()
 		f.requests = append(f.requests, req)
@@ -141,6 +150,11 @@ func New(t testing.TB) *Server {
 		}
 		mux.ServeHTTP(w, r)
 	}))
+	if ln != nil {
+		f.srv.Listener.Close()
+		f.srv.Listener = ln
+	}
+	f.srv.Start()
 	t.Cleanup(f.srv.Close)
 	// Before the server closes (cleanups run last first): a held request
 	// would keep Close waiting.
