@@ -648,6 +648,25 @@ func (m *Manager) await(ctx context.Context, r *run, b *store.Build, timeout tim
 	stopped, err := m.Agents.Cancel(cctx, b.NodeID, b.ID, b.ContainerID, m.CancelGrace)
 	ccancel()
 	var code *int
+	if errors.Is(err, ErrNoAgent) {
+		// The node is cut off or its agent is down: nobody can confirm the
+		// stop or send the rest of the log, so say what is known now
+		// rather than wait exitWait for an agent that may not come back.
+		// Removing the service has swarm stop the container once the node
+		// is reachable again.
+		m.Log.Warn("cannot stop build: no agent on its node", "build", b.ID, "node", b.NodeID)
+		select {
+		case e := <-exits:
+			if e.err == nil && e.x != nil {
+				c := e.x.ExitCode
+				code = &c
+			}
+		default:
+			reason += fmt.Sprintf("; node %s has no agent connected to confirm the stop", b.NodeID)
+		}
+		m.finish(ctx, b, store.Error, reason, code)
+		return
+	}
 	if err != nil {
 		m.Log.Warn("cancel through the agent", "build", b.ID, "err", err)
 	} else if stopped.ExitCode != nil {

@@ -1185,6 +1185,44 @@ func TestManagerTimeoutEnforcedSlow(t *testing.T) {
 
 // 10a. Cancel while the build runs: the agent of its node is asked to stop
 // its container, and the exit it reports is kept.
+// 9d. The timeout comes while the node has no agent (cut off, agent
+// down): the build ends at once, saying nobody confirmed the stop, and
+// its service is removed; it does not wait exitWait for an exit.
+func TestManagerTimeoutWithoutAgent(t *testing.T) {
+	e := newManagerEnv(t)
+	e.ag.cancel = func(ctx context.Context, c cancelCall) (*wire.Cancelled, error) {
+		return nil, fmt.Errorf("%w %s", ErrNoAgent, c.node)
+	}
+	const cfg = "image: alpine\nexecute:\n  - sleep 1000\ntimeout: 1s\n"
+	ctx := context.Background()
+	id := "20260101T000000-n0agnt"
+	started := time.Now().Add(-(time.Second + timeoutGrace + 2*time.Second)).UTC()
+	b := &store.Build{ID: id, Owner: "octo", Repo: "hello", SHA: testSHA('7'), Action: "execute", Config: cfg,
+		State: store.Running, NodeID: "node-c", ContainerID: "c-c", ServiceID: "svc-n", ServiceName: "forge-svc-n",
+		Created: started.Add(-time.Second), Started: started}
+	if err := e.st.CreateBuild(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.logs.Create(id); err != nil {
+		t.Fatal(err)
+	}
+	e.sw.add("svc-n", id)
+	began := time.Now()
+	if err := e.m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := e.wait(id)
+	checkBuild(t, got, want{state: store.Error,
+		reason: "timed out after 1s; node node-c has no agent connected to confirm the stop",
+		node:   "node-c", container: "c-c", serviceName: "forge-svc-n", serviceID: "svc-n"})
+	if d := time.Since(began); d > exitWait/2 {
+		t.Errorf("took %v: waited for an exit no agent can send", d)
+	}
+	if n := e.sw.removals("svc-n"); n != 1 {
+		t.Errorf("service removed %d times, want once", n)
+	}
+}
+
 func TestManagerCancelRunning(t *testing.T) {
 	e := newManagerEnv(t)
 	e.sw.tasks = landsOn("node-a")
