@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -31,7 +32,20 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-func TestMain(m *testing.M) { os.Exit(dockertest.Main(m)) }
+// afterTests run once every test has: the cluster tests (build tag
+// cluster) tear down their shared cluster there.
+var afterTests []func() error
+
+func TestMain(m *testing.M) {
+	code := dockertest.Main(m)
+	for _, f := range afterTests {
+		if err := f(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = max(code, 1)
+		}
+	}
+	os.Exit(code)
+}
 
 // syncWriter serialises writes from the program's goroutines.
 type syncWriter struct {

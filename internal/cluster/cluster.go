@@ -412,24 +412,37 @@ func (n *Node) Command(name string, arg ...string) *exec.Cmd {
 
 // Do runs fn on an OS thread that is in the node's network namespace, so
 // that sockets fn creates live there (and stay there, whatever thread
-// later uses them). The thread is never returned to the runtime: it exits
-// with its goroutine, so no other goroutine ever runs in the namespace.
+// later uses them). The thread goes back to the host's namespace before
+// the runtime may use it again; if it cannot, it stays locked to the
+// goroutine and exits with it.
 func (n *Node) Do(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		// No UnlockOSThread, on purpose: see above.
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("node %s: %w", n.Hostname, err)
+			return
+		}
+		defer home.Close()
 		f, err := os.Open("/run/netns/" + n.NetNS)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("node %s: %w", n.Hostname, err)
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("node %s: setns: %w", n.Hostname, err)
 			return
 		}
-		errc <- fn()
+		err = fn()
+		if unix.Setns(int(home.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }
@@ -591,7 +604,9 @@ func removeNamespaces(ctx context.Context, names []string) error {
 		}
 		if out, err := exec.CommandContext(ctx, "ip", "netns", "pids", name).Output(); err == nil {
 			for _, f := range strings.Fields(string(out)) {
-				if pid, err := strconv.Atoi(f); err == nil {
+				// Never this process: one of its threads may have been in
+				// the namespace (Node.Do) when the process was listed.
+				if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
 					_ = syscall.Kill(pid, syscall.SIGKILL)
 				}
 			}

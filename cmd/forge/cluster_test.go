@@ -1,0 +1,537 @@
+//go:build cluster
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/plan"
+	"github.com/forge-ci/forge/internal/cluster"
+	"github.com/forge-ci/forge/internal/dockertest"
+	"github.com/forge-ci/forge/internal/fakegithub"
+	"github.com/forge-ci/forge/internal/syncbuf"
+)
+
+// Forge across a real swarm of three engines on this machine
+// (internal/cluster): the real `forge coordinator` runs in the manager's
+// network namespace against the manager's engine, a real `forge agent`
+// runs in each node's namespace against that node's engine, and a fake
+// GitHub serves in the manager's namespace. Builds come in as signed
+// webhooks; placement constraints pin them to nodes. `make test-cluster`
+// runs these (build tag cluster).
+//
+// One cluster serves every test of the run: it starts with the first test
+// that needs it and is torn down after the last (TestMain). Each test has
+// its own coordinator, agents, fake GitHub and repository.
+
+var (
+	clusterOnce sync.Once
+	theCluster  *cluster.Cluster
+	clusterErr  error
+	clusterBin  string // the forge binary the processes run
+	clusterTmp  string
+	clusterUp   time.Duration
+)
+
+func init() {
+	afterTests = append(afterTests, func() error {
+		var errs []error
+		if theCluster != nil {
+			began := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			errs = append(errs, theCluster.Close(ctx))
+			fmt.Fprintf(os.Stderr, "cluster: up in %v, down in %v\n", clusterUp.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
+		}
+		if clusterTmp != "" {
+			errs = append(errs, os.RemoveAll(clusterTmp))
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// getCluster starts the shared cluster, with the busybox image on every
+// node, and builds the forge binary the nodes' processes run.
+func getCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	host := dockertest.Client(t)
+	img := dockertest.EnsureBusybox(t, host)
+	clusterOnce.Do(func() {
+		if clusterTmp, clusterErr = os.MkdirTemp("", "forge-cluster-test-"); clusterErr != nil {
+			return
+		}
+		clusterBin = filepath.Join(clusterTmp, "forge")
+		if out, err := exec.Command("go", "build", "-o", clusterBin, ".").CombinedOutput(); err != nil {
+			clusterErr = fmt.Errorf("go build forge: %v\n%s", err, out)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		began := time.Now()
+		theCluster, clusterErr = cluster.Start(ctx, cluster.Config{Nodes: 3, Images: []string{img}, HostDocker: host, Log: os.Stderr})
+		clusterUp = time.Since(began)
+	})
+	if clusterErr != nil {
+		t.Fatalf("cluster: %v", clusterErr)
+	}
+	return theCluster
+}
+
+// proc is a forge program running as its own process in a node's
+// network namespace.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncbuf.Buffer
+	done chan struct{}
+	err  error
+}
+
+func startProc(t *testing.T, n *cluster.Node, name string, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: n.Command(clusterBin, args...), out: &syncbuf.Buffer{}, done: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop(t)
+		if t.Failed() {
+			t.Logf("%s said:\n%s", p.name, p.out.String())
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and waits for the program to return (SIGKILL after
+// 30 s, which fails the test).
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		t.Errorf("%s did not stop within 30s of SIGTERM", p.name)
+	}
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// clusterRig is a ghRig whose coordinator runs on the cluster's manager,
+// with an agent per node.
+type clusterRig struct {
+	*ghRig
+	c         *cluster.Cluster
+	certs     string
+	agentAddr string // the coordinator's agent listener
+	coord     *proc
+	agents    map[string]*proc // by hostname
+}
+
+// startClusterRig starts the coordinator on the manager and an agent on
+// each of the nodes named (all when none), and waits until those agents
+// are bound.
+func startClusterRig(t *testing.T, withAgents ...string) *clusterRig {
+	t.Helper()
+	c := getCluster(t)
+	m := c.Manager()
+	r := &clusterRig{c: c, agents: map[string]*proc{}, ghRig: &ghRig{t: t, cli: m.Client, owner: ghOwner,
+		repo: dockertest.ID(t), inst: 5000 + int64(os.Getpid()%1000), secret: []byte(randHex(t, 16)),
+		image: dockertest.BusyboxImage,
+		// The test process is in the host's namespace; the coordinator
+		// listens in the manager's.
+		hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: m.DialContext}}}}
+	r.full = r.owner + "/" + r.repo
+	t.Cleanup(func() {
+		if err := dockertest.RemoveLabelled(context.Background(), m.Client, "forge.repo="+r.full); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	ln, err := m.Listen("tcp", netip.AddrPortFrom(m.Addr, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.fake = fakegithub.NewListener(t, ln)
+	r.fake.SetInstallation(r.full, r.inst)
+
+	dir := t.TempDir()
+	r.certs = filepath.Join(dir, "certs")
+	for _, args := range [][]string{
+		{"certs", "init", "--dir", r.certs},
+		{"certs", "issue", "--dir", r.certs, "--role", "coordinator", "--name", "coordinator", "--host", m.Addr.String()},
+		{"certs", "issue", "--dir", r.certs, "--role", "agent", "--name", "agent"},
+	} {
+		if out, err := run(t, args...); err != nil {
+			t.Fatalf("forge %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	secretFile := writeGHFile(t, dir, "webhook-secret", r.secret, 0o600)
+	exe := writeGHFile(t, dir, "forgexec", dockertest.Forgexec(t), 0o755)
+	keyFile := writeGHFile(t, dir, "app-key.pem", fakegithub.AppKeyPEM(t), 0o600)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("fake GitHub requests:\n%s", strings.Join(r.fake.Requests(), "\n"))
+		}
+	})
+	r.coord = startProc(t, m, "forge coordinator on "+m.Hostname, []string{"DOCKER_HOST=" + m.Host},
+		"coordinator", "--listen", netip.AddrPortFrom(m.Addr, 0).String(),
+		"--agent-listen", netip.AddrPortFrom(m.Addr, 0).String(),
+		"--data", filepath.Join(dir, "data"), "--forgexec", exe, "--webhook-secret-file", secretFile,
+		"--public-url", ghPublicURL,
+		"--tls-ca", filepath.Join(r.certs, "ca.pem"), "--tls-cert", filepath.Join(r.certs, "coordinator.pem"),
+		"--tls-key", filepath.Join(r.certs, "coordinator-key.pem"),
+		"--github-app-id", strconv.Itoa(fakegithub.AppID), "--github-key-file", keyFile, "--github-api", r.fake.APIBase())
+
+	serving := regexp.MustCompile(`msg="coordinator serving".*\bagents=(\S+).*\bhttp=(\S+)`)
+	ghUntil(t, 60*time.Second, "the coordinator's \"coordinator serving\" line", func() bool {
+		if r.coord.exited() {
+			t.Fatalf("forge coordinator returned before serving: %v\n%s", r.coord.err, r.coord.out.String())
+		}
+		mm := serving.FindStringSubmatch(r.coord.out.String())
+		if mm == nil {
+			return false
+		}
+		r.agentAddr, r.base = mm[1], "http://"+mm[2]
+		return true
+	})
+	if len(withAgents) == 0 {
+		for _, n := range c.Nodes {
+			withAgents = append(withAgents, n.Hostname)
+		}
+	}
+	for _, h := range withAgents {
+		r.startAgent(c.Node(h))
+	}
+	for _, h := range withAgents {
+		r.waitBound(c.Node(h))
+	}
+	return r
+}
+
+// startAgent runs `forge agent` in n's namespace against n's engine.
+func (r *clusterRig) startAgent(n *cluster.Node) *proc {
+	return r.startAgentAs(n, n)
+}
+
+// startAgentAs runs `forge agent` in from's namespace against the engine
+// of as: an agent that speaks for another node than the one it runs on.
+func (r *clusterRig) startAgentAs(from, as *cluster.Node) *proc {
+	r.t.Helper()
+	name := "forge agent on " + from.Hostname
+	if from != as {
+		name += " (with " + as.Hostname + "'s engine)"
+	}
+	p := startProc(r.t, from, name, nil, "agent", "--coordinator", r.agentAddr, "--docker-host", as.Host,
+		"--tls-ca", filepath.Join(r.certs, "ca.pem"), "--tls-cert", filepath.Join(r.certs, "agent.pem"),
+		"--tls-key", filepath.Join(r.certs, "agent-key.pem"))
+	if from == as {
+		r.agents[from.Hostname] = p
+	}
+	return p
+}
+
+// agentsBound is GET /api/agents, by node id.
+func (r *clusterRig) agentsBound() map[string]coordinator.AgentInfo {
+	r.t.Helper()
+	code, body := r.get("/api/agents")
+	var list []coordinator.AgentInfo
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &list) != nil {
+		r.t.Fatalf("GET /api/agents: %d %s", code, body)
+	}
+	out := map[string]coordinator.AgentInfo{}
+	for _, a := range list {
+		out[a.NodeID] = a
+	}
+	return out
+}
+
+// waitBound waits until the coordinator has bound n's agent, and checks
+// it is known by n's own address.
+func (r *clusterRig) waitBound(n *cluster.Node) {
+	r.t.Helper()
+	var a coordinator.AgentInfo
+	ghUntil(r.t, 60*time.Second, "the agent of "+n.Hostname+" at /api/agents", func() bool {
+		if p := r.agents[n.Hostname]; p != nil && p.exited() {
+			r.t.Fatalf("%s returned: %v", p.name, p.err)
+		}
+		var ok bool
+		a, ok = r.agentsBound()[n.ID]
+		return ok
+	})
+	if host, _, _ := strings.Cut(a.Address, ":"); host != n.Addr.String() || a.Hostname != n.Hostname {
+		r.t.Errorf("agent of %s bound as %+v, want address %s", n.Hostname, a, n.Addr)
+	}
+}
+
+// waitUnbound waits until the coordinator no longer lists n's agent.
+func (r *clusterRig) waitUnbound(n *cluster.Node, d time.Duration) {
+	r.t.Helper()
+	ghUntil(r.t, d, "the agent of "+n.Hostname+" to leave /api/agents", func() bool {
+		_, ok := r.agentsBound()[n.ID]
+		return !ok
+	})
+}
+
+// pinned is a .forge.yml running commands on node n only.
+func (r *clusterRig) pinned(n *cluster.Node, commands []string, extra ...string) string {
+	return r.config(commands, append([]string{fmt.Sprintf("constraints: [\"node.hostname==%s\"]", n.Hostname)}, extra...)...)
+}
+
+// open delivers pull_request.opened for a new commit with forgeYML, as
+// pull request number, and returns the commit.
+func (r *clusterRig) open(number int, forgeYML string) string {
+	r.t.Helper()
+	sha := randSHA(r.t)
+	r.commit(sha, forgeYML, "hello\n")
+	r.deliver("pull_request", r.prPayload("pull_request.opened.json", number, sha, "pr-"+strconv.Itoa(number)), http.StatusAccepted)
+	return sha
+}
+
+// started is the agent log line of a build it launched.
+func started(id string) string { return `msg="build started" build=` + id }
+
+// Builds pinned to each node run there, each started by that node's
+// agent; no other agent hears of them.
+func TestClusterBuildsRunOnTheirNode(t *testing.T) {
+	r := startClusterRig(t)
+	shas := map[string]string{}
+	for i, n := range r.c.Nodes {
+		shas[n.Hostname] = r.open(10+i, r.pinned(n, []string{"echo built on " + n.Hostname, "cat hello.txt"}))
+	}
+	ids := map[string]string{}
+	for _, n := range r.c.Nodes {
+		last, id := r.final(shas[n.Hostname], "forge/execute")
+		if last.State != "success" {
+			t.Errorf("build on %s: %+v, want success", n.Hostname, last)
+		}
+		ids[n.Hostname] = id
+		b := r.build(id)
+		if b.NodeID != n.ID {
+			t.Errorf("build %s pinned to %s ran on node %s, want %s", id, n.Hostname, b.NodeID, n.ID)
+		}
+		r.log(id, "built on "+n.Hostname, "hello")
+	}
+	for _, n := range r.c.Nodes {
+		out := r.agents[n.Hostname].out.String()
+		for _, other := range r.c.Nodes {
+			id := ids[other.Hostname]
+			if other == n && !strings.Contains(out, started(id)) {
+				t.Errorf("the agent of %s did not start build %s", n.Hostname, id)
+			}
+			if other != n && strings.Contains(out, id) {
+				t.Errorf("the agent of %s heard of build %s, which ran on %s", n.Hostname, id, other.Hostname)
+			}
+		}
+	}
+	r.done()
+}
+
+// An agent that speaks for another node than the one it runs on (here:
+// it runs on node2 and uses node3's engine, so it says it is node3) is
+// refused, is never bound, and never gets node3's builds; node3's own
+// agent then is bound and does.
+func TestClusterAgentClaimingAnotherNode(t *testing.T) {
+	r := startClusterRig(t, "node1", "node2")
+	n2, n3 := r.c.Node("node2"), r.c.Node("node3")
+	impostor := r.startAgentAs(n2, n3)
+	ghUntil(t, 60*time.Second, "the coordinator to refuse the agent claiming node3 from node2", func() bool {
+		return strings.Contains(r.coord.out.String(), "connection from "+n2.Addr.String()+" is not from node "+n3.ID)
+	})
+	ghUntil(t, 30*time.Second, "the impostor to be told", func() bool {
+		return strings.Contains(impostor.out.String(), "refused")
+	})
+	if a, ok := r.agentsBound()[n3.ID]; ok {
+		t.Fatalf("an agent is bound for node3: %+v", a)
+	}
+	if impostor.exited() {
+		t.Logf("the impostor gave up: %v", impostor.err)
+	}
+
+	r.startAgent(n3)
+	r.waitBound(n3)
+	sha := r.open(20, r.pinned(n3, []string{"echo on node3"}))
+	last, id := r.final(sha, "forge/execute")
+	if last.State != "success" {
+		t.Errorf("build on node3: %+v, want success", last)
+	}
+	if !strings.Contains(r.agents["node3"].out.String(), started(id)) {
+		t.Errorf("node3's agent did not start build %s", id)
+	}
+	if strings.Contains(impostor.out.String(), id) {
+		t.Errorf("the impostor heard of build %s", id)
+	}
+	t.Logf("the impostor said:\n%s", impostor.out.String())
+	r.done()
+}
+
+// A node whose agent is stopped: a build placed there ends as an error
+// naming the node within the bounded wait; builds elsewhere go on; once
+// the agent is back, builds there run.
+func TestClusterAgentStopped(t *testing.T) {
+	r := startClusterRig(t)
+	n2, n3 := r.c.Node("node2"), r.c.Node("node3")
+	r.agents["node2"].stop(t)
+	r.waitUnbound(n2, 30*time.Second)
+
+	began := time.Now()
+	orphan := r.open(30, r.pinned(n2, []string{"echo must not run"}))
+	other := r.open(31, r.pinned(n3, []string{"echo fine on node3"}))
+	last, id := r.final(orphan, "forge/execute")
+	waited := time.Since(began)
+	if last.State != "error" || !strings.Contains(last.Description, "no agent on node "+n2.ID) {
+		t.Errorf("build on node2 without an agent: %+v, want error \"no agent on node %s ...\"", last, n2.ID)
+	}
+	if b := r.build(id); b.State != "error" || !strings.Contains(b.Reason, "no agent on node "+n2.ID) {
+		t.Errorf("build %+v", b)
+	}
+	t.Logf("the build on node2 ended as %q after %v", last.Description, waited.Round(time.Millisecond))
+	if last, _ := r.final(other, "forge/execute"); last.State != "success" {
+		t.Errorf("build on node3: %+v, want success", last)
+	}
+
+	r.startAgent(n2)
+	r.waitBound(n2)
+	again := r.open(32, r.pinned(n2, []string{"echo node2 is back"}))
+	last, id = r.final(again, "forge/execute")
+	if last.State != "success" {
+		t.Errorf("build on node2 after its agent returned: %+v, want success", last)
+	}
+	r.log(id, "node2 is back")
+	if !strings.Contains(r.agents["node2"].out.String(), started(id)) {
+		t.Errorf("node2's new agent did not start build %s", id)
+	}
+	r.done()
+}
+
+// A worker cut off from the manager mid-build. The coordinator drops its
+// agent when the session's keep-alive fails and says so; the build it
+// cannot hear from stays running, except one whose time is up, which it
+// ends; builds on other nodes go on. When the link returns, the agent
+// reconnects, the running build's log arrives whole and its exit is
+// recorded, and new builds on the node run.
+func TestClusterWorkerCutOff(t *testing.T) {
+	r := startClusterRig(t)
+	n2, n3 := r.c.Node("node2"), r.c.Node("node3")
+	long := r.open(40, r.pinned(n3, []string{"echo before the cut", "sleep 40", "echo after the cut"}))
+	short := r.open(41, r.pinned(n3, []string{"echo short build", "sleep 600"}, "timeout: 5s"))
+	longID := r.running(long, "before the cut")
+	shortID := r.running(short, "short build")
+
+	cut := time.Now()
+	if err := r.c.Cut(context.Background(), n3); err != nil {
+		t.Fatal(err)
+	}
+	mended := false
+	defer func() {
+		if !mended {
+			if err := r.c.Mend(context.Background(), n3); err != nil {
+				t.Errorf("mend node3: %v", err)
+			}
+		}
+	}()
+	// What the coordinator knows: the session is gone...
+	r.waitUnbound(n3, 60*time.Second)
+	t.Logf("node3's agent left /api/agents %v after the cut", time.Since(cut).Round(time.Millisecond))
+	if b := r.build(longID); b.State != "running" {
+		t.Errorf("the long build is %s while its node is cut off, want running: %+v", b.State, b)
+	}
+	// ...builds elsewhere are unaffected...
+	elsewhere := r.open(42, r.pinned(n2, []string{"echo node2 works"}))
+	if last, _ := r.final(elsewhere, "forge/execute"); last.State != "success" {
+		t.Errorf("build on node2 during the cut: %+v, want success", last)
+	}
+	// ...and a build whose time is up ends, though no agent confirms it.
+	last, _ := r.final(short, "forge/execute")
+	if last.State != "error" || !strings.Contains(last.Description, "timed out after 5s") {
+		t.Errorf("the short build while cut off: %+v, want error \"timed out after 5s\"", last)
+	}
+	t.Logf("the 5s build on the cut-off node ended as %q, %v after the cut", last.Description, time.Since(cut).Round(time.Millisecond))
+
+	if err := r.c.Mend(context.Background(), n3); err != nil {
+		t.Fatal(err)
+	}
+	mended = true
+	mend := time.Now()
+	r.waitBound(n3)
+	t.Logf("node3's agent was back %v after the link", time.Since(mend).Round(time.Millisecond))
+	last, id := r.final(long, "forge/execute")
+	if id != longID || last.State != "success" {
+		t.Errorf("the long build after the link returned: %+v (build %s), want success of %s", last, id, longID)
+	}
+	text := r.log(longID, "before the cut", "after the cut")
+	for _, line := range []string{"before the cut", "after the cut"} {
+		if n := countLines(text, line); n != 1 {
+			t.Errorf("the long build's log has the line %q %d times, want once:\n%s", line, n, text)
+		}
+	}
+	if b := r.build(shortID); b.State != "error" {
+		t.Errorf("the short build changed after the link returned: %+v", b)
+	}
+	if err := r.c.WaitReady(context.Background(), 60*time.Second); err != nil {
+		t.Error(err)
+	}
+	// The short build's service was removed while node3 was away: once
+	// back, swarm removes its container there, though it still runs.
+	ghUntil(t, 60*time.Second, "the timed-out build's container to leave node3", func() bool {
+		cs, err := n3.Client.ContainerList(context.Background(), container.ListOptions{All: true,
+			Filters: filters.NewArgs(filters.Arg("label", plan.LabelBuild+"="+shortID))})
+		if err != nil {
+			t.Fatalf("list containers on node3: %v", err)
+		}
+		return len(cs) == 0
+	})
+	again := r.open(43, r.pinned(n3, []string{"echo node3 is back"}))
+	if last, _ := r.final(again, "forge/execute"); last.State != "success" {
+		t.Errorf("build on node3 after the link returned: %+v, want success", last)
+	}
+	r.done()
+}
+
+// countLines counts the lines of text that are exactly line.
+func countLines(text, line string) int {
+	n := 0
+	for _, l := range strings.Split(text, "\n") {
+		if l == line {
+			n++
+		}
+	}
+	return n
+}
