@@ -1123,29 +1123,37 @@ func TestManagerTimeoutLeavesExecutorItsGrace(t *testing.T) {
 	e.checkRemovedOnce(svc)
 }
 
+// recoverOverdue has the manager recover a running build of a 1 s timeout
+// that started more than timeout+timeoutGrace ago, on node in container,
+// with service svc (named forge-svc): its deadline has passed.
+func (e *managerEnv) recoverOverdue(id, sha, node, container, svc string) {
+	e.t.Helper()
+	const cfg = "image: alpine\nexecute:\n  - sleep 1000\ntimeout: 1s\n"
+	ctx := context.Background()
+	started := time.Now().Add(-(time.Second + timeoutGrace + 2*time.Second)).UTC()
+	b := &store.Build{ID: id, Owner: "octo", Repo: "hello", SHA: sha, Action: "execute", Config: cfg,
+		State: store.Running, NodeID: node, ContainerID: container, ServiceID: svc, ServiceName: "forge-" + svc,
+		Created: started.Add(-time.Second), Started: started}
+	if err := e.st.CreateBuild(ctx, b); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.logs.Create(id); err != nil {
+		e.t.Fatal(err)
+	}
+	e.sw.add(svc, id)
+	if err := e.m.Recover(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // 9b. The coordinator enforces the timeout when no exit ever comes. The
 // deadline counts from the build's Started time, so a build recovered
 // after a restart with Started more than timeout+timeoutGrace ago is
 // stopped at once: that exercises the enforcement without waiting 30 s.
 func TestManagerTimeoutEnforcedByCoordinator(t *testing.T) {
 	e := newManagerEnv(t)
-	const cfg = "image: alpine\nexecute:\n  - sleep 1000\ntimeout: 1s\n"
-	ctx := context.Background()
 	id := "20260101T000000-t1meot"
-	started := time.Now().Add(-(time.Second + timeoutGrace + 2*time.Second)).UTC()
-	b := &store.Build{ID: id, Owner: "octo", Repo: "hello", SHA: testSHA('6'), Action: "execute", Config: cfg,
-		State: store.Running, NodeID: "node-a", ContainerID: "c-a", ServiceID: "svc-t", ServiceName: "forge-svc-t",
-		Created: started.Add(-time.Second), Started: started}
-	if err := e.st.CreateBuild(ctx, b); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.logs.Create(id); err != nil {
-		t.Fatal(err)
-	}
-	e.sw.add("svc-t", id)
-	if err := e.m.Recover(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e.recoverOverdue(id, testSHA('6'), "node-a", "c-a", "svc-t")
 	got := e.wait(id)
 	checkBuild(t, got, want{state: store.Error, reason: "timed out after 1s", exit: intPtr(143),
 		node: "node-a", container: "c-a", serviceName: "forge-svc-t", serviceID: "svc-t"})
@@ -1193,24 +1201,9 @@ func TestManagerTimeoutWithoutAgent(t *testing.T) {
 	e.ag.cancel = func(ctx context.Context, c cancelCall) (*wire.Cancelled, error) {
 		return nil, fmt.Errorf("%w %s", ErrNoAgent, c.node)
 	}
-	const cfg = "image: alpine\nexecute:\n  - sleep 1000\ntimeout: 1s\n"
-	ctx := context.Background()
 	id := "20260101T000000-n0agnt"
-	started := time.Now().Add(-(time.Second + timeoutGrace + 2*time.Second)).UTC()
-	b := &store.Build{ID: id, Owner: "octo", Repo: "hello", SHA: testSHA('7'), Action: "execute", Config: cfg,
-		State: store.Running, NodeID: "node-c", ContainerID: "c-c", ServiceID: "svc-n", ServiceName: "forge-svc-n",
-		Created: started.Add(-time.Second), Started: started}
-	if err := e.st.CreateBuild(ctx, b); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.logs.Create(id); err != nil {
-		t.Fatal(err)
-	}
-	e.sw.add("svc-n", id)
 	began := time.Now()
-	if err := e.m.Recover(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e.recoverOverdue(id, testSHA('7'), "node-c", "c-c", "svc-n")
 	got := e.wait(id)
 	checkBuild(t, got, want{state: store.Error,
 		reason: "timed out after 1s; node node-c has no agent connected to confirm the stop",
