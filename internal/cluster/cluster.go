@@ -33,6 +33,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -618,40 +619,109 @@ func removeNamespaces(ctx context.Context, names []string) error {
 	return errors.Join(errs...)
 }
 
-// Sweep removes what clusters of dead processes left under root: their
-// engines (by the pid files in their folders), namespaces and folders.
-// A test process killed by -timeout never runs its Close.
+// Sweep removes what clusters of dead processes left: a test process
+// killed by -timeout or a signal never runs its Close. Namespaces are
+// named after the pid that made them (fgc<pid>...); for each whose maker
+// is gone, Sweep stops the engines running in it (SIGTERM, so they stop
+// their containers; SIGKILL for whatever is left after 15 s), deletes it,
+// and removes the engines' folders (found from their --data-root). Then
+// it removes folders under root whose maker is gone.
 func Sweep(ctx context.Context, root string, log io.Writer) {
-	entries, _ := os.ReadDir(root)
 	nsEntries, _ := os.ReadDir("/run/netns")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() || processAlive(pid) {
+	var names []string
+	var engines []int
+	dirs := map[string]bool{}
+	for _, e := range nsEntries {
+		m := nsName.FindStringSubmatch(e.Name())
+		if m == nil {
 			continue
 		}
-		dir := filepath.Join(root, e.Name())
-		fmt.Fprintf(log, "cluster: sweeping what process %d left in %s\n", pid, dir)
-		nodes, _ := filepath.Glob(filepath.Join(dir, "n*", "run", "docker.pid"))
-		for _, pf := range nodes {
-			if b, err := os.ReadFile(pf); err == nil {
-				if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && processAlive(p) {
-					_ = syscall.Kill(p, syscall.SIGKILL)
-				}
+		if pid, _ := strconv.Atoi(m[1]); pid == os.Getpid() || processAlive(pid) {
+			continue
+		}
+		names = append(names, e.Name())
+		out, _ := exec.CommandContext(ctx, "ip", "netns", "pids", e.Name()).Output()
+		for _, f := range strings.Fields(string(out)) {
+			p, err := strconv.Atoi(f)
+			if err != nil || p == os.Getpid() || command(p) != "dockerd" {
+				continue
+			}
+			if d := dataRoot(p); d != "" && filepath.Base(filepath.Dir(filepath.Dir(d))) == m[1] {
+				dirs[filepath.Dir(filepath.Dir(d))] = true // <root>/<pid>/nN/root
+			}
+			if syscall.Kill(p, syscall.SIGTERM) == nil {
+				engines = append(engines, p)
 			}
 		}
-		var names []string
-		for _, ns := range nsEntries {
-			if strings.HasPrefix(ns.Name(), namePrefix(pid)) {
-				names = append(names, ns.Name())
-			}
+	}
+	if len(names) > 0 {
+		fmt.Fprintf(log, "cluster: sweeping namespaces of dead processes: %v\n", names)
+	}
+	waitGone(ctx, engines, 15*time.Second)
+	if err := removeNamespaces(ctx, names); err != nil {
+		fmt.Fprintf(log, "cluster: sweep: %v\n", err)
+	}
+	entries, _ := os.ReadDir(root)
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != os.Getpid() && !processAlive(pid) {
+			dirs[filepath.Join(root, e.Name())] = true
 		}
-		if err := removeNamespaces(ctx, names); err != nil {
-			fmt.Fprintf(log, "cluster: sweep: %v\n", err)
-		}
-		if err := os.RemoveAll(dir); err != nil {
+	}
+	for d := range dirs {
+		fmt.Fprintf(log, "cluster: sweeping %s\n", d)
+		if err := os.RemoveAll(d); err != nil {
 			fmt.Fprintf(log, "cluster: sweep: %v\n", err)
 		}
 	}
+}
+
+var nsName = regexp.MustCompile(`^fgc(\d+)(?:sw|n\d+)$`)
+
+// dataRoot is the --data-root of dockerd process pid.
+func dataRoot(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
+	}
+	args := strings.Split(string(b), "\x00")
+	for i, a := range args {
+		if a == "--data-root" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// waitGone waits until none of pids is alive, or d has passed.
+func waitGone(ctx context.Context, pids []int, d time.Duration) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		alive := 0
+		for _, p := range pids {
+			if processAlive(p) && command(p) == "dockerd" {
+				alive++
+			}
+		}
+		if alive == 0 {
+			return
+		}
+		select {
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// command is the name of process pid's program ("" if gone).
+func command(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(b))
 }
 
 func processAlive(pid int) bool {

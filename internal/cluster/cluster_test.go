@@ -4,11 +4,16 @@ package cluster_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -137,6 +142,64 @@ func TestClusterHarness(t *testing.T) {
 		if _, err := os.Stat(n.Socket); err == nil {
 			t.Errorf("%s still has a socket", n.Hostname)
 		}
+	}
+}
+
+// A test process killed with its cluster up (by -timeout, say) never
+// runs Close: the next Start's Sweep removes its engines, namespaces and
+// folder. The process here is this test binary run again, which starts a
+// cluster and kills itself.
+func TestClusterSweepAfterKilledProcess(t *testing.T) {
+	if os.Getenv("FORGE_CLUSTER_DIE") != "" {
+		c, err := cluster.Start(context.Background(), cluster.Config{Nodes: 2, Root: os.Getenv("FORGE_CLUSTER_DIE")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Println("UP", c.Nodes[0].NetNS)
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+	dockertest.Client(t) // the engine's tools are needed: fail under CI without them
+	root := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestClusterSweepAfterKilledProcess$")
+	cmd.Env = append(os.Environ(), "FORGE_CLUSTER_DIE="+root)
+	out, err := cmd.CombinedOutput()
+	var ws syscall.WaitStatus
+	if ee, ok := err.(*exec.ExitError); ok {
+		ws, _ = ee.Sys().(syscall.WaitStatus)
+	}
+	if !ws.Signaled() || !strings.Contains(string(out), "UP ") {
+		t.Fatalf("the child should have started a cluster and died of SIGKILL: %v\n%s", err, out)
+	}
+	dead := regexp.MustCompile(`UP (fgc(\d+))n1`).FindStringSubmatch(string(out))
+	if dead == nil {
+		t.Fatalf("child said %s", out)
+	}
+	left := func() (ns []string, dirs []os.DirEntry, engines []string) {
+		entries, _ := os.ReadDir("/run/netns")
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), dead[1]) {
+				ns = append(ns, e.Name())
+			}
+		}
+		dirs, _ = os.ReadDir(root)
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			if b, err := os.ReadFile(p); err == nil && strings.HasPrefix(string(b), "dockerd\x00") && strings.Contains(string(b), root) {
+				engines = append(engines, p)
+			}
+		}
+		return
+	}
+	ns, dirs, engines := left()
+	if len(ns) != 3 || len(dirs) != 1 || len(engines) != 2 {
+		t.Fatalf("before the sweep: namespaces %v, folders %v, engines %v; want 3, 1 and 2", ns, dirs, engines)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cluster.Sweep(ctx, root, tlog{t})
+	if ns, dirs, engines := left(); len(ns)+len(dirs)+len(engines) != 0 {
+		t.Errorf("after the sweep: namespaces %v, folders %v, engines %v", ns, dirs, engines)
 	}
 }
 
