@@ -31,9 +31,11 @@ func (a *Agent) handle(ctx context.Context, st *yamux.Stream) {
 	var reply wire.Message
 	switch m := msg.(type) {
 	case *wire.Launch:
+		a.log.Debug("launch received", "build", m.BuildID, "container", m.ContainerID)
 		st.SetDeadline(time.Now().Add(launchTimeout))
 		reply = a.launch(ctx, c, m)
 	case *wire.Cancel:
+		a.log.Debug("cancel received", "build", m.BuildID, "container", m.ContainerID)
 		st.SetDeadline(time.Now().Add(time.Duration(m.GraceSeconds)*time.Second + cancelExtra))
 		reply = a.cancel(ctx, m)
 	case *wire.ArtifactsRequest:

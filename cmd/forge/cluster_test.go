@@ -259,7 +259,8 @@ func (r *clusterRig) startAgentAs(from, as *cluster.Node) *proc {
 	if from != as {
 		name += " (with " + as.Hostname + "'s engine)"
 	}
-	p := startProc(r.t, from, name, nil, "agent", "--coordinator", r.agentAddr, "--docker-host", as.Host,
+	// --debug: the agent logs every Launch and Cancel it receives.
+	p := startProc(r.t, from, name, nil, "agent", "--debug", "--coordinator", r.agentAddr, "--docker-host", as.Host,
 		"--tls-ca", filepath.Join(r.certs, "ca.pem"), "--tls-cert", filepath.Join(r.certs, "agent.pem"),
 		"--tls-key", filepath.Join(r.certs, "agent-key.pem"))
 	if from == as {
@@ -328,6 +329,18 @@ func (r *clusterRig) open(number int, forgeYML string) string {
 // started is the agent log line of a build it launched.
 func started(id string) string { return `msg="build started" build=` + id }
 
+// launches are the builds an agent received a Launch for, from its
+// --debug log, in order.
+func launches(p *proc) []string {
+	var ids []string
+	for _, m := range launchReceived.FindAllStringSubmatch(p.out.String(), -1) {
+		ids = append(ids, m[1])
+	}
+	return ids
+}
+
+var launchReceived = regexp.MustCompile(`msg="launch received" build=(\S+)`)
+
 // Builds pinned to each node run there, each started by that node's
 // agent; no other agent hears of them.
 func TestClusterBuildsRunOnTheirNode(t *testing.T) {
@@ -350,6 +363,10 @@ func TestClusterBuildsRunOnTheirNode(t *testing.T) {
 		r.log(id, "built on "+n.Hostname, "hello")
 	}
 	for _, n := range r.c.Nodes {
+		// Each agent received exactly one Launch: its own node's build.
+		if got := launches(r.agents[n.Hostname]); len(got) != 1 || got[0] != ids[n.Hostname] {
+			t.Errorf("the agent of %s received Launches for %v, want [%s]", n.Hostname, got, ids[n.Hostname])
+		}
 		out := r.agents[n.Hostname].out.String()
 		for _, other := range r.c.Nodes {
 			id := ids[other.Hostname]
@@ -395,8 +412,11 @@ func TestClusterAgentClaimingAnotherNode(t *testing.T) {
 	if !strings.Contains(r.agents["node3"].out.String(), started(id)) {
 		t.Errorf("node3's agent did not start build %s", id)
 	}
-	if strings.Contains(impostor.out.String(), id) {
-		t.Errorf("the impostor heard of build %s", id)
+	if strings.Contains(impostor.out.String(), id) || len(launches(impostor)) != 0 {
+		t.Errorf("the impostor heard of build %s or received a Launch", id)
+	}
+	if got := launches(r.agents["node3"]); len(got) != 1 || got[0] != id {
+		t.Errorf("node3's agent received Launches for %v, want [%s]", got, id)
 	}
 	t.Logf("the impostor said:\n%s", impostor.out.String())
 	r.done()
@@ -435,6 +455,9 @@ func TestClusterAgentStopped(t *testing.T) {
 		t.Errorf("build on node2 after its agent returned: %+v, want success", last)
 	}
 	r.log(id, "node2 is back")
+	if got := launches(r.agents["node2"]); len(got) != 1 || got[0] != id {
+		t.Errorf("node2's new agent received Launches for %v, want only [%s]", got, id)
+	}
 	if !strings.Contains(r.agents["node2"].out.String(), started(id)) {
 		t.Errorf("node2's new agent did not start build %s", id)
 	}
