@@ -3,12 +3,14 @@ package wire
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -248,12 +250,71 @@ func CloseSessionOnWriteTimeout(on any, err error) error {
 // cause, which AcceptStream returns) and closes the connection. It is not
 // closed here first: that would wake yamux's reader, which could then
 // record "use of closed connection" as the cause instead.
+//
+// It also writes the 12-byte header of a small yamux data frame together
+// with the frame's body. yamux's send loop writes a frame's header and its
+// body in two Writes, so two TLS records and two system calls, and each
+// message on a stream is a data frame: 2 of the coordinator's 8 writes
+// per Launch, 3 of an agent's 10 (docs/benchmarks.md). The send loop is
+// the only writer of the connection and writes the body right after its
+// header, from the same goroutine, so the header can wait for it.
 type timeoutConn struct {
 	net.Conn
 	timeout time.Duration
+
+	// held is a data frame's header that waits for its body (heldLen
+	// bytes); only yamux's send loop touches these.
+	held    [yamuxHeaderSize]byte
+	heldLen int
 }
 
+// yamux's frame header (hashicorp/yamux const.go): version, type, flags,
+// stream id, length; a data frame (type 0) is followed by length bytes.
+const (
+	yamuxHeaderSize = 12
+	yamuxTypeData   = 0
+)
+
+// coalesceMax is the largest body written together with its header: one
+// TLS record's worth. Larger bodies (bulk transfers) go out on their own,
+// so they are not copied once more for the sake of 12 bytes.
+const coalesceMax = 16 << 10
+
+// coalesceBufs holds the buffers a header and its body are joined in; a
+// pool rather than a buffer per connection, which a thousand idle agents
+// would each keep.
+var coalesceBufs = sync.Pool{New: func() any { b := make([]byte, 0, yamuxHeaderSize+coalesceMax); return &b }}
+
 func (c *timeoutConn) Write(b []byte) (int, error) {
+	if c.heldLen > 0 {
+		want := c.heldLen
+		c.heldLen = 0
+		if len(b) == want {
+			bp := coalesceBufs.Get().(*[]byte)
+			buf := append(append((*bp)[:0], c.held[:]...), b...)
+			n, err := c.write(buf)
+			*bp = buf[:0]
+			coalesceBufs.Put(bp)
+			return max(n-yamuxHeaderSize, 0), err
+		}
+		// Not the body announced (a yamux that writes differently):
+		// the header goes first, on its own, and framing is kept.
+		if _, err := c.write(c.held[:]); err != nil {
+			return 0, err
+		}
+	}
+	if len(b) == yamuxHeaderSize && b[0] == 0 && b[1] == yamuxTypeData {
+		if n := int(binary.BigEndian.Uint32(b[8:12])); n > 0 && n <= coalesceMax {
+			copy(c.held[:], b)
+			c.heldLen = n
+			return len(b), nil
+		}
+	}
+	return c.write(b)
+}
+
+// write writes b with a write deadline for every writeChunk bytes.
+func (c *timeoutConn) write(b []byte) (int, error) {
 	written := 0
 	for written < len(b) {
 		end := min(len(b), written+writeChunk)

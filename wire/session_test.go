@@ -354,3 +354,58 @@ func TestYamuxLogger(t *testing.T) {
 		}
 	}
 }
+
+// recordConn records each Write it is given.
+type recordConn struct {
+	net.Conn
+	writes [][]byte
+}
+
+func (r *recordConn) Write(b []byte) (int, error) {
+	r.writes = append(r.writes, bytes.Clone(b))
+	return len(b), nil
+}
+func (r *recordConn) SetWriteDeadline(time.Time) error { return nil }
+
+// yamuxHeader is a yamux frame header of type typ announcing length.
+func yamuxHeader(typ byte, length uint32) []byte {
+	h := make([]byte, yamuxHeaderSize)
+	h[1] = typ
+	h[7] = 1 // stream 1
+	h[8], h[9], h[10], h[11] = byte(length>>24), byte(length>>16), byte(length>>8), byte(length)
+	return h
+}
+
+// TestTimeoutConnCoalesces: a small data frame's header goes out in one
+// Write with its body; other frames, and a body that is not the one
+// announced, are written as they come, in order.
+func TestTimeoutConnCoalesces(t *testing.T) {
+	big := bytes.Repeat([]byte{'b'}, coalesceMax+1)
+	for _, tt := range []struct {
+		name   string
+		writes [][]byte
+		want   [][]byte
+	}{
+		{"data frame", [][]byte{yamuxHeader(0, 3), []byte("abc")},
+			[][]byte{append(yamuxHeader(0, 3), "abc"...)}},
+		{"window update", [][]byte{yamuxHeader(1, 3), []byte("abc")},
+			[][]byte{yamuxHeader(1, 3), []byte("abc")}},
+		{"large body", [][]byte{yamuxHeader(0, uint32(len(big))), big},
+			[][]byte{yamuxHeader(0, uint32(len(big))), big}},
+		{"other body", [][]byte{yamuxHeader(0, 3), []byte("abcd")},
+			[][]byte{yamuxHeader(0, 3), []byte("abcd")}},
+		{"two frames", [][]byte{yamuxHeader(0, 1), []byte("a"), yamuxHeader(2, 0), yamuxHeader(0, 2), []byte("bc")},
+			[][]byte{append(yamuxHeader(0, 1), 'a'), yamuxHeader(2, 0), append(yamuxHeader(0, 2), "bc"...)}},
+	} {
+		rc := &recordConn{}
+		c := &timeoutConn{Conn: rc, timeout: time.Second}
+		for _, w := range tt.writes {
+			if n, err := c.Write(w); n != len(w) || err != nil {
+				t.Fatalf("%s: Write of %d bytes: %d, %v", tt.name, len(w), n, err)
+			}
+		}
+		if fmt.Sprint(rc.writes) != fmt.Sprint(tt.want) {
+			t.Errorf("%s: wrote %v, want %v", tt.name, rc.writes, tt.want)
+		}
+	}
+}
