@@ -3,7 +3,9 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"reflect"
 	"testing"
 )
 
@@ -11,7 +13,8 @@ import (
 // decoder. It checks that nothing panics, that payloads respect
 // MaxFrameSize, that a frame read back re-encodes to exactly the bytes it
 // came from, that only the frame's bytes are consumed, and that a decoded
-// message re-encodes to a stable form.
+// message re-encodes to a stable form, and that DecodeMessage's fast
+// path decodes as the full decode does.
 func FuzzReadFrame(f *testing.F) {
 	for _, m := range sampleMessages() {
 		payload, err := EncodeMessage(m)
@@ -53,6 +56,11 @@ func FuzzReadFrame(f *testing.F) {
 		}
 
 		msg, err := DecodeMessage(payload)
+		// The fast path (a scan for the type, one decode) agrees with
+		// the full decode, errors included.
+		if slow, serr := decodeSlow(payload); fmt.Sprint(err) != fmt.Sprint(serr) || !reflect.DeepEqual(msg, slow) {
+			t.Fatalf("DecodeMessage %#v, %v; full decode %#v, %v", msg, err, slow, serr)
+		}
 		if err != nil {
 			return
 		}

@@ -326,6 +326,31 @@ func EncodeMessage(msg Message) ([]byte, error) {
 // ignored (a newer peer may add optional ones); a type it does not know is
 // ErrUnknownType, naming the type.
 func DecodeMessage(payload []byte) (Message, error) {
+	// Fast path: find the type with a plain scan and decode the payload
+	// once, straight into its struct. Decoding every frame twice (into a
+	// map for its type, then into the struct) was a tenth of the
+	// coordinator's CPU per launch (docs/benchmarks.md). Whatever the scan
+	// is unsure of, an unknown type, or a payload the struct decode
+	// refuses goes the slow way below, so errors read as before.
+	if typ, ok := peekType(payload); ok {
+		if t, ok := registry[typ]; ok {
+			msg := reflect.New(t).Interface().(Message)
+			if json.Unmarshal(payload, msg) == nil {
+				if v, ok := msg.(validator); ok {
+					if err := v.Validate(); err != nil {
+						return nil, err
+					}
+				}
+				return msg, nil
+			}
+		}
+	}
+	return decodeSlow(payload)
+}
+
+// decodeSlow is DecodeMessage without shortcuts: it gives the precise
+// error for a payload the fast path does not take.
+func decodeSlow(payload []byte) (Message, error) {
 	// A map, not a struct: encoding/json matches struct fields without
 	// regard to case, and only the exact key "type" names the type.
 	var env map[string]json.RawMessage
@@ -354,6 +379,129 @@ func DecodeMessage(payload []byte) (Message, error) {
 		}
 	}
 	return msg, nil
+}
+
+// peekType returns the value of the top-level "type" key of the JSON
+// object in payload (the last one, as decoding into a map keeps), without
+// decoding anything. ok is false whenever the answer could differ from
+// what encoding/json would find: a payload that is not an object, a key
+// or type with escapes in it (a key "typ\u0065" is "type"), a type that
+// is not a string, or anything malformed. It does not check that the
+// payload is valid JSON; the decode that follows does.
+func peekType(payload []byte) (typ string, ok bool) {
+	i := skipSpace(payload, 0)
+	if i >= len(payload) || payload[i] != '{' {
+		return "", false
+	}
+	i = skipSpace(payload, i+1)
+	if i < len(payload) && payload[i] == '}' {
+		return "", false
+	}
+	found := false
+	for {
+		// A key, with no escapes.
+		if i >= len(payload) || payload[i] != '"' {
+			return "", false
+		}
+		end, plain := scanString(payload, i)
+		if end < 0 || !plain {
+			return "", false
+		}
+		isType := string(payload[i+1:end-1]) == "type"
+		i = skipSpace(payload, end)
+		if i >= len(payload) || payload[i] != ':' {
+			return "", false
+		}
+		i = skipSpace(payload, i+1)
+		if isType {
+			if i >= len(payload) || payload[i] != '"' {
+				return "", false // not a string: the slow path says so
+			}
+			end, plain := scanString(payload, i)
+			if end < 0 || !plain {
+				return "", false
+			}
+			typ, found = string(payload[i+1:end-1]), true
+			i = end
+		} else if i = skipValue(payload, i); i < 0 {
+			return "", false
+		}
+		i = skipSpace(payload, i)
+		if i >= len(payload) {
+			return "", false
+		}
+		switch payload[i] {
+		case ',':
+			i = skipSpace(payload, i+1)
+		case '}':
+			return typ, found
+		default:
+			return "", false
+		}
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// scanString returns the index just after the string that starts with the
+// quote at b[i], or -1 if it does not end; plain is false when it holds an
+// escape or a byte that is not printable ASCII.
+func scanString(b []byte, i int) (end int, plain bool) {
+	plain = true
+	for j := i + 1; j < len(b); j++ {
+		switch c := b[j]; {
+		case c == '"':
+			return j + 1, plain
+		case c == '\\':
+			plain = false
+			j++ // the escaped byte cannot end the string
+		case c < 0x20 || c >= 0x80:
+			plain = false
+		}
+	}
+	return -1, false
+}
+
+// skipValue returns the index just after the JSON value that starts at
+// b[i] (objects and arrays by their nesting, strings by their quotes,
+// anything else up to the next delimiter), or -1 if it does not end.
+func skipValue(b []byte, i int) int {
+	depth := 0
+	for i < len(b) {
+		switch b[i] {
+		case '"':
+			end, _ := scanString(b, i)
+			if end < 0 {
+				return -1
+			}
+			i = end
+		case '{', '[':
+			depth++
+			i++
+		case '}', ']':
+			if depth == 0 {
+				return i // the end of the enclosing object
+			}
+			depth--
+			i++
+		case ',', ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return i
+			}
+			i++
+		default:
+			i++
+		}
+		if depth == 0 && i > 0 && (b[i-1] == '"' || b[i-1] == '}' || b[i-1] == ']') {
+			return i
+		}
+	}
+	return -1
 }
 
 // invalid returns an ErrInvalidMessage for a message of type typ.

@@ -240,3 +240,34 @@ func TestProtocolExamples(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeFastPath: DecodeMessage's scan for the type agrees with a
+// full decode on payloads made to confuse it, and gives the same errors.
+func TestDecodeFastPath(t *testing.T) {
+	for _, p := range []string{
+		`{"type":"log_ack","seq":3}`,
+		` { "seq" : 3 , "type" : "log_ack" } `,
+		`{"x":{"type":"hello"},"type":"log_ack","seq":3}`,
+		`{"x":["}","{\"type\":\"hello\"",{"a":[1,{}]}],"type":"log_ack","seq":3}`,
+		`{"type":"hello","type":"log_ack","seq":3}`,
+		`{"typ\u0065":"log_ack","seq":3}`,
+		`{"Type":"log_ack","seq":3}`,
+		`{"type":"log_ack","type":7}`,
+		`{"type":"log_\u0061ck","seq":3}`,
+		`{"type":"log_ack","seq":3} {}`,
+		`{"type":"log_ack","seq":3`,
+		`{"type":"log_ack","seq":3,}`,
+		`{"type":"log_ack" "seq":3}`,
+		`{"seq":tru,"type":"log_ack"}`,
+		`{"type":"exit_ack"}`,
+		`{"type":"exit_ack","x":"\"}"}`,
+		`{}`,
+		`null`,
+	} {
+		fast, ferr := DecodeMessage([]byte(p))
+		slow, serr := decodeSlow([]byte(p))
+		if fmt.Sprint(ferr) != fmt.Sprint(serr) || !reflect.DeepEqual(fast, slow) {
+			t.Errorf("%s: fast %#v, %v; full decode %#v, %v", p, fast, ferr, slow, serr)
+		}
+	}
+}
