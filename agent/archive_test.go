@@ -110,3 +110,48 @@ func TestWriteArchiveRefusesEscapes(t *testing.T) {
 		t.Error("short executor accepted")
 	}
 }
+
+// TestWriteArchiveExecutorReaders: the executor is written the same
+// whether it comes as the agent's in-memory *bytes.Reader (written in one
+// piece) or as any other reader (copied), and no entry carries a PAX
+// extended header (whole-second times need none).
+func TestWriteArchiveExecutorReaders(t *testing.T) {
+	exe := bytes.Repeat([]byte("forgexec"), 10000)
+	write := func(r io.Reader) []byte {
+		var buf bytes.Buffer
+		if err := WriteArchive(&buf, Payload{Executor: r, ExecutorSize: int64(len(exe)), Spec: []byte(`{}`), Workdir: "/w"}); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	inMemory := write(bytes.NewReader(exe))
+	other := write(io.MultiReader(bytes.NewReader(exe[:100]), bytes.NewReader(exe[100:])))
+	if !bytes.Equal(inMemory, other) {
+		t.Errorf("archives differ: %d and %d bytes", len(inMemory), len(other))
+	}
+	tr := tar.NewReader(bytes.NewReader(inMemory))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(h.PAXRecords) > 0 {
+			t.Errorf("%s has PAX records %v", h.Name, h.PAXRecords)
+		}
+		if h.Name == "forgexec" {
+			got, _ := io.ReadAll(tr)
+			if !bytes.Equal(got, exe) {
+				t.Errorf("executor: got %d bytes, want %d", len(got), len(exe))
+			}
+		}
+	}
+	// A reader longer than the stated size gives exactly size bytes, as
+	// before.
+	var buf bytes.Buffer
+	if err := WriteArchive(&buf, Payload{Executor: bytes.NewReader(append(exe, "more"...)), ExecutorSize: int64(len(exe)), Spec: []byte(`{}`), Workdir: "/w"}); err != nil {
+		t.Errorf("longer executor reader: %v", err)
+	}
+}
