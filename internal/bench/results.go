@@ -169,6 +169,8 @@ var Rows = []Target{
 	{Key: "scale.launch_rate_per_s"},
 	{Key: "scale.launch_cpu_ms_coordinator"},
 	{Key: "scale.launch_cpu_ms_agents"},
+	{Key: "scale.launch_writes_coordinator"},
+	{Key: "scale.launch_writes_agents"},
 	{Key: "scale.reconnect_s"},
 	{Key: "scale.restart_down_s"},
 	{Key: "agent.rss_mib", Max: 30},
