@@ -38,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -100,9 +101,22 @@ var Subnet = netip.MustParsePrefix("10.99.0.0/24")
 
 const swarmPort = 2377
 
+// running is set while this process has a cluster: names are made from
+// the pid, so a process has one at a time.
+var running atomic.Bool
+
 // Start makes the namespaces and links, starts the engines, forms the
-// swarm and loads the images. On error it tears down what it made.
+// swarm and loads the images. On error it tears down what it made. A
+// process runs one cluster at a time (tests share it).
 func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
+	if !running.CompareAndSwap(false, true) {
+		return nil, errors.New("cluster: this process already runs a cluster (Close it first)")
+	}
+	defer func() {
+		if err != nil {
+			running.Store(false)
+		}
+	}()
 	if cfg.Nodes == 0 {
 		cfg.Nodes = 3
 	}
@@ -523,6 +537,7 @@ func (c *Cluster) Close(ctx context.Context) error {
 		errs = append(errs, c.host.restore(ctx))
 	}
 	fmt.Fprintf(c.log, "cluster: torn down in %v\n", time.Since(began).Round(time.Millisecond))
+	running.Store(false)
 	return errors.Join(errs...)
 }
 
