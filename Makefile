@@ -40,7 +40,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) vet -tags cluster ./internal/cluster/ ./cmd/forge/
+	$(GO) vet -tags cluster ./internal/cluster/ ./cmd/forge/ ./deploy/
 
 # The first command of the README: a build passing end to end on this machine.
 demo: build
@@ -54,7 +54,7 @@ clean:
 # tears the cluster down and leaves the host as it found it. One package
 # at a time: each starts a cluster of its own.
 test-cluster:
-	$(GO) test -tags cluster -p 1 -count=1 -timeout 20m -run '^TestCluster' -v ./internal/cluster/ ./cmd/forge/
+	$(GO) test -tags cluster -p 1 -count=1 -timeout 20m -run '^TestCluster' -v ./internal/cluster/ ./cmd/forge/ ./deploy/
 
 # Production deployment on this swarm (README: Deploying on a swarm):
 # images FROM scratch, built here; the stack deploy/stack.yml; secrets and

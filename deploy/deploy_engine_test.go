@@ -80,7 +80,8 @@ func TestDeployMakeUp(t *testing.T) {
 	step("busybox image ready")
 
 	id := dockertest.ID(t)
-	d := &deployment{t: t, cli: cli, stack: fmt.Sprintf("forgetest%d", os.Getpid()), dir: t.TempDir()}
+	d := &deployment{t: t, cli: cli, hc: &http.Client{Timeout: 10 * time.Second},
+		stack: fmt.Sprintf("forgetest%d", os.Getpid()), dir: t.TempDir()}
 	d.state = filepath.Join(d.dir, "state")
 	d.port = freePort(t)
 	d.url = "http://127.0.0.1:" + strconv.Itoa(d.port)
@@ -112,7 +113,7 @@ func TestDeployMakeUp(t *testing.T) {
 	fakeImage := "forge-test/fakegithub:" + id
 	built := make(chan error, 1)
 	go func() {
-		built <- buildFake(ctx, cli, fakeImage, d.dir, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), busybox)
+		built <- buildFake(ctx, cli, fakeImage, d.dir, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), busybox, "")
 	}()
 	t.Cleanup(func() {
 		cli.ImageRemove(context.Background(), fakeImage, image.RemoveOptions{Force: true, PruneChildren: true})
@@ -155,13 +156,13 @@ func TestDeployMakeUp(t *testing.T) {
 	b := d.waitBuild(ctx, fake, headSHA, "success", "failure", "error")
 	step("build " + b.ID + " " + b.State)
 	if b.State != "success" || b.NodeID != info.Swarm.NodeID || b.PullRequest != 2 || b.Owner != "Codertocat" {
-		log, _ := httpGet(ctx, d.url+"/api/builds/"+b.ID+"/log")
+		log, _ := d.httpGet(ctx, d.url+"/api/builds/"+b.ID+"/log")
 		t.Fatalf("build %+v; log:\n%s", b, log)
 	}
 	if log := d.get(ctx, "/api/builds/"+b.ID+"/log"); !strings.Contains(log, greeting) {
 		t.Errorf("the build's log lacks %q:\n%s", greeting, log)
 	}
-	statuses := waitStatuses(t, ctx, fake, headSHA, `^(pending,)+success$`)
+	statuses := d.waitStatuses(ctx, fake, headSHA, `^(pending,)+success$`)
 	step(fmt.Sprintf("%d commit statuses, pending to success", len(statuses)))
 	for _, s := range statuses {
 		if s.Owner != "Codertocat" || s.Repo != "Hello-World" || s.Context != "forge/execute" ||
@@ -196,10 +197,10 @@ func TestDeployMakeUp(t *testing.T) {
 		defer close(downDone)
 		downOut, downErr = d.run(ctx, 2*time.Minute, "down", "PURGE=1")
 	}()
-	cancelled := waitStatuses(t, ctx, fake, slowSHA, `^(pending,)+error$`)
+	cancelled := d.waitStatuses(ctx, fake, slowSHA, `^(pending,)+error$`)
 	step("the second build cancelled by make down PURGE=1: " + cancelled[len(cancelled)-1].Description)
 	var reqs struct{ Refused []string }
-	json.Unmarshal([]byte(fakeGet(t, ctx, fake, "/_fake/requests")), &reqs)
+	json.Unmarshal([]byte(d.fakeGet(ctx, fake, "/_fake/requests")), &reqs)
 	if len(reqs.Refused) > 0 {
 		t.Errorf("the fake GitHub refused: %q", reqs.Refused)
 	}
@@ -230,7 +231,7 @@ func (d *deployment) webhook(ctx context.Context, delivery string, body []byte) 
 	req.Header.Set("X-GitHub-Event", "pull_request")
 	req.Header.Set("X-GitHub-Delivery", delivery)
 	req.Header.Set("X-Hub-Signature-256", "sha256="+hex.EncodeToString(mac.Sum(nil)))
-	resp, err := httpClient.Do(req)
+	resp, err := d.hc.Do(req)
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -241,11 +242,11 @@ func (d *deployment) webhook(ctx context.Context, delivery string, body []byte) 
 	}
 }
 
-var httpClient = &http.Client{Timeout: 10 * time.Second}
-
 type deployment struct {
 	t        *testing.T
-	cli      client.APIClient
+	cli      client.APIClient // the manager's engine
+	hc       *http.Client     // reaches the coordinator's published port
+	netns    string           // where make runs (a cluster node's network namespace), or "" for this one
 	stack    string
 	dir      string
 	state    string
@@ -272,7 +273,12 @@ func (d *deployment) make(ctx context.Context, timeout time.Duration, args ...st
 func (d *deployment) run(ctx context.Context, timeout time.Duration, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "make", append([]string{"-C", "..", "--no-print-directory"}, args...)...)
+	argv := append([]string{"make", "-C", "..", "--no-print-directory"}, args...)
+	if d.netns != "" {
+		// make up checks the coordinator at 127.0.0.1: the manager's own.
+		argv = append([]string{"nsenter", "--net=/run/netns/" + d.netns, "--"}, argv...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), d.env...)
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
@@ -300,19 +306,19 @@ func (d *deployment) purge() {
 
 func (d *deployment) get(ctx context.Context, path string) string {
 	d.t.Helper()
-	body, err := httpGet(ctx, d.url+path)
+	body, err := d.httpGet(ctx, d.url+path)
 	if err != nil {
 		d.t.Fatal(err)
 	}
 	return body
 }
 
-func httpGet(ctx context.Context, url string) (string, error) {
+func (d *deployment) httpGet(ctx context.Context, url string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := d.hc.Do(req)
 	if err != nil {
 		return "", err
 	}
@@ -349,11 +355,12 @@ type agentView struct {
 	Address  string `json:"address"`
 }
 
-func (d *deployment) waitAgent(ctx context.Context, node string) map[string]agentView {
+// waitAgent waits until /api/agents lists an agent on each of nodes.
+func (d *deployment) waitAgent(ctx context.Context, nodes ...string) map[string]agentView {
 	d.t.Helper()
 	agents := map[string]agentView{}
-	poll(d.t, ctx, 30*time.Second, "this node's agent at /api/agents", func() (bool, string) {
-		body, err := httpGet(ctx, d.url+"/api/agents")
+	poll(d.t, ctx, 30*time.Second, fmt.Sprintf("agents on %v at /api/agents", nodes), func() (bool, string) {
+		body, err := d.httpGet(ctx, d.url+"/api/agents")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -364,8 +371,12 @@ func (d *deployment) waitAgent(ctx context.Context, node string) map[string]agen
 		for _, a := range list {
 			agents[a.NodeID] = a
 		}
-		_, ok := agents[node]
-		return ok, body
+		for _, n := range nodes {
+			if _, ok := agents[n]; !ok {
+				return false, body
+			}
+		}
+		return true, body
 	})
 	return agents
 }
@@ -386,8 +397,9 @@ func (d *deployment) taskIDs(ctx context.Context) string {
 }
 
 // buildFake builds the fake GitHub (internal/deploytest/fakegithub, static)
-// into a FROM scratch image with the repository it serves.
-func buildFake(ctx context.Context, cli client.APIClient, tag, dir string, pubKey []byte, buildImage string) error {
+// into a FROM scratch image with the repository it serves, whose
+// .forge.yml ends with extra.
+func buildFake(ctx context.Context, cli client.APIClient, tag, dir string, pubKey []byte, buildImage, extra string) error {
 	bin := filepath.Join(dir, "fakegithub")
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "github.com/forge-ci/forge/internal/deploytest/fakegithub")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -403,7 +415,7 @@ func buildFake(ctx context.Context, cli client.APIClient, tag, dir string, pubKe
 		"  - cat hello.txt\n" +
 		"  - test \"$FORGE_PULL_REQUEST\" = 2\n" +
 		"  - test \"$FORGE_OWNER/$FORGE_REPO\" = Codertocat/Hello-World\n" +
-		"  - test \"$FORGE_SHA\" = " + headSHA + " || sleep 300\n"
+		"  - test \"$FORGE_SHA\" = " + headSHA + " || sleep 300\n" + extra
 	return dockertest.BuildImage(ctx, cli, tag, []dockertest.File{
 		{Name: "fakegithub", Mode: 0o755, Body: exe},
 		{Name: "app-key.pub.pem", Body: pubKey},
@@ -449,7 +461,7 @@ func (d *deployment) startFake(ctx context.Context, tag, id string) string {
 			return false, "no published port yet"
 		}
 		url = "http://127.0.0.1:" + ci.NetworkSettings.Ports["8080/tcp"][0].HostPort
-		_, err = httpGet(ctx, url+"/_fake/statuses")
+		_, err = d.httpGet(ctx, url+"/_fake/statuses")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -458,11 +470,11 @@ func (d *deployment) startFake(ctx context.Context, tag, id string) string {
 	return url
 }
 
-func fakeGet(t *testing.T, ctx context.Context, fake, path string) string {
-	t.Helper()
-	body, err := httpGet(ctx, fake+path)
+func (d *deployment) fakeGet(ctx context.Context, fake, path string) string {
+	d.t.Helper()
+	body, err := d.httpGet(ctx, fake+path)
 	if err != nil {
-		t.Fatal(err)
+		d.t.Fatal(err)
 	}
 	return body
 }
@@ -484,7 +496,7 @@ func (d *deployment) waitBuild(ctx context.Context, fake, sha string, states ...
 	d.t.Helper()
 	var b buildView
 	poll(d.t, ctx, 90*time.Second, "the build of "+sha[:7]+" to be "+strings.Join(states, " or "), func() (bool, string) {
-		body, err := httpGet(ctx, d.url+"/api/builds?repo=Hello-World")
+		body, err := d.httpGet(ctx, d.url+"/api/builds?repo=Hello-World")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -498,7 +510,7 @@ func (d *deployment) waitBuild(ctx context.Context, fake, sha string, states ...
 				return slices.Contains(states, b.State), body
 			}
 		}
-		reqs, _ := httpGet(ctx, fake+"/_fake/requests")
+		reqs, _ := d.httpGet(ctx, fake+"/_fake/requests")
 		return false, "no build yet; the fake GitHub saw " + reqs
 	})
 	return b
@@ -512,11 +524,11 @@ type status struct {
 // waitStatuses waits until the states of the commit statuses of sha, in
 // order and joined by commas, match want (queued and running are both
 // pending; Forge may leave out one it has replaced).
-func waitStatuses(t *testing.T, ctx context.Context, fake, sha, want string) []status {
-	t.Helper()
+func (d *deployment) waitStatuses(ctx context.Context, fake, sha, want string) []status {
+	d.t.Helper()
 	var list []status
-	poll(t, ctx, 60*time.Second, "commit statuses of "+sha[:7]+" matching "+want, func() (bool, string) {
-		body, err := httpGet(ctx, fake+"/_fake/statuses")
+	poll(d.t, ctx, 60*time.Second, "commit statuses of "+sha[:7]+" matching "+want, func() (bool, string) {
+		body, err := d.httpGet(ctx, fake+"/_fake/statuses")
 		if err != nil {
 			return false, err.Error()
 		}
