@@ -25,8 +25,9 @@ import (
 //	FORGE_BENCH_KNOBS=1 go test -run '^$' -bench TransferKnobs -benchtime=1x -v ./internal/bench/
 //
 // The knobs: the stream window (wire.DefaultMaxStreamWindow, 1 MiB), the
-// size of each Write on the stream (wire.SendBlob copies through a
-// 32 KiB buffer), the per-64-KiB write deadline of wire's timeoutConn,
+// size of each Write on the stream (wire.SendBlob copied through a
+// 32 KiB buffer when this was written; it now uses one of the stream
+// window's size, 1 MiB), the per-64-KiB write deadline of wire's timeoutConn,
 // and writing yamux's 12-byte frame header in the same Write (so the
 // same TLS record and system call) as the frame's body.
 func BenchmarkTransferKnobs(b *testing.B) {
@@ -144,7 +145,7 @@ func (k *knobSide) transfer(b *testing.B, data []byte) time.Duration {
 	}
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(wire.TransferTimeout(transferSize)))
-	// Copy through a buffer of writeSize, as SendBlob does with 32 KiB.
+	// Copy through a buffer of writeSize, as SendBlob does (with 1 MiB).
 	buf := make([]byte, k.writeSize)
 	if _, err := io.CopyBuffer(struct{ io.Writer }{st}, struct{ io.Reader }{bytes.NewReader(data)}, buf); err != nil {
 		b.Fatal(err)
