@@ -23,6 +23,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/plan"
 	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/forgexec"
+	"github.com/forge-ci/forge/internal/testwait"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -1107,7 +1108,7 @@ func TestManagerTimeoutLeavesExecutorItsGrace(t *testing.T) {
 	const cfg = "image: alpine\nexecute:\n  - sleep 1000\ntimeout: 100ms\n"
 	q := e.submit(e.requestWith(testSHA('5'), "", cfg))
 	b := e.waitStored(q.ID, "the build to start", func(b *store.Build) bool { return !b.Started.IsZero() })
-	time.Sleep(time.Until(b.Started.Add(100*time.Millisecond + 300*time.Millisecond)))
+	testwait.Pause(t, time.Until(b.Started.Add(100*time.Millisecond+300*time.Millisecond)))
 	if b := e.stored(q.ID); b.State != store.Running {
 		t.Fatalf("stopped %v after a 100ms timeout: %s %q", time.Since(b.Started), b.State, b.Reason)
 	}
@@ -1489,7 +1490,7 @@ func TestManagerCancelKey(t *testing.T) {
 	e.checkChanges(orphan.ID, store.Error)
 
 	// The other key's build goes on, and finishes normally.
-	time.Sleep(5 * testPollInterval)
+	testwait.Pause(t, 5*testPollInterval)
 	if b := e.stored(other.ID); b.State != store.Running {
 		t.Fatalf("build of another key is %s %q", b.State, b.Reason)
 	}
@@ -1545,7 +1546,7 @@ func TestManagerCloseThenRecover(t *testing.T) {
 	e.waitStored(running.ID, "the build to start", func(b *store.Build) bool { return !b.Started.IsZero() })
 	waitFor(t, "the landing build's task list", func() bool { return e.sw.polls(landing.ID) >= 2 })
 	// Let the running build's watcher settle in its wait for the exit.
-	time.Sleep(50 * time.Millisecond)
+	testwait.Pause(t, 50*time.Millisecond)
 
 	done := make(chan struct{})
 	go func() { e.m.Close(); close(done) }()
@@ -1587,7 +1588,7 @@ func TestManagerCloseThenRecover(t *testing.T) {
 	e.checkRemovedOnce(sl)
 
 	sr := e.mustService(running.ID)
-	time.Sleep(5 * testPollInterval)
+	testwait.Pause(t, 5*testPollInterval)
 	if b := e.stored(running.ID); b.State != store.Running || e.sw.removals(sr.ID) != 0 {
 		t.Fatalf("recovered running build: %s %q, service removed %d times", b.State, b.Reason, e.sw.removals(sr.ID))
 	}
@@ -1674,7 +1675,7 @@ func TestManagerRecover(t *testing.T) {
 	e.checkChanges(exited.ID, store.Failure)
 
 	// The started build is watched again: it goes on until its exit.
-	time.Sleep(5 * testPollInterval)
+	testwait.Pause(t, 5*testPollInterval)
 	if b := e.stored(watched.ID); b.State != store.Running {
 		t.Fatalf("recovered build is %s %q", b.State, b.Reason)
 	}
@@ -1704,7 +1705,7 @@ func TestManagerRecoverLeavesOwnBuilds(t *testing.T) {
 	if err := e.m.Recover(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(5 * testPollInterval)
+	testwait.Pause(t, 5*testPollInterval)
 	b := e.stored(q.ID)
 	if b.State != store.Running {
 		t.Fatalf("Recover touched a build of its own manager: %s %q", b.State, b.Reason)
@@ -1876,7 +1877,7 @@ func TestManagerRecoverWithoutLog(t *testing.T) {
 	}
 	// Whatever the manager decides (watch on, or end the build as error),
 	// it must not crash and must not call the build a success.
-	time.Sleep(10 * testPollInterval)
+	testwait.Pause(t, 10*testPollInterval)
 	if got := e.stored(id); got.State == store.Success || got.State == store.Failure {
 		t.Errorf("build without a log ended as %s %q", got.State, got.Reason)
 	}

@@ -16,10 +16,19 @@ func TestMain(m *testing.M) {
 	before := runtime.NumGoroutine()
 	code := m.Run()
 	if code == 0 && !fuzzing() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
+		// A timer for the deadline and a ticker to poll: every wait has a deadline.
+		deadline := time.NewTimer(5 * time.Second)
+		tick := time.NewTicker(20 * time.Millisecond)
+	settle:
+		for runtime.NumGoroutine() > before {
+			select {
+			case <-deadline.C:
+				break settle
+			case <-tick.C:
+			}
 		}
+		tick.Stop()
+		deadline.Stop()
 		if n := runtime.NumGoroutine(); n > before {
 			buf := make([]byte, 1<<20)
 			buf = buf[:runtime.Stack(buf, true)]

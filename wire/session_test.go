@@ -160,12 +160,30 @@ func TestStreamWriteTimeoutClosesSession(t *testing.T) {
 // queue in yamux longer than the write timeout.
 type slowConn struct {
 	net.Conn
-	delay time.Duration
+	delay  time.Duration
+	closed chan struct{} // closed by Close: a pending Write stops waiting
+	once   sync.Once
 }
 
-func (c slowConn) Write(b []byte) (int, error) {
-	time.Sleep(c.delay)
+func newSlowConn(c net.Conn, delay time.Duration) *slowConn {
+	return &slowConn{Conn: c, delay: delay, closed: make(chan struct{})}
+}
+
+// Write waits c.delay, or until the conn is closed (then the write fails
+// as on any closed conn): every wait honours a deadline or a close.
+func (c *slowConn) Write(b []byte) (int, error) {
+	timer := time.NewTimer(c.delay)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-c.closed:
+	}
 	return c.Conn.Write(b)
+}
+
+func (c *slowConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
 }
 
 // TestCongestionClosesSession reproduces hashicorp/yamux#142: with the
@@ -178,7 +196,7 @@ func TestCongestionClosesSession(t *testing.T) {
 	t.Cleanup(wg.Wait) // runs after the sessions are closed (cleanups run last-in first-out)
 	a, c := tcpPair(t)
 	cfg := &SessionConfig{WriteTimeout: 300 * time.Millisecond, KeepAliveInterval: time.Hour}
-	client, server := sessionPair(t, slowConn{a, 40 * time.Millisecond}, c, cfg)
+	client, server := sessionPair(t, newSlowConn(a, 40*time.Millisecond), c, cfg)
 
 	wg.Add(1)
 	go func() { // owner: this test via wg; ends when the server session closes

@@ -25,6 +25,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/internal/fakegithub"
+	"github.com/forge-ci/forge/internal/testwait"
 )
 
 // The whole GitHub flow through the real programs: a fake GitHub (App
@@ -532,7 +533,7 @@ func (r *ghRig) noServices(label string) {
 		if time.Now().After(deadline) {
 			r.t.Fatalf("services labelled %s still there after 60s: %v", label, left)
 		}
-		time.Sleep(100 * time.Millisecond)
+		testwait.Pause(r.t, 100*time.Millisecond)
 	}
 }
 
@@ -842,7 +843,7 @@ func TestGitHubQuickSynchronize(t *testing.T) {
 	// Both submits in one second: the second event follows the first at
 	// once (events of one pull request are handled in order), so release
 	// the first just after a second begins.
-	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second + 10*time.Millisecond)))
+	testwait.Pause(t, time.Until(time.Now().Truncate(time.Second).Add(time.Second+10*time.Millisecond)))
 	h1.Release()
 	b1 := r.waitBuild(first)
 	b2 := r.waitBuild(second)
@@ -876,7 +877,7 @@ func TestGitHubClosedWhileOpening(t *testing.T) {
 	// The closed event needs no GitHub call: a worker handles it at once.
 	// Nothing shows when it is done; give it a moment (a slow machine
 	// only hides the bug).
-	time.Sleep(500 * time.Millisecond)
+	testwait.Pause(t, 500*time.Millisecond)
 	h.Release()
 	last, _ := r.final(sha, "forge/execute")
 	if last.State == "success" {

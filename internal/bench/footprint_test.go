@@ -18,6 +18,8 @@ import (
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/wire"
+
+	"github.com/forge-ci/forge/internal/testwait"
 )
 
 // BenchmarkAgentFootprint runs the real `forge agent` program, built the
@@ -103,7 +105,7 @@ func BenchmarkAgentFootprint(b *testing.B) {
 	}
 
 	var rss float64
-	for end := time.Now().Add(idle); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+	for end := time.Now().Add(idle); time.Now().Before(end); testwait.Pause(b, 250*time.Millisecond) {
 		st, err := procStatus(cmd.Process.Pid)
 		if err != nil {
 			b.Fatalf("agent: %v\n%s", err, logs.String())

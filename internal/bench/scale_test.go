@@ -25,6 +25,7 @@ import (
 
 	"github.com/forge-ci/forge/agent"
 	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/internal/testwait"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -97,7 +98,7 @@ func BenchmarkScale(b *testing.B) {
 	child := startAgentsChild(b, addr, n, certs)
 	waitBound(b, srv.s, n, 3*time.Minute, child)
 	connect := time.Since(start)
-	time.Sleep(3 * time.Second) // let hand-shake garbage and first keep-alives pass
+	testwait.Pause(b, 3*time.Second) // let hand-shake garbage and first keep-alives pass
 	after := memAfterGC()
 	writeProfile(b, "heap", "coordinator-idle.heap")
 	heap := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / float64(n) / 1024
@@ -260,7 +261,7 @@ func (c *agentsChild) startProfiles(b *testing.B) func() {
 		runtime.SetBlockProfileRate(0)
 		runtime.SetMutexProfileFraction(0)
 		c.cmd.Process.Signal(syscall.SIGUSR2)
-		time.Sleep(200 * time.Millisecond)
+		testwait.Pause(b, 200*time.Millisecond)
 	}
 }
 
@@ -367,7 +368,7 @@ func waitBound(b *testing.B, s *coordinator.AgentServer, n int, d time.Duration,
 		if c.exited() {
 			b.Fatalf("agents' process ended: %s", c.output())
 		}
-		time.Sleep(20 * time.Millisecond)
+		testwait.Pause(b, 20*time.Millisecond)
 	}
 }
 

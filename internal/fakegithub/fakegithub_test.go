@@ -80,7 +80,11 @@ func TestFlow(t *testing.T) {
 	}
 
 	go func() {
-		time.Sleep(50 * time.Millisecond)
+		select { // every wait honours a context: give up if the test has ended
+		case <-t.Context().Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
 		inst.Repositories.CreateStatus(ctx, "o", "r", sha, &gh.RepoStatus{State: gh.String("pending"),
 			Context: gh.String("forge/execute"), TargetURL: gh.String("http://forge.test/builds/1")})
 	}()
