@@ -17,9 +17,8 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/internal/dockertest"
-	"github.com/forge-ci/forge/wire"
-
 	"github.com/forge-ci/forge/internal/testwait"
+	"github.com/forge-ci/forge/wire"
 )
 
 // BenchmarkAgentFootprint runs the real `forge agent` program, built the
