@@ -4,16 +4,11 @@ package deploy
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/pem"
 	"io"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -59,26 +54,7 @@ func TestClusterDeploy(t *testing.T) {
 	d := &deployment{t: t, cli: m.Client, netns: m.NetNS, stack: "forgecluster", dir: t.TempDir(),
 		hc:  &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: m.DialContext}},
 		url: "http://127.0.0.1:8080", port: 8080}
-	d.state = filepath.Join(d.dir, "state")
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(d.dir, "app.private-key.pem")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.env = []string{
-		"DOCKER_HOST=" + m.Host, "VERSION=" + version,
-		"FORGE_STACK=" + d.stack, "FORGE_STATE_DIR=" + d.state, "FORGE_HTTP_PORT=" + strconv.Itoa(d.port),
-		"FORGE_GITHUB_APP_ID=" + strconv.Itoa(appID), "FORGE_GITHUB_KEY_FILE=" + keyFile,
-		"FORGE_GITHUB_API=http://fakegithub:8080/api/v3/", "FORGE_PUBLIC_URL=" + publicURL,
-		"FORGE_REGISTRY=", "FORGE_USER=", "FORGE_AGENT_USER=", "FORGE_UP_TIMEOUT=120", "FORGE_DOWN_TIMEOUT=90",
-	}
+	pub := d.configure("DOCKER_HOST="+m.Host, "VERSION="+version)
 	t.Cleanup(d.purge)
 
 	d.make(ctx, 5*time.Minute, "images")
@@ -88,8 +64,7 @@ func TestClusterDeploy(t *testing.T) {
 	}
 	step("forge/agent loaded into the workers")
 	fakeImage := "forge-test/fakegithub:" + id
-	if err := buildFake(ctx, m.Client, fakeImage, d.dir, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}),
-		busybox, "constraints: [\"node.hostname=="+worker.Hostname+"\"]\n"); err != nil {
+	if err := buildFake(ctx, m.Client, fakeImage, d.dir, pub, busybox, "constraints: [\"node.hostname=="+worker.Hostname+"\"]\n"); err != nil {
 		t.Fatal(err)
 	}
 

@@ -82,30 +82,10 @@ func TestDeployMakeUp(t *testing.T) {
 	id := dockertest.ID(t)
 	d := &deployment{t: t, cli: cli, hc: &http.Client{Timeout: 10 * time.Second},
 		stack: fmt.Sprintf("forgetest%d", os.Getpid()), dir: t.TempDir()}
-	d.state = filepath.Join(d.dir, "state")
 	d.port = freePort(t)
 	d.url = "http://127.0.0.1:" + strconv.Itoa(d.port)
 
-	// The GitHub App: a key of its own, the private half for make up, the
-	// public half for the fake.
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(d.dir, "app.private-key.pem")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.env = []string{
-		"FORGE_STACK=" + d.stack, "FORGE_STATE_DIR=" + d.state, "FORGE_HTTP_PORT=" + strconv.Itoa(d.port),
-		"FORGE_GITHUB_APP_ID=" + strconv.Itoa(appID), "FORGE_GITHUB_KEY_FILE=" + keyFile,
-		"FORGE_GITHUB_API=http://fakegithub:8080/api/v3/", "FORGE_PUBLIC_URL=" + publicURL,
-		"FORGE_REGISTRY=", "FORGE_USER=", "FORGE_AGENT_USER=", "FORGE_UP_TIMEOUT=120", "FORGE_DOWN_TIMEOUT=90",
-	}
+	pub := d.configure()
 	// Whatever happens, the stack, its secrets, volume and state go.
 	t.Cleanup(d.purge)
 
@@ -113,7 +93,7 @@ func TestDeployMakeUp(t *testing.T) {
 	fakeImage := "forge-test/fakegithub:" + id
 	built := make(chan error, 1)
 	go func() {
-		built <- buildFake(ctx, cli, fakeImage, d.dir, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), busybox, "")
+		built <- buildFake(ctx, cli, fakeImage, d.dir, pub, busybox, "")
 	}()
 	t.Cleanup(func() {
 		cli.ImageRemove(context.Background(), fakeImage, image.RemoveOptions{Force: true, PruneChildren: true})
@@ -219,6 +199,33 @@ func TestDeployMakeUp(t *testing.T) {
 		t.Errorf("make down PURGE=1 did not say it cancelled the running build")
 	}
 	d.checkGone(ctx, b.Service, slow.Service)
+}
+
+// configure makes the deployment's GitHub App key (the private half for
+// make up) and sets the settings make up and make down run with, plus
+// extra (KEY=value). It returns the key's public half, PEM, for the fake.
+func (d *deployment) configure(extra ...string) []byte {
+	d.t.Helper()
+	d.state = filepath.Join(d.dir, "state")
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	keyFile := filepath.Join(d.dir, "app.private-key.pem")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600); err != nil {
+		d.t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.env = append([]string{
+		"FORGE_STACK=" + d.stack, "FORGE_STATE_DIR=" + d.state, "FORGE_HTTP_PORT=" + strconv.Itoa(d.port),
+		"FORGE_GITHUB_APP_ID=" + strconv.Itoa(appID), "FORGE_GITHUB_KEY_FILE=" + keyFile,
+		"FORGE_GITHUB_API=http://fakegithub:8080/api/v3/", "FORGE_PUBLIC_URL=" + publicURL,
+		"FORGE_REGISTRY=", "FORGE_USER=", "FORGE_AGENT_USER=", "FORGE_UP_TIMEOUT=120", "FORGE_DOWN_TIMEOUT=90",
+	}, extra...)
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})
 }
 
 // webhook posts a pull_request event, signed, and wants 202.
