@@ -533,6 +533,7 @@ func (c *Cluster) Close(ctx context.Context) error {
 	if err := os.RemoveAll(c.dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", c.dir, err))
 	}
+	_ = os.Remove(filepath.Dir(c.dir)) // the root too, unless another cluster uses it
 	if c.host.iptables != "" {
 		errs = append(errs, c.host.restore(ctx))
 	}
