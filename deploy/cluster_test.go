@@ -4,7 +4,6 @@ package deploy
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -12,8 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/docker/docker/client"
 
 	"github.com/forge-ci/forge/internal/cluster"
 	"github.com/forge-ci/forge/internal/dockertest"
@@ -37,7 +34,7 @@ func TestClusterDeploy(t *testing.T) {
 	ctx := dockertest.Context(t, 10*time.Minute)
 	start := time.Now()
 	step := func(what string) { t.Logf("%6.1fs %s", time.Since(start).Seconds(), what) }
-	c, err := cluster.Start(ctx, cluster.Config{Nodes: 3, Images: []string{busybox}, HostDocker: host, Log: tlog{t}})
+	c, err := cluster.Start(ctx, cluster.Config{Nodes: 3, Images: []string{busybox}, HostDocker: host, Log: cluster.TestLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +56,7 @@ func TestClusterDeploy(t *testing.T) {
 
 	d.make(ctx, 5*time.Minute, "images")
 	step("make images on the manager")
-	if err := copyImage(ctx, m.Client, "forge/agent:"+version, c.Nodes[1:]...); err != nil {
+	if err := cluster.CopyImages(ctx, m.Client, []string{"forge/agent:" + version}, c.Nodes[1:]...); err != nil {
 		t.Fatal(err)
 	}
 	step("forge/agent loaded into the workers")
@@ -113,32 +110,4 @@ func TestClusterDeploy(t *testing.T) {
 	d.down = true
 	step("make down PURGE=1")
 	d.checkGone(ctx, b.Service)
-}
-
-// copyImage saves ref from src and loads it into each node, as
-// `docker save | docker load` does.
-func copyImage(ctx context.Context, src client.APIClient, ref string, nodes ...*cluster.Node) error {
-	for _, n := range nodes {
-		rc, err := src.ImageSave(ctx, []string{ref})
-		if err != nil {
-			return err
-		}
-		resp, err := n.Client.ImageLoad(ctx, rc, client.ImageLoadWithQuiet(true))
-		if err == nil {
-			_, err = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-		rc.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-type tlog struct{ t *testing.T }
-
-func (l tlog) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
 }

@@ -40,6 +40,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/swarm"
@@ -193,7 +194,7 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 		if cfg.HostDocker == nil {
 			return nil, errors.New("cluster: Images given without HostDocker")
 		}
-		if err := c.loadImages(ctx, cfg.HostDocker, cfg.Images); err != nil {
+		if err := CopyImages(ctx, cfg.HostDocker, cfg.Images, c.Nodes...); err != nil {
 			return nil, err
 		}
 		fmt.Fprintf(c.log, "cluster: images %v loaded after %v\n", cfg.Images, time.Since(began).Round(time.Millisecond))
@@ -369,17 +370,19 @@ func (c *Cluster) WaitReady(ctx context.Context, d time.Duration) error {
 	}
 }
 
-func (c *Cluster) loadImages(ctx context.Context, host client.APIClient, images []string) error {
-	rc, err := host.ImageSave(ctx, images)
+// CopyImages saves images from src once and loads them into each of
+// nodes, as `docker save | docker load` would, checking each arrived.
+func CopyImages(ctx context.Context, src client.APIClient, images []string, nodes ...*Node) error {
+	rc, err := src.ImageSave(ctx, images)
 	if err != nil {
-		return fmt.Errorf("save %v from the host engine: %w", images, err)
+		return fmt.Errorf("save %v: %w", images, err)
 	}
 	data, err := io.ReadAll(rc)
 	rc.Close()
 	if err != nil {
-		return fmt.Errorf("save %v from the host engine: %w", images, err)
+		return fmt.Errorf("save %v: %w", images, err)
 	}
-	for _, n := range c.Nodes {
+	for _, n := range nodes {
 		resp, err := n.Client.ImageLoad(ctx, bytes.NewReader(data), client.ImageLoadWithQuiet(true))
 		if err != nil {
 			return fmt.Errorf("load %v into %s: %w", images, n.Hostname, err)
@@ -396,6 +399,16 @@ func (c *Cluster) loadImages(ctx context.Context, host client.APIClient, images 
 		}
 	}
 	return nil
+}
+
+// TestLog is a Config.Log that writes each line to the test's log.
+func TestLog(t testing.TB) io.Writer { return testLog{t} }
+
+type testLog struct{ t testing.TB }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }
 
 // Node returns the node with that hostname, or nil.

@@ -33,7 +33,7 @@ func TestClusterHarness(t *testing.T) {
 	defer cancel()
 	root := t.TempDir()
 	began := time.Now()
-	c, err := cluster.Start(ctx, cluster.Config{Nodes: 3, Images: []string{img}, HostDocker: host, Root: root, Log: tlog{t}})
+	c, err := cluster.Start(ctx, cluster.Config{Nodes: 3, Images: []string{img}, HostDocker: host, Root: root, Log: cluster.TestLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,17 +197,10 @@ func TestClusterSweepAfterKilledProcess(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cluster.Sweep(ctx, root, tlog{t})
+	cluster.Sweep(ctx, root, cluster.TestLog(t))
 	if ns, dirs, engines := left(); len(ns)+len(dirs)+len(engines) != 0 {
 		t.Errorf("after the sweep: namespaces %v, folders %v, engines %v", ns, dirs, engines)
 	}
-}
-
-type tlog struct{ t *testing.T }
-
-func (l tlog) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
 }
 
 func TestMain(m *testing.M) { os.Exit(dockertest.Main(m)) }
