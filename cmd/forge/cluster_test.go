@@ -193,16 +193,7 @@ func startClusterRig(t *testing.T, withAgents ...string) *clusterRig {
 	r.fake.SetInstallation(r.full, r.inst)
 
 	dir := t.TempDir()
-	r.certs = filepath.Join(dir, "certs")
-	for _, args := range [][]string{
-		{"certs", "init", "--dir", r.certs},
-		{"certs", "issue", "--dir", r.certs, "--role", "coordinator", "--name", "coordinator", "--host", m.Addr.String()},
-		{"certs", "issue", "--dir", r.certs, "--role", "agent", "--name", "agent"},
-	} {
-		if out, err := run(t, args...); err != nil {
-			t.Fatalf("forge %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
+	r.certs = issueCerts(t, dir, m.Addr.String())
 	secretFile := writeGHFile(t, dir, "webhook-secret", r.secret, 0o600)
 	exe := writeGHFile(t, dir, "forgexec", dockertest.Forgexec(t), 0o755)
 	keyFile := writeGHFile(t, dir, "app-key.pem", fakegithub.AppKeyPEM(t), 0o600)
@@ -220,12 +211,11 @@ func startClusterRig(t *testing.T, withAgents ...string) *clusterRig {
 		"--tls-key", filepath.Join(r.certs, "coordinator-key.pem"),
 		"--github-app-id", strconv.Itoa(fakegithub.AppID), "--github-key-file", keyFile, "--github-api", r.fake.APIBase())
 
-	serving := regexp.MustCompile(`msg="coordinator serving".*\bagents=(\S+).*\bhttp=(\S+)`)
 	ghUntil(t, 60*time.Second, "the coordinator's \"coordinator serving\" line", func() bool {
 		if r.coord.exited() {
 			t.Fatalf("forge coordinator returned before serving: %v\n%s", r.coord.err, r.coord.out.String())
 		}
-		mm := serving.FindStringSubmatch(r.coord.out.String())
+		mm := servingLine.FindStringSubmatch(r.coord.out.String())
 		if mm == nil {
 			return false
 		}

@@ -153,16 +153,7 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 	r.fake.SetInstallation(r.full, r.inst)
 
 	dir := t.TempDir()
-	certs := filepath.Join(dir, "certs")
-	for _, args := range [][]string{
-		{"certs", "init", "--dir", certs},
-		{"certs", "issue", "--dir", certs, "--role", "coordinator", "--name", "coordinator", "--host", "127.0.0.1"},
-		{"certs", "issue", "--dir", certs, "--role", "agent", "--name", "agent"},
-	} {
-		if out, err := run(t, args...); err != nil {
-			t.Fatalf("forge %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
+	certs := issueCerts(t, dir, "127.0.0.1")
 	secretFile := writeGHFile(t, dir, "webhook-secret", r.secret, 0o600)
 	exe := writeGHFile(t, dir, "forgexec", dockertest.Forgexec(t), 0o755)
 	args := []string{"coordinator", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
@@ -188,13 +179,12 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 	})
 	r.coord = startGHProgram(t, "coordinator", args...)
 
-	serving := regexp.MustCompile(`msg="coordinator serving".*\bagents=(\S+).*\bhttp=(\S+)`)
 	var agentAddr, httpAddr string
 	ghUntil(t, 60*time.Second, "the coordinator's \"coordinator serving\" line", func() bool {
 		if ok, err := r.coord.exited(); ok {
 			t.Fatalf("forge coordinator returned before serving: %v\n%s", err, r.coord.out.String())
 		}
-		m := serving.FindStringSubmatch(r.coord.out.String())
+		m := servingLine.FindStringSubmatch(r.coord.out.String())
 		if m == nil {
 			return false
 		}
@@ -229,6 +219,28 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 	})
 	return r
 }
+
+// issueCerts makes a CA under dir/certs with `forge certs`, a
+// coordinator certificate for host and one agent certificate shared by
+// every agent, and returns the folder.
+func issueCerts(t *testing.T, dir, host string) string {
+	t.Helper()
+	certs := filepath.Join(dir, "certs")
+	for _, args := range [][]string{
+		{"certs", "init", "--dir", certs},
+		{"certs", "issue", "--dir", certs, "--role", "coordinator", "--name", "coordinator", "--host", host},
+		{"certs", "issue", "--dir", certs, "--role", "agent", "--name", "agent"},
+	} {
+		if out, err := run(t, args...); err != nil {
+			t.Fatalf("forge %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	return certs
+}
+
+// servingLine is the coordinator's log line once it listens, with the
+// agent listener's and the HTTP listener's addresses.
+var servingLine = regexp.MustCompile(`msg="coordinator serving".*\bagents=(\S+).*\bhttp=(\S+)`)
 
 func writeGHFile(t *testing.T, dir, name string, data []byte, mode os.FileMode) string {
 	t.Helper()
