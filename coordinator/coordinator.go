@@ -1,0 +1,206 @@
+// Package coordinator is Forge's coordinator domain (DESIGN §2, §3, §6): a
+// build, its states, what asking for one takes, and the small interfaces
+// between the parts. The parts live in sub-packages, one concern each:
+//
+//	lifecycle/  a build's life: create, land, launch, await, finish, recover
+//	agents/     the agents' sessions, and the way to the agent of a node
+//	logs/       build output on disk, and the exit recorded beside it
+//	store/      SQLite: builds, deliveries, agents
+//	web/        the HTTP API, the pages and the metrics
+//	github/     webhooks in, commit statuses out
+//	config/     .forge.yml;  plan/  build -> swarm service spec (pure)
+//	daemon/     the one place that wires them from one Config
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/docker/docker/api/types/swarm"
+
+	"github.com/forge-ci/forge/coordinator/config"
+	"github.com/forge-ci/forge/wire"
+)
+
+// State is where a build is in its life (DESIGN §2).
+type State string
+
+const (
+	Queued  State = "queued"  // recorded, service not created yet
+	Running State = "running" // service created; landing, launching or running
+	Success State = "success"
+	Failure State = "failure"
+	Error   State = "error" // timeout, cancel, superseded, rejected image, infrastructure fault; Reason says which
+)
+
+// States lists every state, in life order.
+var States = []State{Queued, Running, Success, Failure, Error}
+
+// Final reports whether a build in state s is over: nothing may change its
+// outcome any more.
+func (s State) Final() bool {
+	return s == Success || s == Failure || s == Error
+}
+
+// Valid reports whether s is one of the States.
+func (s State) Valid() bool {
+	switch s {
+	case Queued, Running, Success, Failure, Error:
+		return true
+	}
+	return false
+}
+
+// Subject is what a build builds and why; whoever asks for a build sets it.
+type Subject struct {
+	Owner, Repo    string
+	PullRequest    int // 0 for pushes and `forge run`
+	Branch         string
+	SHA            string
+	Ref            string
+	Action         string
+	CommitCount    int
+	Fork           bool
+	Trigger        string // "pull_request", "push", "run", "api"
+	Key            string // supersede key: builds with the same key supersede each other ("" = never)
+	InstallationID int64  // GitHub App installation, 0 when none
+}
+
+// Build is the record of one build: its subject and what became of it.
+type Build struct {
+	ID string // opaque, unique, sortable by time: "20261129T135301-3f9a2c"
+	Subject
+	Config      string // the .forge.yml text the build ran with
+	State       State
+	Reason      string // for people: why it is in this state ("superseded by abc1234", swarm's own message...)
+	ExitCode    *int
+	NodeID      string
+	ContainerID string
+	ServiceID   string
+	ServiceName string
+	Created     time.Time
+	Started     time.Time // zero until the executor started
+	Finished    time.Time // zero until final
+}
+
+// Clone is a deep copy of b (ExitCode is a pointer).
+func (b *Build) Clone() *Build {
+	c := *b
+	if b.ExitCode != nil {
+		e := *b.ExitCode
+		c.ExitCode = &e
+	}
+	return &c
+}
+
+// Source produces a build's source tree as a tar stream of known size.
+// It is called once, when the build's container is ready for it.
+type Source func(ctx context.Context) (io.ReadCloser, int64, error)
+
+// Request is a build to run.
+type Request struct {
+	Subject    Subject
+	Config     *config.Config
+	ConfigText string
+	Source     Source // nil: no source
+	// Node pins the build to a swarm node (forge run).
+	Node string
+	// Labels are added to the service and its container.
+	Labels map[string]string
+}
+
+// Builds runs builds: the lifecycle is one; GitHub and the API use it.
+type Builds interface {
+	// Submit records a build, supersedes older active builds of its key,
+	// and starts it; it returns the queued build.
+	Submit(ctx context.Context, req Request) (*Build, error)
+	// Cancel asks a build to stop; it ends as error with reason. A final
+	// build gives ErrNotRunning.
+	Cancel(ctx context.Context, id, reason string) error
+	// CancelKey cancels every active build of key (a closed pull request).
+	CancelKey(ctx context.Context, key, reason string)
+	// Wait returns the build once it is final, or ctx's error.
+	Wait(ctx context.Context, id string) (*Build, error)
+}
+
+// Swarm is the part of the manager's Engine API that runs builds, always
+// through the manager's local socket.
+type Swarm interface {
+	ServiceCreate(ctx context.Context, spec swarm.ServiceSpec, opts swarm.ServiceCreateOptions) (swarm.ServiceCreateResponse, error)
+	ServiceRemove(ctx context.Context, id string) error
+	ServiceList(ctx context.Context, opts swarm.ServiceListOptions) ([]swarm.Service, error)
+	TaskList(ctx context.Context, opts swarm.TaskListOptions) ([]swarm.Task, error)
+}
+
+// Agents is how the lifecycle reaches the agents; agents.Hub is the real
+// one. Its shape is a task driver's (Nomad's StartTask, WaitTask,
+// StopTask): every call names the node, and only that node's agent acts.
+type Agents interface {
+	// Landings reports, for one build, the containers agents saw created
+	// for it; stop ends the watch.
+	Landings(buildID string) (landed <-chan Landing, stop func())
+	// WaitAgent returns when an agent session is bound to nodeID, or an
+	// error wrapping ErrNoAgent when ctx ends first.
+	WaitAgent(ctx context.Context, nodeID string) error
+	// Launch has the agent of nodeID inject and start the build's container.
+	Launch(ctx context.Context, nodeID string, req LaunchRequest) (*LaunchResult, error)
+	// WaitExit delivers the build's exit, once it is reported (or was
+	// before), on the channel; the channel is closed without one when ctx
+	// ends.
+	WaitExit(ctx context.Context, buildID string) (<-chan wire.Exit, error)
+	// Cancel has the agent of nodeID stop the build's container.
+	Cancel(ctx context.Context, nodeID, buildID, containerID string, grace time.Duration) (*wire.Cancelled, error)
+}
+
+// Landing is an agent's report that a build's container exists on its node.
+type Landing struct{ Node, Container string }
+
+// LaunchRequest is what a Launch sends: the build's container on the node,
+// the executor, the spec, and optionally a tar of the source tree.
+type LaunchRequest struct {
+	BuildID, ContainerID string
+	Executor             *Executor
+	Spec                 []byte
+	Workdir              string
+	Source               io.Reader // tar stream of SourceSize bytes, or nil
+	SourceSize           int64
+}
+
+// LaunchResult is what a Launch did.
+type LaunchResult struct {
+	Started      wire.Started
+	ExecutorSent bool // the agent lacked this executor and received it
+}
+
+// Executor is the forgexec binary with its digest, computed once.
+type Executor struct {
+	Bytes []byte
+	Ref   wire.BlobRef
+}
+
+// NewExecutor computes b's digest.
+func NewExecutor(b []byte) (*Executor, error) {
+	ref, err := wire.BlobRefOf(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	return &Executor{Bytes: b, Ref: ref}, nil
+}
+
+// LabelCoordinator carries the instance of the coordinator that created a
+// build's service: a coordinator recovers only its own builds.
+const LabelCoordinator = "forge.coordinator"
+
+var (
+	// ErrNotRunning: the build is final already.
+	ErrNotRunning = errors.New("build is not running")
+	// ErrNoAgent: no agent session is bound to the node.
+	ErrNoAgent = errors.New("no agent on node")
+	// ErrUnknownBuild: an agent spoke of a build the coordinator has no record of.
+	ErrUnknownBuild = errors.New("unknown build")
+	// ErrNotManager: the coordinator's engine is not a swarm manager.
+	ErrNotManager = errors.New("this Docker engine is not a swarm manager")
+)
