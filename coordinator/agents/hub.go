@@ -1,4 +1,7 @@
-package coordinator
+// Package agents is the coordinator's side of the wire: it accepts the
+// agents' sessions, binds each to its node when swarm agrees, stores what
+// they report, and is the way to the agent of a node (coordinator.Agents).
+package agents
 
 import (
 	"bytes"
@@ -17,6 +20,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/internal/version"
 	"github.com/forge-ci/forge/wire"
 )
@@ -27,26 +32,27 @@ type NodeVerifier interface {
 	VerifyAgent(ctx context.Context, nodeID string, remote net.Addr) error
 }
 
-// BuildLogs stores what agents report about builds. Calls for one build
-// come from one log stream at a time, in order; calls for different builds
-// are concurrent.
+// BuildLogs stores what agents report about builds (logs.Store). Calls
+// for one build come from one log stream at a time, in order; calls for
+// different builds are concurrent.
 type BuildLogs interface {
 	// Attach says what is stored for the build: the agent resumes from
-	// there. An unknown build is an error wrapping ErrUnknownBuild.
+	// there. An unknown build is an error wrapping coordinator.ErrUnknownBuild.
 	Attach(ctx context.Context, nodeID string, a *wire.Attach) (*wire.Attached, error)
 	// Log stores one chunk; it returns when the chunk is stored. Chunks that
 	// repeat stored output are dropped; a gap is an error.
 	Log(ctx context.Context, buildID string, l *wire.Log) error
-	// Exit records the build's exit; a second Exit for the same build is
-	// accepted and ignored, so a build is never reported twice.
+	// Exit records the build's exit durably; a second Exit for the same
+	// build is accepted and ignored, so a build is never reported twice.
 	Exit(ctx context.Context, buildID string, e *wire.Exit) error
+	// Exited returns the recorded exit, or nil while the build runs.
+	Exited(buildID string) (*wire.Exit, error)
 }
 
-// ErrUnknownBuild is what BuildLogs returns for a build it has no record of.
-var ErrUnknownBuild = errors.New("unknown build")
-
-// ErrNoAgent means no agent session is bound to the node.
-var ErrNoAgent = errors.New("no agent on node")
+// Recorder keeps a record of the agents that connected (store.Store).
+type Recorder interface {
+	AgentConnected(ctx context.Context, a store.AgentSeen) error
+}
 
 // AgentInfo describes a connected agent (GET /api/agents).
 type AgentInfo struct {
@@ -60,24 +66,43 @@ type AgentInfo struct {
 	SessionID      string    `json:"session_id"`
 }
 
-// AgentServer accepts agents' sessions on the agent listener and is the
-// coordinator's way to reach the agent of a node.
-type AgentServer struct {
+// Config is what a Hub needs.
+type Config struct {
 	TLS     *tls.Config // wire.ServerConfig
 	Session *wire.SessionConfig
 	Verify  NodeVerifier
 	Logs    BuildLogs
-	Log     *slog.Logger
-	// OnLanded, when set, is told of each Landed an agent sends.
-	OnLanded func(nodeID string, l wire.Landed)
-	// OnConnect, when set, is told of each agent bound to its node.
-	OnConnect func(a AgentInfo)
+	// Record, when set, keeps a record of each agent bound to its node.
+	Record Recorder
+	Log    *slog.Logger
+}
+
+// Hub accepts agents' sessions on the agent listener and is the
+// coordinator's way to reach the agent of a node.
+type Hub struct {
+	cfg Config
+	log *slog.Logger
 
 	mu         sync.Mutex
 	agents     map[string]*agentConn // by node id
 	waiters    map[string][]chan struct{}
 	logStreams map[string]*yamux.Stream // the one log stream of each build
+	landings   map[string]chan coordinator.Landing
+	exits      map[string][]chan wire.Exit
 }
+
+// New returns a hub; Serve accepts the agents.
+func New(cfg Config) *Hub {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Hub{cfg: cfg, log: log, agents: map[string]*agentConn{}, waiters: map[string][]chan struct{}{},
+		logStreams: map[string]*yamux.Stream{}, landings: map[string]chan coordinator.Landing{},
+		exits: map[string][]chan wire.Exit{}}
+}
+
+var _ coordinator.Agents = (*Hub)(nil)
 
 type agentConn struct {
 	info AgentInfo
@@ -92,16 +117,9 @@ const (
 	logAckEvery    = 32 // Log frames between LogAcks
 )
 
-func (s *AgentServer) logger() *slog.Logger {
-	if s.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return s.Log
-}
-
 // Serve accepts agent connections on ln until ctx ends, then closes every
 // session and returns after their goroutines have stopped.
-func (s *AgentServer) Serve(ctx context.Context, ln net.Listener) error {
+func (s *Hub) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -127,9 +145,9 @@ func (s *AgentServer) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-func (s *AgentServer) serveConn(ctx context.Context, conn net.Conn) {
-	log := s.logger().With("remote", conn.RemoteAddr().String())
-	ys, err := wire.Server(tls.Server(conn, s.TLS), s.Session)
+func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
+	log := s.log.With("remote", conn.RemoteAddr().String())
+	ys, err := wire.Server(tls.Server(conn, s.cfg.TLS), s.cfg.Session)
 	if err != nil {
 		log.Warn("agent connection refused", "err", err)
 		return
@@ -157,7 +175,7 @@ func (s *AgentServer) serveConn(ctx context.Context, conn net.Conn) {
 		return
 	}
 	vctx, cancel := context.WithTimeout(ctx, requestTimeout)
-	err = s.Verify.VerifyAgent(vctx, hello.NodeID, conn.RemoteAddr())
+	err = s.cfg.Verify.VerifyAgent(vctx, hello.NodeID, conn.RemoteAddr())
 	cancel()
 	if err != nil {
 		log.Error("agent refused", "code", wire.RefusedIdentity, "err", err)
@@ -182,9 +200,7 @@ func (s *AgentServer) serveConn(ctx context.Context, conn net.Conn) {
 	s.bind(ac)
 	defer s.unbind(ac)
 	log.Info("agent connected", "session", ac.info.SessionID, "holding", len(holding.Builds))
-	if s.OnConnect != nil {
-		s.OnConnect(ac.info)
-	}
+	s.record(ac.info)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -212,9 +228,7 @@ func (s *AgentServer) serveConn(ctx context.Context, conn net.Conn) {
 		}
 		switch m := m.(type) {
 		case *wire.Landed:
-			if s.OnLanded != nil {
-				s.OnLanded(hello.NodeID, *m)
-			}
+			s.landed(hello.NodeID, m)
 		default:
 			log.Warn("unexpected message on control stream", "type", m.MessageType())
 		}
@@ -223,14 +237,11 @@ func (s *AgentServer) serveConn(ctx context.Context, conn net.Conn) {
 
 // bind makes ac the session of its node; an older session of the same
 // node, which passed the same check, is closed.
-func (s *AgentServer) bind(ac *agentConn) {
+func (s *Hub) bind(ac *agentConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.agents == nil {
-		s.agents = map[string]*agentConn{}
-	}
 	if old := s.agents[ac.info.NodeID]; old != nil {
-		s.logger().Info("agent session replaced", "node", ac.info.NodeID, "old", old.info.SessionID, "new", ac.info.SessionID)
+		s.log.Info("agent session replaced", "node", ac.info.NodeID, "old", old.info.SessionID, "new", ac.info.SessionID)
 		old.ys.Close()
 	}
 	s.agents[ac.info.NodeID] = ac
@@ -240,7 +251,7 @@ func (s *AgentServer) bind(ac *agentConn) {
 	delete(s.waiters, ac.info.NodeID)
 }
 
-func (s *AgentServer) unbind(ac *agentConn) {
+func (s *Hub) unbind(ac *agentConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.agents[ac.info.NodeID] == ac {
@@ -249,7 +260,7 @@ func (s *AgentServer) unbind(ac *agentConn) {
 }
 
 // Agents lists the connected agents, by node id.
-func (s *AgentServer) Agents() []AgentInfo {
+func (s *Hub) Agents() []AgentInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]AgentInfo, 0, len(s.agents))
@@ -261,15 +272,12 @@ func (s *AgentServer) Agents() []AgentInfo {
 }
 
 // WaitAgent returns when an agent session is bound to nodeID, or an error
-// wrapping ErrNoAgent when ctx ends first.
-func (s *AgentServer) WaitAgent(ctx context.Context, nodeID string) error {
+// wrapping coordinator.ErrNoAgent when ctx ends first.
+func (s *Hub) WaitAgent(ctx context.Context, nodeID string) error {
 	s.mu.Lock()
 	if s.agents[nodeID] != nil {
 		s.mu.Unlock()
 		return nil
-	}
-	if s.waiters == nil {
-		s.waiters = map[string][]chan struct{}{}
 	}
 	ch := make(chan struct{})
 	s.waiters[nodeID] = append(s.waiters[nodeID], ch)
@@ -278,17 +286,17 @@ func (s *AgentServer) WaitAgent(ctx context.Context, nodeID string) error {
 	case <-ch:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("%w %s: %w", ErrNoAgent, nodeID, ctx.Err())
+		return fmt.Errorf("%w %s: %w", coordinator.ErrNoAgent, nodeID, ctx.Err())
 	}
 }
 
 // open opens a request stream to the agent of nodeID.
-func (s *AgentServer) open(nodeID string) (*yamux.Stream, error) {
+func (s *Hub) open(nodeID string) (*yamux.Stream, error) {
 	s.mu.Lock()
 	ac := s.agents[nodeID]
 	s.mu.Unlock()
 	if ac == nil {
-		return nil, fmt.Errorf("%w %s", ErrNoAgent, nodeID)
+		return nil, fmt.Errorf("%w %s", coordinator.ErrNoAgent, nodeID)
 	}
 	st, err := ac.ys.OpenStream()
 	if err != nil {
@@ -297,42 +305,10 @@ func (s *AgentServer) open(nodeID string) (*yamux.Stream, error) {
 	return st, nil
 }
 
-// LaunchRequest is what Launch sends: the build's container on the node,
-// the executor, the spec, and optionally a tar of the source tree.
-type LaunchRequest struct {
-	BuildID, ContainerID string
-	Executor             *Executor
-	Spec                 []byte
-	Workdir              string
-	Source               io.Reader // tar stream of SourceSize bytes, or nil
-	SourceSize           int64
-}
-
-// Executor is the forgexec binary with its digest, computed once.
-type Executor struct {
-	Bytes []byte
-	Ref   wire.BlobRef
-}
-
-// NewExecutor computes b's digest.
-func NewExecutor(b []byte) (*Executor, error) {
-	ref, err := wire.BlobRefOf(bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
-	return &Executor{Bytes: b, Ref: ref}, nil
-}
-
-// LaunchResult is what a Launch did.
-type LaunchResult struct {
-	Started      wire.Started
-	ExecutorSent bool // the agent lacked this executor and received it
-}
-
 // Launch asks the agent of nodeID, and no other, to inject and start the
 // build's container. The executor's bytes go only when the agent lacks
 // them. A refusal comes back as a *wire.RefusedError.
-func (s *AgentServer) Launch(ctx context.Context, nodeID string, req LaunchRequest) (*LaunchResult, error) {
+func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchRequest) (*coordinator.LaunchResult, error) {
 	st, err := s.open(nodeID)
 	if err != nil {
 		return nil, err
@@ -371,11 +347,11 @@ func (s *AgentServer) Launch(ctx context.Context, nodeID string, req LaunchReque
 	if err != nil {
 		return nil, fmt.Errorf("launch %s on %s: %w", req.BuildID, nodeID, err)
 	}
-	return &LaunchResult{Started: *started, ExecutorSent: ready.NeedExecutor}, nil
+	return &coordinator.LaunchResult{Started: *started, ExecutorSent: ready.NeedExecutor}, nil
 }
 
 // Cancel asks the agent of nodeID to stop the build's container.
-func (s *AgentServer) Cancel(ctx context.Context, nodeID, buildID, containerID string, grace time.Duration) (*wire.Cancelled, error) {
+func (s *Hub) Cancel(ctx context.Context, nodeID, buildID, containerID string, grace time.Duration) (*wire.Cancelled, error) {
 	st, err := s.open(nodeID)
 	if err != nil {
 		return nil, err
@@ -396,9 +372,9 @@ func (s *AgentServer) Cancel(ctx context.Context, nodeID, buildID, containerID s
 }
 
 // serveStream serves a stream an agent opened: only log streams exist.
-func (s *AgentServer) serveStream(ctx context.Context, nodeID string, st *yamux.Stream) {
+func (s *Hub) serveStream(ctx context.Context, nodeID string, st *yamux.Stream) {
 	defer st.Close()
-	log := s.logger().With("node", nodeID)
+	log := s.log.With("node", nodeID)
 	st.SetDeadline(time.Now().Add(requestTimeout))
 	c := wire.NewCodec(st)
 	att, err := wire.Expect[*wire.Attach](c)
@@ -411,9 +387,6 @@ func (s *AgentServer) serveStream(ctx context.Context, nodeID string, st *yamux.
 	// One log stream per build: a new attach (the agent reconnected before
 	// the old session was found dead) replaces the old stream.
 	s.mu.Lock()
-	if s.logStreams == nil {
-		s.logStreams = map[string]*yamux.Stream{}
-	}
 	if old := s.logStreams[att.BuildID]; old != nil {
 		old.SetReadDeadline(time.Now()) // its reader ends, and closes it
 	}
@@ -426,10 +399,10 @@ func (s *AgentServer) serveStream(ctx context.Context, nodeID string, st *yamux.
 		}
 		s.mu.Unlock()
 	}()
-	reply, err := s.Logs.Attach(ctx, nodeID, att)
+	reply, err := s.cfg.Logs.Attach(ctx, nodeID, att)
 	if err != nil {
 		code := wire.RefusedInternal
-		if errors.Is(err, ErrUnknownBuild) {
+		if errors.Is(err, coordinator.ErrUnknownBuild) {
 			code = wire.RefusedNotFound
 		}
 		c.Send(wire.NewRefused(code, "%v", err))
@@ -453,7 +426,7 @@ func (s *AgentServer) serveStream(ctx context.Context, nodeID string, st *yamux.
 		}
 		switch m := m.(type) {
 		case *wire.Log:
-			if err := s.Logs.Log(ctx, att.BuildID, m); err != nil {
+			if err := s.cfg.Logs.Log(ctx, att.BuildID, m); err != nil {
 				log.Error("store log", "seq", m.Seq, "err", err)
 				c.Send(wire.NewRefused(wire.RefusedBadRequest, "log seq %d: %v", m.Seq, err))
 				return
@@ -465,11 +438,12 @@ func (s *AgentServer) serveStream(ctx context.Context, nodeID string, st *yamux.
 				}
 			}
 		case *wire.Exit:
-			if err := s.Logs.Exit(ctx, att.BuildID, m); err != nil {
+			if err := s.cfg.Logs.Exit(ctx, att.BuildID, m); err != nil {
 				log.Error("record exit", "err", err)
 				c.Send(wire.NewRefused(wire.RefusedInternal, "record exit: %v", err))
 				return
 			}
+			s.exited(att.BuildID, *m)
 			st.SetDeadline(time.Now().Add(requestTimeout))
 			c.Send(&wire.ExitAck{})
 			return
@@ -484,4 +458,105 @@ func newSessionID() string {
 	var b [8]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// record keeps a record of an agent bound to its node.
+func (s *Hub) record(a AgentInfo) {
+	if s.cfg.Record == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	err := s.cfg.Record.AgentConnected(ctx, store.AgentSeen{NodeID: a.NodeID, Hostname: a.Hostname,
+		AgentVersion: a.AgentVersion, EngineVersion: a.EngineVersion, Address: a.Address, LastSeen: a.ConnectedSince})
+	if err != nil {
+		s.log.Warn("record agent", "node", a.NodeID, "err", err)
+	}
+}
+
+// Landings implements coordinator.Agents.
+func (s *Hub) Landings(buildID string) (<-chan coordinator.Landing, func()) {
+	ch := make(chan coordinator.Landing, 4)
+	s.mu.Lock()
+	s.landings[buildID] = ch
+	s.mu.Unlock()
+	return ch, func() {
+		s.mu.Lock()
+		if s.landings[buildID] == ch {
+			delete(s.landings, buildID)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// landed passes an agent's Landed to whoever watches the build.
+func (s *Hub) landed(nodeID string, l *wire.Landed) {
+	s.mu.Lock()
+	ch := s.landings[l.BuildID]
+	s.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case ch <- coordinator.Landing{Node: nodeID, Container: l.ContainerID}:
+	default: // the watcher has claims enough; it also polls swarm
+	}
+}
+
+// WaitExit implements coordinator.Agents. The exit may have been recorded
+// before the call (an agent that reported while the coordinator
+// restarted): the waiter is registered first, then the record is read, so
+// an exit is never missed between the two.
+func (s *Hub) WaitExit(ctx context.Context, buildID string) (<-chan wire.Exit, error) {
+	w := make(chan wire.Exit, 1)
+	s.mu.Lock()
+	s.exits[buildID] = append(s.exits[buildID], w)
+	s.mu.Unlock()
+	drop := func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		ws := s.exits[buildID]
+		for i, c := range ws {
+			if c == w {
+				ws = append(ws[:i], ws[i+1:]...)
+				break
+			}
+		}
+		if len(ws) == 0 {
+			delete(s.exits, buildID)
+		} else {
+			s.exits[buildID] = ws
+		}
+	}
+	x, err := s.cfg.Logs.Exited(buildID)
+	if err != nil {
+		drop()
+		return nil, err
+	}
+	out := make(chan wire.Exit, 1)
+	go func() {
+		defer close(out)
+		defer drop()
+		if x != nil {
+			out <- *x
+			return
+		}
+		select {
+		case e := <-w:
+			out <- e
+		case <-ctx.Done():
+		}
+	}()
+	return out, nil
+}
+
+// exited hands a recorded exit to the build's waiters.
+func (s *Hub) exited(buildID string, e wire.Exit) {
+	s.mu.Lock()
+	ws := s.exits[buildID]
+	delete(s.exits, buildID)
+	s.mu.Unlock()
+	for _, w := range ws {
+		w <- e // buffered 1, and each waiter gets one exit
+	}
 }

@@ -1,19 +1,18 @@
-package coordinator
+package agents
 
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/internal/syncbuf"
 
 	"github.com/hashicorp/yamux"
@@ -53,12 +52,12 @@ func newTestPKI(t *testing.T) *testPKI {
 	return &testPKI{ca: ca, coordinator: issue(wire.RoleCoordinator, "127.0.0.1"), agent: issue(wire.RoleAgent)}
 }
 
-// serveAgents runs an AgentServer on loopback until the test ends.
-func serveAgents(t *testing.T, p *testPKI, v NodeVerifier) (*AgentServer, string, *syncbuf.Buffer) {
+// serveAgents runs a Hub on loopback until the test ends.
+func serveAgents(t *testing.T, p *testPKI, v NodeVerifier) (*Hub, string, *syncbuf.Buffer) {
 	t.Helper()
-	logs := &syncbuf.Buffer{}
-	s := &AgentServer{TLS: wire.ServerConfig(p.ca.Pool(), p.coordinator), Verify: v,
-		Logs: &LogStore{Dir: t.TempDir()}, Log: slog.New(slog.NewTextHandler(logs, nil))}
+	out := &syncbuf.Buffer{}
+	s := New(Config{TLS: wire.ServerConfig(p.ca.Pool(), p.coordinator), Verify: v,
+		Logs: &logs.Store{Dir: t.TempDir()}, Log: slog.New(slog.NewTextHandler(out, nil))})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +71,7 @@ func serveAgents(t *testing.T, p *testPKI, v NodeVerifier) (*AgentServer, string
 			t.Error(err)
 		}
 	})
-	return s, ln.Addr().String(), logs
+	return s, ln.Addr().String(), out
 }
 
 // rawAgent speaks the wire by hand: Hello, then whatever the test wants.
@@ -179,44 +178,13 @@ func TestAgentServerIdentity(t *testing.T) {
 		t.Fatal("the replaced session is still open")
 	}
 	// Requests go to the bound agent only; other nodes have none.
-	_, err = s.Launch(context.Background(), "other", LaunchRequest{BuildID: "b", ContainerID: "c", Executor: &Executor{}})
-	if !errors.Is(err, ErrNoAgent) {
+	_, err = s.Launch(context.Background(), "other", coordinator.LaunchRequest{BuildID: "b", ContainerID: "c", Executor: &coordinator.Executor{}})
+	if !errors.Is(err, coordinator.ErrNoAgent) {
 		t.Errorf("launch on a node without agent: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if err := s.WaitAgent(ctx, "other"); !errors.Is(err, ErrNoAgent) {
+	if err := s.WaitAgent(ctx, "other"); !errors.Is(err, coordinator.ErrNoAgent) {
 		t.Errorf("WaitAgent: %v", err)
-	}
-}
-
-func TestAPIAgents(t *testing.T) {
-	p := newTestPKI(t)
-	s, addr, _ := serveAgents(t, p, verifyFunc(func(string, net.Addr) error { return nil }))
-	if _, _, err := rawAgent(t, p, addr, hello("n1")); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "agent bound", func() bool { return len(s.Agents()) == 1 })
-	srv := httptest.NewServer((&API{Agents: s}).Handler())
-	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/api/agents")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var got []map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
-		t.Fatal(err)
-	}
-	if resp.Header.Get("Content-Type") != "application/json" || len(got) != 1 {
-		t.Fatalf("%s %v", resp.Header.Get("Content-Type"), got)
-	}
-	for _, k := range []string{"node_id", "hostname", "agent_version", "engine_version", "address", "connected_since"} {
-		if got[0][k] == nil || got[0][k] == "" {
-			t.Errorf("agent lacks %s: %v", k, got[0])
-		}
-	}
-	if got[0]["node_id"] != "n1" || !strings.HasPrefix(got[0]["address"].(string), "127.0.0.1:") {
-		t.Errorf("agent %v", got[0])
 	}
 }

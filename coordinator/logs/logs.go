@@ -1,4 +1,7 @@
-package coordinator
+// Package logs keeps each build's output in a file, and its exit beside
+// it: what an agent needs to resume a log without losing or repeating
+// output, and what the API and the pages read.
+package logs
 
 import (
 	"bufio"
@@ -13,19 +16,21 @@ import (
 	"regexp"
 	"sync"
 
+	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/wire"
 )
 
-// LogStore keeps each build's output in a file under Dir and is the
-// BuildLogs of the agent server.
+// Store keeps each build's output in a file under Dir; the agent hub
+// writes to it, the API reads it.
 //
 // The file is a sequence of records: one byte naming the stream (1 stdout,
 // 2 stderr), a 4-byte big-endian length, the bytes. From it alone the
 // store recovers, after a restart, how much of each stream it has, which is
 // what an agent needs to resume without losing or repeating output. A
 // record cut short by a crash is dropped when the file is opened again.
-// The exit is kept beside it in <id>.exit, written once.
-type LogStore struct {
+// The exit is kept beside it in <id>.exit, written once. A build's file
+// is open only while the build runs: from its first use until its exit.
+type Store struct {
 	Dir string
 
 	mu     sync.Mutex
@@ -59,11 +64,11 @@ func streamCode(s string) (byte, error) {
 	return 0, fmt.Errorf("unknown stream %q", s)
 }
 
-func (s *LogStore) path(id, ext string) string { return filepath.Join(s.Dir, id+ext) }
+func (s *Store) path(id, ext string) string { return filepath.Join(s.Dir, id+ext) }
 
 // Create makes the (empty) log of a new build; agents can attach to it
 // from then on.
-func (s *LogStore) Create(id string) error {
+func (s *Store) Create(id string) error {
 	if !buildIDPattern.MatchString(id) {
 		return fmt.Errorf("build id %q: not a valid id", id)
 	}
@@ -78,18 +83,18 @@ func (s *LogStore) Create(id string) error {
 }
 
 // open returns the build's log, loading it from disk on first use.
-func (s *LogStore) open(id string) (*buildLog, error) {
+func (s *Store) open(id string) (*buildLog, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if b := s.builds[id]; b != nil {
 		return b, nil
 	}
 	if !buildIDPattern.MatchString(id) {
-		return nil, fmt.Errorf("%w %q", ErrUnknownBuild, id)
+		return nil, fmt.Errorf("%w %q", coordinator.ErrUnknownBuild, id)
 	}
 	f, err := os.OpenFile(s.path(id, ".log"), os.O_RDWR, 0)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%w %s", ErrUnknownBuild, id)
+		return nil, fmt.Errorf("%w %s", coordinator.ErrUnknownBuild, id)
 	}
 	if err != nil {
 		return nil, err
@@ -118,11 +123,34 @@ func (s *LogStore) open(id string) (*buildLog, error) {
 		b.exit = &e
 		b.nextSeq = e.LastSeq + 1
 	}
+	if b.exit != nil {
+		// Over: read, never written again, so not kept open.
+		f.Close()
+		b.f = nil
+		return b, nil
+	}
 	if s.builds == nil {
 		s.builds = map[string]*buildLog{}
 	}
 	s.builds[id] = b
 	return b, nil
+}
+
+// release closes a build's file once its exit is recorded.
+func (s *Store) release(id string, b *buildLog) error {
+	s.mu.Lock()
+	if s.builds[id] == b {
+		delete(s.builds, id)
+	}
+	s.mu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.f == nil {
+		return nil
+	}
+	err := b.f.Close()
+	b.f = nil
+	return err
 }
 
 // scanRecords calls fn for each whole record of r and returns the length
@@ -154,8 +182,8 @@ func scanRecords(r io.Reader, fn func(code byte, data []byte)) (int64, error) {
 	}
 }
 
-// Attach implements BuildLogs.
-func (s *LogStore) Attach(ctx context.Context, nodeID string, a *wire.Attach) (*wire.Attached, error) {
+// Attach says what is stored of the build: the agent resumes from there.
+func (s *Store) Attach(ctx context.Context, nodeID string, a *wire.Attach) (*wire.Attached, error) {
 	b, err := s.open(a.BuildID)
 	if err != nil {
 		return nil, err
@@ -165,11 +193,11 @@ func (s *LogStore) Attach(ctx context.Context, nodeID string, a *wire.Attach) (*
 	return &wire.Attached{NextSeq: max(b.nextSeq, 1), StdoutOffset: b.off[recStdout], StderrOffset: b.off[recStderr], Done: b.exit != nil}, nil
 }
 
-// Log implements BuildLogs. Output the store has already (an agent that
+// Log stores one chunk. Output the store has already (an agent that
 // resumes from an older point, or a second stream of the same build) is
 // dropped by its offset; output beyond what the store has is a gap and an
 // error, so nothing is ever stored out of order.
-func (s *LogStore) Log(ctx context.Context, id string, l *wire.Log) error {
+func (s *Store) Log(ctx context.Context, id string, l *wire.Log) error {
 	code, err := streamCode(l.Stream)
 	if err != nil {
 		return err
@@ -207,13 +235,20 @@ func (s *LogStore) Log(ctx context.Context, id string, l *wire.Log) error {
 	return nil
 }
 
-// Exit implements BuildLogs: the first exit of a build is recorded, later
-// ones are ignored.
-func (s *LogStore) Exit(ctx context.Context, id string, e *wire.Exit) error {
+// Exit records the build's exit, once: later ones are ignored. The
+// build's file is closed then.
+func (s *Store) Exit(ctx context.Context, id string, e *wire.Exit) error {
 	b, err := s.open(id)
 	if err != nil {
 		return err
 	}
+	if err := b.recordExit(s.path(id, ".exit"), e); err != nil {
+		return err
+	}
+	return s.release(id, b)
+}
+
+func (b *buildLog) recordExit(path string, e *wire.Exit) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.exit != nil {
@@ -226,11 +261,10 @@ func (s *LogStore) Exit(ctx context.Context, id string, e *wire.Exit) error {
 	if err != nil {
 		return err
 	}
-	tmp := s.path(id, ".exit.tmp")
-	if err := os.WriteFile(tmp, raw, 0o644); err != nil {
+	if err := os.WriteFile(path+".tmp", raw, 0o644); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, s.path(id, ".exit")); err != nil {
+	if err := os.Rename(path+".tmp", path); err != nil {
 		return err
 	}
 	ex := *e
@@ -246,24 +280,31 @@ func (b *buildLog) notify() {
 }
 
 // Exited returns the build's recorded exit, or nil while it runs.
-func (s *LogStore) Exited(id string) (*wire.Exit, error) {
-	b, err := s.open(id)
+func (s *Store) Exited(id string) (*wire.Exit, error) {
+	if !buildIDPattern.MatchString(id) {
+		return nil, fmt.Errorf("%w %q", coordinator.ErrUnknownBuild, id)
+	}
+	raw, err := os.ReadFile(s.path(id, ".exit"))
+	if errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(s.path(id, ".log")); err != nil {
+			return nil, fmt.Errorf("%w %s", coordinator.ErrUnknownBuild, id)
+		}
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.exit == nil {
-		return nil, nil
+	var e wire.Exit
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return nil, fmt.Errorf("exit of %s: %w", id, err)
 	}
-	e := *b.exit
 	return &e, nil
 }
 
 // Follow writes the build's output to w as plain text, stdout and stderr
 // in the order they were stored, and when follow is set goes on until the
 // build's exit is recorded or ctx ends.
-func (s *LogStore) Follow(ctx context.Context, id string, w io.Writer, follow bool) error {
+func (s *Store) Follow(ctx context.Context, id string, w io.Writer, follow bool) error {
 	b, err := s.open(id)
 	if err != nil {
 		return err
@@ -306,8 +347,8 @@ func (s *LogStore) Follow(ctx context.Context, id string, w io.Writer, follow bo
 	}
 }
 
-// Close closes the open log files.
-func (s *LogStore) Close() error {
+// Close closes the files of the builds still running.
+func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
@@ -316,26 +357,4 @@ func (s *LogStore) Close() error {
 		delete(s.builds, id)
 	}
 	return errors.Join(errs...)
-}
-
-// WaitExit returns the build's exit once it is recorded, or ctx's error.
-func (s *LogStore) WaitExit(ctx context.Context, id string) (*wire.Exit, error) {
-	b, err := s.open(id)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		b.mu.Lock()
-		changed, exit := b.changed, b.exit
-		b.mu.Unlock()
-		if exit != nil {
-			e := *exit
-			return &e, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-changed:
-		}
-	}
 }

@@ -1,4 +1,4 @@
-package coordinator
+package logs
 
 import (
 	"bytes"
@@ -9,10 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/wire"
 )
 
-func logOf(t *testing.T, s *LogStore, id string) string {
+func logOf(t *testing.T, s *Store, id string) string {
 	t.Helper()
 	var b bytes.Buffer
 	if err := s.Follow(context.Background(), id, &b, false); err != nil {
@@ -21,14 +22,14 @@ func logOf(t *testing.T, s *LogStore, id string) string {
 	return b.String()
 }
 
-func TestLogStoreResume(t *testing.T) {
+func TestStoreResume(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s := &LogStore{Dir: dir}
+	s := &Store{Dir: dir}
 	if err := s.Create("b1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Attach(ctx, "n", &wire.Attach{BuildID: "nope", ContainerID: "c"}); !errors.Is(err, ErrUnknownBuild) {
+	if _, err := s.Attach(ctx, "n", &wire.Attach{BuildID: "nope", ContainerID: "c"}); !errors.Is(err, coordinator.ErrUnknownBuild) {
 		t.Fatalf("unknown build: %v", err)
 	}
 	at, err := s.Attach(ctx, "n", &wire.Attach{BuildID: "b1", ContainerID: "c"})
@@ -65,7 +66,7 @@ func TestLogStoreResume(t *testing.T) {
 	}
 	f.Write([]byte{recStdout, 0, 0, 0, 50, 'p', 'a'})
 	f.Close()
-	s = &LogStore{Dir: dir}
+	s = &Store{Dir: dir}
 	defer s.Close()
 	at, err = s.Attach(ctx, "n", &wire.Attach{BuildID: "b1", ContainerID: "c"})
 	if err != nil {
@@ -98,10 +99,10 @@ func TestLogStoreResume(t *testing.T) {
 	}
 }
 
-func TestLogStoreFollow(t *testing.T) {
+func TestStoreFollow(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s := &LogStore{Dir: t.TempDir()}
+	s := &Store{Dir: t.TempDir()}
 	defer s.Close()
 	if err := s.Create("b2"); err != nil {
 		t.Fatal(err)
@@ -128,8 +129,8 @@ func TestLogStoreFollow(t *testing.T) {
 	}
 }
 
-func TestLogStoreRefusesBadIDs(t *testing.T) {
-	s := &LogStore{Dir: t.TempDir()}
+func TestStoreRefusesBadIDs(t *testing.T) {
+	s := &Store{Dir: t.TempDir()}
 	for _, id := range []string{"", "../x", "a/b", ".hidden"} {
 		if err := s.Create(id); err == nil {
 			t.Errorf("Create(%q) accepted", id)
@@ -152,5 +153,53 @@ func (c chunkPipe) next(t *testing.T) string {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no output")
 		return ""
+	}
+}
+
+// A build's file is open only while it runs: its exit closes it, and
+// reading a finished build's log or attaching to it opens nothing for good.
+func TestStoreKeepsOnlyRunningBuildsOpen(t *testing.T) {
+	ctx := context.Background()
+	s := &Store{Dir: t.TempDir()}
+	defer s.Close()
+	open := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.builds)
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		if err := s.Create(id); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Log(ctx, id, &wire.Log{Seq: 1, Stream: wire.StreamStdout, Data: []byte(id + "\n")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := open(); n != 3 {
+		t.Fatalf("%d builds open while three run", n)
+	}
+	for _, id := range []string{"a", "b"} {
+		if err := s.Exit(ctx, id, &wire.Exit{LastSeq: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := open(); n != 1 {
+		t.Fatalf("%d builds open after two of three exited, want 1", n)
+	}
+	if got := logOf(t, s, "a"); got != "a\n" {
+		t.Errorf("log of a finished build: %q", got)
+	}
+	att, err := s.Attach(ctx, "n", &wire.Attach{BuildID: "b", ContainerID: "c"})
+	if err != nil || !att.Done {
+		t.Fatalf("attach to a finished build: %+v, %v", att, err)
+	}
+	if x, err := s.Exited("a"); err != nil || x == nil {
+		t.Fatalf("Exited(a) = %v, %v", x, err)
+	}
+	if err := s.Log(ctx, "a", &wire.Log{Seq: 2, Stream: wire.StreamStdout, Offset: 2, Data: []byte("late")}); err == nil {
+		t.Error("output after the exit was taken")
+	}
+	if n := open(); n != 1 {
+		t.Errorf("%d builds open after reading finished ones, want 1", n)
 	}
 }

@@ -7,73 +7,9 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/forge-ci/forge/coordinator"
 )
-
-// State is where a build is in its life (DESIGN.md §2).
-type State string
-
-const (
-	Queued  State = "queued"  // recorded, service not created yet
-	Running State = "running" // service created; landing, launching or running
-	Success State = "success"
-	Failure State = "failure"
-	Error   State = "error" // timeout, cancel, superseded, rejected image, infrastructure fault; Reason says which
-)
-
-// States lists every state, in life order.
-var States = []State{Queued, Running, Success, Failure, Error}
-
-// Final reports whether a build in state s is over: nothing may change its
-// outcome any more.
-func (s State) Final() bool {
-	return s == Success || s == Failure || s == Error
-}
-
-// Valid reports whether s is one of the States.
-func (s State) Valid() bool {
-	switch s {
-	case Queued, Running, Success, Failure, Error:
-		return true
-	}
-	return false
-}
-
-// Build is the record of one build.
-type Build struct {
-	ID             string // opaque, unique, e.g. "20261129T135301-3f9a2c" (caller makes it)
-	Owner, Repo    string
-	PullRequest    int // 0 for pushes and `forge run`
-	Branch         string
-	SHA            string
-	Ref            string
-	Action         string
-	CommitCount    int
-	Fork           bool
-	Trigger        string // "pull_request", "push", "run", "api"
-	Key            string // supersede key: builds with the same key supersede each other ("" = never)
-	InstallationID int64  // GitHub App installation, 0 when none
-	Config         string // the .forge.yml text the build ran with
-	State          State
-	Reason         string // for people: why it is in this state ("superseded by abc1234", "timed out after 30m0s", swarm's own message...)
-	ExitCode       *int
-	NodeID         string
-	ContainerID    string
-	ServiceID      string
-	ServiceName    string
-	Created        time.Time
-	Started        time.Time // zero until the executor started
-	Finished       time.Time // zero until final
-}
-
-// clone is a deep copy of b (ExitCode is a pointer).
-func (b *Build) clone() *Build {
-	c := *b
-	if b.ExitCode != nil {
-		e := *b.ExitCode
-		c.ExitCode = &e
-	}
-	return &c
-}
 
 // ErrFinal is returned, wrapped, by UpdateBuild when the change would alter
 // the outcome (State, ExitCode, Finished) of a build already in a final
@@ -99,9 +35,9 @@ var updateBuildSQL = func() string {
 
 type scanner interface{ Scan(dest ...any) error }
 
-func scanBuild(sc scanner) (*Build, error) {
+func scanBuild(sc scanner) (*coordinator.Build, error) {
 	var (
-		b                          Build
+		b                          coordinator.Build
 		state                      string
 		exit                       sql.NullInt64
 		created, started, finished sql.NullInt64
@@ -113,7 +49,7 @@ func scanBuild(sc scanner) (*Build, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.State = State(state)
+	b.State = coordinator.State(state)
 	if exit.Valid {
 		e := int(exit.Int64)
 		b.ExitCode = &e
@@ -123,7 +59,7 @@ func scanBuild(sc scanner) (*Build, error) {
 }
 
 // buildArgs are b's values in buildColumns order, checked.
-func buildArgs(b *Build) ([]any, error) {
+func buildArgs(b *coordinator.Build) ([]any, error) {
 	if b.ID == "" {
 		return nil, errors.New("build has no id")
 	}
@@ -159,9 +95,9 @@ func buildArgs(b *Build) ([]any, error) {
 // before any service) with a zero Finished gets Finished = Created; these
 // are written back into b so that the caller holds what was stored. It
 // fails with ErrExists (wrapped) if the id is taken.
-func (s *Store) CreateBuild(ctx context.Context, b *Build) error {
+func (s *Store) CreateBuild(ctx context.Context, b *coordinator.Build) error {
 	if b.State == "" {
-		b.State = Queued
+		b.State = coordinator.Queued
 	}
 	if b.Created.IsZero() {
 		b.Created = now()
@@ -192,7 +128,7 @@ func (s *Store) CreateBuild(ctx context.Context, b *Build) error {
 }
 
 // Build returns the build with that id, or ErrNotFound (wrapped).
-func (s *Store) Build(ctx context.Context, id string) (*Build, error) {
+func (s *Store) Build(ctx context.Context, id string) (*coordinator.Build, error) {
 	b, err := scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildColumns+` FROM builds WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("store: build %s: %w", id, ErrNotFound)
@@ -214,7 +150,7 @@ func (s *Store) Build(ctx context.Context, id string) (*Build, error) {
 //     cannot change (ErrFinal, wrapped); other fields, such as Reason or
 //     the container, may still be filled in;
 //   - a build that becomes final with a zero Finished gets Finished = now.
-func (s *Store) UpdateBuild(ctx context.Context, id string, fn func(*Build) error) (*Build, error) {
+func (s *Store) UpdateBuild(ctx context.Context, id string, fn func(*coordinator.Build) error) (*coordinator.Build, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("store: update build %s: %w", id, err)
@@ -228,7 +164,7 @@ func (s *Store) UpdateBuild(ctx context.Context, id string, fn func(*Build) erro
 	if err != nil {
 		return nil, fmt.Errorf("store: update build %s: %w", id, err)
 	}
-	b := old.clone()
+	b := old.Clone()
 	if err := fn(b); err != nil {
 		return nil, fmt.Errorf("store: update build %s: %w", id, err)
 	}
@@ -277,7 +213,7 @@ func roundTime(t time.Time) time.Time {
 type ListOptions struct {
 	Limit       int // default 50, max 500
 	Owner, Repo string
-	State       State
+	State       coordinator.State
 	Before      string // build id cursor: only builds older than this one
 }
 
@@ -289,7 +225,7 @@ const (
 // ListBuilds returns builds newest first (Created, then ID, descending),
 // filtered by o. Owner, Repo and State filter independently when set. A
 // Before id that does not exist gives ErrNotFound (wrapped).
-func (s *Store) ListBuilds(ctx context.Context, o ListOptions) ([]*Build, error) {
+func (s *Store) ListBuilds(ctx context.Context, o ListOptions) ([]*coordinator.Build, error) {
 	limit := o.Limit
 	if limit <= 0 {
 		limit = defaultListLimit
@@ -337,31 +273,31 @@ func (s *Store) ListBuilds(ctx context.Context, o ListOptions) ([]*Build, error)
 	return s.queryBuilds(ctx, "list builds", q, args...)
 }
 
-// Active returns the Queued and Running builds, oldest first: what a
+// Active returns the coordinator.Queued and coordinator.Running builds, oldest first: what a
 // restarted coordinator must find again.
-func (s *Store) Active(ctx context.Context) ([]*Build, error) {
+func (s *Store) Active(ctx context.Context) ([]*coordinator.Build, error) {
 	return s.queryBuilds(ctx, "active builds", `SELECT `+buildColumns+` FROM builds
-		WHERE state IN (?, ?) ORDER BY created, id`, string(Queued), string(Running))
+		WHERE state IN (?, ?) ORDER BY created, id`, string(coordinator.Queued), string(coordinator.Running))
 }
 
-// ActiveByKey returns the Queued and Running builds with that supersede
+// ActiveByKey returns the coordinator.Queued and coordinator.Running builds with that supersede
 // key, oldest first. The empty key means "never supersede" and matches
 // nothing.
-func (s *Store) ActiveByKey(ctx context.Context, key string) ([]*Build, error) {
+func (s *Store) ActiveByKey(ctx context.Context, key string) ([]*coordinator.Build, error) {
 	if key == "" {
 		return nil, nil
 	}
 	return s.queryBuilds(ctx, "active builds by key", `SELECT `+buildColumns+` FROM builds
-		WHERE supersede_key = ? AND state IN (?, ?) ORDER BY created, id`, key, string(Queued), string(Running))
+		WHERE supersede_key = ? AND state IN (?, ?) ORDER BY created, id`, key, string(coordinator.Queued), string(coordinator.Running))
 }
 
-func (s *Store) queryBuilds(ctx context.Context, what, q string, args ...any) ([]*Build, error) {
+func (s *Store) queryBuilds(ctx context.Context, what, q string, args ...any) ([]*coordinator.Build, error) {
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: %s: %w", what, err)
 	}
 	defer rows.Close()
-	var out []*Build
+	var out []*coordinator.Build
 	for rows.Next() {
 		b, err := scanBuild(rows)
 		if err != nil {
@@ -377,14 +313,14 @@ func (s *Store) queryBuilds(ctx context.Context, what, q string, args ...any) ([
 
 // CountByState returns how many builds are in each state. Every State is
 // in the map, with 0 when none, so that a metrics gauge reports zeros.
-func (s *Store) CountByState(ctx context.Context) (map[State]int, error) {
+func (s *Store) CountByState(ctx context.Context) (map[coordinator.State]int, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT state, count(*) FROM builds GROUP BY state`)
 	if err != nil {
 		return nil, fmt.Errorf("store: count builds: %w", err)
 	}
 	defer rows.Close()
-	m := make(map[State]int, len(States))
-	for _, st := range States {
+	m := make(map[coordinator.State]int, len(coordinator.States))
+	for _, st := range coordinator.States {
 		m[st] = 0
 	}
 	for rows.Next() {
@@ -395,7 +331,7 @@ func (s *Store) CountByState(ctx context.Context) (map[State]int, error) {
 		if err := rows.Scan(&st, &n); err != nil {
 			return nil, fmt.Errorf("store: count builds: %w", err)
 		}
-		m[State(st)] = n
+		m[coordinator.State(st)] = n
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("store: count builds: %w", err)

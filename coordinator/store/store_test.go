@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/forge-ci/forge/coordinator"
 )
 
 func openTemp(t testing.TB) (*Store, string) {
@@ -30,30 +32,32 @@ func intp(i int) *int { return &i }
 func fullBuild(id string) *Build {
 	zone := time.FixedZone("CET", 3600)
 	return &Build{
-		ID:             id,
-		Owner:          "forge-ci",
-		Repo:           "forge",
-		PullRequest:    42,
-		Branch:         "feature/x",
-		SHA:            "3f9a2c0d3f9a2c0d3f9a2c0d3f9a2c0d3f9a2c0d",
-		Ref:            "refs/pull/42/head",
-		Action:         "execute",
-		CommitCount:    3,
-		Fork:           true,
-		Trigger:        "pull_request",
-		Key:            "forge-ci/forge#42",
-		InstallationID: 1234567890123,
-		Config:         "image: golang:1.22\nexecute:\n  - go test ./...\n",
-		State:          Failure,
-		Reason:         "exit code 2 — ünïcode",
-		ExitCode:       intp(2),
-		NodeID:         "node-1",
-		ContainerID:    "c0ffee",
-		ServiceID:      "svc-1",
-		ServiceName:    "forge-forge-ci-forge-42-20261129t135301",
-		Created:        time.Date(2026, 11, 29, 13, 53, 1, 123456789, zone),
-		Started:        time.Date(2026, 11, 29, 13, 53, 5, 1, zone),
-		Finished:       time.Date(2026, 11, 29, 13, 58, 0, 999999999, zone),
+		ID: id,
+		Subject: coordinator.Subject{
+			Owner:          "forge-ci",
+			Repo:           "forge",
+			PullRequest:    42,
+			Branch:         "feature/x",
+			SHA:            "3f9a2c0d3f9a2c0d3f9a2c0d3f9a2c0d3f9a2c0d",
+			Ref:            "refs/pull/42/head",
+			Action:         "execute",
+			CommitCount:    3,
+			Fork:           true,
+			Trigger:        "pull_request",
+			Key:            "forge-ci/forge#42",
+			InstallationID: 1234567890123,
+		},
+		Config:      "image: golang:1.22\nexecute:\n  - go test ./...\n",
+		State:       Failure,
+		Reason:      "exit code 2 — ünïcode",
+		ExitCode:    intp(2),
+		NodeID:      "node-1",
+		ContainerID: "c0ffee",
+		ServiceID:   "svc-1",
+		ServiceName: "forge-forge-ci-forge-42-20261129t135301",
+		Created:     time.Date(2026, 11, 29, 13, 53, 1, 123456789, zone),
+		Started:     time.Date(2026, 11, 29, 13, 53, 5, 1, zone),
+		Finished:    time.Date(2026, 11, 29, 13, 58, 0, 999999999, zone),
 	}
 }
 
@@ -157,7 +161,7 @@ func TestCreateBuildErrors(t *testing.T) {
 func TestUpdateBuild(t *testing.T) {
 	s, _ := openTemp(t)
 	ctx := context.Background()
-	if err := s.CreateBuild(ctx, &Build{ID: "b", Owner: "o", Repo: "r", Key: "k"}); err != nil {
+	if err := s.CreateBuild(ctx, &Build{ID: "b", Subject: coordinator.Subject{Owner: "o", Repo: "r", Key: "k"}}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -288,7 +292,7 @@ func TestListBuilds(t *testing.T) {
 	// exercise the id tie-break.
 	mk := func(id string, at time.Time, owner, repo string, st State, key string) {
 		t.Helper()
-		if err := s.CreateBuild(ctx, &Build{ID: id, Owner: owner, Repo: repo, State: st, Key: key, Created: at}); err != nil {
+		if err := s.CreateBuild(ctx, &Build{ID: id, Subject: coordinator.Subject{Owner: owner, Repo: repo, Key: key}, State: st, Created: at}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -519,7 +523,7 @@ func TestReopen(t *testing.T) {
 	if err := s.CreateBuild(ctx, full); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.CreateBuild(ctx, &Build{ID: "running", Key: "k", State: Running}); err != nil {
+	if err := s.CreateBuild(ctx, &Build{ID: "running", Subject: coordinator.Subject{Key: "k"}, State: Running}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.RecordDelivery(ctx, "d", "push", time.Now()); err != nil {
@@ -655,7 +659,7 @@ func BenchmarkCreateBuild(b *testing.B) {
 	base := fullBuild("")
 	i := 0
 	for b.Loop() {
-		bb := base.clone()
+		bb := base.Clone()
 		bb.ID = fmt.Sprintf("bench-%d", i)
 		i++
 		if err := s.CreateBuild(ctx, bb); err != nil {
