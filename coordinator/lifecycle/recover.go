@@ -1,0 +1,75 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/swarm"
+
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/config"
+	"github.com/forge-ci/forge/coordinator/plan"
+	"github.com/forge-ci/forge/coordinator/store"
+)
+
+// Recover is called once at start-up, before new builds are submitted.
+// It matches swarm's build services with the records: services of builds
+// that are over or unknown are removed; builds that had started are
+// watched again (their agents re-attach and report the exit); builds that
+// had not started cannot be resumed, since their source is gone, and end
+// as error.
+func (r *Runner) Recover(ctx context.Context) error {
+	svcs, err := r.cfg.Swarm.ServiceList(ctx, swarm.ServiceListOptions{Filters: filters.NewArgs(
+		filters.Arg("label", plan.LabelBuild), filters.Arg("label", coordinator.LabelCoordinator+"="+r.cfg.Instance))})
+	if err != nil {
+		return fmt.Errorf("recover: list build services: %w", err)
+	}
+	byBuild := map[string]service{}
+	for _, s := range svcs {
+		id := s.Spec.Labels[plan.LabelBuild]
+		svc := service{ID: s.ID, Name: s.Spec.Name}
+		b, err := r.cfg.Store.Build(ctx, id)
+		if err == nil && !b.State.Final() {
+			byBuild[id] = svc
+			continue
+		}
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("recover: %w", err)
+		}
+		r.log.Info("removing the service of a finished or unknown build", "service", svc.Name, "build", id)
+		r.removeService(svc, id)
+	}
+	active, err := r.cfg.Store.Active(ctx)
+	if err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	for _, b := range active {
+		r.mu.Lock()
+		mine := r.runs[b.ID] != nil || !b.Created.Before(r.since)
+		r.mu.Unlock()
+		if mine {
+			continue // submitted to this runner, not left by an earlier one
+		}
+		svc, ok := byBuild[b.ID]
+		switch {
+		case !ok:
+			r.finish(ctx, b, coordinator.Error, "lost in a coordinator restart: its service is gone", nil)
+		case b.Started.IsZero():
+			r.finish(ctx, b, coordinator.Error, "the coordinator restarted before the build started; run it again", nil)
+			r.removeService(svc, b.ID)
+		default:
+			timeout := config.DefaultTimeout
+			if cfg, err := config.Parse(".forge.yml", []byte(b.Config)); err == nil {
+				timeout = cfg.Timeout
+			}
+			r.log.Info("watching a build again after a restart", "build", b.ID, "node", b.NodeID)
+			r.start(b.ID, func(ctx context.Context) {
+				defer r.removeService(svc, b.ID)
+				r.await(ctx, b, timeout, b.Started)
+			})
+		}
+	}
+	return nil
+}
