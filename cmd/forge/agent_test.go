@@ -10,7 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/wire"
 )
@@ -43,8 +44,8 @@ func TestAgentCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &coordinator.AgentServer{TLS: wire.ServerConfig(pool, pair), Logs: &coordinator.LogStore{Dir: t.TempDir()},
-		Verify: &coordinator.SwarmVerifier{Docker: cli, LocalNodeID: info.Swarm.NodeID}, Log: slog.New(slog.DiscardHandler)}
+	srv := agents.New(agents.Config{TLS: wire.ServerConfig(pool, pair), Logs: &logs.Store{Dir: t.TempDir()},
+		Verify: &agents.SwarmVerifier{Docker: cli, LocalNodeID: info.Swarm.NodeID}, Log: slog.New(slog.DiscardHandler)})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

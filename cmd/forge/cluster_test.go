@@ -23,7 +23,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 
-	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/coordinator/plan"
 	"github.com/forge-ci/forge/internal/cluster"
 	"github.com/forge-ci/forge/internal/dockertest"
@@ -260,14 +260,14 @@ func (r *clusterRig) startAgentAs(from, as *cluster.Node) *proc {
 }
 
 // agentsBound is GET /api/agents, by node id.
-func (r *clusterRig) agentsBound() map[string]coordinator.AgentInfo {
+func (r *clusterRig) agentsBound() map[string]agents.AgentInfo {
 	r.t.Helper()
 	code, body := r.get("/api/agents")
-	var list []coordinator.AgentInfo
+	var list []agents.AgentInfo
 	if code != http.StatusOK || json.Unmarshal([]byte(body), &list) != nil {
 		r.t.Fatalf("GET /api/agents: %d %s", code, body)
 	}
-	out := map[string]coordinator.AgentInfo{}
+	out := map[string]agents.AgentInfo{}
 	for _, a := range list {
 		out[a.NodeID] = a
 	}
@@ -278,7 +278,7 @@ func (r *clusterRig) agentsBound() map[string]coordinator.AgentInfo {
 // it is known by n's own address.
 func (r *clusterRig) waitBound(n *cluster.Node) {
 	r.t.Helper()
-	var a coordinator.AgentInfo
+	var a agents.AgentInfo
 	ghUntil(r.t, 60*time.Second, "the agent of "+n.Hostname+" at /api/agents", func() bool {
 		if p := r.agents[n.Hostname]; p != nil && p.exited() {
 			r.t.Fatalf("%s returned: %v", p.name, p.err)

@@ -5,16 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/daemon"
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/wire"
 )
@@ -69,10 +67,14 @@ func coordinatorCommand() *cli.Command {
 			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := newLogger(c)
-			srv, err := coordinator.New(ctx, coordinator.Config{
-				TLS: wire.ServerConfig(pool, pair), DataDir: c.Path("data"), Executor: exe,
-				AllowPorts: c.Bool("allow-ports"), Logger: log,
-			}, docker)
+			cfg := daemon.Config{TLS: wire.ServerConfig(pool, pair), DataDir: c.Path("data"), Executor: exe,
+				AllowPorts: c.Bool("allow-ports"), Logger: log}
+			if app == nil {
+				log.Warn("no GitHub App configured (--github-app-id, --github-key-file): webhooks are answered 503 and no builds come from GitHub; forge run and the API work")
+			} else {
+				cfg.GitHub = &daemon.GitHub{App: app, Secret: secret, PublicURL: c.String("public-url")}
+			}
+			srv, err := daemon.New(ctx, cfg, docker)
 			if err != nil {
 				return err
 			}
@@ -87,24 +89,7 @@ func coordinatorCommand() *cli.Command {
 				srv.Close()
 				return fmt.Errorf("--agent-listen: %w", err)
 			}
-			var forge *github.Forge
-			if app == nil {
-				log.Warn("no GitHub App configured (--github-app-id, --github-key-file): webhooks are answered 503 and no builds come from GitHub; forge run and the API work")
-				srv.API.Webhook = noApp{}
-			} else {
-				q := github.NewQueue(0)
-				forge = &github.Forge{App: app, Builds: srv.Manager, Queue: q, PublicURL: c.String("public-url"), Log: log.With("part", "github")}
-				srv.Manager.OnChange = forge.BuildChanged // before Serve: Recover may finish builds
-				srv.API.Webhook = &github.Webhook{Secret: secret, Deliveries: srv.Store, Queue: q, Log: log.With("part", "webhook")}
-			}
-			var wg sync.WaitGroup
-			if forge != nil {
-				wg.Add(1)
-				go func() { defer wg.Done(); forge.Run(ctx) }()
-			}
 			err = srv.Serve(ctx, httpLn, agentLn)
-			stop()
-			wg.Wait()
 			if errors.Is(err, context.Canceled) {
 				return nil
 			}
@@ -134,13 +119,6 @@ func githubApp(c *cli.Context) (*github.App, error) {
 		return nil, fmt.Errorf("GitHub App: %w", err)
 	}
 	return app, nil
-}
-
-// noApp answers webhooks when no GitHub App is configured.
-type noApp struct{}
-
-func (noApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	http.Error(w, "this Forge coordinator has no GitHub App credentials (--github-app-id, --github-key-file): webhooks cannot start builds", http.StatusServiceUnavailable)
 }
 
 // readSecret reads the webhook secret; the coordinator does not start

@@ -21,8 +21,9 @@ import (
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/client"
 
-	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/coordinator/github"
+	"github.com/forge-ci/forge/coordinator/web"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/internal/fakegithub"
 	"github.com/forge-ci/forge/internal/testwait"
@@ -206,7 +207,7 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 		if ok, err := r.agent.exited(); ok {
 			t.Fatalf("forge agent returned: %v", err)
 		}
-		var agents []coordinator.AgentInfo
+		var agents []agents.AgentInfo
 		if code, body := r.get("/api/agents"); code != http.StatusOK || json.Unmarshal([]byte(body), &agents) != nil {
 			return false
 		}
@@ -483,10 +484,10 @@ func (r *ghRig) final(sha, statusContext string) (fakegithub.Status, string) {
 }
 
 // build is GET /api/builds/<id>.
-func (r *ghRig) build(id string) coordinator.BuildView {
+func (r *ghRig) build(id string) web.BuildView {
 	r.t.Helper()
 	code, body := r.get("/api/builds/" + id)
-	var b coordinator.BuildView
+	var b web.BuildView
 	if code != http.StatusOK || json.Unmarshal([]byte(body), &b) != nil {
 		r.t.Fatalf("GET /api/builds/%s: %d %s", id, code, body)
 	}
@@ -494,10 +495,10 @@ func (r *ghRig) build(id string) coordinator.BuildView {
 }
 
 // builds is GET /api/builds of this rig's repository.
-func (r *ghRig) builds() []coordinator.BuildView {
+func (r *ghRig) builds() []web.BuildView {
 	r.t.Helper()
 	code, body := r.get("/api/builds?owner=" + r.owner + "&repo=" + r.repo)
-	var bs []coordinator.BuildView
+	var bs []web.BuildView
 	if code != http.StatusOK || json.Unmarshal([]byte(body), &bs) != nil {
 		r.t.Fatalf("GET /api/builds: %d %s", code, body)
 	}
@@ -822,9 +823,9 @@ func (r *ghRig) arrived(h *fakegithub.Hold, what string) {
 }
 
 // waitBuild waits until /api/builds lists a build of sha and returns it.
-func (r *ghRig) waitBuild(sha string) coordinator.BuildView {
+func (r *ghRig) waitBuild(sha string) web.BuildView {
 	r.t.Helper()
-	var b coordinator.BuildView
+	var b web.BuildView
 	ghUntil(r.t, ghWait, "a build of "+sha[:7], func() bool {
 		for _, x := range r.builds() {
 			if x.SHA == sha {

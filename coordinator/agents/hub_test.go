@@ -3,6 +3,7 @@ package agents
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -186,5 +187,35 @@ func TestAgentServerIdentity(t *testing.T) {
 	defer cancel()
 	if err := s.WaitAgent(ctx, "other"); !errors.Is(err, coordinator.ErrNoAgent) {
 		t.Errorf("WaitAgent: %v", err)
+	}
+}
+
+// The agents' list carries what GET /api/agents shows (web serves it as
+// JSON): every field set, the address the agent dialled from.
+func TestHubAgentsList(t *testing.T) {
+	p := newTestPKI(t)
+	s, addr, _ := serveAgents(t, p, verifyFunc(func(string, net.Addr) error { return nil }))
+	if _, _, err := rawAgent(t, p, addr, hello("n1")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "agent bound", func() bool { return len(s.Agents()) == 1 })
+	raw, err := json.Marshal(s.Agents())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []map[string]any
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("%v", got)
+	}
+	for _, k := range []string{"node_id", "hostname", "agent_version", "engine_version", "address", "connected_since"} {
+		if got[0][k] == nil || got[0][k] == "" {
+			t.Errorf("agent lacks %s: %v", k, got[0])
+		}
+	}
+	if got[0]["node_id"] != "n1" || !strings.HasPrefix(got[0]["address"].(string), "127.0.0.1:") {
+		t.Errorf("agent %v", got[0])
 	}
 }

@@ -1,12 +1,14 @@
-// Package coordinator is Forge's coordinator: it turns build requests into
-// one-task swarm services, learns from its agents where each task landed,
-// has that node's agent start the build, and keeps the record and log of
-// every build (DESIGN §2, §3, §6).
-package coordinator
+// Package daemon wires a whole coordinator from one Config: the store,
+// the logs, the agent hub, the build lifecycle, GitHub and the HTTP API.
+// It is the one place that knows them all; `forge coordinator`,
+// `forge run` and the tests use it.
+package daemon
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,15 +21,21 @@ import (
 
 	"github.com/docker/docker/api/types/system"
 
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/github"
+	"github.com/forge-ci/forge/coordinator/lifecycle"
+	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/coordinator/store"
+	"github.com/forge-ci/forge/coordinator/web"
 	"github.com/forge-ci/forge/wire"
 )
 
 // Docker is the part of the manager's Engine API the coordinator uses,
 // through the manager's local socket. *client.Client satisfies it.
 type Docker interface {
-	Swarm
-	SwarmNodes
+	coordinator.Swarm
+	agents.SwarmNodes
 	Info(ctx context.Context) (system.Info, error)
 }
 
@@ -36,7 +44,7 @@ type Docker interface {
 type Config struct {
 	// TLS is the agent listener's configuration (wire.ServerConfig).
 	TLS *tls.Config
-	// Session tunes yamux; nil takes wire's defaults.
+	// Session tunes the agents' sessions; nil takes wire's defaults.
 	Session *wire.SessionConfig
 	// DataDir holds the database and the logs.
 	DataDir string
@@ -45,29 +53,46 @@ type Config struct {
 	// AllowPorts lets configs publish ports.
 	AllowPorts bool
 	Logger     *slog.Logger
-	// Manager settings; zero values take the manager's defaults.
+	// Lifecycle settings; zero values take the lifecycle's defaults.
 	LandTimeout, AgentWait time.Duration
+	// GitHub, when set, takes webhooks and reports to GitHub; without it
+	// webhooks are answered 503.
+	GitHub *GitHub
+	// OnChange, when set, is told of every state change of a build, after
+	// GitHub; OnDispatch of every build's create -> started time, after
+	// the metrics (tests and benchmarks watch with them).
+	OnChange   func(b *coordinator.Build)
+	OnDispatch func(d time.Duration)
 }
 
-// Server is a whole coordinator: store, logs, agent server, build manager
-// and HTTP API.
-type Server struct {
+// GitHub is the GitHub App side of a coordinator.
+type GitHub struct {
+	App       github.GitHub
+	Secret    []byte // the webhook secret
+	PublicURL string // base of the links in statuses
+}
+
+// Coordinator is a whole coordinator.
+type Coordinator struct {
 	Store     *store.Store
-	Logs      *LogStore
-	Agents    *AgentServer
-	Manager   *Manager
-	Metrics   *Metrics
-	API       *API
+	Logs      *logs.Store
+	Agents    *agents.Hub
+	Builds    *lifecycle.Runner
+	Metrics   *web.Metrics
+	API       *web.API
 	LocalNode string // the swarm node the coordinator runs on
 
-	log       *slog.Logger
+	forge    *github.Forge // nil without GitHub
+	reporter *github.Reporter
+	log      *slog.Logger
+
 	closeOnce sync.Once
 	closeErr  error
 }
 
 // New checks that the engine is a swarm manager and assembles a
 // coordinator. Close releases it if Serve is never called.
-func New(ctx context.Context, cfg Config, docker Docker) (*Server, error) {
+func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	if cfg.TLS == nil {
 		return nil, errors.New("coordinator: no TLS configuration for the agent listener")
 	}
@@ -83,9 +108,10 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Server, error) {
 		return nil, fmt.Errorf("coordinator: docker info: %w", err)
 	}
 	if !info.Swarm.ControlAvailable {
-		return nil, fmt.Errorf("coordinator: %w (swarm is %s); run `docker swarm init` (on one machine: docker swarm init --advertise-addr 127.0.0.1)", ErrNotManager, orInactive(string(info.Swarm.LocalNodeState)))
+		return nil, fmt.Errorf("coordinator: %w (swarm is %s); run `docker swarm init` (on one machine: docker swarm init --advertise-addr 127.0.0.1)",
+			coordinator.ErrNotManager, orInactive(string(info.Swarm.LocalNodeState)))
 	}
-	exe, err := NewExecutor(cfg.Executor)
+	exe, err := coordinator.NewExecutor(cfg.Executor)
 	if err != nil {
 		return nil, err
 	}
@@ -101,25 +127,52 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Server, error) {
 		st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
-	s := &Server{Store: st, Logs: &LogStore{Dir: filepath.Join(cfg.DataDir, "logs")}, LocalNode: info.Swarm.NodeID, log: log}
-	s.Agents = &AgentServer{TLS: cfg.TLS, Session: cfg.Session, Logs: s.Logs, Log: log.With("part", "agents"),
-		Verify: &SwarmVerifier{Docker: docker, LocalNodeID: info.Swarm.NodeID}}
-	s.Manager = &Manager{Swarm: docker, Store: st, Logs: s.Logs, Agents: s.Agents, Executor: exe, Instance: instance,
-		Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts, LandTimeout: cfg.LandTimeout, AgentWait: cfg.AgentWait}
-	s.Agents.OnLanded = s.Manager.Landed
-	s.Agents.OnConnect = func(a AgentInfo) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		err := st.AgentConnected(ctx, store.AgentSeen{NodeID: a.NodeID, Hostname: a.Hostname, AgentVersion: a.AgentVersion,
-			EngineVersion: a.EngineVersion, Address: a.Address, LastSeen: a.ConnectedSince})
-		if err != nil {
-			log.Warn("record agent", "node", a.NodeID, "err", err)
+
+	c := &Coordinator{Store: st, Logs: &logs.Store{Dir: filepath.Join(cfg.DataDir, "logs")}, LocalNode: info.Swarm.NodeID, log: log}
+	c.Agents = agents.New(agents.Config{TLS: cfg.TLS, Session: cfg.Session, Logs: c.Logs, Record: st,
+		Log: log.With("part", "agents"), Verify: &agents.SwarmVerifier{Docker: docker, LocalNodeID: info.Swarm.NodeID}})
+	c.Metrics = web.NewMetrics(st, c.Agents)
+	var webhook http.Handler = noApp{}
+	if cfg.GitHub != nil {
+		c.reporter = &github.Reporter{App: cfg.GitHub.App, PublicURL: cfg.GitHub.PublicURL, Log: log.With("part", "github")}
+	}
+	c.Builds = lifecycle.New(lifecycle.Config{Swarm: docker, Store: st, Logs: c.Logs, Agents: c.Agents, Executor: exe,
+		Instance: instance, Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts,
+		LandTimeout: cfg.LandTimeout, AgentWait: cfg.AgentWait,
+		OnChange:   changes(c.reporter, cfg.OnChange),
+		OnDispatch: func(d time.Duration) {
+			c.Metrics.Dispatch.Observe(d.Seconds())
+			if cfg.OnDispatch != nil {
+				cfg.OnDispatch(d)
+			}
+		}})
+	if cfg.GitHub != nil {
+		q := github.NewQueue(0)
+		c.forge = &github.Forge{App: cfg.GitHub.App, Builds: c.Builds, Reporter: c.reporter, Queue: q, Log: log.With("part", "github")}
+		webhook = &github.Webhook{Secret: cfg.GitHub.Secret, Deliveries: st, Queue: q, Log: log.With("part", "webhook")}
+	}
+	c.API = web.New(web.Config{Builds: c.Builds, Store: st, Logs: c.Logs, Agents: c.Agents, Metrics: c.Metrics, Webhook: webhook})
+	return c, nil
+}
+
+// changes is the lifecycle's OnChange: GitHub's statuses, then the
+// caller's own.
+func changes(r *github.Reporter, also func(*coordinator.Build)) func(*coordinator.Build) {
+	return func(b *coordinator.Build) {
+		if r != nil {
+			r.BuildChanged(b)
+		}
+		if also != nil {
+			also(b)
 		}
 	}
-	s.Metrics = NewMetrics(st, s.Agents)
-	s.Manager.OnDispatch = func(d time.Duration) { s.Metrics.Dispatch.Observe(d.Seconds()) }
-	s.API = &API{Agents: s.Agents, Store: st, Logs: s.Logs, Manager: s.Manager, Metrics: s.Metrics}
-	return s, nil
+}
+
+// noApp answers webhooks when no GitHub App is configured.
+type noApp struct{}
+
+func (noApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	http.Error(w, "this Forge coordinator has no GitHub App credentials (--github-app-id, --github-key-file): webhooks cannot start builds", http.StatusServiceUnavailable)
 }
 
 // instanceID reads the coordinator's instance id from the data folder,
@@ -131,12 +184,11 @@ func instanceID(dir string) (string, error) {
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", err
 	}
-	id := newSessionID()
+	var b [8]byte
+	rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
 	return id, os.WriteFile(path, []byte(id), 0o600)
 }
-
-// ErrNotManager: the coordinator's engine is not a swarm manager.
-var ErrNotManager = errors.New("this Docker engine is not a swarm manager")
 
 func orInactive(s string) string {
 	if s == "" {
@@ -146,49 +198,51 @@ func orInactive(s string) string {
 }
 
 // Serve recovers the builds a previous run left in swarm, then serves
-// agents on agentLn and HTTP on httpLn (nil: no HTTP) until ctx ends. It
-// closes the server when it returns. Builds keep running in swarm.
-func (s *Server) Serve(ctx context.Context, httpLn, agentLn net.Listener) error {
-	defer s.Close()
-	if err := s.Manager.Recover(ctx); err != nil {
+// agents on agentLn and HTTP on httpLn (nil: no HTTP), and handles GitHub's
+// events, until ctx ends. It closes the coordinator when it returns.
+// Builds keep running in swarm.
+func (c *Coordinator) Serve(ctx context.Context, httpLn, agentLn net.Listener) error {
+	defer c.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	if c.reporter != nil {
+		// Before Recover: it may finish builds, whose statuses queue.
+		wg.Go(func() { c.reporter.Run(ctx) })
+	}
+	if err := c.Builds.Recover(ctx); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
+	if c.forge != nil {
+		wg.Go(func() { c.forge.Run(ctx) })
+	}
 	errs := make(chan error, 2)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		errs <- s.Agents.Serve(ctx, agentLn)
+	wg.Go(func() {
+		errs <- c.Agents.Serve(ctx, agentLn)
 		cancel()
-	}()
+	})
 	if httpLn != nil {
-		srv := &http.Server{Handler: s.API.Handler(), ReadHeaderTimeout: 10 * time.Second}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		srv := &http.Server{Handler: c.API.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		wg.Go(func() {
 			err := srv.Serve(httpLn)
 			if errors.Is(err, http.ErrServerClosed) {
 				err = nil
 			}
 			errs <- err
 			cancel()
-		}()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		})
+		wg.Go(func() {
 			<-ctx.Done()
 			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer scancel()
 			if err := srv.Shutdown(sctx); err != nil {
 				srv.Close() // followers of live logs do not end by themselves
 			}
-		}()
+		})
 	}
-	s.log.Info("coordinator serving", "agents", agentLn.Addr().String(), "http", addrOf(httpLn), "node", s.LocalNode)
+	c.log.Info("coordinator serving", "agents", agentLn.Addr().String(), "http", addrOf(httpLn), "node", c.LocalNode)
 	<-ctx.Done()
-	s.Manager.Close()
+	c.Builds.Close()
 	wg.Wait()
 	close(errs)
 	var all []error
@@ -206,10 +260,10 @@ func addrOf(ln net.Listener) string {
 }
 
 // Close releases the store and the log files.
-func (s *Server) Close() error {
-	s.closeOnce.Do(func() {
-		s.Manager.Close()
-		s.closeErr = errors.Join(s.Logs.Close(), s.Store.Close())
+func (c *Coordinator) Close() error {
+	c.closeOnce.Do(func() {
+		c.Builds.Close()
+		c.closeErr = errors.Join(c.Logs.Close(), c.Store.Close())
 	})
-	return s.closeErr
+	return c.closeErr
 }

@@ -6,11 +6,11 @@
 //
 //	POST /webhook -> Webhook (answers at once) -> Queue -> Forge workers
 //	    -> App (installation token, .forge.yml) -> Builds.Submit
-//	Manager.OnChange -> Forge.BuildChanged -> status queue -> status senders
+//	lifecycle OnChange -> Reporter.BuildChanged -> status queue -> status senders
 //	    -> App.SetStatus (retried)
 //
-// Forge.Run owns the workers and the senders. The coordinator package does
-// not import this one; the main wires them (see Forge).
+// Forge.Run owns the workers, Reporter.Run the senders; coordinator/daemon
+// wires them.
 package github
 
 import (
@@ -28,7 +28,6 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/config"
-	"github.com/forge-ci/forge/coordinator/store"
 )
 
 // GitHub is what Forge asks of GitHub; *App is the real one.
@@ -39,15 +38,15 @@ type GitHub interface {
 	SetStatus(ctx context.Context, inst int64, owner, repo, sha, state, statusContext, description, targetURL string) error
 }
 
-// Builds runs builds; *coordinator.Manager is one.
+// Builds is what Forge asks of the lifecycle (coordinator.Builds).
 type Builds interface {
-	Submit(ctx context.Context, req coordinator.Request) (*store.Build, error)
+	Submit(ctx context.Context, req coordinator.Request) (*coordinator.Build, error)
 	CancelKey(ctx context.Context, key, reason string)
 }
 
 var (
 	_ GitHub = (*App)(nil)
-	_ Builds = (*coordinator.Manager)(nil)
+	_ Builds = coordinator.Builds(nil)
 )
 
 // Commit status states (DESIGN §3).
@@ -58,34 +57,35 @@ const (
 	StateError   = "error"
 )
 
-// Forge turns webhook events into builds and build changes into commit
-// statuses. Set the fields, then call Run; BuildChanged may be called
-// before Run (statuses wait in the queue).
-//
-// Wiring, in the main:
-//
-//	app, err := github.NewApp(appID, keyPEM, apiBase, nil)
-//	srv, err := coordinator.New(ctx, cfg, docker)
-//	q := github.NewQueue(0)
-//	f := &github.Forge{App: app, Builds: srv.Manager, Queue: q, PublicURL: publicURL, Log: log}
-//	srv.Manager.OnChange = f.BuildChanged
-//	srv.API.Webhook = &github.Webhook{Secret: secret, Deliveries: srv.Store, Queue: q, Log: log}
-//	go f.Run(ctx)
-//	err = srv.Serve(ctx, httpLn, agentLn)
+// Forge turns webhook events into builds. Set the fields, then call Run.
 type Forge struct {
 	App    GitHub
 	Builds Builds
+	// Reporter sends the statuses of configs that cannot build.
+	Reporter *Reporter
 	// Queue is where the Webhook puts events; nil: Run starts no workers.
 	Queue *Queue
-	// PublicURL is the base of target_url links (--public-url); "" sends
-	// statuses without a link.
-	PublicURL string
-	Log       *slog.Logger
+	Log   *slog.Logger
 
 	// Workers handle events concurrently (default 4).
 	Workers int
 	// EventTimeout bounds the handling of one event (default 2 min).
 	EventTimeout time.Duration
+	// MaxSource caps a source download (default DefaultMaxSource).
+	MaxSource int64
+
+	once sync.Once
+}
+
+// Reporter turns build changes into commit statuses. Set the fields,
+// then call Run; BuildChanged may be called before Run (statuses wait in
+// the queue).
+type Reporter struct {
+	App GitHub
+	// PublicURL is the base of target_url links (--public-url); "" sends
+	// statuses without a link.
+	PublicURL string
+	Log       *slog.Logger
 	// StatusQueue bounds the statuses waiting to be sent (default 256);
 	// when it is full, new statuses are dropped with a warning rather
 	// than block a build.
@@ -93,8 +93,6 @@ type Forge struct {
 	// StatusSenders send statuses concurrently (default 4). Statuses of
 	// one commit and context always go through the same sender, in order.
 	StatusSenders int
-	// MaxSource caps a source download (default DefaultMaxSource).
-	MaxSource int64
 
 	once    sync.Once
 	senders []chan statusUpdate
@@ -118,19 +116,27 @@ func (f *Forge) init() {
 		if f.EventTimeout <= 0 {
 			f.EventTimeout = 2 * time.Minute
 		}
-		if f.StatusQueue <= 0 {
-			f.StatusQueue = 256
-		}
-		if f.StatusSenders <= 0 {
-			f.StatusSenders = 4
-		}
 		if f.MaxSource <= 0 {
 			f.MaxSource = DefaultMaxSource
 		}
-		per := max(f.StatusQueue/f.StatusSenders, 1)
-		f.senders = make([]chan statusUpdate, f.StatusSenders)
-		for i := range f.senders {
-			f.senders[i] = make(chan statusUpdate, per)
+	})
+}
+
+func (r *Reporter) init() {
+	r.once.Do(func() {
+		if r.Log == nil {
+			r.Log = slog.New(slog.DiscardHandler)
+		}
+		if r.StatusQueue <= 0 {
+			r.StatusQueue = 256
+		}
+		if r.StatusSenders <= 0 {
+			r.StatusSenders = 4
+		}
+		per := max(r.StatusQueue/r.StatusSenders, 1)
+		r.senders = make([]chan statusUpdate, r.StatusSenders)
+		for i := range r.senders {
+			r.senders[i] = make(chan statusUpdate, per)
 		}
 	})
 }
@@ -153,9 +159,6 @@ func (f *Forge) Run(ctx context.Context) {
 		}
 		wg.Go(func() { f.route(ctx, workers) })
 	}
-	for _, ch := range f.senders {
-		wg.Go(func() { f.send(ctx, ch) })
-	}
 	<-ctx.Done()
 	if f.Queue != nil {
 		for _, ev := range f.Queue.stop() {
@@ -163,9 +166,21 @@ func (f *Forge) Run(ctx context.Context) {
 		}
 	}
 	wg.Wait()
-	for _, ch := range f.senders {
+}
+
+// Run sends queued statuses until ctx ends, then returns once its senders
+// have stopped.
+func (r *Reporter) Run(ctx context.Context) {
+	r.init()
+	var wg sync.WaitGroup
+	for _, ch := range r.senders {
+		wg.Go(func() { r.send(ctx, ch) })
+	}
+	<-ctx.Done()
+	wg.Wait()
+	for _, ch := range r.senders {
 		if n := len(ch); n > 0 {
-			f.Log.Warn("statuses not sent at shutdown", "count", n)
+			r.Log.Warn("statuses not sent at shutdown", "count", n)
 		}
 	}
 }
@@ -277,11 +292,11 @@ func (f *Forge) build(ctx context.Context, ev Event, action string) error {
 		// so the error goes on the pull-request context, forge/execute,
 		// for pushes too: the author learns of it either way.
 		log.Info("invalid "+ConfigFile, "err", err)
-		f.status(statusUpdate{inst: inst, owner: ev.Owner, repo: ev.Repo, sha: ev.SHA, state: StateError,
+		f.Reporter.status(statusUpdate{inst: inst, owner: ev.Owner, repo: ev.Repo, sha: ev.SHA, state: StateError,
 			context: statusContext(config.DefaultAction), desc: config.Summary(err, MaxDescription)})
 		return nil
 	}
-	b := store.Build{Owner: ev.Owner, Repo: ev.Repo, Branch: ev.Branch, SHA: ev.SHA, Action: action,
+	b := coordinator.Subject{Owner: ev.Owner, Repo: ev.Repo, Branch: ev.Branch, SHA: ev.SHA, Action: action,
 		CommitCount: ev.CommitCount, Fork: ev.Fork, Trigger: string(ev.Kind), InstallationID: inst}
 	if ev.Kind == KindPullRequest {
 		b.PullRequest, b.Ref, b.Key = ev.PullRequest, fmt.Sprintf("refs/pull/%d/head", ev.PullRequest), prKey(ev)
@@ -299,11 +314,11 @@ func (f *Forge) build(ctx context.Context, ev Event, action string) error {
 		// (DESIGN §5), so its Request must carry none.
 		log.Info("pull request from a fork", "pr", ev.PullRequest)
 	}
-	req := coordinator.Request{Build: b, Config: cfg, ConfigText: string(data),
+	req := coordinator.Request{Subject: b, Config: cfg, ConfigText: string(data),
 		Source: f.source(inst, ev.Owner, ev.Repo, ev.SHA)}
 	nb, err := f.Builds.Submit(ctx, req)
 	if err != nil {
-		f.status(statusUpdate{inst: inst, owner: ev.Owner, repo: ev.Repo, sha: ev.SHA, state: StateError,
+		f.Reporter.status(statusUpdate{inst: inst, owner: ev.Owner, repo: ev.Repo, sha: ev.SHA, state: StateError,
 			context: statusContext(b.Action), desc: "Forge could not queue the build; see the coordinator's log"})
 		return fmt.Errorf("submit build of %s/%s@%s: %w", ev.Owner, ev.Repo, ev.SHA, err)
 	}
@@ -347,41 +362,41 @@ func statusContext(action string) string {
 	return "forge/" + action
 }
 
-// BuildChanged is the Manager's OnChange: it queues the commit status of
+// BuildChanged is the lifecycle's OnChange: it queues the commit status of
 // the build's new state (queued and running are pending, then success,
 // failure or error with the reason) and returns at once. Builds without a
 // GitHub installation (forge run) get none.
-func (f *Forge) BuildChanged(b *store.Build) {
+func (r *Reporter) BuildChanged(b *coordinator.Build) {
 	if b == nil || b.InstallationID == 0 || b.SHA == "" || b.Owner == "" || b.Repo == "" {
 		return
 	}
-	f.init()
+	r.init()
 	var state, desc string
 	switch b.State {
-	case store.Queued:
+	case coordinator.Queued:
 		state, desc = StatePending, "queued"
-	case store.Running:
+	case coordinator.Running:
 		// Reported once per build: the manager calls OnChange only when
 		// the state moves. The node is not known yet at this point.
 		state, desc = StatePending, "running"
-	case store.Success:
+	case coordinator.Success:
 		state, desc = StateSuccess, or(b.Reason, "passed")
-	case store.Failure:
+	case coordinator.Failure:
 		d := "failed"
 		if b.ExitCode != nil {
 			d = "exit code " + strconv.Itoa(*b.ExitCode)
 		}
 		state, desc = StateFailure, or(b.Reason, d)
-	case store.Error:
+	case coordinator.Error:
 		state, desc = StateError, or(b.Reason, "error")
 	default:
 		return
 	}
 	to := ""
-	if f.PublicURL != "" && b.ID != "" {
-		to = strings.TrimRight(f.PublicURL, "/") + "/builds/" + b.ID
+	if r.PublicURL != "" && b.ID != "" {
+		to = strings.TrimRight(r.PublicURL, "/") + "/builds/" + b.ID
 	}
-	f.status(statusUpdate{inst: b.InstallationID, owner: b.Owner, repo: b.Repo, sha: b.SHA, state: state,
+	r.status(statusUpdate{inst: b.InstallationID, owner: b.Owner, repo: b.Repo, sha: b.SHA, state: state,
 		context: statusContext(b.Action), desc: desc, to: to})
 }
 
@@ -394,27 +409,28 @@ func or(s, def string) string {
 
 // status queues u without waiting. Updates of one commit and context go
 // to the same sender, so they are sent in the order they happened.
-func (f *Forge) status(u statusUpdate) {
+func (r *Reporter) status(u statusUpdate) {
+	r.init()
 	h := fnv.New32a()
 	io.WriteString(h, u.owner+"/"+u.repo+"@"+u.sha+" "+u.context)
-	ch := f.senders[h.Sum32()%uint32(len(f.senders))]
+	ch := r.senders[h.Sum32()%uint32(len(r.senders))]
 	select {
 	case ch <- u:
 	default:
-		f.Log.Warn("status queue full; status dropped", "repo", u.owner+"/"+u.repo, "sha", u.sha,
+		r.Log.Warn("status queue full; status dropped", "repo", u.owner+"/"+u.repo, "sha", u.sha,
 			"context", u.context, "state", u.state)
 	}
 }
 
-func (f *Forge) send(ctx context.Context, ch <-chan statusUpdate) {
+func (r *Reporter) send(ctx context.Context, ch <-chan statusUpdate) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case u := <-ch:
-			err := f.App.SetStatus(ctx, u.inst, u.owner, u.repo, u.sha, u.state, u.context, u.desc, u.to)
+			err := r.App.SetStatus(ctx, u.inst, u.owner, u.repo, u.sha, u.state, u.context, u.desc, u.to)
 			if err != nil && ctx.Err() == nil {
-				f.Log.Warn("commit status not set", "repo", u.owner+"/"+u.repo, "sha", u.sha,
+				r.Log.Warn("commit status not set", "repo", u.owner+"/"+u.repo, "sha", u.sha,
 					"context", u.context, "state", u.state, "err", err)
 			}
 		}

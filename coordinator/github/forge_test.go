@@ -11,7 +11,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/forge-ci/forge/coordinator"
-	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/internal/fakegithub"
 )
 
@@ -25,12 +24,12 @@ type fakeBuilds struct {
 
 func newFakeBuilds() *fakeBuilds { return &fakeBuilds{done: make(chan struct{}, 100)} }
 
-func (f *fakeBuilds) Submit(ctx context.Context, req coordinator.Request) (*store.Build, error) {
+func (f *fakeBuilds) Submit(ctx context.Context, req coordinator.Request) (*coordinator.Build, error) {
 	f.mu.Lock()
 	f.submits = append(f.submits, req)
 	f.mu.Unlock()
-	b := req.Build
-	b.ID, b.State = "20260101T000000-abcdef", store.Queued
+	b := coordinator.Build{Subject: req.Subject}
+	b.ID, b.State = "20260101T000000-abcdef", coordinator.Queued
 	f.done <- struct{}{}
 	return &b, nil
 }
@@ -67,13 +66,14 @@ timeot: 30m
 func newForge(t *testing.T) (*Forge, *fakegithub.Server, *fakeBuilds) {
 	fake := fakegithub.New(t)
 	builds := newFakeBuilds()
-	return &Forge{App: newTestApp(t, fake), Builds: builds, PublicURL: "https://forge.example.com/"}, fake, builds
+	app := newTestApp(t, fake)
+	return &Forge{App: app, Builds: builds, Reporter: &Reporter{App: app, PublicURL: "https://forge.example.com/"}}, fake, builds
 }
 
 // pending counts the statuses queued and not yet taken by a sender.
-func (f *Forge) pending() int {
+func (r *Reporter) pending() int {
 	n := 0
-	for _, ch := range f.senders {
+	for _, ch := range r.senders {
 		n += len(ch)
 	}
 	return n
@@ -84,7 +84,9 @@ func run(t *testing.T, f *Forge) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { f.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	sent := make(chan struct{})
+	go func() { f.Reporter.Run(ctx); close(sent) }()
+	t.Cleanup(func() { cancel(); <-done; <-sent })
 }
 
 func prEvent(file string, t *testing.T) Event {
@@ -116,16 +118,16 @@ func TestPullRequestBuild(t *testing.T) {
 		t.Fatalf("%d submits, want 1", len(subs))
 	}
 	req := subs[0]
-	want := store.Build{Owner: "Codertocat", Repo: "Hello-World", PullRequest: 2, Branch: "changes", SHA: prSHA,
+	want := coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World", PullRequest: 2, Branch: "changes", SHA: prSHA,
 		Ref: "refs/pull/2/head", Action: "execute", CommitCount: 1, Trigger: "pull_request",
 		Key: "Codertocat/Hello-World#2", InstallationID: 1}
-	if req.Build != want {
-		t.Errorf("build\n got %+v\nwant %+v", req.Build, want)
+	if req.Subject != want {
+		t.Errorf("build\n got %+v\nwant %+v", req.Subject, want)
 	}
 	if req.Config == nil || req.Config.Image != "golang:1.22" || req.ConfigText != validConfig {
 		t.Errorf("config %+v / %q", req.Config, req.ConfigText)
 	}
-	if f.pending() != 0 {
+	if f.Reporter.pending() != 0 {
 		t.Errorf("a status was queued for a submitted build (the manager's OnChange does that)")
 	}
 
@@ -162,7 +164,7 @@ func TestPullRequestWithoutInstallation(t *testing.T) {
 		t.Fatal(err)
 	}
 	subs, _ := builds.get()
-	if len(subs) != 1 || subs[0].Build.InstallationID != 1 {
+	if len(subs) != 1 || subs[0].Subject.InstallationID != 1 {
 		t.Fatalf("submits %+v; want one with installation 1 (looked up)", subs)
 	}
 }
@@ -195,8 +197,8 @@ func TestNoConfigNoNothing(t *testing.T) {
 		}
 	}
 	subs, cancels := builds.get()
-	if len(subs)+len(cancels) != 0 || f.pending() != 0 {
-		t.Errorf("a repository without .forge.yml got submits %d, cancels %d, statuses %d", len(subs), len(cancels), f.pending())
+	if len(subs)+len(cancels) != 0 || f.Reporter.pending() != 0 {
+		t.Errorf("a repository without .forge.yml got submits %d, cancels %d, statuses %d", len(subs), len(cancels), f.Reporter.pending())
 	}
 	if n := countRequests(fake, "POST /api/v3/repos/"); n != 0 {
 		t.Errorf("%d writes to GitHub", n)
@@ -227,11 +229,11 @@ func TestPushBuilds(t *testing.T) {
 	if len(subs) != 1 {
 		t.Fatalf("%d submits, want 1", len(subs))
 	}
-	want := store.Build{Owner: "Codertocat", Repo: "Hello-World", Branch: "master", SHA: pushSHA,
+	want := coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World", Branch: "master", SHA: pushSHA,
 		Ref: "refs/heads/master", Action: "deploy", CommitCount: 1, Trigger: "push",
 		Key: "Codertocat/Hello-World@master", InstallationID: 1}
-	if subs[0].Build != want {
-		t.Errorf("build\n got %+v\nwant %+v", subs[0].Build, want)
+	if subs[0].Subject != want {
+		t.Errorf("build\n got %+v\nwant %+v", subs[0].Subject, want)
 	}
 }
 
@@ -251,8 +253,8 @@ func TestPushNothingToBuild(t *testing.T) {
 	if err := f.HandleEvent(context.Background(), Event{Kind: KindPush, Owner: "Codertocat", Repo: "Hello-World", SHA: pushSHA}); err != nil {
 		t.Fatal(err)
 	}
-	if subs, _ := builds.get(); len(subs) != 0 || f.pending() != 0 {
-		t.Errorf("an unmapped branch got %d submits and %d statuses", len(subs), f.pending())
+	if subs, _ := builds.get(); len(subs) != 0 || f.Reporter.pending() != 0 {
+		t.Errorf("an unmapped branch got %d submits and %d statuses", len(subs), f.Reporter.pending())
 	}
 }
 
@@ -260,14 +262,17 @@ func TestBuildChangedStatuses(t *testing.T) {
 	f, fake, _ := newForge(t)
 	fake.FailStatuses(2, "502") // the first status needs three tries
 	run(t, f)
-	b := &store.Build{ID: "20260101T000000-abcdef", Owner: "Codertocat", Repo: "Hello-World", SHA: prSHA,
-		Action: "execute", InstallationID: 1, State: store.Queued}
-	f.BuildChanged(b)
-	b.State = store.Running
-	f.BuildChanged(b)
+	b := &coordinator.Build{
+		ID:      "20260101T000000-abcdef",
+		Subject: coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World", SHA: prSHA, Action: "execute", InstallationID: 1},
+		State:   coordinator.Queued,
+	}
+	f.Reporter.BuildChanged(b)
+	b.State = coordinator.Running
+	f.Reporter.BuildChanged(b)
 	code := 0
-	b.State, b.ExitCode = store.Success, &code
-	f.BuildChanged(b)
+	b.State, b.ExitCode = coordinator.Success, &code
+	f.Reporter.BuildChanged(b)
 
 	want := []struct{ state, desc string }{{"pending", "queued"}, {"pending", "running"}, {"success", "passed"}}
 	for _, w := range want {
@@ -279,14 +284,18 @@ func TestBuildChangedStatuses(t *testing.T) {
 	}
 
 	// Failure and error carry the reason, on the action's context.
-	d := &store.Build{ID: "x2", Owner: "Codertocat", Repo: "Hello-World", SHA: pushSHA, Action: "deploy",
-		InstallationID: 1, State: store.Failure, Reason: "exit code 2"}
-	f.BuildChanged(d)
+	d := &coordinator.Build{
+		ID:      "x2",
+		Subject: coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World", SHA: pushSHA, Action: "deploy", InstallationID: 1},
+		State:   coordinator.Failure,
+		Reason:  "exit code 2",
+	}
+	f.Reporter.BuildChanged(d)
 	if s := fake.NextStatus(t, 10*time.Second); s.State != "failure" || s.Description != "exit code 2" || s.Context != "forge/deploy" {
 		t.Errorf("failure status %+v", s)
 	}
-	d.State, d.Reason = store.Error, "superseded by abc1234"
-	f.BuildChanged(d)
+	d.State, d.Reason = coordinator.Error, "superseded by abc1234"
+	f.Reporter.BuildChanged(d)
 	if s := fake.NextStatus(t, 10*time.Second); s.State != "error" || s.Description != "superseded by abc1234" {
 		t.Errorf("error status %+v", s)
 	}
@@ -297,22 +306,22 @@ func TestBuildChangedStatuses(t *testing.T) {
 
 func TestBuildChangedSkipsLocalBuilds(t *testing.T) {
 	f, _, _ := newForge(t)
-	f.BuildChanged(&store.Build{ID: "r", Owner: "local", Repo: "dir", SHA: prSHA, State: store.Queued, Trigger: "run"})
-	f.BuildChanged(nil)
-	if f.pending() != 0 {
+	f.Reporter.BuildChanged(&coordinator.Build{ID: "r", Subject: coordinator.Subject{Owner: "local", Repo: "dir", SHA: prSHA, Trigger: "run"}, State: coordinator.Queued})
+	f.Reporter.BuildChanged(nil)
+	if f.Reporter.pending() != 0 {
 		t.Errorf("a build without an installation got a status")
 	}
 }
 
 func TestStatusQueueNeverBlocks(t *testing.T) {
 	f, _, _ := newForge(t)
-	f.StatusQueue, f.StatusSenders = 2, 1
-	b := &store.Build{ID: "x", Owner: "Codertocat", Repo: "Hello-World", SHA: prSHA, InstallationID: 1, State: store.Queued}
+	f.Reporter.StatusQueue, f.Reporter.StatusSenders = 2, 1
+	b := &coordinator.Build{ID: "x", Subject: coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World", SHA: prSHA, InstallationID: 1}, State: coordinator.Queued}
 	for range 10 { // no Run: nothing drains the queue
-		f.BuildChanged(b)
+		f.Reporter.BuildChanged(b)
 	}
-	if f.pending() != 2 {
-		t.Errorf("%d statuses queued, want the queue's size, 2", f.pending())
+	if f.Reporter.pending() != 2 {
+		t.Errorf("%d statuses queued, want the queue's size, 2", f.Reporter.pending())
 	}
 }
 
@@ -334,7 +343,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal("no Submit")
 	}
 	subs, _ := builds.get()
-	if len(subs) != 1 || subs[0].Build.Key != "Codertocat/Hello-World#2" {
+	if len(subs) != 1 || subs[0].Subject.Key != "Codertocat/Hello-World#2" {
 		t.Errorf("submits %+v", subs)
 	}
 }

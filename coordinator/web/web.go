@@ -1,7 +1,10 @@
-package coordinator
+// Package web is the coordinator's HTTP edge (DESIGN §3): the API, the
+// pages and the metrics.
+package web
 
 import (
 	"context"
+	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,23 +14,40 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/coordinator/store"
 )
 
-// API serves the coordinator's HTTP edge (DESIGN §3): builds, their logs,
-// cancel, agents, health, metrics and the HTML pages.
-type API struct {
-	Agents  *AgentServer
-	Store   *store.Store
-	Logs    *LogStore
-	Manager *Manager
-	Metrics *Metrics
+// Config is what the handler serves from.
+type Config struct {
+	Builds  coordinator.Builds // cancel, and the end of a followed log
+	Store   *store.Store       // the records
+	Logs    Logs
+	Agents  AgentLister
+	Metrics *Metrics // nil: no /metrics
 	// Webhook, when set, serves POST /webhook.
 	Webhook http.Handler
 }
+
+// Logs is where build output is read (logs.Store).
+type Logs interface {
+	Follow(ctx context.Context, id string, w io.Writer, follow bool) error
+}
+
+// AgentLister lists the connected agents (agents.Hub).
+type AgentLister interface {
+	Agents() []agents.AgentInfo
+}
+
+// API serves the coordinator's HTTP edge: builds, their logs, cancel,
+// agents, health, metrics and the HTML pages.
+type API struct{ cfg Config }
+
+// New returns the API; Handler gives its routes.
+func New(cfg Config) *API { return &API{cfg: cfg} }
 
 // Handler returns the routes.
 func (a *API) Handler() http.Handler {
@@ -37,9 +57,9 @@ func (a *API) Handler() http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /api/agents", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, a.Agents.Agents())
+		writeJSON(w, http.StatusOK, a.cfg.Agents.Agents())
 	})
-	if a.Store != nil {
+	if a.cfg.Store != nil {
 		mux.HandleFunc("GET /api/builds", a.listBuilds)
 		mux.HandleFunc("GET /api/builds/{id}", a.getBuild)
 		mux.HandleFunc("GET /api/builds/{id}/log", a.getLog)
@@ -47,11 +67,11 @@ func (a *API) Handler() http.Handler {
 		mux.HandleFunc("GET /{$}", a.indexPage)
 		mux.HandleFunc("GET /builds/{id}", a.buildPage)
 	}
-	if a.Metrics != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(a.Metrics.Registry, promhttp.HandlerOpts{}))
+	if a.cfg.Metrics != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(a.cfg.Metrics.Registry, promhttp.HandlerOpts{}))
 	}
-	if a.Webhook != nil {
-		mux.Handle("POST /webhook", a.Webhook)
+	if a.cfg.Webhook != nil {
+		mux.Handle("POST /webhook", a.cfg.Webhook)
 	}
 	return mux
 }
@@ -82,7 +102,7 @@ type BuildView struct {
 	Finished    *time.Time `json:"finished,omitempty"`
 }
 
-func viewOf(b *store.Build) BuildView {
+func viewOf(b *coordinator.Build) BuildView {
 	opt := func(t time.Time) *time.Time {
 		if t.IsZero() {
 			return nil
@@ -97,7 +117,7 @@ func viewOf(b *store.Build) BuildView {
 
 func (a *API) listBuilds(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	o := store.ListOptions{Owner: q.Get("owner"), Repo: q.Get("repo"), State: store.State(q.Get("state")), Before: q.Get("before")}
+	o := store.ListOptions{Owner: q.Get("owner"), Repo: q.Get("repo"), State: coordinator.State(q.Get("state")), Before: q.Get("before")}
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
 		if err != nil || n < 1 {
@@ -106,7 +126,7 @@ func (a *API) listBuilds(w http.ResponseWriter, r *http.Request) {
 		}
 		o.Limit = n
 	}
-	bs, err := a.Store.ListBuilds(r.Context(), o)
+	bs, err := a.cfg.Store.ListBuilds(r.Context(), o)
 	if errors.Is(err, store.ErrNotFound) {
 		httpError(w, http.StatusBadRequest, "before %q: no such build", o.Before)
 		return
@@ -123,8 +143,8 @@ func (a *API) listBuilds(w http.ResponseWriter, r *http.Request) {
 }
 
 // build loads the build named in the path, answering 404 itself.
-func (a *API) build(w http.ResponseWriter, r *http.Request) *store.Build {
-	b, err := a.Store.Build(r.Context(), r.PathValue("id"))
+func (a *API) build(w http.ResponseWriter, r *http.Request) *coordinator.Build {
+	b, err := a.cfg.Store.Build(r.Context(), r.PathValue("id"))
 	if errors.Is(err, store.ErrNotFound) {
 		httpError(w, http.StatusNotFound, "no build %q", r.PathValue("id"))
 		return nil
@@ -161,11 +181,11 @@ func (a *API) getLog(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
 		go func() {
-			a.Manager.Wait(ctx, b.ID)
+			a.cfg.Builds.Wait(ctx, b.ID)
 			cancel()
 		}()
 	}
-	err := a.Logs.Follow(ctx, b.ID, fw, follow)
+	err := a.cfg.Logs.Follow(ctx, b.ID, fw, follow)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintf(fw, "\n[forge: log unavailable: %v]\n", err)
 	}
@@ -184,8 +204,8 @@ func (a *API) cancelBuild(w http.ResponseWriter, r *http.Request) {
 	if b == nil {
 		return
 	}
-	err := a.Manager.Cancel(r.Context(), b.ID, "cancelled through the API")
-	if errors.Is(err, ErrNotRunning) {
+	err := a.cfg.Builds.Cancel(r.Context(), b.ID, "cancelled through the API")
+	if errors.Is(err, coordinator.ErrNotRunning) {
 		httpError(w, http.StatusConflict, "build %s is %s already", b.ID, b.State)
 		return
 	}
@@ -208,80 +228,18 @@ func httpError(w http.ResponseWriter, code int, format string, args ...any) {
 	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
 }
 
-// Metrics are the coordinator's Prometheus metrics.
-type Metrics struct {
-	Registry *prometheus.Registry
-	Dispatch prometheus.Histogram
-}
-
-// NewMetrics registers builds by state (read from the store when scraped),
-// the dispatch latency histogram and the connected agents.
-func NewMetrics(st *store.Store, agents *AgentServer) *Metrics {
-	m := &Metrics{Registry: prometheus.NewRegistry()}
-	m.Dispatch = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name:    "forge_dispatch_seconds",
-		Help:    "Time from creating a build's service to its executor running.",
-		Buckets: []float64{.1, .25, .5, .75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300},
-	})
-	m.Registry.MustRegister(m.Dispatch, &stateCollector{st: st},
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "forge_agents_connected", Help: "Agents with a session now."},
-			func() float64 { return float64(len(agents.Agents())) }))
-	return m
-}
-
-var buildsDesc = prometheus.NewDesc("forge_builds", "Builds by state, as recorded.", []string{"state"}, nil)
-
-type stateCollector struct{ st *store.Store }
-
-func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- buildsDesc }
-
-func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	counts, err := c.st.CountByState(ctx)
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(buildsDesc, err)
-		return
-	}
-	for st, n := range counts {
-		ch <- prometheus.MustNewConstMetric(buildsDesc, prometheus.GaugeValue, float64(n), string(st))
-	}
-}
+// pages are the HTML templates. Build output never goes through them:
+// the build page fetches the log as text and sets textContent.
+//
+//go:embed templates/*.html
+var templateFS embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"ago": func(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" },
-}).Parse(`
-{{define "head"}}<!doctype html><html><head><meta charset="utf-8"><title>{{.}} · Forge</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}
-td,th{padding:.3em .8em;text-align:left;border-bottom:1px solid #ddd}pre{background:#111;color:#eee;padding:1em;overflow:auto;white-space:pre-wrap}
-.success{color:#1a7f37}.failure,.error{color:#cf222e}.running,.queued{color:#9a6700}a{color:#0969da}</style></head><body>
-<p><a href="/">Forge</a></p>{{end}}
-{{define "index"}}{{template "head" "Builds"}}<h1>Builds</h1>
-<table><tr><th>Build</th><th>Repository</th><th>Ref</th><th>Action</th><th>State</th><th>Created</th></tr>
-{{range .}}<tr><td><a href="/builds/{{.ID}}">{{.ID}}</a></td><td>{{.Owner}}/{{.Repo}}</td>
-<td>{{if .PullRequest}}#{{.PullRequest}}{{else}}{{.Branch}}{{end}} {{printf "%.7s" .SHA}}</td><td>{{.Action}}</td>
-<td class="{{.State}}">{{.State}}</td><td>{{ago .Created}}</td></tr>{{else}}<tr><td colspan="6">No builds yet.</td></tr>{{end}}
-</table></body></html>{{end}}
-{{define "build"}}{{template "head" .ID}}<h1>Build {{.ID}}</h1>
-<p>{{.Owner}}/{{.Repo}} {{if .PullRequest}}pull request #{{.PullRequest}}{{else}}{{.Branch}}{{end}} at {{.SHA}}, action <b>{{.Action}}</b></p>
-<p>State: <b class="{{.State}}" id="state">{{.State}}</b>{{with .Reason}} ({{.}}){{end}}{{with .ExitCode}}, exit code {{.}}{{end}}
-{{with .NodeID}}· node {{.}}{{end}}</p>
-<p><small>This page shows Forge's record, which the agents feed. Swarm lists every build's task as failed:
-its own start of the container fails by design, before the agent starts the executor.</small></p>
-<pre id="log">loading…</pre>
-<script>
-(async () => {
-  const pre = document.getElementById("log");
-  const res = await fetch("/api/builds/{{.ID}}/log?follow=1");
-  const rd = res.body.getReader(); const dec = new TextDecoder(); pre.textContent = "";
-  for (;;) { const {value, done} = await rd.read(); if (done) break; pre.textContent += dec.decode(value, {stream: true}); }
-  const b = await (await fetch("/api/builds/{{.ID}}")).json();
-  const s = document.getElementById("state"); s.textContent = b.state; s.className = b.state;
-})();
-</script></body></html>{{end}}`))
+}).ParseFS(templateFS, "templates/*.html"))
 
 func (a *API) indexPage(w http.ResponseWriter, r *http.Request) {
-	bs, err := a.Store.ListBuilds(r.Context(), store.ListOptions{Limit: 100})
+	bs, err := a.cfg.Store.ListBuilds(r.Context(), store.ListOptions{Limit: 100})
 	if err != nil {
 		httpError(w, http.StatusInternalServerError, "%v", err)
 		return

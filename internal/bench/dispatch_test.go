@@ -18,8 +18,8 @@ import (
 	"github.com/forge-ci/forge/agent"
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/config"
+	"github.com/forge-ci/forge/coordinator/daemon"
 	"github.com/forge-ci/forge/coordinator/plan"
-	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/internal/dockertest"
 )
 
@@ -130,7 +130,7 @@ type dispatchRig struct {
 	exe   []byte
 	image string
 
-	srv     *coordinator.Server
+	srv     *daemon.Coordinator
 	created *timedSwarm
 }
 
@@ -162,7 +162,7 @@ func (r *dispatchRig) startForge(b *testing.B) {
 	p := newPKI(b)
 	r.created = &timedSwarm{Client: r.cli, at: map[string]time.Time{}}
 	ctx := dockertest.Context(b, 30*time.Second)
-	srv, err := coordinator.New(ctx, coordinator.Config{TLS: p.serverTLS(), DataDir: b.TempDir(), Executor: r.exe}, r.created)
+	srv, err := daemon.New(ctx, daemon.Config{TLS: p.serverTLS(), DataDir: b.TempDir(), Executor: r.exe}, r.created)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -222,8 +222,8 @@ func (r *dispatchRig) forge(b *testing.B, i int) sample {
 	b.Helper()
 	ctx := dockertest.Context(b, 2*time.Minute)
 	yml := fmt.Sprintf(trivialConfig, r.image)
-	bd, err := r.srv.Manager.Submit(ctx, coordinator.Request{
-		Build: store.Build{Owner: "acme", Repo: "widgets", Branch: fmt.Sprintf("forge-%d", i), SHA: benchSHA,
+	bd, err := r.srv.Builds.Submit(ctx, coordinator.Request{
+		Subject: coordinator.Subject{Owner: "acme", Repo: "widgets", Branch: fmt.Sprintf("forge-%d", i), SHA: benchSHA,
 			Action: "execute", Trigger: "api"},
 		Config: r.config(b, r.image), ConfigText: yml, Node: r.node,
 		Labels: map[string]string{dockertest.LabelTest: r.runID},
@@ -232,11 +232,11 @@ func (r *dispatchRig) forge(b *testing.B, i int) sample {
 		b.Fatal(err)
 	}
 	started := r.ev.waitStart(b, bd.ID)
-	final, err := r.srv.Manager.Wait(ctx, bd.ID)
+	final, err := r.srv.Builds.Wait(ctx, bd.ID)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if final.State != store.Success {
+	if final.State != coordinator.Success {
 		b.Fatalf("forge build %s: %s (%s)", bd.ID, final.State, final.Reason)
 	}
 	t0, ok := r.created.createdAt(bd.ID)

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/internal/testwait"
 	"github.com/forge-ci/forge/wire"
@@ -70,8 +70,8 @@ func BenchmarkAgentFootprint(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &coordinator.AgentServer{TLS: wire.ServerConfig(pool, pair), Logs: doneLogs{},
-		Verify: &coordinator.SwarmVerifier{Docker: cli, LocalNodeID: node}}
+	srv := agents.New(agents.Config{TLS: wire.ServerConfig(pool, pair), Logs: doneLogs{},
+		Verify: &agents.SwarmVerifier{Docker: cli, LocalNodeID: node}})
 	ctx, stop := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, ln) }()

@@ -25,6 +25,7 @@ import (
 
 	"github.com/forge-ci/forge/agent"
 	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/internal/testwait"
 	"github.com/forge-ci/forge/wire"
 )
@@ -304,14 +305,14 @@ func memAfterGC() memStats {
 
 // runningServer is an AgentServer serving one listener.
 type runningServer struct {
-	s      *coordinator.AgentServer
+	s      *agents.Hub
 	cancel context.CancelFunc
 	done   chan error
 }
 
 func startAgentServer(b *testing.B, p *pki, ln net.Listener) *runningServer {
 	r := &runningServer{
-		s:    &coordinator.AgentServer{TLS: p.serverTLS(), Verify: anyNode{}, Logs: doneLogs{}},
+		s:    agents.New(agents.Config{TLS: p.serverTLS(), Verify: anyNode{}, Logs: doneLogs{}}),
 		done: make(chan error, 1),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -352,9 +353,10 @@ func (doneLogs) Attach(context.Context, string, *wire.Attach) (*wire.Attached, e
 }
 func (doneLogs) Log(context.Context, string, *wire.Log) error   { return nil }
 func (doneLogs) Exit(context.Context, string, *wire.Exit) error { return nil }
+func (doneLogs) Exited(string) (*wire.Exit, error)              { return nil, nil }
 
 // waitBound waits until n agents are bound to s.
-func waitBound(b *testing.B, s *coordinator.AgentServer, n int, d time.Duration, c *agentsChild) {
+func waitBound(b *testing.B, s *agents.Hub, n int, d time.Duration, c *agentsChild) {
 	b.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -374,7 +376,7 @@ func waitBound(b *testing.B, s *coordinator.AgentServer, n int, d time.Duration,
 
 // runLaunches runs count launches, concurrency at a time, to the agent
 // node(i) names, and returns their round trips in milliseconds.
-func runLaunches(b *testing.B, s *coordinator.AgentServer, exe *coordinator.Executor, count, concurrency int, node func(i int) string, wantExecutor bool) []float64 {
+func runLaunches(b *testing.B, s *agents.Hub, exe *coordinator.Executor, count, concurrency int, node func(i int) string, wantExecutor bool) []float64 {
 	b.Helper()
 	spec := []byte(`{"version":1,"build_id":"x","action":"execute","commands":["true"],"workdir":"/forge/src"}`)
 	out := make([]float64, count)

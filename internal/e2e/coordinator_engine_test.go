@@ -14,13 +14,14 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/config"
-	"github.com/forge-ci/forge/coordinator/store"
+	"github.com/forge-ci/forge/coordinator/daemon"
+	"github.com/forge-ci/forge/coordinator/web"
 	"github.com/forge-ci/forge/internal/dockertest"
 )
 
-// server is a whole coordinator (coordinator.Server) on loopback.
+// server is a whole coordinator (daemon.Coordinator) on loopback.
 type server struct {
-	srv    *coordinator.Server
+	srv    *daemon.Coordinator
 	http   string
 	agents string
 	cancel context.CancelFunc
@@ -29,22 +30,29 @@ type server struct {
 	finals map[string]int // final states recorded, by build
 }
 
-func startServer(t testing.TB, e *env, data, agentAddr string) *server {
+// startServer starts a coordinator; onDispatch, when set, is told of
+// every build's dispatch time.
+func startServer(t testing.TB, e *env, data, agentAddr string, onDispatch ...func(time.Duration)) *server {
 	t.Helper()
 	ctx := dockertest.Context(t, 30*time.Second)
-	srv, err := coordinator.New(ctx, coordinator.Config{TLS: e.pki.serverTLS(), Session: fastSession, DataDir: data,
-		Executor: e.exe.Bytes, Logger: testLogger(t, "coordinator"), AgentWait: 20 * time.Second}, e.cli)
+	s := &server{finals: map[string]int{}}
+	cfg := daemon.Config{TLS: e.pki.serverTLS(), Session: fastSession, DataDir: data,
+		Executor: e.exe.Bytes, Logger: testLogger(t, "coordinator"), AgentWait: 20 * time.Second,
+		OnChange: func(b *coordinator.Build) {
+			if b.State.Final() {
+				s.mu.Lock()
+				s.finals[b.ID]++
+				s.mu.Unlock()
+			}
+		}}
+	for _, f := range onDispatch {
+		cfg.OnDispatch = f
+	}
+	srv, err := daemon.New(ctx, cfg, e.cli)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{srv: srv, finals: map[string]int{}}
-	srv.Manager.OnChange = func(b *store.Build) {
-		if b.State.Final() {
-			s.mu.Lock()
-			s.finals[b.ID]++
-			s.mu.Unlock()
-		}
-	}
+	s.srv = srv
 	if agentAddr == "" {
 		agentAddr = "127.0.0.1:0"
 	}
@@ -74,15 +82,15 @@ func (s *server) stop() {
 	s.cancel = nil
 }
 
-func (s *server) submit(t testing.TB, e *env, yml string, testID string) *store.Build {
+func (s *server) submit(t testing.TB, e *env, yml string, testID string) *coordinator.Build {
 	t.Helper()
 	cfg, err := config.Parse(".forge.yml", []byte(yml))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := s.srv.Manager.Submit(dockertest.Context(t, 30*time.Second), coordinator.Request{
-		Build:  store.Build{Owner: "acme", Repo: "widgets", Branch: "main", SHA: "0123456789abcdef0123456789abcdef01234567", Action: "execute", Trigger: "api"},
-		Config: cfg, ConfigText: yml, Node: e.node, Labels: map[string]string{dockertest.LabelTest: testID},
+	b, err := s.srv.Builds.Submit(dockertest.Context(t, 30*time.Second), coordinator.Request{
+		Subject: coordinator.Subject{Owner: "acme", Repo: "widgets", Branch: "main", SHA: "0123456789abcdef0123456789abcdef01234567", Action: "execute", Trigger: "api"},
+		Config:  cfg, ConfigText: yml, Node: e.node, Labels: map[string]string{dockertest.LabelTest: testID},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +116,7 @@ func waitStarted(t testing.TB, s *server, id string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		var v coordinator.BuildView
+		var v web.BuildView
 		getJSON(t, s.http+"/api/builds/"+id, &v)
 		if v.Started != nil {
 			return
@@ -140,11 +148,11 @@ func TestCoordinatorRestartMidBuild(t *testing.T) {
 
 	s2 := startServer(t, e, data, s1.agents)
 	ctx := dockertest.Context(t, 2*time.Minute)
-	final, err := s2.srv.Manager.Wait(ctx, b.ID)
+	final, err := s2.srv.Builds.Wait(ctx, b.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if final.State != store.Failure || final.ExitCode == nil || *final.ExitCode != 5 {
+	if final.State != coordinator.Failure || final.ExitCode == nil || *final.ExitCode != 5 {
 		t.Fatalf("after the restart: %s (%s) exit %v, want failure 5", final.State, final.Reason, final.ExitCode)
 	}
 	resp, err := http.Get(s2.http + "/api/builds/" + b.ID + "/log")
@@ -204,7 +212,7 @@ func TestHTTPAPI(t *testing.T) {
 			t.Fatal("no live log")
 		}
 	}
-	var list []coordinator.BuildView
+	var list []web.BuildView
 	if code := getJSON(t, s.http+"/api/builds?limit=5", &list); code != 200 || len(list) == 0 || list[0].ID != b.ID || list[0].State != "running" {
 		t.Fatalf("list: %d %+v", code, list)
 	}
@@ -219,11 +227,11 @@ func TestHTTPAPI(t *testing.T) {
 	// The follower ends with the build.
 	for range lines {
 	}
-	final, err := s.srv.Manager.Wait(dockertest.Context(t, time.Minute), b.ID)
+	final, err := s.srv.Builds.Wait(dockertest.Context(t, time.Minute), b.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if final.State != store.Error || !strings.Contains(final.Reason, "cancelled") {
+	if final.State != coordinator.Error || !strings.Contains(final.Reason, "cancelled") {
 		t.Errorf("after cancel: %s (%s)", final.State, final.Reason)
 	}
 	r, _ = http.Post(s.http+"/api/builds/"+b.ID+"/cancel", "", nil)

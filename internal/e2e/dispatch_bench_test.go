@@ -15,20 +15,19 @@ import (
 // and start. It reports the median and p90 in milliseconds.
 func BenchmarkDispatch(b *testing.B) {
 	e := newEnv(b)
-	s := startServer(b, e, b.TempDir(), "")
-	startAgent(b, e.pki, s.agents, nil, nil)
 	var mu sync.Mutex
 	var samples []time.Duration
-	s.srv.Manager.OnDispatch = func(d time.Duration) {
+	s := startServer(b, e, b.TempDir(), "", func(d time.Duration) {
 		mu.Lock()
 		samples = append(samples, d)
 		mu.Unlock()
-	}
+	})
+	startAgent(b, e.pki, s.agents, nil, nil)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		id := dockertest.ID(b)
 		bd := s.submit(b, e, "image: "+e.image+"\nexecute: [\"true\"]\n", id)
-		if _, err := s.srv.Manager.Wait(dockertest.Context(b, time.Minute), bd.ID); err != nil {
+		if _, err := s.srv.Builds.Wait(dockertest.Context(b, time.Minute), bd.ID); err != nil {
 			b.Fatal(err)
 		}
 		dockertest.RemoveLabelled(dockertest.Context(b, time.Minute), e.cli, dockertest.LabelTest+"="+id)

@@ -12,12 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/internal/syncbuf"
 
 	"github.com/docker/docker/client"
 
 	"github.com/forge-ci/forge/agent"
-	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/wire"
 )
@@ -80,17 +81,19 @@ var fastSession = &wire.SessionConfig{KeepAliveInterval: 300 * time.Millisecond,
 // loopback; restart stops and starts its listener on the same address.
 type coord struct {
 	t      testing.TB
-	server *coordinator.AgentServer
-	logs   *coordinator.LogStore
+	server *agents.Hub
+	logs   *logs.Store
+	exits  *exitCounter // the hub's view of logs: counts the exits recorded
 	addr   string
 	cancel context.CancelFunc
 	done   chan error
 }
 
-func startCoord(t testing.TB, p *pki, verify coordinator.NodeVerifier, addr string) *coord {
+func startCoord(t testing.TB, p *pki, verify agents.NodeVerifier, addr string) *coord {
 	t.Helper()
-	c := &coord{t: t, logs: &coordinator.LogStore{Dir: t.TempDir()}}
-	c.server = &coordinator.AgentServer{TLS: p.serverTLS(), Session: fastSession, Verify: verify, Logs: c.logs, Log: testLogger(t, "coordinator")}
+	c := &coord{t: t, logs: &logs.Store{Dir: t.TempDir()}}
+	c.exits = &exitCounter{Store: c.logs, recorded: map[string]int{}}
+	c.server = agents.New(agents.Config{TLS: p.serverTLS(), Session: fastSession, Verify: verify, Logs: c.exits, Log: testLogger(t, "coordinator")})
 	c.listen(addr)
 	t.Cleanup(func() { c.stop(); c.logs.Close() })
 	return c
@@ -192,8 +195,8 @@ func localNode(t testing.TB, cli *client.Client) string {
 	return info.Swarm.NodeID
 }
 
-func swarmVerifier(cli *client.Client, node string) *coordinator.SwarmVerifier {
-	return &coordinator.SwarmVerifier{Docker: cli, LocalNodeID: node}
+func swarmVerifier(cli *client.Client, node string) *agents.SwarmVerifier {
+	return &agents.SwarmVerifier{Docker: cli, LocalNodeID: node}
 }
 
 // waitAgent waits until an agent of node is bound.

@@ -15,45 +15,21 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/wire"
 )
 
-// landings collects Landed reports by build id.
-type landings struct {
-	mu sync.Mutex
-	m  map[string]chan string
-}
-
-func (l *landings) ch(build string) chan string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.m == nil {
-		l.m = map[string]chan string{}
-	}
-	if l.m[build] == nil {
-		l.m[build] = make(chan string, 4)
-	}
-	return l.m[build]
-}
-
-func (l *landings) landed(node string, m wire.Landed) {
-	select {
-	case l.ch(m.BuildID) <- m.ContainerID:
-	default:
-	}
-}
-
 // exitCounter counts the exits the store actually records.
 type exitCounter struct {
-	*coordinator.LogStore
+	*logs.Store
 	mu       sync.Mutex
 	recorded map[string]int
 }
 
 func (e *exitCounter) Exit(ctx context.Context, id string, x *wire.Exit) error {
-	before, _ := e.LogStore.Exited(id)
-	if err := e.LogStore.Exit(ctx, id, x); err != nil {
+	before, _ := e.Store.Exited(id)
+	if err := e.Store.Exit(ctx, id, x); err != nil {
 		return err
 	}
 	if before == nil {
@@ -70,13 +46,12 @@ type env struct {
 	pki   *pki
 	exe   *coordinator.Executor
 	image string
-	land  *landings
 }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	cli := dockertest.Client(t)
-	e := &env{cli: cli, node: localNode(t, cli), pki: newPKI(t), land: &landings{}}
+	e := &env{cli: cli, node: localNode(t, cli), pki: newPKI(t)}
 	exe, err := coordinator.NewExecutor(dockertest.Forgexec(t))
 	if err != nil {
 		t.Fatal(err)
@@ -87,9 +62,7 @@ func newEnv(t testing.TB) *env {
 }
 
 func (e *env) coord(t testing.TB, addr string) *coord {
-	c := startCoord(t, e.pki, swarmVerifier(e.cli, e.node), addr)
-	c.server.OnLanded = e.land.landed
-	return c
+	return startCoord(t, e.pki, swarmVerifier(e.cli, e.node), addr)
 }
 
 func spec(t testing.TB, buildID string, cmds ...string) []byte {
@@ -110,9 +83,12 @@ func (e *env) build(t testing.TB, c *coord) (buildID, containerID string) {
 	if err := c.logs.Create(buildID); err != nil {
 		t.Fatal(err)
 	}
+	landed, stop := c.server.Landings(buildID)
+	defer stop()
 	dockertest.BuildService(t, e.cli, e.image, buildID, id)
 	select {
-	case containerID = <-e.land.ch(buildID):
+	case l := <-landed:
+		containerID = l.Container
 	case <-time.After(30 * time.Second):
 		t.Fatalf("no Landed report for %s", buildID)
 	}
@@ -350,8 +326,7 @@ func checkLines(t testing.TB, out string, n int) {
 func TestSessionDropMidBuild(t *testing.T) {
 	e := newEnv(t)
 	c := e.coord(t, "")
-	counter := &exitCounter{LogStore: c.logs, recorded: map[string]int{}}
-	c.server.Logs = counter
+	counter := c.exits
 	p := startProxy(t, c.addr)
 	startAgent(t, e.pki, p.addr(), nil, nil)
 	waitAgent(t, c, e.node, 30*time.Second)

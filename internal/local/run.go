@@ -28,7 +28,7 @@ import (
 	"github.com/forge-ci/forge/agent"
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/config"
-	"github.com/forge-ci/forge/coordinator/store"
+	"github.com/forge-ci/forge/coordinator/daemon"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -94,7 +94,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 	defer os.RemoveAll(data)
 	setup, cancelSetup := context.WithTimeout(ctx, 30*time.Second)
 	defer cancelSetup()
-	srv, err := coordinator.New(setup, coordinator.Config{
+	srv, err := daemon.New(setup, daemon.Config{
 		TLS: wire.ServerConfig(pki.ca.Pool(), pki.coordinator), DataDir: data, Executor: o.Executor,
 		Logger: o.Logger.With("side", "coordinator"),
 	}, o.Docker)
@@ -140,8 +140,8 @@ func Run(ctx context.Context, o Options) (int, error) {
 		return 1, fmt.Errorf("the in-process agent did not connect: %w", err)
 	}
 
-	b, err := srv.Manager.Submit(ctx, coordinator.Request{
-		Build: store.Build{Owner: "local", Repo: repoName(o.Dir), Branch: "local", SHA: src.sha,
+	b, err := srv.Builds.Submit(ctx, coordinator.Request{
+		Subject: coordinator.Subject{Owner: "local", Repo: repoName(o.Dir), Branch: "local", SHA: src.sha,
 			Ref: "local", Action: o.Action, Trigger: "run"},
 		Config: cfg, ConfigText: string(raw), Source: src.open, Node: srv.LocalNode, Labels: o.Labels,
 	})
@@ -161,14 +161,14 @@ func Run(ctx context.Context, o Options) (int, error) {
 		defer close(logDone)
 		srv.Logs.Follow(logCtx, b.ID, o.Stdout, true)
 	}()
-	final, err := srv.Manager.Wait(ctx, b.ID)
+	final, err := srv.Builds.Wait(ctx, b.ID)
 	interrupted := false
 	if err != nil && ctx.Err() != nil {
 		interrupted = true
 		fmt.Fprintf(o.Stderr, "forge: interrupted: cancelling build %s\n", b.ID)
-		srv.Manager.Cancel(context.Background(), b.ID, "cancelled (interrupted)")
+		srv.Builds.Cancel(context.Background(), b.ID, "cancelled (interrupted)")
 		wctx, wcancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		final, err = srv.Manager.Wait(wctx, b.ID)
+		final, err = srv.Builds.Wait(wctx, b.ID)
 		wcancel()
 	}
 	// Whatever output was stored is shown before the verdict.
@@ -184,15 +184,15 @@ func Run(ctx context.Context, o Options) (int, error) {
 	return verdict(o.Stderr, final, interrupted), nil
 }
 
-func verdict(w io.Writer, b *store.Build, interrupted bool) int {
+func verdict(w io.Writer, b *coordinator.Build, interrupted bool) int {
 	switch {
-	case b.State == store.Success:
+	case b.State == coordinator.Success:
 		fmt.Fprintf(w, "forge: build %s passed\n", b.ID)
 		return 0
 	case interrupted:
 		fmt.Fprintf(w, "forge: build %s cancelled\n", b.ID)
 		return ExitInterrupted
-	case b.State == store.Failure:
+	case b.State == coordinator.Failure:
 		fmt.Fprintf(w, "forge: build %s failed: %s\n", b.ID, b.Reason)
 		return *b.ExitCode
 	default:

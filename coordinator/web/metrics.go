@@ -1,0 +1,49 @@
+package web
+
+import (
+	"context"
+	"time"
+
+	"github.com/forge-ci/forge/coordinator/store"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the coordinator's Prometheus metrics.
+type Metrics struct {
+	Registry *prometheus.Registry
+	Dispatch prometheus.Histogram
+}
+
+// NewMetrics registers builds by state (read from the store when scraped),
+// the dispatch latency histogram and the connected agents.
+func NewMetrics(st *store.Store, agents AgentLister) *Metrics {
+	m := &Metrics{Registry: prometheus.NewRegistry()}
+	m.Dispatch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "forge_dispatch_seconds",
+		Help:    "Time from creating a build's service to its executor running.",
+		Buckets: []float64{.1, .25, .5, .75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300},
+	})
+	m.Registry.MustRegister(m.Dispatch, &stateCollector{st: st},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "forge_agents_connected", Help: "Agents with a session now."},
+			func() float64 { return float64(len(agents.Agents())) }))
+	return m
+}
+
+var buildsDesc = prometheus.NewDesc("forge_builds", "Builds by state, as recorded.", []string{"state"}, nil)
+
+type stateCollector struct{ st *store.Store }
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- buildsDesc }
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	counts, err := c.st.CountByState(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(buildsDesc, err)
+		return
+	}
+	for st, n := range counts {
+		ch <- prometheus.MustNewConstMetric(buildsDesc, prometheus.GaugeValue, float64(n), string(st))
+	}
+}
