@@ -1,0 +1,257 @@
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/store"
+)
+
+// fakeBuilds is the lifecycle, with function fields.
+type fakeBuilds struct {
+	cancel func(ctx context.Context, id, reason string) error
+	wait   func(ctx context.Context, id string) (*coordinator.Build, error)
+}
+
+func (f *fakeBuilds) Submit(context.Context, coordinator.Request) (*coordinator.Build, error) {
+	return nil, errors.New("not in these tests")
+}
+func (f *fakeBuilds) Cancel(ctx context.Context, id, reason string) error { return f.cancel(ctx, id, reason) }
+func (f *fakeBuilds) CancelKey(context.Context, string, string)           {}
+func (f *fakeBuilds) Wait(ctx context.Context, id string) (*coordinator.Build, error) {
+	return f.wait(ctx, id)
+}
+
+// fakeLogs serves fixed output per build; follow waits for ctx.
+type fakeLogs map[string]string
+
+func (f fakeLogs) Follow(ctx context.Context, id string, w io.Writer, follow bool) error {
+	out, ok := f[id]
+	if !ok {
+		return fmt.Errorf("no log of %s", id)
+	}
+	io.WriteString(w, out)
+	if follow {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return nil
+}
+
+type fakeAgents []agents.AgentInfo
+
+func (f fakeAgents) Agents() []agents.AgentInfo { return f }
+
+type apiEnv struct {
+	t       *testing.T
+	st      *store.Store
+	url     string
+	mu      sync.Mutex
+	cancels []string
+}
+
+func newAPIEnv(t *testing.T, builds ...*coordinator.Build) *apiEnv {
+	t.Helper()
+	st, err := store.Open(":memory:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	e := &apiEnv{t: t, st: st}
+	for _, b := range builds {
+		if err := st.CreateBuild(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fb := &fakeBuilds{
+		cancel: func(ctx context.Context, id, reason string) error {
+			b, err := st.Build(ctx, id)
+			if err != nil {
+				return err
+			}
+			if b.State.Final() {
+				return fmt.Errorf("%w: %s", coordinator.ErrNotRunning, id)
+			}
+			e.mu.Lock()
+			e.cancels = append(e.cancels, id+"|"+reason)
+			e.mu.Unlock()
+			return nil
+		},
+		wait: func(ctx context.Context, id string) (*coordinator.Build, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+	}
+	lg := fakeLogs{}
+	for _, b := range builds {
+		lg[b.ID] = "output of " + b.ID + "\n<b>not html</b>\n"
+	}
+	ag := fakeAgents{{NodeID: "n1", Hostname: "h1", AgentVersion: "v", EngineVersion: "20.10", Address: "10.0.0.1:1234",
+		ConnectedSince: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
+	webhook := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
+	api := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, Metrics: NewMetrics(st, ag), Webhook: webhook})
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	e.url = srv.URL
+	return e
+}
+
+func (e *apiEnv) do(method, path string) (int, http.Header, string) {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.url+path, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(body)
+}
+
+func build(id string, st coordinator.State, created time.Time) *coordinator.Build {
+	return &coordinator.Build{ID: id, State: st, Created: created,
+		Subject: coordinator.Subject{Owner: "acme", Repo: "widgets", SHA: "0123456789abcdef0123456789abcdef01234567", Action: "execute", Trigger: "api"}}
+}
+
+func TestAPIBuilds(t *testing.T) {
+	t0 := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	code := 2
+	failed := build("b1", coordinator.Failure, t0)
+	failed.ExitCode, failed.Reason = &code, "exit code 2"
+	e := newAPIEnv(t, failed, build("b2", coordinator.Running, t0.Add(time.Second)), build("b3", coordinator.Queued, t0.Add(2*time.Second)))
+
+	status, hdr, body := e.do("GET", "/api/builds")
+	var list []BuildView
+	if status != 200 || hdr.Get("Content-Type") != "application/json" || json.Unmarshal([]byte(body), &list) != nil {
+		t.Fatalf("list: %d %s %s", status, hdr.Get("Content-Type"), body)
+	}
+	if len(list) != 3 || list[0].ID != "b3" || list[2].ID != "b1" {
+		t.Fatalf("list not newest first: %+v", list)
+	}
+	if list[2].State != "failure" || list[2].ExitCode == nil || *list[2].ExitCode != 2 || list[2].Reason != "exit code 2" {
+		t.Errorf("failed build shown as %+v", list[2])
+	}
+	status, _, body = e.do("GET", "/api/builds?state=running")
+	if status != 200 || !strings.Contains(body, `"b2"`) || strings.Contains(body, `"b1"`) {
+		t.Errorf("state filter: %d %s", status, body)
+	}
+	status, _, body = e.do("GET", "/api/builds?limit=1&before=b3")
+	if status != 200 || json.Unmarshal([]byte(body), &list) != nil || len(list) != 1 || list[0].ID != "b2" {
+		t.Errorf("limit and before: %d %s", status, body)
+	}
+	for q, want := range map[string]string{"limit=0": "limit", "limit=x": "limit", "before=nope": "no such build"} {
+		status, _, body = e.do("GET", "/api/builds?"+q)
+		if status != 400 || !strings.Contains(body, want) || !strings.Contains(body, `"error"`) {
+			t.Errorf("?%s: %d %s", q, status, body)
+		}
+	}
+
+	status, _, body = e.do("GET", "/api/builds/b1")
+	var v BuildView
+	if status != 200 || json.Unmarshal([]byte(body), &v) != nil || v.ID != "b1" || v.Owner != "acme" || v.Started != nil {
+		t.Errorf("one build: %d %s", status, body)
+	}
+	status, _, body = e.do("GET", "/api/builds/nope")
+	if status != 404 || !strings.Contains(body, "no build") {
+		t.Errorf("unknown build: %d %s", status, body)
+	}
+}
+
+func TestAPILog(t *testing.T) {
+	e := newAPIEnv(t, build("b1", coordinator.Success, time.Now()))
+	status, hdr, body := e.do("GET", "/api/builds/b1/log")
+	if status != 200 || !strings.HasPrefix(hdr.Get("Content-Type"), "text/plain") || hdr.Get("X-Content-Type-Options") != "nosniff" {
+		t.Fatalf("log: %d %v", status, hdr)
+	}
+	if body != "output of b1\n<b>not html</b>\n" {
+		t.Errorf("log body %q", body)
+	}
+	// A finished build's log is not followed, even when asked to.
+	status, _, body = e.do("GET", "/api/builds/b1/log?follow=1")
+	if status != 200 || body != "output of b1\n<b>not html</b>\n" {
+		t.Errorf("follow of a finished build: %d %q", status, body)
+	}
+	if status, _, _ := e.do("GET", "/api/builds/nope/log"); status != 404 {
+		t.Errorf("log of an unknown build: %d", status)
+	}
+}
+
+func TestAPICancel(t *testing.T) {
+	e := newAPIEnv(t, build("run", coordinator.Running, time.Now()), build("done", coordinator.Success, time.Now()))
+	status, _, body := e.do("POST", "/api/builds/run/cancel")
+	if status != 202 || !strings.Contains(body, "cancelling") {
+		t.Errorf("cancel: %d %s", status, body)
+	}
+	status, _, body = e.do("POST", "/api/builds/done/cancel")
+	if status != 409 || !strings.Contains(body, "success already") {
+		t.Errorf("cancel of a finished build: %d %s", status, body)
+	}
+	if status, _, _ := e.do("POST", "/api/builds/nope/cancel"); status != 404 {
+		t.Errorf("cancel of an unknown build: %d", status)
+	}
+	if status, _, _ := e.do("GET", "/api/builds/run/cancel"); status != 405 {
+		t.Errorf("GET of cancel: %d", status)
+	}
+	if len(e.cancels) != 1 || e.cancels[0] != "run|cancelled through the API" {
+		t.Errorf("cancels reaching the lifecycle: %v", e.cancels)
+	}
+}
+
+func TestAPIAgentsHealthMetricsWebhook(t *testing.T) {
+	e := newAPIEnv(t, build("b1", coordinator.Queued, time.Now()))
+	status, hdr, body := e.do("GET", "/api/agents")
+	var got []map[string]any
+	if status != 200 || hdr.Get("Content-Type") != "application/json" || json.Unmarshal([]byte(body), &got) != nil || len(got) != 1 {
+		t.Fatalf("agents: %d %s", status, body)
+	}
+	for _, k := range []string{"node_id", "hostname", "agent_version", "engine_version", "address", "connected_since"} {
+		if got[0][k] == nil || got[0][k] == "" {
+			t.Errorf("agent lacks %s: %v", k, got[0])
+		}
+	}
+	if status, _, body := e.do("GET", "/healthz"); status != 200 || body != "ok\n" {
+		t.Errorf("healthz: %d %q", status, body)
+	}
+	status, _, body = e.do("GET", "/metrics")
+	if status != 200 || !strings.Contains(body, `forge_builds{state="queued"} 1`) || !strings.Contains(body, "forge_agents_connected 1") ||
+		!strings.Contains(body, "forge_dispatch_seconds") {
+		t.Errorf("metrics: %d %s", status, body)
+	}
+	if status, _, _ := e.do("POST", "/webhook"); status != 202 {
+		t.Errorf("webhook: %d", status)
+	}
+}
+
+func TestPages(t *testing.T) {
+	b := build("b1", coordinator.Running, time.Now())
+	b.Owner = "<script>alert(1)</script>"
+	e := newAPIEnv(t, b)
+	status, hdr, body := e.do("GET", "/")
+	if status != 200 || !strings.HasPrefix(hdr.Get("Content-Type"), "text/html") || !strings.Contains(body, `href="/builds/b1"`) {
+		t.Errorf("index: %d %s", status, body)
+	}
+	if strings.Contains(body, "<script>alert(1)") {
+		t.Error("the index page renders a repository owner as HTML")
+	}
+	status, _, body = e.do("GET", "/builds/b1")
+	if status != 200 || !strings.Contains(body, "Build b1") || !strings.Contains(body, `/api/builds/b1/log?follow=1`) {
+		t.Errorf("build page: %d %s", status, body)
+	}
+	if status, _, _ := e.do("GET", "/builds/nope"); status != 404 {
+		t.Errorf("page of an unknown build: %d", status)
+	}
+}
