@@ -376,7 +376,7 @@ func (r *Reporter) BuildChanged(b *coordinator.Build) {
 	case coordinator.Queued:
 		state, desc = StatePending, "queued"
 	case coordinator.Running:
-		// Reported once per build: the manager calls OnChange only when
+		// Reported once per build: the lifecycle calls OnChange only when
 		// the state moves. The node is not known yet at this point.
 		state, desc = StatePending, "running"
 	case coordinator.Success:
