@@ -1,0 +1,272 @@
+package buildsim
+
+import (
+	"context"
+	"io"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/logs"
+	"github.com/forge-ci/forge/wire"
+)
+
+// LaunchCall is one Launch the lifecycle made.
+type LaunchCall struct {
+	Node   string
+	Req    coordinator.LaunchRequest
+	Source []byte // what Req.Source held
+	// RemovedBefore counts ServiceRemove calls of the build's service
+	// before the launch.
+	RemovedBefore int
+}
+
+// CancelCall is one Cancel the lifecycle made.
+type CancelCall struct {
+	Node, Build, Container string
+	Grace                  time.Duration
+}
+
+// Agents simulates the agents of every node (coordinator.Agents). By
+// default an agent is there on every node, starts every build and never
+// reports an exit, and a Cancel stops the container, which exits 143;
+// the function fields say otherwise. Set them before the lifecycle uses
+// the agents, or later with the Set methods. What an agent reports
+// (Report) goes into the real logs.Store and then to WaitExit's waiters,
+// as agents.Hub does.
+type Agents struct {
+	// WaitAgentFunc, when set, replaces "the agent is there".
+	WaitAgentFunc func(ctx context.Context, node string) error
+	// LaunchFunc, when set, is what the agent does with a Launch (after
+	// it is recorded); nil: started, no exit yet.
+	LaunchFunc func(ctx context.Context, node string, req coordinator.LaunchRequest) (*coordinator.LaunchResult, error)
+	// CancelFunc, when set, is what the agent does with a Cancel (after it
+	// is recorded); nil: the container is stopped and exits 143.
+	CancelFunc func(ctx context.Context, c CancelCall) (*wire.Cancelled, error)
+
+	t    testing.TB
+	logs *logs.Store
+	sw   *Swarm
+	bg   sync.WaitGroup // Report's writers
+
+	mu       sync.Mutex
+	waits    []string
+	launches []LaunchCall
+	cancels  []CancelCall
+	landings map[string]chan coordinator.Landing // the one watcher of each build
+	exits    map[string][]chan wire.Exit         // WaitExit's waiters of each build
+}
+
+var _ coordinator.Agents = (*Agents)(nil)
+
+// NewAgents returns agents that report into ls and see sw's services; the
+// end of the test waits for their reports to be written.
+func NewAgents(t testing.TB, ls *logs.Store, sw *Swarm) *Agents {
+	a := &Agents{t: t, logs: ls, sw: sw,
+		landings: map[string]chan coordinator.Landing{}, exits: map[string][]chan wire.Exit{}}
+	t.Cleanup(a.bg.Wait)
+	return a
+}
+
+// WaitAgent implements coordinator.Agents.
+func (a *Agents) WaitAgent(ctx context.Context, node string) error {
+	a.mu.Lock()
+	a.waits = append(a.waits, node)
+	wait := a.WaitAgentFunc
+	a.mu.Unlock()
+	if wait != nil {
+		return wait(ctx, node)
+	}
+	return nil
+}
+
+// Launch implements coordinator.Agents: it reads the source whole.
+func (a *Agents) Launch(ctx context.Context, node string, req coordinator.LaunchRequest) (*coordinator.LaunchResult, error) {
+	var src []byte
+	if req.Source != nil {
+		var err error
+		if src, err = io.ReadAll(req.Source); err != nil {
+			a.t.Errorf("read the source of %s: %v", req.BuildID, err)
+		}
+	}
+	removed := 0
+	if svc := a.sw.Service(req.BuildID); svc != nil {
+		removed = a.sw.Removals(svc.ID)
+	}
+	a.mu.Lock()
+	a.launches = append(a.launches, LaunchCall{Node: node, Req: req, Source: src, RemovedBefore: removed})
+	launch := a.LaunchFunc
+	a.mu.Unlock()
+	if launch != nil {
+		return launch(ctx, node, req)
+	}
+	return started(req), nil
+}
+
+func started(req coordinator.LaunchRequest) *coordinator.LaunchResult {
+	return &coordinator.LaunchResult{Started: wire.Started{ContainerID: req.ContainerID, StartedAt: time.Now()}}
+}
+
+// Cancel implements coordinator.Agents.
+func (a *Agents) Cancel(ctx context.Context, node, build, container string, grace time.Duration) (*wire.Cancelled, error) {
+	c := CancelCall{Node: node, Build: build, Container: container, Grace: grace}
+	a.mu.Lock()
+	a.cancels = append(a.cancels, c)
+	cancel := a.CancelFunc
+	a.mu.Unlock()
+	if cancel != nil {
+		return cancel(ctx, c)
+	}
+	code := 143
+	a.Report(build, "terminated\n", &wire.Exit{ExitCode: code})
+	return &wire.Cancelled{ExitCode: &code}, nil
+}
+
+// Landings implements coordinator.Agents, as agents.Hub does: one
+// watcher per build, whose channel holds a few reports.
+func (a *Agents) Landings(buildID string) (<-chan coordinator.Landing, func()) {
+	ch := make(chan coordinator.Landing, 4)
+	a.mu.Lock()
+	a.landings[buildID] = ch
+	a.mu.Unlock()
+	return ch, func() {
+		a.mu.Lock()
+		if a.landings[buildID] == ch {
+			delete(a.landings, buildID)
+		}
+		a.mu.Unlock()
+	}
+}
+
+// Landed is the agent of nodeID reporting that it saw l's container
+// created: it goes to the build's watcher, if any, and is dropped when the
+// watcher has reports enough.
+func (a *Agents) Landed(nodeID string, l wire.Landed) {
+	a.mu.Lock()
+	ch := a.landings[l.BuildID]
+	a.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case ch <- coordinator.Landing{Node: nodeID, Container: l.ContainerID}:
+	default:
+	}
+}
+
+// WaitExit implements coordinator.Agents, as agents.Hub does: the waiter
+// is registered first, then the exit recorded in the log store is read
+// and, if there is one, delivered at once; a build without a log is an
+// error.
+func (a *Agents) WaitExit(ctx context.Context, buildID string) (<-chan wire.Exit, error) {
+	w := make(chan wire.Exit, 1)
+	a.mu.Lock()
+	a.exits[buildID] = append(a.exits[buildID], w)
+	a.mu.Unlock()
+	drop := func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.exits[buildID] = slices.DeleteFunc(a.exits[buildID], func(c chan wire.Exit) bool { return c == w })
+		if len(a.exits[buildID]) == 0 {
+			delete(a.exits, buildID)
+		}
+	}
+	x, err := a.logs.Exited(buildID)
+	if err != nil {
+		drop()
+		return nil, err
+	}
+	out := make(chan wire.Exit, 1)
+	go func() {
+		defer close(out)
+		defer drop()
+		if x != nil {
+			out <- *x
+			return
+		}
+		select {
+		case e := <-w:
+			out <- e
+		case <-ctx.Done():
+		}
+	}()
+	return out, nil
+}
+
+// Report writes, in the background, what an agent reports of a build: an
+// output chunk (if out is set) and then, if x is set, the exit, which
+// WaitExit's waiters then receive.
+func (a *Agents) Report(buildID, out string, x *wire.Exit) {
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
+		ctx := context.Background()
+		var seq uint64
+		if out != "" {
+			seq = 1
+			if err := a.logs.Log(ctx, buildID, &wire.Log{Seq: seq, Stream: wire.StreamStdout, Data: []byte(out)}); err != nil {
+				a.t.Errorf("log of %s: %v", buildID, err)
+			}
+		}
+		if x == nil {
+			return
+		}
+		e := *x
+		e.LastSeq, e.FinishedAt = seq, time.Now().UTC()
+		if err := a.logs.Exit(ctx, buildID, &e); err != nil {
+			a.t.Errorf("exit of %s: %v", buildID, err)
+			return
+		}
+		a.exited(buildID, e)
+	}()
+}
+
+// exited hands a recorded exit to the build's waiters.
+func (a *Agents) exited(buildID string, e wire.Exit) {
+	a.mu.Lock()
+	ws := a.exits[buildID]
+	delete(a.exits, buildID)
+	a.mu.Unlock()
+	for _, w := range ws {
+		w <- e // buffered 1, and each waiter gets one exit
+	}
+}
+
+// ExitAfterLaunch is a LaunchFunc: the container starts, prints "hello"
+// and exits with x.
+func (a *Agents) ExitAfterLaunch(x wire.Exit) func(context.Context, string, coordinator.LaunchRequest) (*coordinator.LaunchResult, error) {
+	return func(_ context.Context, _ string, req coordinator.LaunchRequest) (*coordinator.LaunchResult, error) {
+		a.Report(req.BuildID, "hello\n", &x)
+		return started(req), nil
+	}
+}
+
+// SetLaunch sets LaunchFunc while the lifecycle may be using the agents.
+func (a *Agents) SetLaunch(fn func(context.Context, string, coordinator.LaunchRequest) (*coordinator.LaunchResult, error)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.LaunchFunc = fn
+}
+
+// LaunchCalls returns the Launch calls so far.
+func (a *Agents) LaunchCalls() []LaunchCall {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.launches)
+}
+
+// CancelCalls returns the Cancel calls so far.
+func (a *Agents) CancelCalls() []CancelCall {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.cancels)
+}
+
+// WaitCalls returns the nodes of the WaitAgent calls so far.
+func (a *Agents) WaitCalls() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.waits)
+}
