@@ -219,3 +219,93 @@ func TestHubAgentsList(t *testing.T) {
 		t.Errorf("agent %v", got[0])
 	}
 }
+
+// An agent's Landed reaches whoever watches that build, with the node of
+// the session it came on; an Exit on a log stream is recorded and reaches
+// WaitExit, before or after the wait began.
+func TestHubLandingsAndExits(t *testing.T) {
+	p := newTestPKI(t)
+	s, addr, _ := serveAgents(t, p, verifyFunc(func(string, net.Addr) error { return nil }))
+	store := s.cfg.Logs.(*logs.Store)
+	for _, id := range []string{"b1", "b2"} {
+		if err := store.Create(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	landed, stop := s.Landings("b1")
+	defer stop()
+	ys, ctl, err := rawAgent(t, p, addr, hello("n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "agent bound", func() bool { return len(s.Agents()) == 1 })
+	if err := ctl.Send(&wire.Landed{BuildID: "b2", ContainerID: "c2", Created: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctl.Send(&wire.Landed{BuildID: "b1", ContainerID: "c1", Created: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case l := <-landed:
+		if l != (coordinator.Landing{Node: "n1", Container: "c1"}) {
+			t.Errorf("landing %+v", l)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no landing for b1")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	exits, err := s.WaitExit(ctx, "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := ys.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(10 * time.Second))
+	c := wire.NewCodec(st)
+	if err := c.Send(&wire.Attach{BuildID: "b1", ContainerID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wire.Expect[*wire.Attached](c); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send(&wire.Exit{ExitCode: 3, FinishedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wire.Expect[*wire.ExitAck](c); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case x, ok := <-exits:
+		if !ok || x.ExitCode != 3 {
+			t.Errorf("exit %+v, %v", x, ok)
+		}
+	case <-ctx.Done():
+		t.Fatal("WaitExit saw no exit")
+	}
+	// Recorded before the wait: delivered at once.
+	again, err := s.WaitExit(ctx, "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x, ok := <-again; !ok || x.ExitCode != 3 {
+		t.Errorf("recorded exit %+v, %v", x, ok)
+	}
+	// No exit: the channel closes when the wait ends.
+	short, scancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer scancel()
+	none, err := s.WaitExit(short, "b2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x, ok := <-none; ok {
+		t.Errorf("exit %+v for a build that has none", x)
+	}
+	if _, err := s.WaitExit(ctx, "nope"); !errors.Is(err, coordinator.ErrUnknownBuild) {
+		t.Errorf("WaitExit of an unknown build: %v", err)
+	}
+}
