@@ -80,15 +80,14 @@ type Config struct {
 // Hub accepts agents' sessions on the agent listener and is the
 // coordinator's way to reach the agent of a node.
 type Hub struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	reports *Reports // landings and exits, to the lifecycle
 
 	mu         sync.Mutex
 	agents     map[string]*agentConn // by node id
 	waiters    map[string][]chan struct{}
 	logStreams map[string]*yamux.Stream // the one log stream of each build
-	landings   map[string]chan coordinator.Landing
-	exits      map[string][]chan wire.Exit
 }
 
 // New returns a hub; Serve accepts the agents.
@@ -97,9 +96,8 @@ func New(cfg Config) *Hub {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Hub{cfg: cfg, log: log, agents: map[string]*agentConn{}, waiters: map[string][]chan struct{}{},
-		logStreams: map[string]*yamux.Stream{}, landings: map[string]chan coordinator.Landing{},
-		exits: map[string][]chan wire.Exit{}}
+	return &Hub{reports: NewReports(cfg.Logs.Exited), cfg: cfg, log: log, agents: map[string]*agentConn{},
+		waiters: map[string][]chan struct{}{}, logStreams: map[string]*yamux.Stream{}}
 }
 
 var _ coordinator.Agents = (*Hub)(nil)
@@ -228,7 +226,7 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 		}
 		switch m := m.(type) {
 		case *wire.Landed:
-			s.landed(hello.NodeID, m)
+			s.reports.Landed(hello.NodeID, *m)
 		default:
 			log.Warn("unexpected message on control stream", "type", m.MessageType())
 		}
@@ -443,7 +441,7 @@ func (s *Hub) serveStream(ctx context.Context, nodeID string, st *yamux.Stream) 
 				c.Send(wire.NewRefused(wire.RefusedInternal, "record exit: %v", err))
 				return
 			}
-			s.exited(att.BuildID, *m)
+			s.reports.Exited(att.BuildID, *m)
 			st.SetDeadline(time.Now().Add(requestTimeout))
 			c.Send(&wire.ExitAck{})
 			return
@@ -476,87 +474,10 @@ func (s *Hub) record(a AgentInfo) {
 
 // Landings implements coordinator.Agents.
 func (s *Hub) Landings(buildID string) (<-chan coordinator.Landing, func()) {
-	ch := make(chan coordinator.Landing, 4)
-	s.mu.Lock()
-	s.landings[buildID] = ch
-	s.mu.Unlock()
-	return ch, func() {
-		s.mu.Lock()
-		if s.landings[buildID] == ch {
-			delete(s.landings, buildID)
-		}
-		s.mu.Unlock()
-	}
+	return s.reports.Landings(buildID)
 }
 
-// landed passes an agent's Landed to whoever watches the build.
-func (s *Hub) landed(nodeID string, l *wire.Landed) {
-	s.mu.Lock()
-	ch := s.landings[l.BuildID]
-	s.mu.Unlock()
-	if ch == nil {
-		return
-	}
-	select {
-	case ch <- coordinator.Landing{Node: nodeID, Container: l.ContainerID}:
-	default: // the watcher has claims enough; it also polls swarm
-	}
-}
-
-// WaitExit implements coordinator.Agents. The exit may have been recorded
-// before the call (an agent that reported while the coordinator
-// restarted): the waiter is registered first, then the record is read, so
-// an exit is never missed between the two.
+// WaitExit implements coordinator.Agents.
 func (s *Hub) WaitExit(ctx context.Context, buildID string) (<-chan wire.Exit, error) {
-	w := make(chan wire.Exit, 1)
-	s.mu.Lock()
-	s.exits[buildID] = append(s.exits[buildID], w)
-	s.mu.Unlock()
-	drop := func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		ws := s.exits[buildID]
-		for i, c := range ws {
-			if c == w {
-				ws = append(ws[:i], ws[i+1:]...)
-				break
-			}
-		}
-		if len(ws) == 0 {
-			delete(s.exits, buildID)
-		} else {
-			s.exits[buildID] = ws
-		}
-	}
-	x, err := s.cfg.Logs.Exited(buildID)
-	if err != nil {
-		drop()
-		return nil, err
-	}
-	out := make(chan wire.Exit, 1)
-	go func() {
-		defer close(out)
-		defer drop()
-		if x != nil {
-			out <- *x
-			return
-		}
-		select {
-		case e := <-w:
-			out <- e
-		case <-ctx.Done():
-		}
-	}()
-	return out, nil
-}
-
-// exited hands a recorded exit to the build's waiters.
-func (s *Hub) exited(buildID string, e wire.Exit) {
-	s.mu.Lock()
-	ws := s.exits[buildID]
-	delete(s.exits, buildID)
-	s.mu.Unlock()
-	for _, w := range ws {
-		w <- e // buffered 1, and each waiter gets one exit
-	}
+	return s.reports.WaitExit(ctx, buildID)
 }

@@ -139,7 +139,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	c.Builds = lifecycle.New(lifecycle.Config{Swarm: docker, Store: st, Logs: c.Logs, Agents: c.Agents, Executor: exe,
 		Instance: instance, Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts,
 		LandTimeout: cfg.LandTimeout, AgentWait: cfg.AgentWait,
-		OnChange:   changes(c.reporter, cfg.OnChange),
+		OnChange: changes(c.reporter, cfg.OnChange),
 		OnDispatch: func(d time.Duration) {
 			c.Metrics.Dispatch.Observe(d.Seconds())
 			if cfg.OnDispatch != nil {

@@ -27,8 +27,10 @@ type fakeBuilds struct {
 func (f *fakeBuilds) Submit(context.Context, coordinator.Request) (*coordinator.Build, error) {
 	return nil, errors.New("not in these tests")
 }
-func (f *fakeBuilds) Cancel(ctx context.Context, id, reason string) error { return f.cancel(ctx, id, reason) }
-func (f *fakeBuilds) CancelKey(context.Context, string, string)           {}
+func (f *fakeBuilds) Cancel(ctx context.Context, id, reason string) error {
+	return f.cancel(ctx, id, reason)
+}
+func (f *fakeBuilds) CancelKey(context.Context, string, string) {}
 func (f *fakeBuilds) Wait(ctx context.Context, id string) (*coordinator.Build, error) {
 	return f.wait(ctx, id)
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/wire"
 )
@@ -55,8 +56,8 @@ type Agents struct {
 	waits    []string
 	launches []LaunchCall
 	cancels  []CancelCall
-	landings map[string]chan coordinator.Landing // the one watcher of each build
-	exits    map[string][]chan wire.Exit         // WaitExit's waiters of each build
+	// Landings and exits reach the lifecycle as through the hub.
+	*agents.Reports
 }
 
 var _ coordinator.Agents = (*Agents)(nil)
@@ -64,8 +65,7 @@ var _ coordinator.Agents = (*Agents)(nil)
 // NewAgents returns agents that report into ls and see sw's services; the
 // end of the test waits for their reports to be written.
 func NewAgents(t testing.TB, ls *logs.Store, sw *Swarm) *Agents {
-	a := &Agents{t: t, logs: ls, sw: sw,
-		landings: map[string]chan coordinator.Landing{}, exits: map[string][]chan wire.Exit{}}
+	a := &Agents{t: t, logs: ls, sw: sw, Reports: agents.NewReports(ls.Exited)}
 	t.Cleanup(a.bg.Wait)
 	return a
 }
@@ -124,77 +124,6 @@ func (a *Agents) Cancel(ctx context.Context, node, build, container string, grac
 	return &wire.Cancelled{ExitCode: &code}, nil
 }
 
-// Landings implements coordinator.Agents, as agents.Hub does: one
-// watcher per build, whose channel holds a few reports.
-func (a *Agents) Landings(buildID string) (<-chan coordinator.Landing, func()) {
-	ch := make(chan coordinator.Landing, 4)
-	a.mu.Lock()
-	a.landings[buildID] = ch
-	a.mu.Unlock()
-	return ch, func() {
-		a.mu.Lock()
-		if a.landings[buildID] == ch {
-			delete(a.landings, buildID)
-		}
-		a.mu.Unlock()
-	}
-}
-
-// Landed is the agent of nodeID reporting that it saw l's container
-// created: it goes to the build's watcher, if any, and is dropped when the
-// watcher has reports enough.
-func (a *Agents) Landed(nodeID string, l wire.Landed) {
-	a.mu.Lock()
-	ch := a.landings[l.BuildID]
-	a.mu.Unlock()
-	if ch == nil {
-		return
-	}
-	select {
-	case ch <- coordinator.Landing{Node: nodeID, Container: l.ContainerID}:
-	default:
-	}
-}
-
-// WaitExit implements coordinator.Agents, as agents.Hub does: the waiter
-// is registered first, then the exit recorded in the log store is read
-// and, if there is one, delivered at once; a build without a log is an
-// error.
-func (a *Agents) WaitExit(ctx context.Context, buildID string) (<-chan wire.Exit, error) {
-	w := make(chan wire.Exit, 1)
-	a.mu.Lock()
-	a.exits[buildID] = append(a.exits[buildID], w)
-	a.mu.Unlock()
-	drop := func() {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		a.exits[buildID] = slices.DeleteFunc(a.exits[buildID], func(c chan wire.Exit) bool { return c == w })
-		if len(a.exits[buildID]) == 0 {
-			delete(a.exits, buildID)
-		}
-	}
-	x, err := a.logs.Exited(buildID)
-	if err != nil {
-		drop()
-		return nil, err
-	}
-	out := make(chan wire.Exit, 1)
-	go func() {
-		defer close(out)
-		defer drop()
-		if x != nil {
-			out <- *x
-			return
-		}
-		select {
-		case e := <-w:
-			out <- e
-		case <-ctx.Done():
-		}
-	}()
-	return out, nil
-}
-
 // Report writes, in the background, what an agent reports of a build: an
 // output chunk (if out is set) and then, if x is set, the exit, which
 // WaitExit's waiters then receive.
@@ -219,19 +148,8 @@ func (a *Agents) Report(buildID, out string, x *wire.Exit) {
 			a.t.Errorf("exit of %s: %v", buildID, err)
 			return
 		}
-		a.exited(buildID, e)
+		a.Exited(buildID, e)
 	}()
-}
-
-// exited hands a recorded exit to the build's waiters.
-func (a *Agents) exited(buildID string, e wire.Exit) {
-	a.mu.Lock()
-	ws := a.exits[buildID]
-	delete(a.exits, buildID)
-	a.mu.Unlock()
-	for _, w := range ws {
-		w <- e // buffered 1, and each waiter gets one exit
-	}
 }
 
 // ExitAfterLaunch is a LaunchFunc: the container starts, prints "hello"
