@@ -25,6 +25,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/internal/fakegithub"
+	"github.com/forge-ci/forge/internal/fakegithub/fakegithubtest"
 	"github.com/forge-ci/forge/internal/testwait"
 )
 
@@ -117,7 +118,7 @@ func (p *ghProgram) exited() (bool, error) {
 type ghRig struct {
 	t      *testing.T
 	cli    *client.Client
-	fake   *fakegithub.Server
+	fake   *fakegithubtest.Server
 	image  string
 	owner  string
 	repo   string
@@ -149,7 +150,7 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 		}
 	})
 	r.image = dockertest.EnsureBusybox(t, cli)
-	r.fake = fakegithub.New(t)
+	r.fake = fakegithubtest.New(t)
 	r.fake.SetInstallation(r.full, r.inst)
 
 	dir := t.TempDir()
@@ -162,7 +163,7 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 		"--tls-ca", filepath.Join(certs, "ca.pem"), "--tls-cert", filepath.Join(certs, "coordinator.pem"),
 		"--tls-key", filepath.Join(certs, "coordinator-key.pem")}
 	if withApp {
-		keyFile := writeGHFile(t, dir, "app-key.pem", fakegithub.AppKeyPEM(t), 0o600)
+		keyFile := writeGHFile(t, dir, "app-key.pem", fakegithubtest.AppKeyPEM(t), 0o600)
 		args = append(args, "--github-app-id", strconv.Itoa(fakegithub.AppID), "--github-key-file", keyFile,
 			"--github-api", r.fake.APIBase())
 	}
@@ -423,7 +424,7 @@ func (r *ghRig) config(commands []string, extra ...string) string {
 // commit gives sha a .forge.yml and a source tree with hello.txt.
 func (r *ghRig) commit(sha, forgeYML, hello string) {
 	r.fake.SetFile(r.full, sha, forgeYML)
-	r.fake.SetTarball(r.full, sha, fakegithub.Tarball(r.t, r.owner+"-"+r.repo+"-"+sha[:7],
+	r.fake.SetTarball(r.full, sha, fakegithubtest.Tarball(r.t, r.owner+"-"+r.repo+"-"+sha[:7],
 		map[string]string{".forge.yml": forgeYML, "hello.txt": hello, "src/README": "a subfolder\n"}))
 }
 

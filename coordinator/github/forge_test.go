@@ -12,7 +12,7 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/store"
-	"github.com/forge-ci/forge/internal/fakegithub"
+	"github.com/forge-ci/forge/internal/fakegithub/fakegithubtest"
 )
 
 // fakeBuilds records what Forge asks of the build manager.
@@ -64,8 +64,8 @@ execute: [go test ./...]
 timeot: 30m
 `
 
-func newForge(t *testing.T) (*Forge, *fakegithub.Server, *fakeBuilds) {
-	fake := fakegithub.New(t)
+func newForge(t *testing.T) (*Forge, *fakegithubtest.Server, *fakeBuilds) {
+	fake := fakegithubtest.New(t)
 	builds := newFakeBuilds()
 	return &Forge{App: newTestApp(t, fake), Builds: builds, PublicURL: "https://forge.example.com/"}, fake, builds
 }
@@ -107,7 +107,7 @@ func pushEvent(t *testing.T) Event {
 func TestPullRequestBuild(t *testing.T) {
 	f, fake, builds := newForge(t)
 	fake.SetFile(repo, prSHA, validConfig)
-	fake.SetTarball(repo, prSHA, fakegithub.TarballEntries(t, goodTree...))
+	fake.SetTarball(repo, prSHA, fakegithubtest.TarballEntries(t, goodTree...))
 	if err := f.HandleEvent(context.Background(), prEvent("pull_request.opened.json", t)); err != nil {
 		t.Fatal(err)
 	}
