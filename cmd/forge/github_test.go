@@ -26,6 +26,7 @@ import (
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/internal/fakegithub"
 	"github.com/forge-ci/forge/internal/fakegithub/fakegithubtest"
+	"github.com/forge-ci/forge/internal/syncbuf"
 	"github.com/forge-ci/forge/internal/testwait"
 )
 
@@ -45,29 +46,10 @@ const (
 	ghWait = 3 * time.Minute
 )
 
-// ghLog is a program's output: written through a syncWriter, read under
-// the same lock.
-type ghLog struct {
-	buf bytes.Buffer
-	w   *syncWriter
-}
-
-func newGHLog() *ghLog {
-	l := &ghLog{}
-	l.w = &syncWriter{w: &l.buf}
-	return l
-}
-
-func (l *ghLog) String() string {
-	l.w.mu.Lock()
-	defer l.w.mu.Unlock()
-	return l.buf.String()
-}
-
 // ghProgram runs `forge args...` in this process until stop.
 type ghProgram struct {
 	name   string
-	out    *ghLog
+	out    *syncbuf.Buffer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -75,9 +57,9 @@ type ghProgram struct {
 func startGHProgram(t *testing.T, name string, args ...string) *ghProgram {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &ghProgram{name: name, out: newGHLog(), cancel: cancel, done: make(chan error, 1)}
+	p := &ghProgram{name: name, out: &syncbuf.Buffer{}, cancel: cancel, done: make(chan error, 1)}
 	app := newApp()
-	app.Writer, app.ErrWriter = p.out.w, p.out.w
+	app.Writer, app.ErrWriter = p.out, p.out
 	go func() { p.done <- app.RunContext(ctx, append([]string{"forge"}, args...)) }()
 	t.Cleanup(func() { p.stop(t) })
 	return p
