@@ -13,6 +13,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/internal/dockertest"
+	"github.com/forge-ci/forge/internal/syncbuf"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -58,8 +59,8 @@ func TestAgentCommand(t *testing.T) {
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	actx, stop := context.WithCancel(context.Background())
 	app := newApp()
-	var out strings.Builder
-	app.Writer, app.ErrWriter = &out, &syncWriter{w: &out}
+	var out syncbuf.Buffer
+	app.Writer, app.ErrWriter = &out, &out
 	ran := make(chan error, 1)
 	go func() {
 		ran <- app.RunContext(actx, []string{"forge", "agent", "--coordinator", "localhost:" + port,

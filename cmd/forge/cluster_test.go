@@ -28,6 +28,7 @@ import (
 	"github.com/forge-ci/forge/internal/cluster"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/internal/fakegithub"
+	"github.com/forge-ci/forge/internal/fakegithub/fakegithubtest"
 	"github.com/forge-ci/forge/internal/syncbuf"
 )
 
@@ -189,14 +190,14 @@ func startClusterRig(t *testing.T, withAgents ...string) *clusterRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.fake = fakegithub.NewListener(t, ln)
+	r.fake = fakegithubtest.NewListener(t, ln)
 	r.fake.SetInstallation(r.full, r.inst)
 
 	dir := t.TempDir()
 	r.certs = issueCerts(t, dir, m.Addr.String())
 	secretFile := writeGHFile(t, dir, "webhook-secret", r.secret, 0o600)
 	exe := writeGHFile(t, dir, "forgexec", dockertest.Forgexec(t), 0o755)
-	keyFile := writeGHFile(t, dir, "app-key.pem", fakegithub.AppKeyPEM(t), 0o600)
+	keyFile := writeGHFile(t, dir, "app-key.pem", fakegithubtest.AppKeyPEM(t), 0o600)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("fake GitHub requests:\n%s", strings.Join(r.fake.Requests(), "\n"))

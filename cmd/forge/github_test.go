@@ -26,6 +26,8 @@ import (
 	"github.com/forge-ci/forge/coordinator/web"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/internal/fakegithub"
+	"github.com/forge-ci/forge/internal/fakegithub/fakegithubtest"
+	"github.com/forge-ci/forge/internal/syncbuf"
 	"github.com/forge-ci/forge/internal/testwait"
 )
 
@@ -45,29 +47,10 @@ const (
 	ghWait = 3 * time.Minute
 )
 
-// ghLog is a program's output: written through a syncWriter, read under
-// the same lock.
-type ghLog struct {
-	buf bytes.Buffer
-	w   *syncWriter
-}
-
-func newGHLog() *ghLog {
-	l := &ghLog{}
-	l.w = &syncWriter{w: &l.buf}
-	return l
-}
-
-func (l *ghLog) String() string {
-	l.w.mu.Lock()
-	defer l.w.mu.Unlock()
-	return l.buf.String()
-}
-
 // ghProgram runs `forge args...` in this process until stop.
 type ghProgram struct {
 	name   string
-	out    *ghLog
+	out    *syncbuf.Buffer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -75,9 +58,9 @@ type ghProgram struct {
 func startGHProgram(t *testing.T, name string, args ...string) *ghProgram {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &ghProgram{name: name, out: newGHLog(), cancel: cancel, done: make(chan error, 1)}
+	p := &ghProgram{name: name, out: &syncbuf.Buffer{}, cancel: cancel, done: make(chan error, 1)}
 	app := newApp()
-	app.Writer, app.ErrWriter = p.out.w, p.out.w
+	app.Writer, app.ErrWriter = p.out, p.out
 	go func() { p.done <- app.RunContext(ctx, append([]string{"forge"}, args...)) }()
 	t.Cleanup(func() { p.stop(t) })
 	return p
@@ -118,7 +101,7 @@ func (p *ghProgram) exited() (bool, error) {
 type ghRig struct {
 	t      *testing.T
 	cli    *client.Client
-	fake   *fakegithub.Server
+	fake   *fakegithubtest.Server
 	image  string
 	owner  string
 	repo   string
@@ -150,7 +133,7 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 		}
 	})
 	r.image = dockertest.EnsureBusybox(t, cli)
-	r.fake = fakegithub.New(t)
+	r.fake = fakegithubtest.New(t)
 	r.fake.SetInstallation(r.full, r.inst)
 
 	dir := t.TempDir()
@@ -163,7 +146,7 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 		"--tls-ca", filepath.Join(certs, "ca.pem"), "--tls-cert", filepath.Join(certs, "coordinator.pem"),
 		"--tls-key", filepath.Join(certs, "coordinator-key.pem")}
 	if withApp {
-		keyFile := writeGHFile(t, dir, "app-key.pem", fakegithub.AppKeyPEM(t), 0o600)
+		keyFile := writeGHFile(t, dir, "app-key.pem", fakegithubtest.AppKeyPEM(t), 0o600)
 		args = append(args, "--github-app-id", strconv.Itoa(fakegithub.AppID), "--github-key-file", keyFile,
 			"--github-api", r.fake.APIBase())
 	}
@@ -424,7 +407,7 @@ func (r *ghRig) config(commands []string, extra ...string) string {
 // commit gives sha a .forge.yml and a source tree with hello.txt.
 func (r *ghRig) commit(sha, forgeYML, hello string) {
 	r.fake.SetFile(r.full, sha, forgeYML)
-	r.fake.SetTarball(r.full, sha, fakegithub.Tarball(r.t, r.owner+"-"+r.repo+"-"+sha[:7],
+	r.fake.SetTarball(r.full, sha, fakegithubtest.Tarball(r.t, r.owner+"-"+r.repo+"-"+sha[:7],
 		map[string]string{".forge.yml": forgeYML, "hello.txt": hello, "src/README": "a subfolder\n"}))
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/forge-ci/forge/coordinator/config"
 	"github.com/forge-ci/forge/internal/fakegithub"
+	"github.com/forge-ci/forge/internal/fakegithub/fakegithubtest"
 )
 
 const repo = "Codertocat/Hello-World"
@@ -36,9 +37,9 @@ var goodTreeWant = map[string]string{
 }
 
 // newTestApp is an App on the fake, with retries fast enough for tests.
-func newTestApp(t testing.TB, fake *fakegithub.Server) *App {
+func newTestApp(t testing.TB, fake *fakegithubtest.Server) *App {
 	t.Helper()
-	app, err := NewApp(fakegithub.AppID, fakegithub.AppKeyPEM(t), fake.APIBase(), fake.Client())
+	app, err := NewApp(fakegithub.AppID, fakegithubtest.AppKeyPEM(t), fake.APIBase(), fake.Client())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +50,7 @@ func newTestApp(t testing.TB, fake *fakegithub.Server) *App {
 
 // countRequests counts the fake's requests that start with prefix
 // ("METHOD /path").
-func countRequests(fake *fakegithub.Server, prefix string) int {
+func countRequests(fake *fakegithubtest.Server, prefix string) int {
 	n := 0
 	for _, r := range fake.Requests() {
 		if strings.HasPrefix(r, prefix) {
@@ -89,7 +90,7 @@ func readTar(t testing.TB, r io.Reader) map[string]string {
 }
 
 func TestNewAppBases(t *testing.T) {
-	pemKey := fakegithub.AppKeyPEM(t)
+	pemKey := fakegithubtest.AppKeyPEM(t)
 	for base, want := range map[string]string{
 		"":                                "https://api.github.com/",
 		"https://api.github.com":          "https://api.github.com/",
@@ -113,7 +114,7 @@ func TestNewAppBases(t *testing.T) {
 }
 
 func TestInstallationLookup(t *testing.T) {
-	fake := fakegithub.New(t)
+	fake := fakegithubtest.New(t)
 	app := newTestApp(t, fake)
 	id, err := app.Installation(context.Background(), "Codertocat", "Hello-World")
 	if err != nil || id != 1 {
@@ -126,7 +127,7 @@ func TestInstallationLookup(t *testing.T) {
 }
 
 func TestConfigAndTokenCache(t *testing.T) {
-	fake := fakegithub.New(t)
+	fake := fakegithubtest.New(t)
 	app := newTestApp(t, fake)
 	ctx := context.Background()
 	text := "image: busybox\nexecute:\n  - \"true\"\n"
@@ -152,7 +153,7 @@ func TestConfigAndTokenCache(t *testing.T) {
 }
 
 func TestConfigTooLarge(t *testing.T) {
-	fake := fakegithub.New(t)
+	fake := fakegithubtest.New(t)
 	app := newTestApp(t, fake)
 	fake.SetFile(repo, prSHA, "image: x\n"+strings.Repeat("#", config.MaxSize))
 	_, found, err := app.Config(context.Background(), 1, "Codertocat", "Hello-World", prSHA)
@@ -163,9 +164,9 @@ func TestConfigTooLarge(t *testing.T) {
 }
 
 func TestSource(t *testing.T) {
-	fake := fakegithub.New(t)
+	fake := fakegithubtest.New(t)
 	app := newTestApp(t, fake)
-	fake.SetTarball(repo, prSHA, fakegithub.TarballEntries(t, goodTree...))
+	fake.SetTarball(repo, prSHA, fakegithubtest.TarballEntries(t, goodTree...))
 	path, size, err := app.Source(context.Background(), 1, "Codertocat", "Hello-World", prSHA, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -197,9 +198,9 @@ func TestSource(t *testing.T) {
 }
 
 func TestSourceCap(t *testing.T) {
-	fake := fakegithub.New(t)
+	fake := fakegithubtest.New(t)
 	app := newTestApp(t, fake)
-	fake.SetTarball(repo, prSHA, fakegithub.TarballEntries(t, fakegithub.Entry{Name: "top/big", Body: strings.Repeat("x", 64<<10)}))
+	fake.SetTarball(repo, prSHA, fakegithubtest.TarballEntries(t, fakegithub.Entry{Name: "top/big", Body: strings.Repeat("x", 64<<10)}))
 	_, _, err := app.Source(context.Background(), 1, "Codertocat", "Hello-World", prSHA, 32<<10)
 	if !errors.Is(err, ErrSourceTooLarge) {
 		t.Fatalf("err = %v, want ErrSourceTooLarge", err)
@@ -223,7 +224,7 @@ func TestRetarRefuses(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			var out bytes.Buffer
-			_, err := Retar(&out, bytes.NewReader(fakegithub.TarballEntries(t, entries...)), 1<<20)
+			_, err := Retar(&out, bytes.NewReader(fakegithubtest.TarballEntries(t, entries...)), 1<<20)
 			if !errors.Is(err, ErrUnsafeArchive) {
 				t.Errorf("err = %v, want ErrUnsafeArchive", err)
 			}
@@ -233,7 +234,7 @@ func TestRetarRefuses(t *testing.T) {
 
 func TestRetarCaps(t *testing.T) {
 	// A gzip bomb: little compressed, much written.
-	tgz := fakegithub.TarballEntries(t, fakegithub.Entry{Name: "top/zeros", Body: strings.Repeat("\x00", 4<<20)})
+	tgz := fakegithubtest.TarballEntries(t, fakegithub.Entry{Name: "top/zeros", Body: strings.Repeat("\x00", 4<<20)})
 	if int64(len(tgz)) > 1<<20 {
 		t.Fatalf("test archive is %d bytes compressed", len(tgz))
 	}
@@ -253,7 +254,7 @@ func TestRetarCaps(t *testing.T) {
 }
 
 func TestSetStatusRetries(t *testing.T) {
-	fake := fakegithub.New(t)
+	fake := fakegithubtest.New(t)
 	app := newTestApp(t, fake)
 	ctx := context.Background()
 
@@ -295,7 +296,7 @@ func TestSetStatusRetries(t *testing.T) {
 }
 
 func TestSetStatusCutsDescription(t *testing.T) {
-	fake := fakegithub.New(t)
+	fake := fakegithubtest.New(t)
 	app := newTestApp(t, fake)
 	long := strings.Repeat("é", 300)
 	if err := app.SetStatus(context.Background(), 1, "Codertocat", "Hello-World", prSHA, "error", "forge/execute", long, "https://ci/builds/1"); err != nil {
@@ -342,8 +343,8 @@ func (r *recordingTB) Errorf(format string, args ...any) {
 // payloads' URLs do) is caught.
 func TestForeignHostGuard(t *testing.T) {
 	rec := &recordingTB{TB: t}
-	fake := fakegithub.New(rec)
-	pemKey := fakegithub.AppKeyPEM(t)
+	fake := fakegithubtest.New(rec)
+	pemKey := fakegithubtest.AppKeyPEM(t)
 	app, err := NewApp(fakegithub.AppID, pemKey, DefaultAPI, fake.Client())
 	if err != nil {
 		t.Fatal(err)
@@ -362,7 +363,7 @@ func TestForeignHostGuard(t *testing.T) {
 // TestConcurrentInstallations: many calls for two installations at once
 // (run with -race): one token each.
 func TestConcurrentInstallations(t *testing.T) {
-	fake := fakegithub.New(t)
+	fake := fakegithubtest.New(t)
 	fake.SetInstallation("Other/Repo", 2)
 	fake.SetFile(repo, prSHA, "x")
 	fake.SetFile("Other/Repo", prSHA, "y")

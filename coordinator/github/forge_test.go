@@ -11,7 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/forge-ci/forge/coordinator"
-	"github.com/forge-ci/forge/internal/fakegithub"
+	"github.com/forge-ci/forge/internal/fakegithub/fakegithubtest"
 )
 
 // fakeBuilds records what Forge asks of the build manager.
@@ -63,8 +63,8 @@ execute: [go test ./...]
 timeot: 30m
 `
 
-func newForge(t *testing.T) (*Forge, *fakegithub.Server, *fakeBuilds) {
-	fake := fakegithub.New(t)
+func newForge(t *testing.T) (*Forge, *fakegithubtest.Server, *fakeBuilds) {
+	fake := fakegithubtest.New(t)
 	builds := newFakeBuilds()
 	app := newTestApp(t, fake)
 	return &Forge{App: app, Builds: builds, Reporter: &Reporter{App: app, PublicURL: "https://forge.example.com/"}}, fake, builds
@@ -109,7 +109,7 @@ func pushEvent(t *testing.T) Event {
 func TestPullRequestBuild(t *testing.T) {
 	f, fake, builds := newForge(t)
 	fake.SetFile(repo, prSHA, validConfig)
-	fake.SetTarball(repo, prSHA, fakegithub.TarballEntries(t, goodTree...))
+	fake.SetTarball(repo, prSHA, fakegithubtest.TarballEntries(t, goodTree...))
 	if err := f.HandleEvent(context.Background(), prEvent("pull_request.opened.json", t)); err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/internal/dockertest"
+	"github.com/forge-ci/forge/internal/syncbuf"
 	"github.com/forge-ci/forge/internal/testwait"
 	"github.com/forge-ci/forge/wire"
 )
@@ -80,7 +81,7 @@ func BenchmarkAgentFootprint(b *testing.B) {
 	cmd := exec.Command(forge, "agent", "--coordinator", ln.Addr().String(),
 		"--tls-ca", filepath.Join(certs, "ca.pem"), "--tls-cert", filepath.Join(certs, "agent.pem"),
 		"--tls-key", filepath.Join(certs, "agent-key.pem"))
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{Max: childOutputMax}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

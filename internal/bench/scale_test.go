@@ -26,6 +26,7 @@ import (
 	"github.com/forge-ci/forge/agent"
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/internal/syncbuf"
 	"github.com/forge-ci/forge/internal/testwait"
 	"github.com/forge-ci/forge/wire"
 )
@@ -423,33 +424,16 @@ func runLaunches(b *testing.B, s *agents.Hub, exe *coordinator.Executor, count, 
 	return out
 }
 
+// childOutputMax bounds what is kept of a child process's output.
+const childOutputMax = 64 << 10
+
 // agentsChild is the process that runs the agents.
 type agentsChild struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
-	out   *syncBuffer
+	out   *syncbuf.Buffer
 	done  chan struct{}
 	err   error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.b.Len() > 64<<10 {
-		return len(p), nil
-	}
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func startAgentsChild(b *testing.B, addr string, n int, certs string) *agentsChild {
@@ -461,7 +445,7 @@ func startAgentsChild(b *testing.B, addr string, n int, certs string) *agentsChi
 	cmd := exec.Command(exe, "-test.run=^$", "-test.bench=^$")
 	cmd.Env = append(os.Environ(), envChild+"=agents", envChildAddr+"="+addr,
 		envChildN+"="+strconv.Itoa(n), envChildCerts+"="+certs, EnvOut+"=")
-	c := &agentsChild{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	c := &agentsChild{cmd: cmd, out: &syncbuf.Buffer{Max: childOutputMax}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = c.out, c.out
 	if c.stdin, err = cmd.StdinPipe(); err != nil {
 		b.Fatal(err)

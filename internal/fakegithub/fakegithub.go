@@ -1,46 +1,53 @@
-// Package fakegithub is a fake GitHub API for tests: an httptest server
-// that answers like api.github.com (paths, JSON shapes, status codes, the
-// tarball redirect to a pre-signed download), but under /api/v3/ as GitHub
-// Enterprise does, so that tests prove the configured API base is used.
+// Package fakegithub is a fake GitHub API: an http.Handler that answers
+// like api.github.com (paths, JSON shapes, status codes, the tarball
+// redirect to a pre-signed download), but under /api/v3/ as GitHub
+// Enterprise does, so that its clients prove the configured API base is
+// used.
 //
 // It checks what GitHub checks: access-token requests and installation
-// look-ups carry an app JWT signed with the app's key (AppKeyPEM) whose iss
-// is AppID; every other API call carries an installation token the fake
-// issued, for an installation that may see the repository. A request the
-// fake does not know fails the test.
+// look-ups carry an app JWT signed with the app's key whose iss is the
+// app's id; every other API call carries an installation token the fake
+// issued, for an installation that may see the repository. Every request
+// it refuses, and every one it does not know, goes to Options.Refuse and
+// into Refused.
 //
 // Repositories are named "owner/repo". Codertocat/Hello-World, the
 // repository of GitHub's example payloads, is installation 1 from the
-// start; SetInstallation adds others.
+// start; SetInstallation adds others. With Options.Tree, every repository
+// is installed and holds that tree at every commit.
+//
+// Under /_fake/ it tells a client in another process what happened: GET
+// /_fake/statuses lists the commit statuses posted, in order, and GET
+// /_fake/requests every request and the refused ones. Tests in this
+// process use fakegithubtest, which serves it on loopback for a test.
 package fakegithub
 
 import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
-	"net"
+	"io/fs"
 	"net/http"
-	"net/http/httptest"
 	"path"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
 
-// AppID is the GitHub App's id: JWTs must carry it as iss.
+// AppID is the GitHub App's id the tests use: JWTs must carry it as iss.
 const AppID = 4242
 
 // ExampleRepo is the repository of GitHub's example payloads, installed
@@ -50,44 +57,39 @@ const (
 	ExampleInstallation = 1
 )
 
-var (
-	keyOnce sync.Once
-	appKey  *rsa.PrivateKey
-	keyErr  error
-)
+// Options configure a fake.
+type Options struct {
+	AppID int64          // the app's id, iss of its JWTs; AppID when 0
+	Key   *rsa.PublicKey // the app's key; without it every JWT is refused
 
-// key is the app's key, made once per test binary (RSA key generation is
-// slow under -race).
-func key(t testing.TB) *rsa.PrivateKey {
-	t.Helper()
-	keyOnce.Do(func() { appKey, keyErr = rsa.GenerateKey(rand.Reader, 2048) })
-	if keyErr != nil {
-		t.Fatalf("fake GitHub: app key: %v", keyErr)
-	}
-	return appKey
-}
+	// Tree, when set, is served as every repository at every commit that
+	// has no .forge.yml or tarball set of its own, and every repository
+	// not set otherwise is ExampleInstallation.
+	Tree fs.FS
 
-// AppKeyPEM is the app's private key as GitHub issues it (PKCS #1 PEM).
-func AppKeyPEM(t testing.TB) []byte {
-	t.Helper()
-	return pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key(t))})
+	// Refuse, when set, is told of every refused or unknown request.
+	Refuse func(msg string)
+	// Logf, when set, notes the commit statuses posted.
+	Logf func(format string, args ...any)
 }
 
 // Status is a commit status the fake accepted.
 type Status struct {
-	Inst             int64 // the installation of the token that set it
-	Owner, Repo, SHA string
-	State, Context   string
-	Description      string
-	TargetURL        string
-	Token            string // the Authorization header
+	Inst        int64  `json:"installation"` // the installation of the token that set it
+	Owner       string `json:"owner"`
+	Repo        string `json:"repo"`
+	SHA         string `json:"sha"`
+	State       string `json:"state"`
+	Context     string `json:"context"`
+	Description string `json:"description"`
+	TargetURL   string `json:"target_url"`
+	Token       string `json:"token"` // the Authorization header
 }
 
 // Server is the fake. Its methods are safe for concurrent use.
 type Server struct {
-	t   testing.TB
-	srv *httptest.Server
-	key *rsa.PrivateKey
+	opts Options
+	mux  *http.ServeMux
 
 	mu            sync.Mutex
 	tokenCalls    map[int64]int
@@ -96,76 +98,78 @@ type Server struct {
 	files         map[string]string // "o/r@sha" -> .forge.yml
 	tarballs      map[string][]byte // "o/r@sha" -> tar.gz
 	statuses      []Status
-	taken         int           // statuses returned by NextStatus
+	taken         int           // statuses returned by WaitStatus
 	posted        chan struct{} // closed and replaced at every status
 	statusFail    int           // the next N status posts fail
 	statusFailHow string
 	requests      []string
+	refused       []string
 	holds         []*Hold
+	closed        bool
 }
 
-// New starts a fake GitHub on loopback, closed when the test ends.
-func New(t testing.TB) *Server {
-	t.Helper()
-	return NewListener(t, nil)
-}
-
-// NewListener starts a fake GitHub serving on ln (one in another network
-// namespace, say), or on loopback when ln is nil. The server closes ln
-// when the test ends.
-func NewListener(t testing.TB, ln net.Listener) *Server {
-	t.Helper()
-	f := &Server{t: t, key: key(t), tokenCalls: map[int64]int{}, tokens: map[string]int64{},
+// New makes a fake GitHub; serve it with any http.Server.
+func New(opts Options) *Server {
+	if opts.AppID == 0 {
+		opts.AppID = AppID
+	}
+	f := &Server{opts: opts, mux: http.NewServeMux(), tokenCalls: map[int64]int{}, tokens: map[string]int64{},
 		installations: map[string]int64{ExampleRepo: ExampleInstallation}, files: map[string]string{},
 		tarballs: map[string][]byte{}, posted: make(chan struct{})}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /api/v3/app/installations/{id}/access_tokens", f.accessToken)
-	mux.HandleFunc("GET /api/v3/repos/{o}/{r}/installation", f.installation)
-	mux.HandleFunc("GET /api/v3/repos/{o}/{r}/contents/{path...}", f.contents)
-	mux.HandleFunc("GET /api/v3/repos/{o}/{r}/tarball/{sha}", f.tarball)
-	mux.HandleFunc("GET /codeload/{o}/{r}/legacy.tar.gz/{sha}", f.codeload)
-	mux.HandleFunc("POST /api/v3/repos/{o}/{r}/statuses/{sha}", f.status)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		f.t.Errorf("fake GitHub: unexpected request %s %s", r.Method, r.URL)
+	f.mux.HandleFunc("POST /api/v3/app/installations/{id}/access_tokens", f.accessToken)
+	f.mux.HandleFunc("GET /api/v3/repos/{o}/{r}/installation", f.installation)
+	f.mux.HandleFunc("GET /api/v3/repos/{o}/{r}/contents/{path...}", f.contents)
+	f.mux.HandleFunc("GET /api/v3/repos/{o}/{r}/tarball/{sha}", f.tarball)
+	f.mux.HandleFunc("GET /codeload/{o}/{r}/legacy.tar.gz/{sha}", f.codeload)
+	f.mux.HandleFunc("POST /api/v3/repos/{o}/{r}/statuses/{sha}", f.status)
+	f.mux.HandleFunc("GET /_fake/statuses", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, append([]Status{}, f.Statuses()...))
+	})
+	f.mux.HandleFunc("GET /_fake/requests", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string][]string{"requests": f.Requests(), "refused": f.Refused()})
+	})
+	f.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		f.refuse("unexpected request " + r.Method + " " + r.URL.RequestURI())
 		notFound(w)
 	})
-	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		req := r.Method + " " + r.URL.RequestURI()
-		f.mu.Lock()
-		f.requests = append(f.requests, req)
-		var held []*Hold
-		for _, h := range f.holds {
-			if strings.HasPrefix(req, h.prefix) {
-				held = append(held, h)
-			}
-		}
-		f.mu.Unlock()
-		for _, h := range held {
-			h.arrive()
-			select {
-			case <-h.released:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		mux.ServeHTTP(w, r)
-	}))
-	if ln != nil {
-		f.srv.Listener.Close()
-		f.srv.Listener = ln
-	}
-	f.srv.Start()
-	t.Cleanup(f.srv.Close)
-	// Before the server closes (cleanups run last first): a held request
-	// would keep Close waiting.
-	t.Cleanup(func() {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		for _, h := range f.holds {
-			h.Release()
-		}
-	})
 	return f
+}
+
+// ServeHTTP records the request, waits while a Hold matches it, and
+// answers.
+func (f *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	req := r.Method + " " + r.URL.RequestURI()
+	f.mu.Lock()
+	if !strings.HasPrefix(r.URL.Path, "/_fake/") {
+		f.requests = append(f.requests, req)
+	}
+	var held []*Hold
+	for _, h := range f.holds {
+		if strings.HasPrefix(req, h.prefix) {
+			held = append(held, h)
+		}
+	}
+	f.mu.Unlock()
+	for _, h := range held {
+		h.arrive()
+		select {
+		case <-h.released:
+		case <-r.Context().Done():
+			return
+		}
+	}
+	f.mux.ServeHTTP(w, r)
+}
+
+// Close releases every Hold, now and later, so that a server serving the
+// fake can shut down.
+func (f *Server) Close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	for _, h := range f.holds {
+		h.Release()
+	}
 }
 
 // Hold keeps the requests it matches waiting until it is released, so a
@@ -180,13 +184,16 @@ type Hold struct {
 }
 
 // Hold makes every request that starts with prefix ("METHOD
-// /path?query", as Requests lists them) wait until the Hold is released.
-// Every Hold is released when the test ends.
+// /path?query", as Requests lists them) wait until the Hold is released,
+// or the fake closed.
 func (f *Server) Hold(prefix string) *Hold {
 	h := &Hold{prefix: prefix, arrived: make(chan struct{}), released: make(chan struct{})}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.holds = append(f.holds, h)
+	if f.closed {
+		h.Release()
+	}
 	return h
 }
 
@@ -197,31 +204,6 @@ func (h *Hold) Arrived() <-chan struct{} { return h.arrived }
 
 // Release lets the waiting requests, and every later one, through.
 func (h *Hold) Release() { h.releaseOnce.Do(func() { close(h.released) }) }
-
-// URL is the server's root, http://127.0.0.1:PORT.
-func (f *Server) URL() string { return f.srv.URL }
-
-// APIBase is the API base to configure: GitHub Enterprise style,
-// http://127.0.0.1:PORT/api/v3/.
-func (f *Server) APIBase() string { return f.srv.URL + "/api/v3/" }
-
-// Client is an HTTP client that refuses every host but the fake's: a
-// request built from a URL in a payload (api.github.com,
-// raw.githubusercontent.com) fails the test.
-func (f *Server) Client() *http.Client {
-	host := strings.TrimPrefix(f.srv.URL, "http://")
-	return &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		if r.URL.Host != host {
-			f.t.Errorf("fake GitHub: request to a host other than the configured API: %s %s", r.Method, r.URL)
-			return nil, fmt.Errorf("fake GitHub transport: host %s refused", r.URL.Host)
-		}
-		return http.DefaultTransport.RoundTrip(r)
-	})}
-}
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (fn roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return fn(r) }
 
 // SetInstallation installs the app on repo ("owner/name") as installation
 // id: tokens of other installations then get 404 for it, as on GitHub.
@@ -269,36 +251,71 @@ func (f *Server) Statuses() []Status {
 	return append([]Status(nil), f.statuses...)
 }
 
-// Requests are the requests served so far, in order, each as
-// "METHOD /path?query".
+// Requests are the requests served so far but those under /_fake/, in
+// order, each as "METHOD /path?query".
 func (f *Server) Requests() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]string(nil), f.requests...)
 }
 
-// NextStatus returns the first accepted status that NextStatus has not
-// returned yet, waiting for it up to timeout (then it fails the test).
-func (f *Server) NextStatus(t testing.TB, timeout time.Duration) Status {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
+// Refused are the requests refused so far, in order, each with why.
+func (f *Server) Refused() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.refused...)
+}
+
+// WaitStatus returns the first accepted status that WaitStatus has not
+// returned yet, waiting for it until ctx ends.
+func (f *Server) WaitStatus(ctx context.Context) (Status, error) {
 	for {
 		f.mu.Lock()
 		if f.taken < len(f.statuses) {
 			s := f.statuses[f.taken]
 			f.taken++
 			f.mu.Unlock()
-			return s
+			return s, nil
 		}
 		posted := f.posted
 		f.mu.Unlock()
 		select {
 		case <-posted:
-		case <-deadline.C:
-			t.Fatalf("fake GitHub: no commit status within %v", timeout)
-			return Status{}
+		case <-ctx.Done():
+			return Status{}, fmt.Errorf("fake GitHub: wait for a commit status: %w", context.Cause(ctx))
 		}
+	}
+}
+
+// ParsePublicKey reads an app's public key as PEM (PKIX, "PUBLIC KEY").
+func ParsePublicKey(pemBytes []byte) (*rsa.PublicKey, error) {
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		return nil, errors.New("no PEM block")
+	}
+	k, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("public key: %w", err)
+	}
+	rk, ok := k.(*rsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("a %T, not an RSA key", k)
+	}
+	return rk, nil
+}
+
+func (f *Server) refuse(msg string) {
+	f.mu.Lock()
+	f.refused = append(f.refused, msg)
+	f.mu.Unlock()
+	if f.opts.Refuse != nil {
+		f.opts.Refuse(msg)
+	}
+}
+
+func (f *Server) logf(format string, args ...any) {
+	if f.opts.Logf != nil {
+		f.opts.Logf(format, args...)
 	}
 }
 
@@ -313,8 +330,8 @@ func notFound(w http.ResponseWriter) {
 		"documentation_url": "https://docs.github.com/rest"})
 }
 
-// checkJWT checks an app JWT: RS256 under the app's key, iss = AppID,
-// not expired.
+// checkJWT checks an app JWT: RS256 under the app's key, iss the app's
+// id, not expired.
 func (f *Server) checkJWT(r *http.Request) error {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
@@ -322,7 +339,7 @@ func (f *Server) checkJWT(r *http.Request) error {
 	}
 	parts := strings.Split(tok, ".")
 	if len(parts) != 3 {
-		return fmt.Errorf("not a JWT")
+		return errors.New("not a JWT")
 	}
 	var hdr struct{ Alg string }
 	var claims struct {
@@ -332,30 +349,44 @@ func (f *Server) checkJWT(r *http.Request) error {
 	for i, v := range []any{&hdr, &claims} {
 		raw, err := base64.RawURLEncoding.DecodeString(parts[i])
 		if err != nil {
-			return err
+			return fmt.Errorf("JWT part %d: %w", i, err)
 		}
 		if err := json.Unmarshal(raw, v); err != nil {
-			return err
+			return fmt.Errorf("JWT part %d: %w", i, err)
 		}
 	}
 	if hdr.Alg != "RS256" {
 		return fmt.Errorf("alg %q", hdr.Alg)
 	}
-	if claims.Iss != strconv.Itoa(AppID) {
-		return fmt.Errorf("iss %q, want the app id %d", claims.Iss, AppID)
+	if claims.Iss != strconv.FormatInt(f.opts.AppID, 10) {
+		return fmt.Errorf("iss %q, want the app id %d", claims.Iss, f.opts.AppID)
 	}
 	if claims.Exp < time.Now().Unix() {
-		return fmt.Errorf("expired JWT")
+		return errors.New("expired JWT")
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
 	if err != nil {
-		return err
+		return fmt.Errorf("JWT signature: %w", err)
+	}
+	if f.opts.Key == nil {
+		return errors.New("JWT not signed with the app's key: the fake has no key")
 	}
 	sum := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	if err := rsa.VerifyPKCS1v15(&f.key.PublicKey, crypto.SHA256, sum[:], sig); err != nil {
+	if err := rsa.VerifyPKCS1v15(f.opts.Key, crypto.SHA256, sum[:], sig); err != nil {
 		return fmt.Errorf("JWT not signed with the app's key: %w", err)
 	}
 	return nil
+}
+
+// appOnly answers as GitHub does and returns false when the request
+// carries no valid app JWT.
+func (f *Server) appOnly(w http.ResponseWriter, r *http.Request) bool {
+	err := f.checkJWT(r)
+	if err != nil {
+		f.refuse("refused " + r.Method + " " + r.URL.RequestURI() + ": " + err.Error())
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": err.Error()})
+	}
+	return err == nil
 }
 
 // checkToken returns the installation of the request's token, or answers
@@ -367,6 +398,7 @@ func (f *Server) checkToken(w http.ResponseWriter, r *http.Request) (int64, bool
 	want, has := f.installations[r.PathValue("o")+"/"+r.PathValue("r")]
 	f.mu.Unlock()
 	if !ok || !known {
+		f.refuse("refused " + r.Method + " " + r.URL.RequestURI() + ": no installation token of the fake's")
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": "Bad credentials"})
 		return 0, false
 	}
@@ -378,9 +410,7 @@ func (f *Server) checkToken(w http.ResponseWriter, r *http.Request) (int64, bool
 }
 
 func (f *Server) accessToken(w http.ResponseWriter, r *http.Request) {
-	if err := f.checkJWT(r); err != nil {
-		f.t.Errorf("fake GitHub: access token request: %v", err)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": err.Error()})
+	if !f.appOnly(w, r) {
 		return
 	}
 	inst, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
@@ -394,33 +424,40 @@ func (f *Server) accessToken(w http.ResponseWriter, r *http.Request) {
 	f.tokens[tok] = inst
 	f.mu.Unlock()
 	writeJSON(w, http.StatusCreated, map[string]any{"token": tok,
-		"expires_at": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)})
+		"expires_at":           time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
+		"permissions":          map[string]string{"contents": "read", "metadata": "read", "statuses": "write"},
+		"repository_selection": "selected"})
 }
 
 func (f *Server) installation(w http.ResponseWriter, r *http.Request) {
-	if err := f.checkJWT(r); err != nil {
-		f.t.Errorf("fake GitHub: installation request: %v", err)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": err.Error()})
+	if !f.appOnly(w, r) {
 		return
 	}
 	f.mu.Lock()
 	id, ok := f.installations[r.PathValue("o")+"/"+r.PathValue("r")]
 	f.mu.Unlock()
+	if !ok && f.opts.Tree != nil {
+		id, ok = ExampleInstallation, true
+	}
 	if !ok {
 		notFound(w)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"id": id, "app_id": AppID})
+	writeJSON(w, http.StatusOK, map[string]any{"id": id, "app_id": f.opts.AppID, "target_type": "User"})
 }
 
 func (f *Server) contents(w http.ResponseWriter, r *http.Request) {
 	if _, ok := f.checkToken(w, r); !ok {
 		return
 	}
-	p := r.PathValue("path")
+	p, ref := r.PathValue("path"), r.URL.Query().Get("ref")
 	f.mu.Lock()
-	text, ok := f.files[r.PathValue("o")+"/"+r.PathValue("r")+"@"+r.URL.Query().Get("ref")]
+	text, ok := f.files[r.PathValue("o")+"/"+r.PathValue("r")+"@"+ref]
 	f.mu.Unlock()
+	if !ok && f.opts.Tree != nil && ref != "" {
+		b, err := fs.ReadFile(f.opts.Tree, ".forge.yml")
+		text, ok = string(b), err == nil
+	}
 	if p != ".forge.yml" || !ok {
 		notFound(w)
 		return
@@ -453,12 +490,13 @@ func (f *Server) tarball(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	_, ok := f.tarballs[o+"/"+rp+"@"+sha]
 	f.mu.Unlock()
-	if !ok {
+	if !ok && f.opts.Tree == nil {
 		notFound(w)
 		return
 	}
-	// Pre-signed, like codeload's links for private repositories.
-	http.Redirect(w, r, f.srv.URL+"/codeload/"+o+"/"+rp+"/legacy.tar.gz/"+sha+"?token=SIGNED", http.StatusFound)
+	// Pre-signed, like codeload's links for private repositories; on the
+	// host the client used, as the fake has no other.
+	http.Redirect(w, r, "http://"+r.Host+"/codeload/"+o+"/"+rp+"/legacy.tar.gz/"+sha+"?token=SIGNED", http.StatusFound)
 }
 
 func (f *Server) codeload(w http.ResponseWriter, r *http.Request) {
@@ -466,9 +504,19 @@ func (f *Server) codeload(w http.ResponseWriter, r *http.Request) {
 		notFound(w)
 		return
 	}
+	o, rp, sha := r.PathValue("o"), r.PathValue("r"), r.PathValue("sha")
 	f.mu.Lock()
-	tgz, ok := f.tarballs[r.PathValue("o")+"/"+r.PathValue("r")+"@"+r.PathValue("sha")]
+	tgz, ok := f.tarballs[o+"/"+rp+"@"+sha]
 	f.mu.Unlock()
+	if !ok && f.opts.Tree != nil {
+		var err error
+		if tgz, err = treeTarball(f.opts.Tree, o+"-"+rp+"-"+sha[:min(len(sha), 7)], sha); err != nil {
+			f.logf("fakegithub: tarball of %s/%s@%s: %v", o, rp, sha, err)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		ok = true
+	}
 	if !ok {
 		notFound(w)
 		return
@@ -512,13 +560,18 @@ func (f *Server) status(w http.ResponseWriter, r *http.Request) {
 	s := Status{Inst: inst, Owner: r.PathValue("o"), Repo: r.PathValue("r"), SHA: r.PathValue("sha"),
 		State: in.State, Context: in.Context, Description: in.Description, TargetURL: in.TargetURL,
 		Token: r.Header.Get("Authorization")}
+	f.logf("fakegithub: status %s %s on %s/%s@%s: %s", s.Context, s.State, s.Owner, s.Repo, s.SHA, s.Description)
 	f.mu.Lock()
 	f.statuses = append(f.statuses, s)
+	id := len(f.statuses)
 	close(f.posted)
 	f.posted = make(chan struct{})
 	f.mu.Unlock()
-	writeJSON(w, http.StatusCreated, map[string]any{"id": 1, "state": in.State, "context": in.Context,
-		"description": in.Description, "target_url": in.TargetURL})
+	now := time.Now().UTC().Format(time.RFC3339)
+	writeJSON(w, http.StatusCreated, map[string]any{"id": id, "node_id": fmt.Sprintf("SC_fake%d", id),
+		"url":   "http://" + r.Host + "/api/v3/repos/" + s.Owner + "/" + s.Repo + "/statuses/" + s.SHA,
+		"state": s.State, "context": s.Context, "description": s.Description, "target_url": s.TargetURL,
+		"created_at": now, "updated_at": now})
 }
 
 // Entry is one entry of an archive made by TarballEntries. Type is a tar
@@ -528,12 +581,14 @@ type Entry struct {
 	Type             byte
 }
 
+// exampleCommit is the commit id in the pax header of the archives made
+// by Tarball and TarballEntries: the example payloads' head.
+const exampleCommit = "ec26c3e57ca3a959ca5aad62de7213c562f8c821"
+
 // Tarball makes a source archive as GitHub serves it: a gzip tar with a
-// pax global header, the folder topFolder (GitHub's
-// "owner-repo-sha7"), and files (path -> content, "/"-separated) under
-// it with their folders.
-func Tarball(t testing.TB, topFolder string, files map[string]string) []byte {
-	t.Helper()
+// pax global header, the folder topFolder (GitHub's "owner-repo-sha7"),
+// and files (path -> content, "/"-separated) under it with their folders.
+func Tarball(topFolder string, files map[string]string) ([]byte, error) {
 	top := strings.Trim(topFolder, "/")
 	names := make([]string, 0, len(files))
 	for name := range files {
@@ -553,25 +608,48 @@ func Tarball(t testing.TB, topFolder string, files map[string]string) []byte {
 		}
 		entries = append(entries, Entry{Name: top + "/" + name, Body: files[name]})
 	}
-	return TarballEntries(t, entries...)
+	return TarballEntries(entries...)
 }
 
 // TarballEntries makes a gzip tar of entries exactly as given (names
 // included, whatever they hold), after a pax global header with a commit
 // id as GitHub writes one: for archives GitHub would never serve.
-func TarballEntries(t testing.TB, entries ...Entry) []byte {
-	t.Helper()
+func TarballEntries(entries ...Entry) ([]byte, error) {
+	return tarball(exampleCommit, entries)
+}
+
+// treeTarball makes GitHub's archive of the files in tree: everything
+// under top, the commit sha in the pax header.
+func treeTarball(tree fs.FS, top, sha string) ([]byte, error) {
+	entries := []Entry{{Name: top + "/", Type: tar.TypeDir}}
+	err := fs.WalkDir(tree, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == "." {
+			return err
+		}
+		if d.IsDir() {
+			entries = append(entries, Entry{Name: top + "/" + p + "/", Type: tar.TypeDir})
+			return nil
+		}
+		b, err := fs.ReadFile(tree, p)
+		entries = append(entries, Entry{Name: top + "/" + p, Body: string(b)})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the tree: %w", err)
+	}
+	return tarball(sha, entries)
+}
+
+func tarball(commit string, entries []Entry) ([]byte, error) {
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(zw)
-	must := func(err error) {
-		if err != nil {
-			t.Fatalf("fake GitHub: make tarball: %v", err)
-		}
-	}
-	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "pax_global_header",
-		PAXRecords: map[string]string{"comment": "ec26c3e57ca3a959ca5aad62de7213c562f8c821"}}))
+	err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "pax_global_header",
+		PAXRecords: map[string]string{"comment": commit}})
 	for _, e := range entries {
+		if err != nil {
+			break
+		}
 		h := &tar.Header{Name: e.Name, Mode: 0o644, Typeflag: e.Type, Linkname: e.Link, ModTime: time.Unix(1700000000, 0)}
 		switch e.Type {
 		case 0, tar.TypeReg:
@@ -579,13 +657,18 @@ func TarballEntries(t testing.TB, entries ...Entry) []byte {
 		case tar.TypeDir:
 			h.Mode = 0o755
 		}
-		must(tw.WriteHeader(h))
-		if h.Typeflag == tar.TypeReg {
-			_, err := io.WriteString(tw, e.Body)
-			must(err)
+		if err = tw.WriteHeader(h); err == nil && h.Typeflag == tar.TypeReg {
+			_, err = io.WriteString(tw, e.Body)
 		}
 	}
-	must(tw.Close())
-	must(zw.Close())
-	return buf.Bytes()
+	if err == nil {
+		err = tw.Close()
+	}
+	if err == nil {
+		err = zw.Close()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fake GitHub: make a tarball: %w", err)
+	}
+	return buf.Bytes(), nil
 }

@@ -1,4 +1,4 @@
-package fakegithub
+package fakegithub_test
 
 import (
 	"archive/tar"
@@ -7,32 +7,44 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/bradleyfalzon/ghinstallation/v2"
 	gh "github.com/google/go-github/v62/github"
+
+	"github.com/forge-ci/forge/internal/fakegithub"
+	"github.com/forge-ci/forge/internal/fakegithub/fakegithubtest"
 )
 
 // clients are go-github clients on the fake, as the app and as
 // installation inst, the way a GitHub App talks to GitHub Enterprise.
-func clients(t *testing.T, f *Server, inst int64, key *rsa.PrivateKey) (app, install *gh.Client) {
+func clients(t *testing.T, f *fakegithubtest.Server, inst int64, key *rsa.PrivateKey) (app, install *gh.Client) {
 	t.Helper()
-	base := strings.TrimSuffix(f.APIBase(), "/")
-	atr := ghinstallation.NewAppsTransportFromPrivateKey(f.Client().Transport, AppID, key)
-	atr.BaseURL = base
+	return clientsAt(t, f.APIBase(), f.Client().Transport, fakegithub.AppID, inst, key)
+}
+
+// clientsAt are clients of the app appID on the API at base, through rt.
+func clientsAt(t *testing.T, base string, rt http.RoundTripper, appID, inst int64, key *rsa.PrivateKey) (app, install *gh.Client) {
+	t.Helper()
+	atr := ghinstallation.NewAppsTransportFromPrivateKey(rt, appID, key)
+	atr.BaseURL = strings.TrimSuffix(base, "/")
 	itr := ghinstallation.NewFromAppsTransport(atr, inst)
-	itr.BaseURL = base
-	app, err := gh.NewClient(&http.Client{Transport: atr}).WithEnterpriseURLs(f.APIBase(), f.APIBase())
+	itr.BaseURL = atr.BaseURL
+	app, err := gh.NewClient(&http.Client{Transport: atr}).WithEnterpriseURLs(base, base)
 	if err != nil {
 		t.Fatal(err)
 	}
-	install, err = gh.NewClient(&http.Client{Transport: itr}).WithEnterpriseURLs(f.APIBase(), f.APIBase())
+	install, err = gh.NewClient(&http.Client{Transport: itr}).WithEnterpriseURLs(base, base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,12 +52,12 @@ func clients(t *testing.T, f *Server, inst int64, key *rsa.PrivateKey) (app, ins
 }
 
 func TestFlow(t *testing.T) {
-	f := New(t)
+	f := fakegithubtest.New(t)
 	f.SetInstallation("o/r", 7)
 	const sha = "0123456789abcdef0123456789abcdef01234567"
 	f.SetFile("o/r", sha, "image: busybox\n")
-	f.SetTarball("o/r", sha, Tarball(t, "o-r-0123456", map[string]string{"hello.txt": "hi\n", "src/a/b.go": "package a\n"}))
-	app, inst := clients(t, f, 7, key(t))
+	f.SetTarball("o/r", sha, fakegithubtest.Tarball(t, "o-r-0123456", map[string]string{"hello.txt": "hi\n", "src/a/b.go": "package a\n"}))
+	app, inst := clients(t, f, 7, fakegithubtest.AppKey(t))
 	ctx := context.Background()
 
 	in, _, err := app.Apps.FindRepositoryInstallation(ctx, "o", "r")
@@ -135,7 +147,7 @@ func (r *recorder) all() string {
 
 func TestRefusals(t *testing.T) {
 	rec := &recorder{TB: t}
-	f := New(rec)
+	f := fakegithubtest.New(rec)
 	f.SetInstallation("o/r", 7)
 	f.SetInstallation("o/other", 8)
 	f.SetFile("o/other", "x", "image: x\n")
@@ -155,7 +167,7 @@ func TestRefusals(t *testing.T) {
 	}
 
 	// A token of installation 7 does not see installation 8's repository.
-	_, inst := clients(t, f, 7, key(t))
+	_, inst := clients(t, f, 7, fakegithubtest.AppKey(t))
 	if _, _, resp, _ := inst.Repositories.GetContents(ctx, "o", "other", ".forge.yml", &gh.RepositoryContentGetOptions{Ref: "x"}); resp == nil || resp.StatusCode != 404 {
 		t.Errorf("another installation's repository: %v", resp)
 	}
@@ -184,7 +196,8 @@ func TestRefusals(t *testing.T) {
 }
 
 func TestHold(t *testing.T) {
-	f := New(t)
+	// The requests carry no token: refused, noted, not failing the test.
+	f := fakegithubtest.New(&recorder{TB: t})
 	h := f.Hold("GET /api/v3/repos/o/r/contents/.forge.yml?ref=slow")
 	done := make(chan int, 2)
 	get := func(ref string) {
@@ -226,8 +239,8 @@ func TestHold(t *testing.T) {
 }
 
 func TestAppKeyPEM(t *testing.T) {
-	b := AppKeyPEM(t)
-	if !bytes.HasPrefix(b, []byte("-----BEGIN RSA PRIVATE KEY-----")) || !bytes.Equal(b, AppKeyPEM(t)) {
+	b := fakegithubtest.AppKeyPEM(t)
+	if !bytes.HasPrefix(b, []byte("-----BEGIN RSA PRIVATE KEY-----")) || !bytes.Equal(b, fakegithubtest.AppKeyPEM(t)) {
 		t.Errorf("key %.40q", b)
 	}
 }
@@ -264,4 +277,113 @@ func list(t *testing.T, tgz []byte) string {
 		out = append(out, e)
 	}
 	return strings.Join(out, " ")
+}
+
+// TestTree is the fake as the deployment test's container runs it: one
+// tree for every repository and commit, an app of its own, and what
+// happened told under /_fake/.
+func TestTree(t *testing.T) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refused []string
+	var mu sync.Mutex
+	f := fakegithub.New(fakegithub.Options{AppID: 99, Key: &key.PublicKey,
+		Tree:   fstest.MapFS{".forge.yml": {Data: []byte("image: x\n")}, "sub/a.txt": {Data: []byte("a\n")}},
+		Refuse: func(msg string) { mu.Lock(); refused = append(refused, msg); mu.Unlock() }})
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	t.Cleanup(f.Close)
+	app, inst := clientsAt(t, srv.URL+"/api/v3/", http.DefaultTransport, 99, 1, key)
+	ctx := t.Context()
+	const sha = "0123456789abcdef0123456789abcdef01234567"
+
+	if in, _, err := app.Apps.FindRepositoryInstallation(ctx, "any", "repo"); err != nil || in.GetID() != 1 || in.GetAppID() != 99 {
+		t.Fatalf("installation %+v, %v", in, err)
+	}
+	file, _, _, err := inst.Repositories.GetContents(ctx, "any", "repo", ".forge.yml", &gh.RepositoryContentGetOptions{Ref: sha})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text, _ := file.GetContent(); text != "image: x\n" {
+		t.Errorf("content %q", text)
+	}
+	link, _, err := inst.Repositories.GetArchiveLink(ctx, "any", "repo", gh.Tarball, &gh.RepositoryContentGetOptions{Ref: sha}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(link.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgz, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if got, want := list(t, tgz), "any-repo-0123456/ any-repo-0123456/.forge.yml=image: x\n any-repo-0123456/sub/ any-repo-0123456/sub/a.txt=a\n"; got != want {
+		t.Errorf("tarball\n got %q\nwant %q", got, want)
+	}
+	if _, _, err := inst.Repositories.CreateStatus(ctx, "any", "repo", sha, &gh.RepoStatus{State: gh.String("success"),
+		Context: gh.String("forge/execute"), TargetURL: gh.String("http://forge.test/builds/1")}); err != nil {
+		t.Fatal(err)
+	}
+	// A JWT of another app, and a request the fake does not know.
+	bad, _ := clientsAt(t, srv.URL+"/api/v3/", http.DefaultTransport, 98, 1, key)
+	if _, _, err := bad.Apps.FindRepositoryInstallation(ctx, "any", "repo"); err == nil {
+		t.Error("a JWT of another app was accepted")
+	}
+	if r, err := http.Get(srv.URL + "/nowhere"); err == nil {
+		r.Body.Close()
+	}
+
+	// Decoded as deploy/deploy_engine_test.go decodes them.
+	var statuses []struct {
+		Owner, Repo, SHA, State, Context, Description string
+		TargetURL                                     string `json:"target_url"`
+	}
+	getJSON(t, srv.URL+"/_fake/statuses", &statuses)
+	if len(statuses) != 1 || statuses[0].Owner != "any" || statuses[0].Repo != "repo" || statuses[0].SHA != sha ||
+		statuses[0].State != "success" || statuses[0].TargetURL != "http://forge.test/builds/1" {
+		t.Errorf("statuses %+v", statuses)
+	}
+	var reqs struct{ Requests, Refused []string }
+	getJSON(t, srv.URL+"/_fake/requests", &reqs)
+	if len(reqs.Refused) != 2 || !strings.Contains(reqs.Refused[0], `iss "98"`) || reqs.Refused[1] != "unexpected request GET /nowhere" {
+		t.Errorf("refused %q", reqs.Refused)
+	}
+	mu.Lock()
+	if !slices.Equal(refused, reqs.Refused) {
+		t.Errorf("told of %q, listed %q", refused, reqs.Refused)
+	}
+	mu.Unlock()
+	if len(reqs.Requests) != 8 || slices.ContainsFunc(reqs.Requests, func(r string) bool { return strings.Contains(r, "/_fake/") }) {
+		t.Errorf("requests %q", reqs.Requests)
+	}
+}
+
+// TestEmptyLists: before anything happened /_fake/statuses is an empty
+// JSON list, not null.
+func TestEmptyLists(t *testing.T) {
+	srv := httptest.NewServer(fakegithub.New(fakegithub.Options{}))
+	t.Cleanup(srv.Close)
+	resp, err := http.Get(srv.URL + "/_fake/statuses")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || strings.TrimSpace(string(b)) != "[]" {
+		t.Errorf("%d %q", resp.StatusCode, b)
+	}
+}
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("%s: %v", url, err)
+	}
 }

@@ -10,6 +10,10 @@ import (
 
 // Buffer is a mutex-guarded bytes.Buffer. The zero value is ready to use.
 type Buffer struct {
+	// Max, when above 0, bounds what is kept of a chatty writer: once Max
+	// bytes are held, later writes are dropped (and reported written).
+	Max int
+
 	mu sync.Mutex
 	b  bytes.Buffer
 }
@@ -18,6 +22,9 @@ type Buffer struct {
 func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.Max > 0 && b.b.Len() >= b.Max {
+		return len(p), nil
+	}
 	return b.b.Write(p)
 }
 

@@ -24,3 +24,15 @@ func TestConcurrentWrites(t *testing.T) {
 		t.Fatalf("%d bytes, want 800", len(got))
 	}
 }
+
+func TestMax(t *testing.T) {
+	b := Buffer{Max: 4}
+	for _, s := range []string{"ab", "cd", "ef"} {
+		if n, err := b.Write([]byte(s)); n != 2 || err != nil {
+			t.Fatalf("Write(%q) = %d, %v; want 2, nil", s, n, err)
+		}
+	}
+	if got := b.String(); got != "abcd" {
+		t.Errorf("kept %q, want abcd", got)
+	}
+}
