@@ -150,8 +150,11 @@ func (r *run) warn(format string, args ...any) {
 }
 
 // pause waits one Interval, or less if ctx ends.
-func (r *run) pause(ctx context.Context) error {
-	t := time.NewTimer(r.Interval)
+func (r *run) pause(ctx context.Context) error { return sleep(ctx, r.Interval) }
+
+// sleep waits d, or less if ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:

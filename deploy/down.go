@@ -119,14 +119,7 @@ func (d *down) builds(ctx context.Context, co coordinator) error {
 		}
 	}
 	// The coordinator posts their error statuses to GitHub, queued at the cancel.
-	t := time.NewTimer(d.c.statusGrace)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
+	return sleep(ctx, d.c.statusGrace)
 }
 
 // stackObjects are what docker stack deploy made that is still there.
