@@ -65,11 +65,11 @@ images: build
 	VERSION='$(VERSION)' ./deploy/images.sh
 
 up: images
-	VERSION='$(VERSION)' ./deploy/up.sh
+	VERSION='$(VERSION)' $(BIN)/forge deploy up
 
 # make down PURGE=1 also removes the secrets, the data volume and .forge/.
-down:
-	PURGE='$(PURGE)' ./deploy/down.sh
+down: build
+	PURGE='$(PURGE)' $(BIN)/forge deploy down
 
 # The real-engine test of make up / a build through the deployed
 # coordinator / make down (go test ./... runs it too).

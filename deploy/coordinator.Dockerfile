@@ -10,7 +10,7 @@ ADD skel.tar /
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY forge forgexec /usr/local/bin/
 # Not root by default. The stack runs it as 65532 with the group of the
-# node's /var/run/docker.sock (deploy/up.sh finds it), and nothing else.
+# node's /var/run/docker.sock (make up finds it), and nothing else.
 USER 65532:65532
 VOLUME ["/data"]
 EXPOSE 8080 7443

@@ -7,20 +7,33 @@
 #
 # VERSION defaults to `git describe --always --dirty`. With FORGE_REGISTRY
 # (e.g. registry.example.com:5000; from the environment or the state
-# folder's forge.env, see up.sh) the images are named and pushed there, for
+# folder's forge.env, see make up) the images are named and pushed there, for
 # the swarm's other nodes, which cannot get them from this machine.
 # FORGE_CA_BUNDLE replaces the host's CA bundle.
 set -eu
 cd "$(dirname "$0")/.."
-. deploy/lib.sh
+
+me="make images"
+say() { printf '%s: %s\n' "$me" "$*"; }
+die() {
+  printf '%s: %s\n' "$me" "$*" >&2
+  exit 1
+}
 
 version=${VERSION:-$(git describe --always --dirty 2>/dev/null || echo dev)}
-registry=$(setting FORGE_REGISTRY)
+# FORGE_REGISTRY from the environment, else from the state folder's
+# forge.env, where make up keeps its settings.
+registry=${FORGE_REGISTRY:-}
+settings=${FORGE_STATE_DIR:-.forge}/forge.env
+if [ -z "$registry" ] && [ -f "$settings" ]; then
+  registry=$(sed -n 's/^FORGE_REGISTRY=//p' "$settings" | tail -n 1)
+fi
 prefix=
 [ -z "$registry" ] || prefix=${registry%/}/
 bundle=${FORGE_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 
-need_docker
+command -v docker >/dev/null 2>&1 || die "the docker command is not installed"
+docker info >/dev/null 2>&1 || die "cannot reach the Docker engine (is it running, and may you use it?)"
 for f in bin/forge bin/forgexec; do
   [ -x "$f" ] || die "$f is missing: run make build (make images does)"
 done

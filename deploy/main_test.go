@@ -1,7 +1,8 @@
-// Package deploy holds the tests of Forge's swarm deployment: the stack
-// files (stack_test.go) and make up / make down on the real engine
-// (deploy_engine_test.go). The deployment itself is shell and YAML.
 package deploy
+
+// The tests: the stack files (stack_test.go), up and down against fakes
+// (up_test.go, down_test.go), and make up / make down on the real engine
+// (deploy_engine_test.go, and cluster_test.go on three nodes).
 
 import (
 	"os"

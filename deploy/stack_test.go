@@ -3,10 +3,13 @@ package deploy
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -165,12 +168,8 @@ func TestStackFile(t *testing.T) {
 		t.Errorf("agents dial port %s, the coordinator listens on %q", port, coord.Environment["FORGE_AGENT_LISTEN"])
 	}
 	// The coordinator's certificate must name the host agents dial.
-	up, err := os.ReadFile("up.sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !regexp.MustCompile(`--role coordinator --name coordinator --host ([a-z0-9.-]+,)*` + host + `\b`).Match(up) {
-		t.Errorf("up.sh does not issue the coordinator's certificate for %q", host)
+	if names := coordinatorCertNames(t); !slices.Contains(names, host) {
+		t.Errorf("make up issues the coordinator's certificate for %q, not for %q", names, host)
 	}
 
 	// The coordinator: one replica on a manager, its socket, its data,
@@ -238,7 +237,7 @@ func TestStackFile(t *testing.T) {
 			t.Errorf("secret %q is declared but not used", name)
 		}
 		if !sec.External || !strings.Contains(sec.Name, "${") {
-			t.Errorf("secret %q: want external, named by deploy/up.sh (secrets are immutable: the name carries a hash)", name)
+			t.Errorf("secret %q: want external, named by make up (secrets are immutable: the name carries a hash)", name)
 		}
 	}
 	for _, env := range []string{"FORGE_TLS_CA", "FORGE_TLS_CERT", "FORGE_TLS_KEY", "FORGE_WEBHOOK_SECRET_FILE"} {
@@ -277,7 +276,7 @@ func TestStackFile(t *testing.T) {
 	}
 
 	noDockerPort(t, "stack.yml", raw)
-	usedVariables(t, "stack.yml", raw, up)
+	usedVariables(t, "stack.yml", raw)
 }
 
 // TestStackGitHub checks deploy/stack.github.yml, the GitHub App's part.
@@ -296,12 +295,8 @@ func TestStackGitHub(t *testing.T) {
 	} else if sec, declared := s.Secrets[src]; !declared || !sec.External {
 		t.Errorf("secret %q not declared external", src)
 	}
-	up, err := os.ReadFile("up.sh")
-	if err != nil {
-		t.Fatal(err)
-	}
 	noDockerPort(t, "stack.github.yml", raw)
-	usedVariables(t, "stack.github.yml", raw, up)
+	usedVariables(t, "stack.github.yml", raw)
 }
 
 // noDockerPort: Forge never reaches Docker over TCP.
@@ -315,18 +310,58 @@ func noDockerPort(t *testing.T, name string, raw []byte) {
 }
 
 // usedVariables: every variable the file interpolates is one that
-// deploy/up.sh sets.
-func usedVariables(t *testing.T, name string, raw, up []byte) {
+// forge deploy up sets.
+func usedVariables(t *testing.T, name string, raw []byte) {
 	t.Helper()
+	set := stackVariables(t)
 	for _, m := range regexp.MustCompile(`\$\{([A-Z0-9_]+)`).FindAllSubmatch(raw, -1) {
-		if !bytes.Contains(up, m[1]) {
-			t.Errorf("%s uses ${%s}, which deploy/up.sh never sets", name, m[1])
+		if !set[string(m[1])] {
+			t.Errorf("%s uses ${%s}, which forge deploy up never sets", name, m[1])
 		}
 	}
 }
 
+// stackVariables are the variables forge deploy up runs docker stack
+// deploy with, the GitHub App configured.
+func stackVariables(t *testing.T) map[string]bool {
+	t.Helper()
+	u := &up{run: &run{engine: &fakeEngine{t: t}}, s: Settings{GitHubAppID: "42"}}
+	for _, f := range u.secretFiles() {
+		u.secrets = append(u.secrets, deployed{f, "s-" + f.what})
+	}
+	set := map[string]bool{}
+	for _, kv := range u.stackEnv("v1", "") {
+		k, _, _ := strings.Cut(kv, "=")
+		set[k] = true
+	}
+	return set
+}
+
+// coordinatorCertNames are the DNS names of the coordinator's certificate
+// as make up issues it.
+func coordinatorCertNames(t *testing.T) []string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := makeCerts(dir, func(string, ...any) {}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "coordinator.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil {
+		t.Fatalf("coordinator.pem holds no PEM block:\n%s", raw)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert.DNSNames
+}
+
 // TestStackConfig has the docker CLI itself read both files with the
-// variables deploy/up.sh sets (docker stack config: no engine needed).
+// variables make up sets (docker stack config: no engine needed).
 func TestStackConfig(t *testing.T) {
 	if _, err := exec.LookPath("docker"); err != nil {
 		dockertest.Unavailable(t, "docker CLI: %v", err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/forge-ci/forge/internal/atomicfile"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -144,32 +145,13 @@ func writeFiles(dir string, public, private map[string][]byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	write := func(path string, data []byte, mode os.FileMode) error {
-		tmp, err := os.CreateTemp(dir, ".tmp-*")
-		if err != nil {
-			return err
-		}
-		defer os.Remove(tmp.Name())
-		if err := tmp.Chmod(mode); err != nil {
-			tmp.Close()
-			return err
-		}
-		if _, err := tmp.Write(data); err != nil {
-			tmp.Close()
-			return err
-		}
-		if err := tmp.Close(); err != nil {
-			return err
-		}
-		return os.Rename(tmp.Name(), path)
-	}
 	for p, d := range private {
-		if err := write(p, d, 0o600); err != nil {
+		if err := atomicfile.Write(p, d, 0o600); err != nil {
 			return fmt.Errorf("write %s: %w", p, err)
 		}
 	}
 	for p, d := range public {
-		if err := write(p, d, 0o644); err != nil {
+		if err := atomicfile.Write(p, d, 0o644); err != nil {
 			return fmt.Errorf("write %s: %w", p, err)
 		}
 	}

@@ -1,5 +1,6 @@
 // Command forge is Forge's one binary: the coordinator, the agent, the small
-// PKI behind their mutual TLS, and `forge run` for a build on this machine.
+// PKI behind their mutual TLS, `forge run` for a build on this machine, and
+// `forge deploy` for the stack on a swarm.
 // Mains only parse flags and call into the packages, so tests can start the
 // real programs.
 package main
@@ -43,6 +44,7 @@ func newApp() *cli.App {
 			agentCommand(),
 			certsCommand(),
 			runCommand(),
+			deployCommand(),
 			versionCommand(),
 		},
 	}

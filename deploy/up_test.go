@@ -1,0 +1,435 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/swarm"
+
+	"github.com/forge-ci/forge/internal/syncbuf"
+)
+
+// upRig runs Up against a fake swarm and a fake coordinator.
+type upRig struct {
+	t        *testing.T
+	sw       *fakeSwarm
+	co       *fakeCoordinator
+	state    string
+	port     string
+	socket   string
+	keyFile  string
+	out, err *syncbuf.Buffer
+}
+
+func newUpRig(t *testing.T) *upRig {
+	r := &upRig{t: t, sw: newFakeSwarm(t), co: &fakeCoordinator{agents: []string{"node1"}},
+		state: filepath.Join(t.TempDir(), "state"), socket: fakeSocket(t)}
+	r.port = r.co.start(t)
+	r.keyFile = filepath.Join(t.TempDir(), "app.pem")
+	if err := os.WriteFile(r.keyFile, []byte("-----BEGIN RSA PRIVATE KEY-----\nMII\n-----END RSA PRIVATE KEY-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (r *upRig) config(s Settings) UpConfig {
+	r.out, r.err = &syncbuf.Buffer{}, &syncbuf.Buffer{}
+	if s.HTTPPort == "" {
+		s.HTTPPort = r.port
+	}
+	return UpConfig{
+		Config: Config{StateDir: r.state, Timeout: 5 * time.Second, Out: r.out, Err: r.err,
+			Engine: r.sw.engine(), Interval: 5 * time.Millisecond},
+		Settings: s, Version: "v1", Socket: r.socket, DockerCLI: r.sw.dockerCLI,
+	}
+}
+
+// up runs Up and wants it to succeed; it returns what Up said.
+func (r *upRig) up(c UpConfig) string {
+	r.t.Helper()
+	if err := Up(context.Background(), c); err != nil {
+		r.t.Fatalf("Up: %v\nout:\n%s\nerr:\n%s", err, r.out, r.err)
+	}
+	return r.out.String()
+}
+
+func (r *upRig) lastEnv() map[string]string {
+	r.t.Helper()
+	if len(r.sw.envs) == 0 {
+		r.t.Fatal("docker stack deploy never ran")
+	}
+	m := map[string]string{}
+	for _, kv := range r.sw.envs[len(r.sw.envs)-1] {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
+}
+
+func wantLines(t *testing.T, out string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, out)
+		}
+	}
+}
+
+// TestUpMakesThenKeeps: a first run makes the CA, certificates, webhook
+// secret and Docker secrets, deploys and waits; a second one makes
+// nothing and deploys the same; a changed file becomes a new secret that
+// changes only the services that use it, and the old secret goes.
+func TestUpMakesThenKeeps(t *testing.T) {
+	r := newUpRig(t)
+	r.sw.secrets["forge_webhook_secret_0123456789ab"] = swarm.Secret{ID: "old", Spec: swarm.SecretSpec{
+		Annotations: swarm.Annotations{Name: "forge_webhook_secret_0123456789ab", Labels: map[string]string{"forge.stack": "forge"}}}}
+	settings := Settings{GitHubAppID: "42", PublicURL: "https://forge.example.com/"}
+	c := r.config(settings)
+	c.GitHubKeyFile = r.keyFile
+	out := r.up(c)
+	wantLines(t, out,
+		"make up: copied the GitHub App key into "+filepath.Join(r.state, "github-app-key.pem"),
+		"make up: made a new CA in "+filepath.Join(r.state, "certs"),
+		"make up: issued "+filepath.Join(r.state, "certs", "coordinator.pem"),
+		"make up: issued "+filepath.Join(r.state, "certs", "agent.pem"),
+		"make up: made a random webhook secret: ",
+		"make up: deploying stack forge (forge/coordinator and forge/agent:v1, as 65532:",
+		"make up: Creating service forge_coordinator\n",
+		"make up: waiting (at most 5s) for the coordinator at http://127.0.0.1:"+r.port+" and an agent on every node\n",
+		"make up: removed the unused secret forge_webhook_secret_0123456789ab\n",
+		"make up: Forge is up: the coordinator and 1 agent(s), one on every node\n",
+		"make up:   webhook URL     https://forge.example.com/webhook\n",
+		"make up: GitHub App 42 configured",
+	)
+	if len(r.sw.created) != 7 {
+		t.Errorf("created the secrets %q, want 7", r.sw.created)
+	}
+	for _, name := range r.sw.created {
+		s := r.sw.secrets[name]
+		what := strings.TrimSuffix(strings.TrimPrefix(name, "forge_"), name[len(name)-13:])
+		if s.Spec.Labels["forge.stack"] != "forge" || s.Spec.Labels["forge.secret"] != what {
+			t.Errorf("secret %s: labels %v", name, s.Spec.Labels)
+		}
+	}
+	if got := strings.Join(r.sw.deploys[0][:7], " "); got != "stack deploy --detach=true --prune --resolve-image never -c" ||
+		len(r.sw.deploys[0]) != 11 || r.sw.deploys[0][10] != "forge" {
+		t.Errorf("docker %q", r.sw.deploys[0])
+	}
+	env := r.lastEnv()
+	webhook, _ := os.ReadFile(filepath.Join(r.state, "webhook-secret"))
+	if len(webhook) != 64 || env["FORGE_SECRET_WEBHOOK"] != secretName("forge", "webhook_secret", webhook) ||
+		env["FORGE_GITHUB_APP_ID"] != "42" || env["FORGE_COORDINATOR_NODE"] != "node1" || env["FORGE_UID"] != "65532" ||
+		env["FORGE_SECRET_GITHUB_KEY"] == "" || env["DOCKER_HOST"] != "unix:///fake/docker.sock" {
+		t.Errorf("environment of docker stack deploy: %v", env)
+	}
+	saved, _ := os.ReadFile(filepath.Join(r.state, "forge.env"))
+	wantEnv := "FORGE_HTTP_PORT=" + r.port + "\nFORGE_PUBLIC_URL=https://forge.example.com/\nFORGE_GITHUB_APP_ID=42\n" +
+		"FORGE_GITHUB_API=\nFORGE_REGISTRY=\nFORGE_USER=\nFORGE_AGENT_USER=\n"
+	if !strings.HasSuffix(string(saved), wantEnv) {
+		t.Errorf("forge.env:\n%s\nwant it to end with:\n%s", saved, wantEnv)
+	}
+	for file, mode := range map[string]os.FileMode{"": 0o700, "certs/ca-key.pem": 0o600, "certs/coordinator-key.pem": 0o600,
+		"certs/agent-key.pem": 0o600, "webhook-secret": 0o600, "github-app-key.pem": 0o600, "certs/ca.pem": 0o644} {
+		if fi, err := os.Stat(filepath.Join(r.state, file)); err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: %v, %v; want mode %#o", file, fi.Mode(), err, mode)
+		}
+	}
+
+	// Again, with the settings from forge.env: nothing new, the same deployment.
+	first := r.lastEnv()
+	created := len(r.sw.created)
+	out = r.up(r.config(Settings{HTTPPort: r.port}))
+	if len(r.sw.created) != created || strings.Contains(out, "made a") || strings.Contains(out, "issued") || strings.Contains(out, "removed") {
+		t.Errorf("the second run made or removed things:\n%s", out)
+	}
+	if again := r.lastEnv(); !mapsEqual(again, first) {
+		t.Errorf("the second run deployed\n%v\nafter\n%v", again, first)
+	}
+
+	// A new webhook secret: one new Docker secret, the coordinator's
+	// deployment changes and the agents' does not, the old secret goes.
+	if err := os.WriteFile(filepath.Join(r.state, "webhook-secret"), []byte("rotated"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out = r.up(r.config(Settings{}))
+	newName := secretName("forge", "webhook_secret", []byte("rotated"))
+	if got := r.sw.created[created:]; !slices.Equal(got, []string{newName}) {
+		t.Errorf("created %q, want only %s", got, newName)
+	}
+	third := r.lastEnv()
+	if third["FORGE_COORDINATOR_DEPLOYMENT"] == first["FORGE_COORDINATOR_DEPLOYMENT"] ||
+		third["FORGE_AGENT_DEPLOYMENT"] != first["FORGE_AGENT_DEPLOYMENT"] {
+		t.Errorf("deployments: coordinator %s then %s, agent %s then %s", first["FORGE_COORDINATOR_DEPLOYMENT"],
+			third["FORGE_COORDINATOR_DEPLOYMENT"], first["FORGE_AGENT_DEPLOYMENT"], third["FORGE_AGENT_DEPLOYMENT"])
+	}
+	wantLines(t, out, "make up: removed the unused secret "+first["FORGE_SECRET_WEBHOOK"]+"\n")
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestUpWithoutApp: no App, the next steps are said, and
+// stack.github.yml is not deployed.
+func TestUpWithoutApp(t *testing.T) {
+	r := newUpRig(t)
+	r.sw.nodes = append(r.sw.nodes, node("node2", "host2", swarm.NodeStateDown, swarm.NodeAvailabilityActive))
+	out := r.up(r.config(Settings{}))
+	wantLines(t, out,
+		"make up: note: the images exist on this machine only. Every other node needs forge/agent:v1:",
+		"make up:   webhook URL     http://10.0.0.1:"+r.port+"/webhook",
+		"make up: next: create a GitHub App",
+		"make up: set FORGE_PUBLIC_URL",
+		"make up: Forge is up: the coordinator and 1 agent(s)")
+	if len(r.sw.created) != 6 || r.lastEnv()["FORGE_SECRET_GITHUB_KEY"] != "" {
+		t.Errorf("created %q; FORGE_SECRET_GITHUB_KEY=%q", r.sw.created, r.lastEnv()["FORGE_SECRET_GITHUB_KEY"])
+	}
+	if args := r.sw.deploys[0]; slices.ContainsFunc(args, func(a string) bool { return strings.HasSuffix(a, "stack.github.yml") }) {
+		t.Errorf("docker %q", args)
+	}
+}
+
+// TestUpGivesUp: an agent that never connects; up gives up at the
+// deadline and says which node and what its agent logged.
+func TestUpGivesUp(t *testing.T) {
+	r := newUpRig(t)
+	r.co.agents = nil
+	r.sw.agentLogs = "dial unix /var/run/docker.sock: connect: permission denied\n"
+	c := r.config(Settings{})
+	c.Timeout = time.Second
+	err := Up(context.Background(), c)
+	if err == nil || err.Error() != "gave up after 1s waiting for an agent on every node (missing: node1)" {
+		t.Fatalf("Up: %v", err)
+	}
+	wantLines(t, r.err.String(),
+		"make up: tasks of forge_coordinator:\n",
+		"make up:   host1: Running ",
+		"make up: no agent connected from node node1 (host1)\n",
+		"make up:   dial unix /var/run/docker.sock: connect: permission denied\n",
+		"make up: set FORGE_AGENT_USER=65532:<its gid> (stat -c %g /var/run/docker.sock there) or FORGE_AGENT_USER=0:0\n",
+		"make up: gave up after 1s waiting for an agent on every node (missing: node1)\n")
+	if strings.Contains(r.out.String(), "removed") {
+		t.Errorf("secrets removed although the deployment never converged:\n%s", r.out)
+	}
+}
+
+// TestUpRefuses: what up refuses, before it deploys anything.
+func TestUpRefuses(t *testing.T) {
+	notPEM := filepath.Join(t.TempDir(), "key.txt")
+	os.WriteFile(notPEM, []byte("not a key"), 0o600)
+	for _, tc := range []struct {
+		name  string
+		setup func(r *upRig, c *UpConfig)
+		want  string
+	}{
+		{"no swarm", func(r *upRig, c *UpConfig) { r.sw.state = swarm.LocalNodeStateInactive },
+			"Docker is not in swarm mode (inactive), and make up does not turn it on for you.\n  On the machine"},
+		{"worker", func(r *upRig, c *UpConfig) { r.sw.worker = true },
+			"this node is a swarm worker; run make up on a manager (docker node ls lists them)"},
+		{"no docker command", func(r *upRig, c *UpConfig) {
+			c.DockerCLI = func(context.Context, []string, ...string) ([]byte, error) { return nil, exec.ErrNotFound }
+		}, "the docker command is not installed"},
+		{"no socket", func(r *upRig, c *UpConfig) { c.Socket = filepath.Join(t.TempDir(), "none") },
+			"none is not here: the coordinator uses the manager's local Docker socket"},
+		{"port", func(r *upRig, c *UpConfig) { c.Settings.HTTPPort = "80a" }, "FORGE_HTTP_PORT=80a: want a port number"},
+		{"app id", func(r *upRig, c *UpConfig) { c.Settings.GitHubAppID = "x1" },
+			"FORGE_GITHUB_APP_ID=x1: want the App's number (App settings, About)"},
+		{"app id without key", func(r *upRig, c *UpConfig) { c.Settings.GitHubAppID = "1" },
+			"FORGE_GITHUB_APP_ID is set but there is no App private key"},
+		{"key without app id", func(r *upRig, c *UpConfig) { c.GitHubKeyFile = r.keyFile }, "but no App id: add FORGE_GITHUB_APP_ID=<id>"},
+		{"key not PEM", func(r *upRig, c *UpConfig) { c.GitHubKeyFile = notPEM }, "is not a PEM private key"},
+		{"key missing", func(r *upRig, c *UpConfig) { c.GitHubKeyFile = notPEM + ".none" }, ".none: cannot read it"},
+		{"user", func(r *upRig, c *UpConfig) { c.Settings.User = "65532" }, "FORGE_USER=65532: want uid:gid"},
+		{"agent user", func(r *upRig, c *UpConfig) { c.Settings.AgentUser = "0" }, "FORGE_AGENT_USER=0: want uid:gid"},
+		{"uids differ", func(r *upRig, c *UpConfig) { c.Settings.AgentUser = "0:0" },
+			"FORGE_USER and FORGE_AGENT_USER must have the same uid (the secrets are given to it)"},
+		{"no image", func(r *upRig, c *UpConfig) { c.Version = "v2" }, "image forge/coordinator:v2 is missing: run make images (make up does)"},
+		{"registry image", func(r *upRig, c *UpConfig) { c.Settings.Registry = "reg.example.com:5000/" },
+			"image reg.example.com:5000/forge/coordinator:v1 is missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newUpRig(t)
+			c := r.config(Settings{})
+			tc.setup(r, &c)
+			err := Up(context.Background(), c)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Up: %v, want %q", err, tc.want)
+			}
+			if !strings.HasSuffix(r.err.String(), "make up: "+err.Error()+"\n") {
+				t.Errorf("stderr:\n%s\nwant it to end with make up: %v", r.err, err)
+			}
+			if len(r.sw.deploys) > 0 {
+				t.Errorf("deployed: %q", r.sw.deploys)
+			}
+		})
+	}
+}
+
+func TestSecretName(t *testing.T) {
+	sum := sha256.Sum256([]byte("content"))
+	if got, want := secretName("forge", "ca", []byte("content")), "forge_ca_"+hex.EncodeToString(sum[:])[:12]; got != want {
+		t.Errorf("secretName = %s, want %s", got, want)
+	}
+	if secretName("forge", "ca", []byte("a")) == secretName("forge", "ca", []byte("b")) {
+		t.Error("other content, same name")
+	}
+}
+
+// TestDeploymentDigest: the hash of each input on a line of its own, then
+// both compose files, as the forge.deployment labels have always been.
+func TestDeploymentDigest(t *testing.T) {
+	h := sha256.New()
+	h.Write([]byte("sha256:c1\n65532:999\n\n"))
+	h.Write(stackYML)
+	h.Write(stackGitHubYML)
+	want := hex.EncodeToString(h.Sum(nil))[:16]
+	if got := deploymentDigest("sha256:c1", "65532:999", ""); got != want {
+		t.Errorf("deploymentDigest = %s, want %s", got, want)
+	}
+	if deploymentDigest("a", "b") == deploymentDigest("a", "c") || deploymentDigest("a", "") == deploymentDigest("a") {
+		t.Error("other inputs, same digest")
+	}
+}
+
+func TestConverged(t *testing.T) {
+	task := func(state swarm.TaskState, deployment string) swarm.Task {
+		return swarm.Task{Status: swarm.TaskStatus{State: state},
+			Spec: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Labels: map[string]string{"forge.deployment": deployment}}}}
+	}
+	for _, tc := range []struct {
+		name  string
+		tasks []swarm.Task
+		want  bool
+	}{
+		{"no task", nil, false},
+		{"running this deployment", []swarm.Task{task(swarm.TaskStateRunning, "d1"), task(swarm.TaskStateRunning, "d1")}, true},
+		{"one starting", []swarm.Task{task(swarm.TaskStateRunning, "d1"), task(swarm.TaskStateStarting, "d1")}, false},
+		{"one of the earlier deployment", []swarm.Task{task(swarm.TaskStateRunning, "d1"), task(swarm.TaskStateRunning, "d0")}, false},
+		{"no container spec", []swarm.Task{{Status: swarm.TaskStatus{State: swarm.TaskStateRunning}}}, false},
+	} {
+		if got := converged(tc.tasks, "d1"); got != tc.want {
+			t.Errorf("%s: converged = %v", tc.name, got)
+		}
+	}
+}
+
+func TestReadyNodesAndMissingAgents(t *testing.T) {
+	nodes := []swarm.Node{
+		node("n3", "c", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n1", "a", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n2", "b", swarm.NodeStateDown, swarm.NodeAvailabilityActive),
+		node("n4", "d", swarm.NodeStateReady, swarm.NodeAvailabilityDrain),
+	}
+	ready := readyNodes(nodes)
+	if !slices.Equal(ready, []string{"n1", "n3"}) {
+		t.Errorf("readyNodes = %q", ready)
+	}
+	if got := missingAgents(ready, []string{"n3", "n2"}); !slices.Equal(got, []string{"n1"}) {
+		t.Errorf("missingAgents = %q", got)
+	}
+	if got := missingAgents(ready, []string{"n1", "n3"}); got != nil {
+		t.Errorf("missingAgents = %q", got)
+	}
+}
+
+// TestDecodeAgents reads GET /api/agents as the coordinator writes it
+// (coordinator.AgentInfo, indented).
+func TestDecodeAgents(t *testing.T) {
+	body := []byte(`[
+  {"node_id": "n2", "hostname": "b", "agent_version": "v1", "engine_version": "28", "protocol": 1,
+   "address": "10.0.1.5:40000", "connected_since": "2025-01-01T00:00:00Z", "session_id": "s"},
+  {"node_id": "n1", "hostname": "a"},
+  {"node_id": "n2", "hostname": "b"}
+]`)
+	nodes, err := decodeAgents(body)
+	if err != nil || !slices.Equal(nodes, []string{"n1", "n2"}) {
+		t.Errorf("decodeAgents = %q, %v", nodes, err)
+	}
+	if nodes, err := decodeAgents([]byte("[]\n")); err != nil || len(nodes) != 0 {
+		t.Errorf("decodeAgents([]) = %q, %v", nodes, err)
+	}
+	for _, bad := range []string{"", "{}", `{"error": "x"}`, "<html>"} {
+		if _, err := decodeAgents([]byte(bad)); err == nil {
+			t.Errorf("decodeAgents(%q): no error", bad)
+		}
+	}
+}
+
+func TestDecodeBuildIDs(t *testing.T) {
+	ids, err := decodeBuildIDs([]byte(`[{"id": "b1", "state": "running", "exit_code": null}, {"id": "b2"}]`))
+	if err != nil || !slices.Equal(ids, []string{"b1", "b2"}) {
+		t.Errorf("decodeBuildIDs = %q, %v", ids, err)
+	}
+	if _, err := decodeBuildIDs([]byte(`{"error": "limit"}`)); err == nil {
+		t.Error("an error answer decoded")
+	}
+}
+
+// TestSettingsFile: forge.env as make up writes it, read back; the last
+// line of a key wins; a given setting beats the saved one.
+func TestSettingsFile(t *testing.T) {
+	dir := t.TempDir()
+	if s, err := (Settings{HTTPPort: "1"}).withSaved(dir); err != nil || s != (Settings{HTTPPort: "1"}) {
+		t.Errorf("no forge.env: %+v, %v", s, err)
+	}
+	saved := Settings{HTTPPort: "9090", PublicURL: "https://f.example.com/a=b", GitHubAppID: "7", Registry: "r:5000", AgentUser: "0:0"}
+	text := saved.envFileText()
+	if !bytes.HasPrefix(text, []byte("# Settings of make up")) {
+		t.Errorf("forge.env:\n%s", text)
+	}
+	text = append(text, "FORGE_REGISTRY=later\n# FORGE_USER=commented\nnonsense\n"...)
+	if err := os.WriteFile(filepath.Join(dir, envFile), text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Settings{GitHubAppID: "8"}.withSaved(dir)
+	want := saved
+	want.GitHubAppID, want.Registry = "8", "later"
+	if err != nil || got != want {
+		t.Errorf("withSaved = %+v, %v; want %+v", got, err, want)
+	}
+}
+
+// TestMakeCerts: a CA and both certificates once; a missing certificate
+// is issued again from the same CA; a CA key without its certificate is
+// refused rather than replaced.
+func TestMakeCerts(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	var said []string
+	say := func(format string, args ...any) { said = append(said, format) }
+	if err := makeCerts(dir, say); err != nil || len(said) != 3 {
+		t.Fatalf("makeCerts: %v, said %q", err, said)
+	}
+	ca, _ := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	said = nil
+	if err := makeCerts(dir, say); err != nil || len(said) != 0 {
+		t.Errorf("second makeCerts: %v, said %q", err, said)
+	}
+	os.Remove(filepath.Join(dir, "agent.pem"))
+	if err := makeCerts(dir, say); err != nil || len(said) != 1 || !strings.Contains(said[0], "shared by the agents") {
+		t.Errorf("makeCerts without agent.pem: %v, said %q", err, said)
+	}
+	if again, _ := os.ReadFile(filepath.Join(dir, "ca.pem")); !bytes.Equal(again, ca) {
+		t.Error("the CA changed")
+	}
+	os.Remove(filepath.Join(dir, "ca.pem"))
+	if err := makeCerts(dir, say); err == nil || !strings.Contains(err.Error(), "without ca.pem") {
+		t.Errorf("makeCerts with a lone CA key: %v", err)
+	}
+}
