@@ -15,8 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/forge-ci/forge/internal/version"
 	"github.com/forge-ci/forge/wire"
 )
@@ -76,12 +74,12 @@ type AgentServer struct {
 	mu         sync.Mutex
 	agents     map[string]*agentConn // by node id
 	waiters    map[string][]chan struct{}
-	logStreams map[string]*yamux.Stream // the one log stream of each build
+	logStreams map[string]*wire.Stream // the one log stream of each build
 }
 
 type agentConn struct {
 	info AgentInfo
-	ys   *yamux.Session
+	ys   *wire.Session
 }
 
 // Timeouts of the coordinator's side of the wire.
@@ -138,7 +136,7 @@ func (s *AgentServer) serveConn(ctx context.Context, conn net.Conn) {
 	stop := context.AfterFunc(ctx, func() { ys.Close() })
 	defer stop()
 
-	ctl, err := ys.AcceptStream()
+	ctl, err := ys.Accept(ctx)
 	if err != nil {
 		log.Warn("agent opened no control stream", "err", err)
 		return
@@ -193,7 +191,7 @@ func (s *AgentServer) serveConn(ctx context.Context, conn net.Conn) {
 	go func() {
 		defer wg.Done()
 		for {
-			st, err := ys.AcceptStream()
+			st, err := ys.Accept(ctx)
 			if err != nil {
 				return
 			}
@@ -282,15 +280,15 @@ func (s *AgentServer) WaitAgent(ctx context.Context, nodeID string) error {
 	}
 }
 
-// open opens a request stream to the agent of nodeID.
-func (s *AgentServer) open(nodeID string) (*yamux.Stream, error) {
+// open opens a request stream to the agent of nodeID; it ends with ctx.
+func (s *AgentServer) open(ctx context.Context, nodeID string) (*wire.Stream, error) {
 	s.mu.Lock()
 	ac := s.agents[nodeID]
 	s.mu.Unlock()
 	if ac == nil {
 		return nil, fmt.Errorf("%w %s", ErrNoAgent, nodeID)
 	}
-	st, err := ac.ys.OpenStream()
+	st, err := ac.ys.Open(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open stream to agent of %s: %w", nodeID, err)
 	}
@@ -333,18 +331,12 @@ type LaunchResult struct {
 // build's container. The executor's bytes go only when the agent lacks
 // them. A refusal comes back as a *wire.RefusedError.
 func (s *AgentServer) Launch(ctx context.Context, nodeID string, req LaunchRequest) (*LaunchResult, error) {
-	st, err := s.open(nodeID)
+	st, err := s.open(ctx, nodeID)
 	if err != nil {
 		return nil, err
 	}
 	defer st.Close()
-	deadline := time.Now().Add(launchTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	st.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
-	defer stop()
+	st.SetDeadline(time.Now().Add(launchTimeout))
 	c := wire.NewCodec(st)
 	err = c.Send(&wire.Launch{
 		BuildID: req.BuildID, ContainerID: req.ContainerID, Executor: req.Executor.Ref,
@@ -376,14 +368,12 @@ func (s *AgentServer) Launch(ctx context.Context, nodeID string, req LaunchReque
 
 // Cancel asks the agent of nodeID to stop the build's container.
 func (s *AgentServer) Cancel(ctx context.Context, nodeID, buildID, containerID string, grace time.Duration) (*wire.Cancelled, error) {
-	st, err := s.open(nodeID)
+	st, err := s.open(ctx, nodeID)
 	if err != nil {
 		return nil, err
 	}
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(grace + requestTimeout))
-	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
-	defer stop()
 	c := wire.NewCodec(st)
 	if err := c.Send(&wire.Cancel{BuildID: buildID, ContainerID: containerID, GraceSeconds: int(grace.Seconds())}); err != nil {
 		return nil, err
@@ -396,7 +386,7 @@ func (s *AgentServer) Cancel(ctx context.Context, nodeID, buildID, containerID s
 }
 
 // serveStream serves a stream an agent opened: only log streams exist.
-func (s *AgentServer) serveStream(ctx context.Context, nodeID string, st *yamux.Stream) {
+func (s *AgentServer) serveStream(ctx context.Context, nodeID string, st *wire.Stream) {
 	defer st.Close()
 	log := s.logger().With("node", nodeID)
 	st.SetDeadline(time.Now().Add(requestTimeout))
@@ -412,7 +402,7 @@ func (s *AgentServer) serveStream(ctx context.Context, nodeID string, st *yamux.
 	// the old session was found dead) replaces the old stream.
 	s.mu.Lock()
 	if s.logStreams == nil {
-		s.logStreams = map[string]*yamux.Stream{}
+		s.logStreams = map[string]*wire.Stream{}
 	}
 	if old := s.logStreams[att.BuildID]; old != nil {
 		old.SetReadDeadline(time.Now()) // its reader ends, and closes it

@@ -16,8 +16,6 @@ import (
 
 	"github.com/forge-ci/forge/internal/syncbuf"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -76,7 +74,7 @@ func serveAgents(t *testing.T, p *testPKI, v NodeVerifier) (*AgentServer, string
 }
 
 // rawAgent speaks the wire by hand: Hello, then whatever the test wants.
-func rawAgent(t *testing.T, p *testPKI, addr string, hello wire.Hello) (*yamux.Session, *wire.Codec, error) {
+func rawAgent(t *testing.T, p *testPKI, addr string, hello wire.Hello) (*wire.Session, *wire.Codec, error) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -87,7 +85,7 @@ func rawAgent(t *testing.T, p *testPKI, addr string, hello wire.Hello) (*yamux.S
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ys.Close() })
-	st, err := ys.OpenStream()
+	st, err := ys.Open(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +172,7 @@ func TestAgentServerIdentity(t *testing.T) {
 	}
 	waitFor(t, "second session bound", func() bool { a := s.Agents(); return len(a) == 1 && a[0].SessionID != firstID })
 	select {
-	case <-first.CloseChan():
+	case <-first.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("the replaced session is still open")
 	}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"io"
@@ -11,8 +12,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/yamux"
 
 	"github.com/forge-ci/forge/wire"
 )
@@ -86,13 +85,13 @@ type transferer interface {
 
 // yamuxSide is a coordinator's session with one agent, whose side accepts
 // each stream, receives the blob and acknowledges it.
-type yamuxSide struct{ coord *yamux.Session }
+type yamuxSide struct{ coord *wire.Session }
 
 func yamuxPair(b *testing.B, p *pki, cfg *wire.SessionConfig) *yamuxSide {
 	b.Helper()
 	c, s := tcpPair(b)
 	type res struct {
-		s   *yamux.Session
+		s   *wire.Session
 		err error
 	}
 	srv := make(chan res, 1)
@@ -111,7 +110,7 @@ func yamuxPair(b *testing.B, p *pki, cfg *wire.SessionConfig) *yamuxSide {
 	b.Cleanup(func() { agent.Close(); r.s.Close() })
 	go func() {
 		for {
-			st, err := agent.AcceptStream()
+			st, err := agent.Accept(context.Background())
 			if err != nil {
 				return
 			}
@@ -130,7 +129,7 @@ func yamuxPair(b *testing.B, p *pki, cfg *wire.SessionConfig) *yamuxSide {
 func (y *yamuxSide) transfer(b *testing.B, data []byte) time.Duration {
 	b.Helper()
 	start := time.Now()
-	st, err := y.coord.OpenStream()
+	st, err := y.coord.Open(context.Background())
 	if err != nil {
 		b.Fatal(err)
 	}
