@@ -17,6 +17,7 @@ import (
 	"github.com/forge-ci/forge/internal/syncbuf"
 
 	"github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // verifyFunc is a NodeVerifier made of a function.
@@ -26,36 +27,11 @@ func (f verifyFunc) VerifyAgent(_ context.Context, nodeID string, remote net.Add
 	return f(nodeID, remote)
 }
 
-type testPKI struct {
-	ca                 *wire.CA
-	coordinator, agent tls.Certificate
-}
-
-func newTestPKI(t *testing.T) *testPKI {
-	t.Helper()
-	ca, err := wire.NewCA("test", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(role wire.Role, hosts ...string) tls.Certificate {
-		c, k, err := ca.Issue(wire.IssueRequest{Role: role, Name: string(role), Hosts: hosts})
-		if err != nil {
-			t.Fatal(err)
-		}
-		pair, err := tls.X509KeyPair(c, k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pair
-	}
-	return &testPKI{ca: ca, coordinator: issue(wire.RoleCoordinator, "127.0.0.1"), agent: issue(wire.RoleAgent)}
-}
-
 // serveAgents runs an AgentServer on loopback until the test ends.
-func serveAgents(t *testing.T, p *testPKI, v NodeVerifier) (*AgentServer, string, *syncbuf.Buffer) {
+func serveAgents(t *testing.T, p *wiretest.PKI, v NodeVerifier) (*AgentServer, string, *syncbuf.Buffer) {
 	t.Helper()
 	logs := &syncbuf.Buffer{}
-	s := &AgentServer{TLS: wire.ServerConfig(p.ca.Pool(), p.coordinator), Verify: v,
+	s := &AgentServer{TLS: p.ServerTLS(), Verify: v,
 		Logs: &LogStore{Dir: t.TempDir()}, Log: slog.New(slog.NewTextHandler(logs, nil))}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -74,13 +50,13 @@ func serveAgents(t *testing.T, p *testPKI, v NodeVerifier) (*AgentServer, string
 }
 
 // rawAgent speaks the wire by hand: Hello, then whatever the test wants.
-func rawAgent(t *testing.T, p *testPKI, addr string, hello wire.Hello) (*wire.Session, *wire.Codec, error) {
+func rawAgent(t *testing.T, p *wiretest.PKI, addr string, hello wire.Hello) (*wire.Session, *wire.Codec, error) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ys, err := wire.Client(tls.Client(conn, wire.ClientConfig(p.ca.Pool(), p.agent, "127.0.0.1")), nil)
+	ys, err := wire.Client(tls.Client(conn, p.ClientTLS()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +96,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestAgentServerRefusesProtocolMismatch(t *testing.T) {
-	p := newTestPKI(t)
+	p := wiretest.MustPKI(t)
 	s, addr, logs := serveAgents(t, p, verifyFunc(func(string, net.Addr) error { return nil }))
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -147,7 +123,7 @@ func TestAgentServerRefusesProtocolMismatch(t *testing.T) {
 }
 
 func TestAgentServerIdentity(t *testing.T) {
-	p := newTestPKI(t)
+	p := wiretest.MustPKI(t)
 	s, addr, _ := serveAgents(t, p, verifyFunc(func(node string, _ net.Addr) error {
 		if node != "good" {
 			return fmt.Errorf("node %s is not in this swarm", node)
@@ -189,7 +165,7 @@ func TestAgentServerIdentity(t *testing.T) {
 }
 
 func TestAPIAgents(t *testing.T) {
-	p := newTestPKI(t)
+	p := wiretest.MustPKI(t)
 	s, addr, _ := serveAgents(t, p, verifyFunc(func(string, net.Addr) error { return nil }))
 	if _, _, err := rawAgent(t, p, addr, hello("n1")); err != nil {
 		t.Fatal(err)

@@ -32,7 +32,7 @@ type server struct {
 func startServer(t testing.TB, e *env, data, agentAddr string) *server {
 	t.Helper()
 	ctx := dockertest.Context(t, 30*time.Second)
-	srv, err := coordinator.New(ctx, coordinator.Config{TLS: e.pki.serverTLS(), Session: fastSession, DataDir: data,
+	srv, err := coordinator.New(ctx, coordinator.Config{TLS: e.pki.ServerTLS(), Session: fastSession, DataDir: data,
 		Executor: e.exe.Bytes, Logger: testLogger(t, "coordinator"), AgentWait: 20 * time.Second}, e.cli)
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // landings collects Landed reports by build id.
@@ -67,7 +68,7 @@ func (e *exitCounter) Exit(ctx context.Context, id string, x *wire.Exit) error {
 type env struct {
 	cli   *client.Client
 	node  string
-	pki   *pki
+	pki   *wiretest.PKI
 	exe   *coordinator.Executor
 	image string
 	land  *landings
@@ -76,7 +77,7 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	cli := dockertest.Client(t)
-	e := &env{cli: cli, node: localNode(t, cli), pki: newPKI(t), land: &landings{}}
+	e := &env{cli: cli, node: localNode(t, cli), pki: wiretest.MustPKI(t), land: &landings{}}
 	exe, err := coordinator.NewExecutor(dockertest.Forgexec(t))
 	if err != nil {
 		t.Fatal(err)
