@@ -47,11 +47,11 @@ type Config struct {
 // deadline, so a coordinator that goes quiet cannot hold a goroutine.
 const (
 	dialTimeout      = 10 * time.Second
-	helloTimeout     = 15 * time.Second
-	launchTimeout    = 5 * time.Minute // covers the transfer of source trees
-	cancelExtra      = 30 * time.Second
-	attachTimeout    = 30 * time.Second
-	exitAckTimeout   = 30 * time.Second
+	helloTimeout     = wire.HelloTimeout
+	launchTimeout    = wire.LaunchTimeout // covers the transfer of source trees
+	cancelExtra      = wire.RequestTimeout
+	attachTimeout    = wire.RequestTimeout
+	exitAckTimeout   = wire.RequestTimeout
 	launchableWait   = 30 * time.Second // swarm's failed start of a fresh container
 	identityInterval = 2 * time.Second
 )

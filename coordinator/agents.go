@@ -84,9 +84,9 @@ type agentConn struct {
 
 // Timeouts of the coordinator's side of the wire.
 const (
-	helloTimeout   = 15 * time.Second
-	requestTimeout = 30 * time.Second
-	launchTimeout  = 5 * time.Minute
+	helloTimeout   = wire.HelloTimeout
+	requestTimeout = wire.RequestTimeout
+	launchTimeout  = wire.LaunchTimeout
 	logAckEvery    = 32 // Log frames between LogAcks
 )
 

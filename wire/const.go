@@ -58,6 +58,13 @@ const (
 	MaxSpecSize = 256 << 10
 )
 
+// Labels the coordinator puts on a build's service and container, and the
+// agent checks before it touches a container (PROTOCOL.md §6.2).
+const (
+	LabelBuild = "forge.build" // the build id
+	LabelRepo  = "forge.repo"  // owner/repo
+)
+
 // Message types: the value of the "type" field of every frame.
 const (
 	TypeHello            = "hello"
@@ -165,6 +172,12 @@ const (
 	// DefaultHandshakeTimeout bounds the TLS handshake done by Client and
 	// Server.
 	DefaultHandshakeTimeout = 10 * time.Second
+	// HelloTimeout bounds the hello → welcome → holding exchange, on both
+	// sides (PROTOCOL.md §6.1).
+	HelloTimeout = 15 * time.Second
+	// LaunchTimeout is the deadline both sides put on a launch stream,
+	// the transfer of the executor and the source included.
+	LaunchTimeout = 5 * time.Minute
 	// RequestTimeout is the deadline a side puts on a request stream for
 	// the exchange of frames (Hello→Welcome, Launch→LaunchReady,
 	// Cancel→Cancelled plus the grace period, ...). Bulk transfers extend
