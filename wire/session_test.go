@@ -368,11 +368,7 @@ func TestStreamLivesWithinOpenContext(t *testing.T) {
 	if _, err := agent.Open(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("open with an ended context: %v", err)
 	}
-	select {
-	case <-agent.Done():
-		t.Fatal("an ended context closed the session")
-	default:
-	}
+	stillOpen(t, agent, "an ended context")
 	if st, err := agent.Open(context.Background()); err != nil {
 		t.Errorf("open after: %v", err)
 	} else {
@@ -396,9 +392,15 @@ func TestOpenWithinContext(t *testing.T) {
 	if _, err := s.Open(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("open: %v, want the context's deadline", err)
 	}
+	stillOpen(t, s, "the context's end")
+}
+
+// stillOpen fails the test when what closed s.
+func stillOpen(t *testing.T, s *Session, what string) {
+	t.Helper()
 	select {
 	case <-s.Done():
-		t.Fatal("the context's end closed the session")
+		t.Fatalf("%s closed the session", what)
 	default:
 	}
 }
