@@ -23,10 +23,6 @@ type Session struct {
 	peer   *x509.Certificate
 }
 
-func newMuxSession(ys *yamux.Session, conn net.Conn, peer *x509.Certificate) *Session {
-	return &Session{ys: ys, remote: conn.RemoteAddr(), peer: peer}
-}
-
 // Open opens a stream to the peer. ctx bounds the open, and the stream
 // lives at most as long as ctx: ctx's deadline is the stream's first
 // deadline, and when ctx ends the stream's reads and writes fail with a
@@ -34,7 +30,7 @@ func newMuxSession(ys *yamux.Session, conn net.Conn, peer *x509.Certificate) *Se
 // An open that fails other than by ctx's end closes the session.
 func (s *Session) Open(ctx context.Context) (*Stream, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("wire: open stream: %w", context.Cause(ctx))
+		return nil, fmt.Errorf("wire: open stream: %w", ctxErr(ctx))
 	}
 	ys, err := s.open(ctx)
 	if err != nil {
@@ -86,7 +82,7 @@ func (s *Session) open(ctx context.Context) (*yamux.Stream, error) {
 		return o.ys, nil
 	case <-ctx.Done():
 		close(gaveUp)
-		return nil, fmt.Errorf("wire: open stream: %w", context.Cause(ctx))
+		return nil, fmt.Errorf("wire: open stream: %w", ctxErr(ctx))
 	}
 }
 
@@ -97,7 +93,7 @@ func (s *Session) Accept(ctx context.Context) (*Stream, error) {
 	ys, err := s.ys.AcceptStreamWithContext(ctx)
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
-			return nil, fmt.Errorf("wire: accept stream: %w", context.Cause(ctx))
+			return nil, fmt.Errorf("wire: accept stream: %w", ctxErr(ctx))
 		}
 		return nil, s.fail("accept stream", err)
 	}
@@ -118,6 +114,15 @@ func (s *Session) RemoteAddr() net.Addr { return s.remote }
 // check its role too; RoleOf reads it). Nil when the connection is not
 // TLS or the peer presented none.
 func (s *Session) Peer() *x509.Certificate { return s.peer }
+
+// ctxErr is ctx's error, and its cause when that is another error.
+func ctxErr(ctx context.Context) error {
+	err, cause := ctx.Err(), context.Cause(ctx)
+	if cause == nil || cause == err {
+		return err
+	}
+	return fmt.Errorf("%w: %w", err, cause)
+}
 
 // fail closes the session after op failed with err, and says why.
 func (s *Session) fail(op string, err error) error {

@@ -368,6 +368,12 @@ func TestStreamLivesWithinOpenContext(t *testing.T) {
 	if _, err := agent.Open(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("open with an ended context: %v", err)
 	}
+	cctx, ccancel := context.WithCancelCause(context.Background())
+	why := errors.New("build cancelled")
+	ccancel(why)
+	if _, err := agent.Open(cctx); !errors.Is(err, context.Canceled) || !errors.Is(err, why) {
+		t.Errorf("open with a context cancelled for a cause: %v, want both", err)
+	}
 	stillOpen(t, agent, "an ended context")
 	if st, err := agent.Open(context.Background()); err != nil {
 		t.Errorf("open after: %v", err)
