@@ -18,9 +18,8 @@ import (
 // with yamux's ErrConnectionWriteTimeout, close the whole session. Its
 // methods are safe for concurrent use.
 type Session struct {
-	ys     *yamux.Session
-	remote net.Addr
-	peer   *x509.Certificate
+	ys   *yamux.Session
+	peer *x509.Certificate
 }
 
 // Open opens a stream to the peer. ctx bounds the open, and the stream
@@ -36,7 +35,7 @@ func (s *Session) Open(ctx context.Context) (*Stream, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &Stream{ys: ys, sess: s}
+	st := &Stream{ys: ys}
 	if d, ok := ctx.Deadline(); ok {
 		ys.SetDeadline(d)
 	}
@@ -97,7 +96,7 @@ func (s *Session) Accept(ctx context.Context) (*Stream, error) {
 		}
 		return nil, s.fail("accept stream", err)
 	}
-	return &Stream{ys: ys, sess: s}, nil
+	return &Stream{ys: ys}, nil
 }
 
 // Close closes the session, its streams and its connection.
@@ -107,7 +106,7 @@ func (s *Session) Close() error { return s.ys.Close() }
 func (s *Session) Done() <-chan struct{} { return s.ys.CloseChan() }
 
 // RemoteAddr is the peer's address: the connection's remote address.
-func (s *Session) RemoteAddr() net.Addr { return s.remote }
+func (s *Session) RemoteAddr() net.Addr { return s.ys.RemoteAddr() }
 
 // Peer is the leaf certificate the peer presented in the TLS handshake,
 // verified by the connection's tls.Config (ServerConfig or ClientConfig
@@ -133,14 +132,15 @@ func (s *Session) fail(op string, err error) error {
 	return fmt.Errorf("wire: %s: %w: %w", op, ErrSessionClosed, err)
 }
 
-// check closes the session when err is yamux's ErrConnectionWriteTimeout
-// (after it a stream's bytes are in an unknown state) and returns err
-// wrapped with ErrWriteTimeout; other errors come back unchanged.
-func (s *Session) check(err error) error {
+// check closes the stream's session when err is yamux's
+// ErrConnectionWriteTimeout (after it a stream's bytes are in an unknown
+// state) and returns err wrapped with ErrWriteTimeout; other errors come
+// back unchanged.
+func check(ys *yamux.Stream, err error) error {
 	if err == nil || !errors.Is(err, yamux.ErrConnectionWriteTimeout) {
 		return err
 	}
-	s.ys.Close()
+	ys.Session().Close()
 	return fmt.Errorf("%w: %w", ErrWriteTimeout, err)
 }
 
@@ -148,8 +148,7 @@ func (s *Session) check(err error) error {
 // stream in each direction, the carrier of one conversation. Read and
 // Write may run at the same time; a write time-out closes the session.
 type Stream struct {
-	ys   *yamux.Stream
-	sess *Session
+	ys *yamux.Stream
 
 	mu    sync.Mutex
 	ended bool        // the context of Open has ended: no deadline in the future
@@ -170,13 +169,13 @@ func (st *Stream) cut() {
 // Read reads from the stream; io.EOF when the peer closed its side.
 func (st *Stream) Read(p []byte) (int, error) {
 	n, err := st.ys.Read(p)
-	return n, st.sess.check(err)
+	return n, check(st.ys, err)
 }
 
 // Write writes all of p unless an error occurs.
 func (st *Stream) Write(p []byte) (int, error) {
 	n, err := st.ys.Write(p)
-	return n, st.sess.check(err)
+	return n, check(st.ys, err)
 }
 
 // Close closes the stream for writing (the peer reads io.EOF) and releases

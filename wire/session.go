@@ -214,7 +214,7 @@ func newSession(conn net.Conn, cfg *SessionConfig, client bool) (*Session, error
 		conn.Close()
 		return nil, fmt.Errorf("wire: %s: start yamux session: %w", side, err)
 	}
-	return &Session{ys: s, remote: conn.RemoteAddr(), peer: peer}, nil
+	return &Session{ys: s, peer: peer}, nil
 }
 
 // timeoutConn is the connection yamux writes to: every 64 KiB written must

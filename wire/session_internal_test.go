@@ -40,7 +40,7 @@ func TestStreamWriteTimeoutClosesSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = st.sess.check(fmt.Errorf("send log: %w", yamux.ErrConnectionWriteTimeout))
+	err = check(st.ys, fmt.Errorf("send log: %w", yamux.ErrConnectionWriteTimeout))
 	if !errors.Is(err, ErrWriteTimeout) || !errors.Is(err, yamux.ErrConnectionWriteTimeout) {
 		t.Errorf("got %v", err)
 	}
@@ -49,7 +49,7 @@ func TestStreamWriteTimeoutClosesSession(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("client session: not closed")
 	}
-	if err := st.sess.check(io.EOF); err != io.EOF {
+	if err := check(st.ys, io.EOF); err != io.EOF {
 		t.Errorf("other errors pass unchanged, got %v", err)
 	}
 }
