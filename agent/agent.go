@@ -13,7 +13,6 @@ import (
 
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
-	"github.com/hashicorp/yamux"
 
 	"github.com/forge-ci/forge/internal/version"
 	"github.com/forge-ci/forge/wire"
@@ -48,11 +47,11 @@ type Config struct {
 // deadline, so a coordinator that goes quiet cannot hold a goroutine.
 const (
 	dialTimeout      = 10 * time.Second
-	helloTimeout     = 15 * time.Second
-	launchTimeout    = 5 * time.Minute // covers the transfer of source trees
-	cancelExtra      = 30 * time.Second
-	attachTimeout    = 30 * time.Second
-	exitAckTimeout   = 30 * time.Second
+	helloTimeout     = wire.HelloTimeout
+	launchTimeout    = wire.LaunchTimeout // covers the transfer of source trees
+	cancelExtra      = wire.RequestTimeout
+	attachTimeout    = wire.RequestTimeout
+	exitAckTimeout   = wire.RequestTimeout
 	launchableWait   = 30 * time.Second // swarm's failed start of a fresh container
 	identityInterval = 2 * time.Second
 )
@@ -193,7 +192,7 @@ func (a *Agent) connect(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctl, err := ys.OpenStream()
+	ctl, err := ys.Open(ctx) // ctx, not dctx: the control stream lives as long as the session
 	if err != nil {
 		ys.Close()
 		return nil, fmt.Errorf("open control stream: %w", err)
@@ -228,7 +227,7 @@ func (a *Agent) connect(ctx context.Context) (*session, error) {
 // session is one yamux session with the coordinator and what runs on it.
 type session struct {
 	id  string
-	ys  *yamux.Session
+	ys  *wire.Session
 	ctl *wire.Codec
 }
 
@@ -335,7 +334,7 @@ func (a *Agent) serve(ctx context.Context, s *session) error {
 	go func() {
 		defer wg.Done()
 		for {
-			st, err := s.ys.AcceptStream()
+			st, err := s.ys.Accept(ctx)
 			if err != nil {
 				cancel()
 				return
@@ -352,7 +351,7 @@ func (a *Agent) serve(ctx context.Context, s *session) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-s.ys.CloseChan():
+		case <-s.ys.Done():
 			return errors.New("session closed")
 		case l := <-a.landed:
 			if err := s.ctl.Send(&l); err != nil {

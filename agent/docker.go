@@ -17,12 +17,14 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/system"
+
+	"github.com/forge-ci/forge/wire"
 )
 
 // Labels the coordinator puts on build services and their containers.
 const (
-	LabelBuild = "forge.build"
-	LabelRepo  = "forge.repo"
+	LabelBuild = wire.LabelBuild
+	LabelRepo  = wire.LabelRepo
 )
 
 // Docker is the part of the Engine API the agent uses, always against its

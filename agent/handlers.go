@@ -12,14 +12,13 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
-	"github.com/hashicorp/yamux"
 
 	"github.com/forge-ci/forge/wire"
 )
 
 // handle serves one stream the coordinator opened. The first frame names
 // the request; anything the agent does not do is refused.
-func (a *Agent) handle(ctx context.Context, st *yamux.Stream) {
+func (a *Agent) handle(ctx context.Context, st *wire.Stream) {
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(helloTimeout))
 	c := wire.NewCodec(st)

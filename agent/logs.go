@@ -19,7 +19,7 @@ import (
 // the container is the buffer, and the offsets in Attached say where to
 // resume in it, which survives both a lost session and an agent restart.
 func (a *Agent) pump(ctx context.Context, s *session, b heldBuild) error {
-	st, err := s.ys.OpenStream()
+	st, err := s.ys.Open(ctx)
 	if err != nil {
 		return fmt.Errorf("open log stream: %w", err)
 	}

@@ -2,16 +2,17 @@
 // agents, specified in PROTOCOL.md: the small PKI behind `forge certs`
 // (pki.go), the TLS 1.3 configurations that check certificate roles
 // (tls.go), the yamux session set-up with its write-timeout and keep-alive
-// policy (session.go), length-prefixed JSON framing with raw blobs after
-// header frames (frame.go), and the messages (messages.go). Constants and
-// errors are all in const.go.
+// policy (session.go), the Session and Stream types that carry that policy
+// (mux.go), length-prefixed JSON framing with raw blobs after header frames
+// (frame.go), and the messages (messages.go). Constants and errors are all
+// in const.go. Package wiretest has a PKI and session pairs for tests.
 //
 // The agent dials the coordinator and is the yamux client; both sides open
 // streams, one conversation per stream. A typical request, coordinator side:
 //
-//	st, err := session.OpenStream()
+//	st, err := session.Open(ctx) // the stream ends with ctx at the latest
 //	if err != nil {
-//		return wire.CloseSessionOnWriteTimeout(session, err)
+//		return err // the session is closed already
 //	}
 //	defer st.Close()
 //	st.SetDeadline(time.Now().Add(wire.RequestTimeout + 10*time.Second)) // + grace
@@ -55,6 +56,13 @@ const (
 	// MaxSpecSize is the largest build spec (the build.json contents) a
 	// Launch carries.
 	MaxSpecSize = 256 << 10
+)
+
+// Labels the coordinator puts on a build's service and container, and the
+// agent checks before it touches a container (PROTOCOL.md §6.2).
+const (
+	LabelBuild = "forge.build" // the build id
+	LabelRepo  = "forge.repo"  // owner/repo
 )
 
 // Message types: the value of the "type" field of every frame.
@@ -164,6 +172,12 @@ const (
 	// DefaultHandshakeTimeout bounds the TLS handshake done by Client and
 	// Server.
 	DefaultHandshakeTimeout = 10 * time.Second
+	// HelloTimeout bounds the hello → welcome → holding exchange, on both
+	// sides (PROTOCOL.md §6.1).
+	HelloTimeout = 15 * time.Second
+	// LaunchTimeout is the deadline both sides put on a launch stream,
+	// the transfer of the executor and the source included.
+	LaunchTimeout = 5 * time.Minute
 	// RequestTimeout is the deadline a side puts on a request stream for
 	// the exchange of frames (Hello→Welcome, Launch→LaunchReady,
 	// Cancel→Cancelled plus the grace period, ...). Bulk transfers extend
@@ -201,6 +215,9 @@ var (
 	// ErrWriteTimeout: a write on the session did not complete within the
 	// write timeout; the whole session has been closed.
 	ErrWriteTimeout = errors.New("wire: write timeout, session closed")
+	// ErrSessionClosed: a stream could not be opened or accepted because
+	// the session has ended (or had to be closed by that failure).
+	ErrSessionClosed = errors.New("wire: session closed")
 	// ErrNoRole: a certificate carries no spiffe://forge/ role URI, or more
 	// than one.
 	ErrNoRole = errors.New("wire: certificate has no forge role")

@@ -1,7 +1,8 @@
-package wire
+package wire_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
@@ -11,26 +12,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	. "github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // transports are the connections the codec and the conversation run over.
 var transports = []struct {
 	name string
-	dial func(t *testing.T, p *testPKI) (agent, coordinator net.Conn)
+	dial func(t *testing.T, p *wiretest.PKI) (agent, coordinator net.Conn)
 }{
-	{"pipe", func(t *testing.T, _ *testPKI) (net.Conn, net.Conn) {
+	{"pipe", func(t *testing.T, _ *wiretest.PKI) (net.Conn, net.Conn) {
 		a, c := net.Pipe()
 		t.Cleanup(func() { a.Close(); c.Close() })
 		return a, c
 	}},
-	{"tcp", func(t *testing.T, _ *testPKI) (net.Conn, net.Conn) {
-		return tcpPair(t)
+	{"tcp", func(t *testing.T, _ *wiretest.PKI) (net.Conn, net.Conn) {
+		return wiretest.MustTCPPair(t)
 	}},
-	{"tls", func(t *testing.T, p *testPKI) (net.Conn, net.Conn) {
-		a, c := tcpPair(t)
-		ta := tls.Client(a, ClientConfig(p.pool, p.agent, "127.0.0.1"))
-		tc := tls.Server(c, ServerConfig(p.pool, p.coordinator))
+	{"tls", func(t *testing.T, p *wiretest.PKI) (net.Conn, net.Conn) {
+		a, c := wiretest.MustTCPPair(t)
+		ta := tls.Client(a, ClientConfig(p.Pool, p.Agent, "127.0.0.1"))
+		tc := tls.Server(c, ServerConfig(p.Pool, p.Coordinator))
 		t.Cleanup(func() { ta.Close(); tc.Close() })
 		return ta, tc
 	}},
@@ -57,10 +59,10 @@ func (s single) stream() (io.ReadWriteCloser, error) {
 	}{s.c, io.NopCloser(nil)}, nil
 }
 
-type muxed struct{ s *yamux.Session }
+type muxed struct{ s *Session }
 
 func (m muxed) open() (io.ReadWriteCloser, error) {
-	st, err := m.s.OpenStream()
+	st, err := m.s.Open(context.Background())
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +70,7 @@ func (m muxed) open() (io.ReadWriteCloser, error) {
 }
 
 func (m muxed) accept() (io.ReadWriteCloser, error) {
-	st, err := m.s.AcceptStream()
+	st, err := m.s.Accept(context.Background())
 	if err != nil {
 		return nil, err
 	}
@@ -328,7 +330,7 @@ func coordinatorSide(f *fixture, st streamer) error {
 // stream over each transport, first with the conversation's streams one
 // after another on the bare connection, then over a yamux session.
 func TestConversation(t *testing.T) {
-	p := newTestPKI(t)
+	p := wiretest.MustPKI(t)
 	for _, tr := range transports {
 		for _, mux := range []bool{false, true} {
 			name := tr.name + "/bare"
@@ -342,16 +344,7 @@ func TestConversation(t *testing.T) {
 				var as, cs streamer = single{a}, single{c}
 				if mux {
 					cfg := &SessionConfig{KeepAliveInterval: time.Second, WriteTimeout: 5 * time.Second}
-					var sa, sc *yamux.Session
-					errs := runBoth(t, abort,
-						func() (err error) { sa, err = Client(a, cfg); return err },
-						func() (err error) { sc, err = Server(c, cfg); return err })
-					for _, err := range errs {
-						if err != nil {
-							t.Fatal(err)
-						}
-					}
-					t.Cleanup(func() { sa.Close(); sc.Close() })
+					sa, sc := wiretest.MustSessions(t, a, c, cfg)
 					as, cs = muxed{sa}, muxed{sc}
 				}
 				errs := runBoth(t, abort,
@@ -370,8 +363,8 @@ func TestConversation(t *testing.T) {
 // TestCodecTransports sends every kind of message each way over each bare
 // transport.
 func TestCodecTransports(t *testing.T) {
-	p := newTestPKI(t)
-	msgs := sampleMessages()
+	p := wiretest.MustPKI(t)
+	msgs := SampleMessages()
 	for _, tr := range transports {
 		t.Run(tr.name, func(t *testing.T) {
 			a, c := tr.dial(t, p)
@@ -390,7 +383,7 @@ func TestCodecTransports(t *testing.T) {
 						if err != nil {
 							return err
 						}
-						if err := sameMessage(got, want); err != nil {
+						if err := SameMessage(got, want); err != nil {
 							return err
 						}
 					}
@@ -402,7 +395,7 @@ func TestCodecTransports(t *testing.T) {
 						if err != nil {
 							return err
 						}
-						if err := sameMessage(got, want); err != nil {
+						if err := SameMessage(got, want); err != nil {
 							return err
 						}
 					}

@@ -100,7 +100,7 @@ type Codec struct {
 	recvMu sync.Mutex
 }
 
-// NewCodec returns a Codec on rw, typically a *yamux.Stream.
+// NewCodec returns a Codec on rw, typically a *Stream.
 func NewCodec(rw io.ReadWriter) *Codec { return &Codec{rw: rw} }
 
 // Stream returns the read-writer the Codec was made with.
@@ -115,7 +115,7 @@ func (c *Codec) Send(msg Message) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	if err := WriteFrame(c.rw, payload); err != nil {
-		return CloseSessionOnWriteTimeout(c.rw, fmt.Errorf("send %s: %w", msg.MessageType(), err))
+		return fmt.Errorf("send %s: %w", msg.MessageType(), err)
 	}
 	return nil
 }
@@ -127,7 +127,7 @@ func (c *Codec) Recv() (Message, error) {
 	payload, err := ReadFrame(c.rw)
 	c.recvMu.Unlock()
 	if err != nil {
-		return nil, CloseSessionOnWriteTimeout(c.rw, err)
+		return nil, err
 	}
 	return DecodeMessage(payload)
 }
@@ -235,7 +235,7 @@ func SendBlob(w io.Writer, r io.Reader, size int64) error {
 	n, rerr, werr := copyBuf(w, r, size, *bp)
 	switch {
 	case werr != nil:
-		return CloseSessionOnWriteTimeout(w, fmt.Errorf("wire: send blob (%d of %d bytes sent): %w", n, size, werr))
+		return fmt.Errorf("wire: send blob (%d of %d bytes sent): %w", n, size, werr)
 	case errors.Is(rerr, io.EOF):
 		return fmt.Errorf("%w: source gave %d of %d bytes", ErrShortBlob, n, size)
 	case rerr != nil:
@@ -258,7 +258,7 @@ func RecvBlob(r io.Reader, size int64, dst io.Writer) error {
 	case errors.Is(rerr, io.EOF):
 		return fmt.Errorf("%w: got %d of %d bytes: %w", ErrShortBlob, n, size, io.ErrUnexpectedEOF)
 	case rerr != nil:
-		return CloseSessionOnWriteTimeout(r, fmt.Errorf("wire: receive blob (%d of %d bytes): %w", n, size, rerr))
+		return fmt.Errorf("wire: receive blob (%d of %d bytes): %w", n, size, rerr)
 	}
 	return nil
 }

@@ -1,48 +1,23 @@
-package wire
+package wire_test
 
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
-	"net"
 	"testing"
 	"time"
+
+	. "github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // testTimeout bounds every wait in these tests.
-const testTimeout = 10 * time.Second
-
-// testPKI is a CA with a coordinator certificate valid for 127.0.0.1 and
-// localhost, and an agent certificate.
-type testPKI struct {
-	ca          *CA
-	pool        *x509.CertPool
-	coordinator tls.Certificate
-	agent       tls.Certificate
-}
-
-func newTestPKI(t testing.TB) *testPKI {
-	t.Helper()
-	ca, err := NewCA("forge test CA", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &testPKI{ca: ca, pool: ca.Pool()}
-	p.coordinator = p.issue(t, IssueRequest{Role: RoleCoordinator, Name: "coordinator", Hosts: []string{"127.0.0.1", "localhost"}})
-	p.agent = p.issue(t, IssueRequest{Role: RoleAgent, Name: "node-1"})
-	return p
-}
-
-func (p *testPKI) issue(t testing.TB, req IssueRequest) tls.Certificate {
-	t.Helper()
-	return p.issueEKU(t, req, nil)
-}
+const testTimeout = wiretest.Timeout
 
 // issueEKU issues with chosen extended key usages, to make certificates
 // that pass crypto/tls's key-usage check but carry the wrong role.
-func (p *testPKI) issueEKU(t testing.TB, req IssueRequest, eku []x509.ExtKeyUsage) tls.Certificate {
+func issueEKU(t testing.TB, p *wiretest.PKI, req IssueRequest, eku []x509.ExtKeyUsage) tls.Certificate {
 	t.Helper()
-	certPEM, keyPEM, err := p.ca.issue(req, eku)
+	certPEM, keyPEM, err := p.CA.IssueEKU(req, eku)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,69 +28,12 @@ func (p *testPKI) issueEKU(t testing.TB, req IssueRequest, eku []x509.ExtKeyUsag
 	return pair
 }
 
-// tcpPair returns the two ends of a TCP connection on 127.0.0.1.
-func tcpPair(t testing.TB) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	accepted := make(chan result, 1)
-	go func() { // owner: this function, which waits for it below
-		c, err := ln.Accept()
-		accepted <- result{c, err}
-	}()
-	client, err = net.DialTimeout("tcp", ln.Addr().String(), testTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r result
-	select {
-	case r = <-accepted:
-	case <-time.After(testTimeout):
-		ln.Close()
-		r = <-accepted
-	}
-	if r.err != nil {
-		client.Close()
-		t.Fatal(r.err)
-	}
-	t.Cleanup(func() { client.Close(); r.c.Close() })
-	return client, r.c
-}
-
-// runBoth runs the two sides of an exchange in goroutines and waits for
-// both within testTimeout; on time-out it calls abort (which must unblock
-// them, typically by closing connections) and still waits, so no goroutine
-// outlives the test.
+// runBoth is wiretest.Both that fails the test when the sides time out.
 func runBoth(t testing.TB, abort func(), sides ...func() error) []error {
 	t.Helper()
-	errs := make([]error, len(sides))
-	done := make(chan int, len(sides))
-	for i, side := range sides {
-		go func() { // owner: runBoth, which waits for every side
-			errs[i] = side()
-			done <- i
-		}()
-	}
-	timer := time.NewTimer(testTimeout)
-	defer timer.Stop()
-	for received := 0; received < len(sides); received++ {
-		select {
-		case <-done:
-		case <-timer.C:
-			abort()
-			t.Errorf("exchange did not finish within %s", testTimeout)
-			for ; received < len(sides); received++ {
-				<-done
-			}
-			return append(errs, errors.New("timed out"))
-		}
+	errs := wiretest.Both(abort, sides...)
+	if len(errs) > len(sides) {
+		t.Errorf("exchange did not finish: %v", errs[len(sides)])
 	}
 	return errs
 }

@@ -3,6 +3,7 @@ package wire
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -59,9 +60,9 @@ import (
 //     Write because one yamux data frame can be a whole window (1 MiB): the
 //     rule is "no progress for WriteTimeout", not "1 MiB within 10 s".
 //  2. closes the session when a stream call returns
-//     ErrConnectionWriteTimeout: the Codec and the blob helpers do this
-//     themselves; code that uses a stream directly calls
-//     CloseSessionOnWriteTimeout with the error.
+//     ErrConnectionWriteTimeout, and when opening or accepting a stream
+//     fails: Session and Stream (mux.go) do this inside, so callers hold
+//     no yamux type and cannot forget it.
 //  3. turns keep-alives on with a shorter interval (10 s), so a silent peer
 //     is found within 20 s.
 //
@@ -172,17 +173,17 @@ func (c SessionConfig) yamuxConfig() *yamux.Config {
 // judged the client's certificate: a refusal by the server shows up as an
 // error on the first stream operation (the Hello exchange). On error conn
 // is closed.
-func Client(conn net.Conn, cfg *SessionConfig) (*yamux.Session, error) {
+func Client(conn net.Conn, cfg *SessionConfig) (*Session, error) {
 	return newSession(conn, cfg, true)
 }
 
 // Server starts the coordinator's side of a session over conn. Like
 // Client, it completes a TLS handshake first; on error conn is closed.
-func Server(conn net.Conn, cfg *SessionConfig) (*yamux.Session, error) {
+func Server(conn net.Conn, cfg *SessionConfig) (*Session, error) {
 	return newSession(conn, cfg, false)
 }
 
-func newSession(conn net.Conn, cfg *SessionConfig, client bool) (*yamux.Session, error) {
+func newSession(conn net.Conn, cfg *SessionConfig, client bool) (*Session, error) {
 	side := "server"
 	if client {
 		side = "client"
@@ -192,6 +193,7 @@ func newSession(conn net.Conn, cfg *SessionConfig, client bool) (*yamux.Session,
 		conn.Close()
 		return nil, err
 	}
+	var peer *x509.Certificate
 	if tc, ok := conn.(*tls.Conn); ok {
 		ctx, cancel := context.WithTimeout(context.Background(), c.HandshakeTimeout)
 		err := tc.HandshakeContext(ctx)
@@ -200,6 +202,7 @@ func newSession(conn net.Conn, cfg *SessionConfig, client bool) (*yamux.Session,
 			conn.Close()
 			return nil, fmt.Errorf("wire: %s: TLS handshake with %s: %w", side, conn.RemoteAddr(), err)
 		}
+		peer, _ = PeerCertificate(tc.ConnectionState())
 	}
 	tconn := &timeoutConn{Conn: conn, timeout: c.WriteTimeout}
 	start := yamux.Server
@@ -211,37 +214,7 @@ func newSession(conn net.Conn, cfg *SessionConfig, client bool) (*yamux.Session,
 		conn.Close()
 		return nil, fmt.Errorf("wire: %s: start yamux session: %w", side, err)
 	}
-	return s, nil
-}
-
-// CloseSessionOnWriteTimeout closes the whole session when err is
-// yamux.ErrConnectionWriteTimeout (see the comment at the top of
-// session.go: after that error a stream's bytes are in an unknown state),
-// and returns err wrapped with ErrWriteTimeout. Other errors are returned
-// unchanged. on is the *yamux.Session, or the *yamux.Stream (anything with
-// a Session() *yamux.Session method) the error came from; for anything else
-// only the error is wrapped.
-//
-// The Codec and the blob helpers call it themselves. Call it with the
-// errors of Session.OpenStream and Session.AcceptStream (whose SYN or ACK
-// may have been lost the same way) and after reading or writing a stream
-// directly.
-func CloseSessionOnWriteTimeout(on any, err error) error {
-	if err == nil || !errors.Is(err, yamux.ErrConnectionWriteTimeout) {
-		return err
-	}
-	switch s := on.(type) {
-	case *yamux.Session:
-		s.Close()
-	case interface{ Session() *yamux.Session }:
-		if sess := s.Session(); sess != nil {
-			sess.Close()
-		}
-	}
-	if errors.Is(err, ErrWriteTimeout) {
-		return err
-	}
-	return fmt.Errorf("%w: %w", ErrWriteTimeout, err)
+	return &Session{ys: s, peer: peer}, nil
 }
 
 // timeoutConn is the connection yamux writes to: every 64 KiB written must

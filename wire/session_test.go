@@ -1,34 +1,19 @@
-package wire
+package wire_test
 
 import (
-	"bytes"
+	"context"
 	"errors"
-	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/yamux"
-)
 
-// sessionPair starts a client and a server session over conns.
-func sessionPair(t *testing.T, a, c net.Conn, cfg *SessionConfig) (client, server *yamux.Session) {
-	t.Helper()
-	errs := runBoth(t, func() { a.Close(); c.Close() },
-		func() (err error) { client, err = Client(a, cfg); return err },
-		func() (err error) { server, err = Server(c, cfg); return err })
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
+	. "github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
+)
 
 // TestYamuxAloneLeavesHalfDeadSession pins down the yamux v0.1.2 behaviour
 // this package works around (hashicorp/yamux#142): with a peer that stops
@@ -74,17 +59,17 @@ func TestWriteTimeoutClosesSession(t *testing.T) {
 	defer s.Close()
 
 	start := time.Now()
-	if st, err := s.OpenStream(); err == nil { // its SYN cannot be written
+	if st, err := s.Open(context.Background()); err == nil { // its SYN cannot be written
 		// yamux may report the open before the SYN is out; a write then
 		// fails within the write timeout.
 		NewCodec(st).Send(&LogAck{Seq: 1})
 	}
-	waitClosed(t, s.CloseChan(), testTimeout, "session after write timeout")
+	waitClosed(t, s.Done(), testTimeout, "session after write timeout")
 	if elapsed := time.Since(start); elapsed > 5*time.Second {
 		t.Errorf("closed after %s", elapsed)
 	}
 	// The session's end is reported with the cause.
-	if _, err := s.AcceptStream(); !errors.Is(err, ErrWriteTimeout) && !errors.Is(err, yamux.ErrSessionShutdown) {
+	if _, err := s.Accept(context.Background()); !errors.Is(err, ErrWriteTimeout) && !errors.Is(err, yamux.ErrSessionShutdown) {
 		t.Errorf("AcceptStream after close: %v", err)
 	}
 }
@@ -95,7 +80,7 @@ func TestWriteTimeoutClosesSession(t *testing.T) {
 func TestWriteTimeoutOverStalledTCP(t *testing.T) {
 	var wg sync.WaitGroup
 	defer wg.Wait() // deferred first, so it runs after the sessions are closed
-	a, c := tcpPair(t)
+	a, c := wiretest.MustTCPPair(t)
 	p := newStallProxy(t, c)
 	defer p.close()
 	// Small windows would not fill the socket buffers quickly, so use many
@@ -115,7 +100,7 @@ func TestWriteTimeoutOverStalledTCP(t *testing.T) {
 
 	chunk := make([]byte, 256<<10)
 	for range 128 { // 128 x 256 KiB = 32 MiB, far beyond loopback socket buffers
-		st, err := client.OpenStream()
+		st, err := client.Open(context.Background())
 		if err != nil {
 			break // the session may already be closed
 		}
@@ -126,33 +111,7 @@ func TestWriteTimeoutOverStalledTCP(t *testing.T) {
 			st.Write(chunk)
 		}()
 	}
-	waitClosed(t, client.CloseChan(), testTimeout, "client session over stalled TCP")
-}
-
-// TestStreamWriteTimeoutClosesSession: when a stream operation itself
-// returns ErrConnectionWriteTimeout, the Codec closes the session.
-func TestStreamWriteTimeoutClosesSession(t *testing.T) {
-	a, c := net.Pipe()
-	client, server := sessionPair(t, a, c, nil)
-	go func() { // owner: the session; AcceptStream fails when it closes
-		for {
-			if _, err := server.AcceptStream(); err != nil {
-				return
-			}
-		}
-	}()
-	st, err := client.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = CloseSessionOnWriteTimeout(st, fmt.Errorf("send log: %w", yamux.ErrConnectionWriteTimeout))
-	if !errors.Is(err, ErrWriteTimeout) || !errors.Is(err, yamux.ErrConnectionWriteTimeout) {
-		t.Errorf("got %v", err)
-	}
-	waitClosed(t, client.CloseChan(), testTimeout, "client session")
-	if err := CloseSessionOnWriteTimeout(st, io.EOF); err != io.EOF {
-		t.Errorf("other errors pass unchanged, got %v", err)
-	}
+	waitClosed(t, client.Done(), testTimeout, "client session over stalled TCP")
 }
 
 // slowConn makes every write take a while but succeed, like a congested
@@ -194,15 +153,15 @@ func (c *slowConn) Close() error {
 func TestCongestionClosesSession(t *testing.T) {
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait) // runs after the sessions are closed (cleanups run last-in first-out)
-	a, c := tcpPair(t)
+	a, c := wiretest.MustTCPPair(t)
 	cfg := &SessionConfig{WriteTimeout: 300 * time.Millisecond, KeepAliveInterval: time.Hour}
-	client, server := sessionPair(t, newSlowConn(a, 40*time.Millisecond), c, cfg)
+	client, server := wiretest.MustSessions(t, newSlowConn(a, 40*time.Millisecond), c, cfg)
 
 	wg.Add(1)
 	go func() { // owner: this test via wg; ends when the server session closes
 		defer wg.Done()
 		for {
-			st, err := server.AcceptStream()
+			st, err := server.Accept(context.Background())
 			if err != nil {
 				return
 			}
@@ -217,9 +176,9 @@ func TestCongestionClosesSession(t *testing.T) {
 	// Open the streams one by one (no congestion yet), then send on all
 	// of them at once: 32 frames of two 40 ms writes each queue for
 	// longer than the 300 ms write timeout.
-	streams := make([]*yamux.Stream, 32)
+	streams := make([]*Stream, 32)
 	for i := range streams {
-		st, err := client.OpenStream()
+		st, err := client.Open(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -236,7 +195,7 @@ func TestCongestionClosesSession(t *testing.T) {
 		}()
 	}
 	close(start)
-	waitClosed(t, client.CloseChan(), testTimeout, "congested client session")
+	waitClosed(t, client.Done(), testTimeout, "congested client session")
 	var sawTimeout bool
 	for range streams {
 		select {
@@ -265,7 +224,7 @@ type stallProxy struct {
 }
 
 func newStallProxy(t *testing.T, near net.Conn) *stallProxy {
-	inner, far := tcpPair(t)
+	inner, far := wiretest.MustTCPPair(t)
 	p := &stallProxy{far: far, conns: []net.Conn{near, inner, far},
 		stalled: make(chan struct{}), stop: make(chan struct{})}
 	p.wg.Add(2)
@@ -309,22 +268,22 @@ func (p *stallProxy) close() {
 // stops carrying anything, both sessions close within about
 // KeepAliveInterval + WriteTimeout.
 func TestKeepAliveClosesSilentSession(t *testing.T) {
-	a, c := tcpPair(t)
+	a, c := wiretest.MustTCPPair(t)
 	p := newStallProxy(t, c)
 	defer p.close()
 	cfg := &SessionConfig{KeepAliveInterval: 100 * time.Millisecond, WriteTimeout: 200 * time.Millisecond}
-	client, server := sessionPair(t, a, p.far, cfg)
+	client, server := wiretest.MustSessions(t, a, p.far, cfg)
 
 	// Healthy: several keep-alive rounds pass without closing.
 	select {
-	case <-client.CloseChan():
+	case <-client.Done():
 		t.Fatal("healthy session closed")
 	case <-time.After(5 * cfg.KeepAliveInterval):
 	}
 	p.stall()
 	start := time.Now()
-	waitClosed(t, client.CloseChan(), testTimeout, "client session")
-	waitClosed(t, server.CloseChan(), testTimeout, "server session")
+	waitClosed(t, client.Done(), testTimeout, "client session")
+	waitClosed(t, server.Done(), testTimeout, "server session")
 	elapsed := time.Since(start)
 	t.Logf("both sessions closed %s after the path stalled", elapsed)
 	if limit := 3 * (cfg.KeepAliveInterval + cfg.WriteTimeout); elapsed > limit {
@@ -332,98 +291,188 @@ func TestKeepAliveClosesSilentSession(t *testing.T) {
 	}
 }
 
-func TestSessionConfig(t *testing.T) {
-	y, err := (*SessionConfig)(nil).YamuxConfig()
+// isTimeout says whether err is a deadline's time-out.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// acceptAll accepts the coordinator side's streams until its session
+// ends, and passes them on.
+func acceptAll(t *testing.T, s *Session) <-chan *Stream {
+	out := make(chan *Stream, 16)
+	done := make(chan struct{})
+	go func() { // owner: the test; ends when the session closes (waited for in Cleanup)
+		defer close(done)
+		for {
+			st, err := s.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			out <- st
+		}
+	}()
+	t.Cleanup(func() { s.Close(); <-done })
+	return out
+}
+
+// TestStreamLivesWithinOpenContext: the context of Open is the stream's
+// deadline, its end cuts a read that waits, and no later SetDeadline
+// brings the stream back. A context's end is not a session failure.
+func TestStreamLivesWithinOpenContext(t *testing.T) {
+	agent, coord := wiretest.MustPipePair(t, nil)
+	acceptAll(t, coord)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	st, err := agent.Open(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !y.EnableKeepAlive || y.KeepAliveInterval != DefaultKeepAliveInterval ||
-		y.ConnectionWriteTimeout != DefaultWriteTimeout || y.MaxStreamWindowSize != DefaultMaxStreamWindow ||
-		y.StreamOpenTimeout != DefaultStreamOpenTimeout || y.LogOutput != io.Discard {
-		t.Errorf("defaults: %+v", y)
+	defer st.Close()
+	start := time.Now()
+	if _, err := st.Read(make([]byte, 1)); !isTimeout(err) {
+		t.Errorf("read past the context's deadline: %v, want a time-out", err)
 	}
-	if _, err := (&SessionConfig{WriteTimeout: -1}).YamuxConfig(); err == nil {
-		t.Error("negative write timeout accepted")
+	if elapsed := time.Since(start); elapsed > testTimeout/2 {
+		t.Errorf("read returned after %s", elapsed)
 	}
-	a, b := net.Pipe()
+
+	ctx, cancel = context.WithCancel(context.Background())
+	st, err = agent.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	read := make(chan error, 1)
+	go func() { // owner: this test, which receives from read
+		_, err := st.Read(make([]byte, 1))
+		read <- err
+	}()
+	cancel()
+	select {
+	case err := <-read:
+		if !isTimeout(err) {
+			t.Errorf("read after cancel: %v, want a time-out", err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("cancel did not end the read")
+	}
+	if err := st.SetDeadline(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Read(make([]byte, 1)); !isTimeout(err) {
+		t.Errorf("read after a later SetDeadline: %v, want a time-out", err)
+	}
+
+	if _, err := agent.Open(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("open with an ended context: %v", err)
+	}
+	cctx, ccancel := context.WithCancelCause(context.Background())
+	why := errors.New("build cancelled")
+	ccancel(why)
+	if _, err := agent.Open(cctx); !errors.Is(err, context.Canceled) || !errors.Is(err, why) {
+		t.Errorf("open with a context cancelled for a cause: %v, want both", err)
+	}
+	stillOpen(t, agent, "an ended context")
+	if st, err := agent.Open(context.Background()); err != nil {
+		t.Errorf("open after: %v", err)
+	} else {
+		st.Close()
+	}
+}
+
+// TestOpenWithinContext: an open the peer does not take in (its SYN
+// cannot be written) returns when the context ends, and the session lives
+// on until its own limits end it.
+func TestOpenWithinContext(t *testing.T) {
+	a, b := net.Pipe() // nobody ever reads b
 	defer b.Close()
-	if _, err := Client(a, &SessionConfig{MaxStreamWindowSize: 1024}); err == nil {
-		t.Error("tiny window accepted")
+	s, err := Client(a, &SessionConfig{WriteTimeout: time.Hour, KeepAliveInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := a.Write([]byte{0}); err == nil {
-		t.Error("conn not closed after a failed Client")
+	defer s.Close() // ends the open left behind
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := s.Open(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("open: %v, want the context's deadline", err)
+	}
+	stillOpen(t, s, "the context's end")
+}
+
+// stillOpen fails the test when what closed s.
+func stillOpen(t *testing.T, s *Session, what string) {
+	t.Helper()
+	select {
+	case <-s.Done():
+		t.Fatalf("%s closed the session", what)
+	default:
 	}
 }
 
-func TestYamuxLogger(t *testing.T) {
-	var buf bytes.Buffer
-	l := yamuxLogger{slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
-	l.Printf("[ERR] yamux: keepalive failed: %v", errors.New("i/o deadline reached"))
-	l.Println("[WARN] yamux: frame for missing stream")
-	l.Print("plain")
-	out := buf.String()
-	for _, want := range []string{
-		`level=ERROR msg="keepalive failed: i/o deadline reached" component=yamux`,
-		`level=WARN msg="frame for missing stream" component=yamux`,
-		`level=INFO msg=plain component=yamux`,
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("log lacks %q:\n%s", want, out)
+// TestAcceptWithinContext: Accept returns when its context ends and the
+// session goes on; Accept and Open fail on a closed session with
+// ErrSessionClosed.
+func TestAcceptWithinContext(t *testing.T) {
+	agent, coord := wiretest.MustPipePair(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := coord.Accept(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("accept: %v, want the context's deadline", err)
+	}
+	opened := make(chan error, 1)
+	go func() { // owner: this test, which receives from opened
+		st, err := agent.Open(context.Background())
+		if err == nil {
+			_, err = st.Write([]byte{1})
+			st.Close()
 		}
+		opened <- err
+	}()
+	ctx, cancel = context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	st, err := coord.Accept(ctx)
+	if err != nil {
+		t.Fatalf("accept after a time-out: %v", err)
+	}
+	st.SetDeadline(time.Now().Add(testTimeout))
+	if b, err := io.ReadAll(st); err != nil || len(b) != 1 {
+		t.Errorf("read %v, %v", b, err)
+	}
+	st.Close()
+	if err := <-opened; err != nil {
+		t.Error(err)
+	}
+
+	coord.Close()
+	if _, err := coord.Accept(context.Background()); !errors.Is(err, ErrSessionClosed) {
+		t.Errorf("accept on a closed session: %v", err)
+	}
+	if _, err := coord.Open(context.Background()); !errors.Is(err, ErrSessionClosed) {
+		t.Errorf("open on a closed session: %v", err)
 	}
 }
 
-// recordConn records each Write it is given.
-type recordConn struct {
-	net.Conn
-	writes [][]byte
-}
-
-func (r *recordConn) Write(b []byte) (int, error) {
-	r.writes = append(r.writes, bytes.Clone(b))
-	return len(b), nil
-}
-func (r *recordConn) SetWriteDeadline(time.Time) error { return nil }
-
-// yamuxHeader is a yamux frame header of type typ announcing length.
-func yamuxHeader(typ byte, length uint32) []byte {
-	h := make([]byte, yamuxHeaderSize)
-	h[1] = typ
-	h[7] = 1 // stream 1
-	h[8], h[9], h[10], h[11] = byte(length>>24), byte(length>>16), byte(length>>8), byte(length)
-	return h
-}
-
-// TestTimeoutConnCoalesces: a small data frame's header goes out in one
-// Write with its body; other frames, and a body that is not the one
-// announced, are written as they come, in order.
-func TestTimeoutConnCoalesces(t *testing.T) {
-	big := bytes.Repeat([]byte{'b'}, coalesceMax+1)
+// TestSessionPeer: over TLS each side knows the other's verified
+// certificate and address; over a bare connection there is no
+// certificate.
+func TestSessionPeer(t *testing.T) {
+	p := wiretest.MustPKI(t)
+	agent, coord := p.MustPair(t, nil)
 	for _, tt := range []struct {
-		name   string
-		writes [][]byte
-		want   [][]byte
-	}{
-		{"data frame", [][]byte{yamuxHeader(0, 3), []byte("abc")},
-			[][]byte{append(yamuxHeader(0, 3), "abc"...)}},
-		{"window update", [][]byte{yamuxHeader(1, 3), []byte("abc")},
-			[][]byte{yamuxHeader(1, 3), []byte("abc")}},
-		{"large body", [][]byte{yamuxHeader(0, uint32(len(big))), big},
-			[][]byte{yamuxHeader(0, uint32(len(big))), big}},
-		{"other body", [][]byte{yamuxHeader(0, 3), []byte("abcd")},
-			[][]byte{yamuxHeader(0, 3), []byte("abcd")}},
-		{"two frames", [][]byte{yamuxHeader(0, 1), []byte("a"), yamuxHeader(2, 0), yamuxHeader(0, 2), []byte("bc")},
-			[][]byte{append(yamuxHeader(0, 1), 'a'), yamuxHeader(2, 0), append(yamuxHeader(0, 2), "bc"...)}},
-	} {
-		rc := &recordConn{}
-		c := &timeoutConn{Conn: rc, timeout: time.Second}
-		for _, w := range tt.writes {
-			if n, err := c.Write(w); n != len(w) || err != nil {
-				t.Fatalf("%s: Write of %d bytes: %d, %v", tt.name, len(w), n, err)
-			}
+		s    *Session
+		want Role
+	}{{agent, RoleCoordinator}, {coord, RoleAgent}} {
+		if role, err := RoleOf(tt.s.Peer()); err != nil || role != tt.want {
+			t.Errorf("peer role %q, %v; want %s", role, err, tt.want)
 		}
-		if fmt.Sprint(rc.writes) != fmt.Sprint(tt.want) {
-			t.Errorf("%s: wrote %v, want %v", tt.name, rc.writes, tt.want)
+		if addr, ok := tt.s.RemoteAddr().(*net.TCPAddr); !ok || !addr.IP.IsLoopback() {
+			t.Errorf("remote address %v", tt.s.RemoteAddr())
 		}
+	}
+	bare, _ := wiretest.MustPipePair(t, nil)
+	if bare.Peer() != nil {
+		t.Errorf("peer over a pipe: %v", bare.Peer().Subject)
 	}
 }

@@ -1,4 +1,4 @@
-package wire
+package wire_test
 
 import (
 	"context"
@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	. "github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // handshake runs a TLS handshake between tls.Server(serverCfg) and
@@ -19,7 +22,7 @@ import (
 // certificate, so a refusal reaches the client on its first read.
 func handshake(t *testing.T, serverCfg, clientCfg *tls.Config) (serverErr, clientErr error) {
 	t.Helper()
-	a, c := tcpPair(t)
+	a, c := wiretest.MustTCPPair(t)
 	sc, cc := tls.Server(c, serverCfg), tls.Client(a, clientCfg)
 	defer sc.Close()
 	defer cc.Close()
@@ -56,53 +59,53 @@ func handshake(t *testing.T, serverCfg, clientCfg *tls.Config) (serverErr, clien
 }
 
 func TestTLSAccepts(t *testing.T) {
-	p := newTestPKI(t)
+	p := wiretest.MustPKI(t)
 	for _, host := range []string{"127.0.0.1", "localhost"} {
-		serr, cerr := handshake(t, ServerConfig(p.pool, p.coordinator), ClientConfig(p.pool, p.agent, host))
+		serr, cerr := handshake(t, ServerConfig(p.Pool, p.Coordinator), ClientConfig(p.Pool, p.Agent, host))
 		if serr != nil || cerr != nil {
 			t.Errorf("%s: server %v, client %v", host, serr, cerr)
 		}
 	}
-	cfg := ServerConfig(p.pool, p.coordinator)
+	cfg := ServerConfig(p.Pool, p.Coordinator)
 	if cfg.MinVersion != tls.VersionTLS13 || cfg.ClientAuth != tls.RequireAndVerifyClientCert {
 		t.Errorf("server config %+v", cfg)
 	}
-	if cfg := ClientConfig(p.pool, p.agent, "h"); cfg.MinVersion != tls.VersionTLS13 || cfg.ServerName != "h" || cfg.InsecureSkipVerify {
+	if cfg := ClientConfig(p.Pool, p.Agent, "h"); cfg.MinVersion != tls.VersionTLS13 || cfg.ServerName != "h" || cfg.InsecureSkipVerify {
 		t.Errorf("client config %+v", cfg)
 	}
 }
 
 // TestTLSServerRefuses: who does not get in.
 func TestTLSServerRefuses(t *testing.T) {
-	p := newTestPKI(t)
-	other := newTestPKI(t)
+	p := wiretest.MustPKI(t)
+	other := wiretest.MustPKI(t)
 	tests := []struct {
 		name   string
 		client tls.Certificate
 		want   string // in the server's error
 	}{
 		{"no client certificate", tls.Certificate{}, "didn't provide a certificate"},
-		{"agent of another CA", other.agent, "unknown authority"},
-		{"coordinator certificate as client", p.coordinator, "incompatible key usage"},
+		{"agent of another CA", other.Agent, "unknown authority"},
+		{"coordinator certificate as client", p.Coordinator, "incompatible key usage"},
 		{"coordinator role with client key usage",
-			p.issueEKU(t, IssueRequest{Role: RoleCoordinator, Name: "rogue", Hosts: []string{"127.0.0.1"}},
+			issueEKU(t, p, IssueRequest{Role: RoleCoordinator, Name: "rogue", Hosts: []string{"127.0.0.1"}},
 				[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}),
 			"peer certificate has role coordinator, want agent"},
 		{"expired agent",
-			p.issue(t, IssueRequest{Role: RoleAgent, Name: "old", NotBefore: time.Now().Add(-2 * time.Hour), ValidFor: time.Hour}),
+			p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "old", NotBefore: time.Now().Add(-2 * time.Hour), ValidFor: time.Hour}),
 			"expired"},
 		{"not yet valid agent",
-			p.issue(t, IssueRequest{Role: RoleAgent, Name: "early", NotBefore: time.Now().Add(time.Hour)}),
+			p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "early", NotBefore: time.Now().Add(time.Hour)}),
 			"not yet valid"},
-		{"agent without role", p.issueNoRole(t), "no forge role"},
+		{"agent without role", issueNoRole(t, p), "no forge role"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cc := ClientConfig(p.pool, tt.client, "127.0.0.1")
+			cc := ClientConfig(p.Pool, tt.client, "127.0.0.1")
 			if tt.client.Certificate == nil {
 				cc.Certificates = nil
 			}
-			serr, cerr := handshake(t, ServerConfig(p.pool, p.coordinator), cc)
+			serr, cerr := handshake(t, ServerConfig(p.Pool, p.Coordinator), cc)
 			if serr == nil || !strings.Contains(serr.Error(), tt.want) {
 				t.Errorf("server: got %v, want an error containing %q", serr, tt.want)
 			}
@@ -123,12 +126,12 @@ func TestTLSServerRefuses(t *testing.T) {
 }
 
 // issueNoRole issues an agent-usable certificate without a role URI.
-func (p *testPKI) issueNoRole(t *testing.T) tls.Certificate {
+func issueNoRole(t *testing.T, p *wiretest.PKI) tls.Certificate {
 	t.Helper()
-	tmpl := p.issue(t, IssueRequest{Role: RoleAgent, Name: "anonymous"})
+	tmpl := p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "anonymous"})
 	leaf := *tmpl.Leaf
 	leaf.URIs = nil
-	der, err := x509.CreateCertificate(rand.Reader, &leaf, p.ca.Cert, tmpl.Leaf.PublicKey, p.ca.Key)
+	der, err := x509.CreateCertificate(rand.Reader, &leaf, p.CA.Cert, tmpl.Leaf.PublicKey, p.CA.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,27 +140,27 @@ func (p *testPKI) issueNoRole(t *testing.T) tls.Certificate {
 
 // TestTLSClientRefuses: the coordinators an agent will not talk to.
 func TestTLSClientRefuses(t *testing.T) {
-	p := newTestPKI(t)
-	other := newTestPKI(t)
+	p := wiretest.MustPKI(t)
+	other := wiretest.MustPKI(t)
 	tests := []struct {
 		name   string
 		server tls.Certificate
 		want   string // in the client's error
 	}{
-		{"coordinator of another CA", other.coordinator, "unknown authority"},
+		{"coordinator of another CA", other.Coordinator, "unknown authority"},
 		{"coordinator for another host",
-			p.issue(t, IssueRequest{Role: RoleCoordinator, Name: "elsewhere", Hosts: []string{"elsewhere.example", "10.9.9.9"}}),
+			p.MustIssue(t, IssueRequest{Role: RoleCoordinator, Name: "elsewhere", Hosts: []string{"elsewhere.example", "10.9.9.9"}}),
 			"not 127.0.0.1"},
-		{"agent certificate as server", p.issue(t, IssueRequest{Role: RoleAgent, Name: "n", Hosts: []string{"127.0.0.1"}}),
+		{"agent certificate as server", p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "n", Hosts: []string{"127.0.0.1"}}),
 			"incompatible key usage"},
 		{"agent role with server key usage",
-			p.issueEKU(t, IssueRequest{Role: RoleAgent, Name: "rogue", Hosts: []string{"127.0.0.1"}},
+			issueEKU(t, p, IssueRequest{Role: RoleAgent, Name: "rogue", Hosts: []string{"127.0.0.1"}},
 				[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}),
 			"peer certificate has role agent, want coordinator"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			serr, cerr := handshake(t, ServerConfig(p.pool, tt.server), ClientConfig(p.pool, p.agent, "127.0.0.1"))
+			serr, cerr := handshake(t, ServerConfig(p.Pool, tt.server), ClientConfig(p.Pool, p.Agent, "127.0.0.1"))
 			if cerr == nil || !strings.Contains(cerr.Error(), tt.want) {
 				t.Errorf("client: got %v, want an error containing %q", cerr, tt.want)
 			}
@@ -177,12 +180,12 @@ func TestTLSClientRefuses(t *testing.T) {
 // TestSessionOverTLS: Server reports a refused client as an error (the
 // handshake runs inside it), and the client learns on its first stream.
 func TestSessionOverTLS(t *testing.T) {
-	p := newTestPKI(t)
-	rogue := p.issueEKU(t, IssueRequest{Role: RoleCoordinator, Name: "rogue", Hosts: []string{"127.0.0.1"}},
+	p := wiretest.MustPKI(t)
+	rogue := issueEKU(t, p, IssueRequest{Role: RoleCoordinator, Name: "rogue", Hosts: []string{"127.0.0.1"}},
 		[]x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
-	a, c := tcpPair(t)
-	ta := tls.Client(a, ClientConfig(p.pool, rogue, "127.0.0.1"))
-	tc := tls.Server(c, ServerConfig(p.pool, p.coordinator))
+	a, c := wiretest.MustTCPPair(t)
+	ta := tls.Client(a, ClientConfig(p.Pool, rogue, "127.0.0.1"))
+	tc := tls.Server(c, ServerConfig(p.Pool, p.Coordinator))
 	errs := runBoth(t, func() { a.Close(); c.Close() },
 		func() error {
 			s, err := Client(ta, nil)
@@ -190,7 +193,7 @@ func TestSessionOverTLS(t *testing.T) {
 				return err
 			}
 			defer s.Close()
-			st, err := s.OpenStream()
+			st, err := s.Open(context.Background())
 			if err != nil {
 				return err
 			}

@@ -18,8 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/internal/version"
@@ -87,7 +85,7 @@ type Hub struct {
 	mu         sync.Mutex
 	agents     map[string]*agentConn // by node id
 	waiters    map[string][]chan struct{}
-	logStreams map[string]*yamux.Stream // the one log stream of each build
+	logStreams map[string]*wire.Stream // the one log stream of each build
 }
 
 // New returns a hub; Serve accepts the agents.
@@ -97,21 +95,21 @@ func New(cfg Config) *Hub {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Hub{reports: NewReports(cfg.Logs.Exited), cfg: cfg, log: log, agents: map[string]*agentConn{},
-		waiters: map[string][]chan struct{}{}, logStreams: map[string]*yamux.Stream{}}
+		waiters: map[string][]chan struct{}{}, logStreams: map[string]*wire.Stream{}}
 }
 
 var _ coordinator.Agents = (*Hub)(nil)
 
 type agentConn struct {
 	info AgentInfo
-	ys   *yamux.Session
+	ys   *wire.Session
 }
 
 // Timeouts of the coordinator's side of the wire.
 const (
-	helloTimeout   = 15 * time.Second
-	requestTimeout = 30 * time.Second
-	launchTimeout  = 5 * time.Minute
+	helloTimeout   = wire.HelloTimeout
+	requestTimeout = wire.RequestTimeout
+	launchTimeout  = wire.LaunchTimeout
 	logAckEvery    = 32 // Log frames between LogAcks
 )
 
@@ -154,7 +152,7 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 	stop := context.AfterFunc(ctx, func() { ys.Close() })
 	defer stop()
 
-	ctl, err := ys.AcceptStream()
+	ctl, err := ys.Accept(ctx)
 	if err != nil {
 		log.Warn("agent opened no control stream", "err", err)
 		return
@@ -207,7 +205,7 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 	go func() {
 		defer wg.Done()
 		for {
-			st, err := ys.AcceptStream()
+			st, err := ys.Accept(ctx)
 			if err != nil {
 				return
 			}
@@ -288,15 +286,15 @@ func (s *Hub) WaitAgent(ctx context.Context, nodeID string) error {
 	}
 }
 
-// open opens a request stream to the agent of nodeID.
-func (s *Hub) open(nodeID string) (*yamux.Stream, error) {
+// open opens a request stream to the agent of nodeID; it ends with ctx.
+func (s *Hub) open(ctx context.Context, nodeID string) (*wire.Stream, error) {
 	s.mu.Lock()
 	ac := s.agents[nodeID]
 	s.mu.Unlock()
 	if ac == nil {
 		return nil, fmt.Errorf("%w %s", coordinator.ErrNoAgent, nodeID)
 	}
-	st, err := ac.ys.OpenStream()
+	st, err := ac.ys.Open(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open stream to agent of %s: %w", nodeID, err)
 	}
@@ -307,18 +305,12 @@ func (s *Hub) open(nodeID string) (*yamux.Stream, error) {
 // build's container. The executor's bytes go only when the agent lacks
 // them. A refusal comes back as a *wire.RefusedError.
 func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchRequest) (*coordinator.LaunchResult, error) {
-	st, err := s.open(nodeID)
+	st, err := s.open(ctx, nodeID)
 	if err != nil {
 		return nil, err
 	}
 	defer st.Close()
-	deadline := time.Now().Add(launchTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	st.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
-	defer stop()
+	st.SetDeadline(time.Now().Add(launchTimeout))
 	c := wire.NewCodec(st)
 	err = c.Send(&wire.Launch{
 		BuildID: req.BuildID, ContainerID: req.ContainerID, Executor: req.Executor.Ref,
@@ -350,14 +342,12 @@ func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchR
 
 // Cancel asks the agent of nodeID to stop the build's container.
 func (s *Hub) Cancel(ctx context.Context, nodeID, buildID, containerID string, grace time.Duration) (*wire.Cancelled, error) {
-	st, err := s.open(nodeID)
+	st, err := s.open(ctx, nodeID)
 	if err != nil {
 		return nil, err
 	}
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(grace + requestTimeout))
-	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
-	defer stop()
 	c := wire.NewCodec(st)
 	if err := c.Send(&wire.Cancel{BuildID: buildID, ContainerID: containerID, GraceSeconds: int(grace.Seconds())}); err != nil {
 		return nil, err
@@ -370,7 +360,7 @@ func (s *Hub) Cancel(ctx context.Context, nodeID, buildID, containerID string, g
 }
 
 // serveStream serves a stream an agent opened: only log streams exist.
-func (s *Hub) serveStream(ctx context.Context, nodeID string, st *yamux.Stream) {
+func (s *Hub) serveStream(ctx context.Context, nodeID string, st *wire.Stream) {
 	defer st.Close()
 	log := s.log.With("node", nodeID)
 	st.SetDeadline(time.Now().Add(requestTimeout))

@@ -16,9 +16,8 @@ import (
 	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/internal/syncbuf"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // verifyFunc is a NodeVerifier made of a function.
@@ -28,36 +27,11 @@ func (f verifyFunc) VerifyAgent(_ context.Context, nodeID string, remote net.Add
 	return f(nodeID, remote)
 }
 
-type testPKI struct {
-	ca                 *wire.CA
-	coordinator, agent tls.Certificate
-}
-
-func newTestPKI(t *testing.T) *testPKI {
-	t.Helper()
-	ca, err := wire.NewCA("test", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(role wire.Role, hosts ...string) tls.Certificate {
-		c, k, err := ca.Issue(wire.IssueRequest{Role: role, Name: string(role), Hosts: hosts})
-		if err != nil {
-			t.Fatal(err)
-		}
-		pair, err := tls.X509KeyPair(c, k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pair
-	}
-	return &testPKI{ca: ca, coordinator: issue(wire.RoleCoordinator, "127.0.0.1"), agent: issue(wire.RoleAgent)}
-}
-
 // serveAgents runs a Hub on loopback until the test ends.
-func serveAgents(t *testing.T, p *testPKI, v NodeVerifier) (*Hub, string, *syncbuf.Buffer) {
+func serveAgents(t *testing.T, p *wiretest.PKI, v NodeVerifier) (*Hub, string, *syncbuf.Buffer) {
 	t.Helper()
 	out := &syncbuf.Buffer{}
-	s := New(Config{TLS: wire.ServerConfig(p.ca.Pool(), p.coordinator), Verify: v,
+	s := New(Config{TLS: p.ServerTLS(), Verify: v,
 		Logs: &logs.Store{Dir: t.TempDir()}, Log: slog.New(slog.NewTextHandler(out, nil))})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -76,18 +50,18 @@ func serveAgents(t *testing.T, p *testPKI, v NodeVerifier) (*Hub, string, *syncb
 }
 
 // rawAgent speaks the wire by hand: Hello, then whatever the test wants.
-func rawAgent(t *testing.T, p *testPKI, addr string, hello wire.Hello) (*yamux.Session, *wire.Codec, error) {
+func rawAgent(t *testing.T, p *wiretest.PKI, addr string, hello wire.Hello) (*wire.Session, *wire.Codec, error) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ys, err := wire.Client(tls.Client(conn, wire.ClientConfig(p.ca.Pool(), p.agent, "127.0.0.1")), nil)
+	ys, err := wire.Client(tls.Client(conn, p.ClientTLS()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ys.Close() })
-	st, err := ys.OpenStream()
+	st, err := ys.Open(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +96,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestAgentServerRefusesProtocolMismatch(t *testing.T) {
-	p := newTestPKI(t)
+	p := wiretest.MustPKI(t)
 	s, addr, logs := serveAgents(t, p, verifyFunc(func(string, net.Addr) error { return nil }))
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -149,7 +123,7 @@ func TestAgentServerRefusesProtocolMismatch(t *testing.T) {
 }
 
 func TestAgentServerIdentity(t *testing.T) {
-	p := newTestPKI(t)
+	p := wiretest.MustPKI(t)
 	s, addr, _ := serveAgents(t, p, verifyFunc(func(node string, _ net.Addr) error {
 		if node != "good" {
 			return fmt.Errorf("node %s is not in this swarm", node)
@@ -174,7 +148,7 @@ func TestAgentServerIdentity(t *testing.T) {
 	}
 	waitFor(t, "second session bound", func() bool { a := s.Agents(); return len(a) == 1 && a[0].SessionID != firstID })
 	select {
-	case <-first.CloseChan():
+	case <-first.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("the replaced session is still open")
 	}
@@ -193,7 +167,7 @@ func TestAgentServerIdentity(t *testing.T) {
 // The agents' list carries what GET /api/agents shows (web serves it as
 // JSON): every field set, the address the agent dialled from.
 func TestHubAgentsList(t *testing.T) {
-	p := newTestPKI(t)
+	p := wiretest.MustPKI(t)
 	s, addr, _ := serveAgents(t, p, verifyFunc(func(string, net.Addr) error { return nil }))
 	if _, _, err := rawAgent(t, p, addr, hello("n1")); err != nil {
 		t.Fatal(err)
@@ -224,7 +198,7 @@ func TestHubAgentsList(t *testing.T) {
 // the session it came on; an Exit on a log stream is recorded and reaches
 // WaitExit, before or after the wait began.
 func TestHubLandingsAndExits(t *testing.T) {
-	p := newTestPKI(t)
+	p := wiretest.MustPKI(t)
 	s, addr, _ := serveAgents(t, p, verifyFunc(func(string, net.Addr) error { return nil }))
 	store := s.cfg.Logs.(*logs.Store)
 	for _, id := range []string{"b1", "b2"} {
@@ -260,7 +234,7 @@ func TestHubLandingsAndExits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := ys.OpenStream()
+	st, err := ys.Open(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,16 +26,17 @@ import (
 
 	"github.com/forge-ci/forge/coordinator/config"
 	"github.com/forge-ci/forge/forgexec"
+	"github.com/forge-ci/forge/wire"
 )
 
 // Labels put on the service and on its container. The coordinator finds a
 // build's service by them (supersede, restart recovery) and the agent checks
 // LabelBuild before it injects anything.
 const (
-	LabelRepo        = "forge.repo"         // owner/repo
+	LabelRepo        = wire.LabelRepo       // owner/repo
 	LabelPullRequest = "forge.pull_request" // the number; absent for pushes
 	LabelSHA         = "forge.sha"
-	LabelBuild       = "forge.build" // the build id
+	LabelBuild       = wire.LabelBuild // the build id
 	LabelAction      = "forge.action"
 )
 

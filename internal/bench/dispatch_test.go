@@ -21,6 +21,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/daemon"
 	"github.com/forge-ci/forge/coordinator/plan"
 	"github.com/forge-ci/forge/internal/dockertest"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // trivialConfig is the build every dispatch sample runs.
@@ -159,10 +160,10 @@ func (t *timedSwarm) createdAt(build string) (time.Time, bool) {
 // startForge runs a coordinator (default session settings, no HTTP) and
 // one real agent against this engine.
 func (r *dispatchRig) startForge(b *testing.B) {
-	p := newPKI(b)
+	p := wiretest.MustPKI(b)
 	r.created = &timedSwarm{Client: r.cli, at: map[string]time.Time{}}
 	ctx := dockertest.Context(b, 30*time.Second)
-	srv, err := daemon.New(ctx, daemon.Config{TLS: p.serverTLS(), DataDir: b.TempDir(), Executor: r.exe}, r.created)
+	srv, err := daemon.New(ctx, daemon.Config{TLS: p.ServerTLS(), DataDir: b.TempDir(), Executor: r.exe}, r.created)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -180,7 +181,7 @@ func (r *dispatchRig) startForge(b *testing.B) {
 			b.Errorf("coordinator: %v", err)
 		}
 	})
-	a, err := agent.New(agent.Config{Coordinator: ln.Addr().String(), TLS: p.clientTLS(), Docker: r.cli})
+	a, err := agent.New(agent.Config{Coordinator: ln.Addr().String(), TLS: p.ClientTLS(), Docker: r.cli})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package bench
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"fmt"
 	"os"
 	"runtime"
@@ -16,7 +15,6 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/forge-ci/forge/internal/dockertest"
-	"github.com/forge-ci/forge/wire"
 )
 
 // TestMain runs the benchmarks, or, when the scale benchmark re-executes
@@ -92,44 +90,6 @@ func raiseNoFile() (uint64, error) {
 		}
 	}
 	return rl.Cur, nil
-}
-
-// pki is a throw-away forge CA with a coordinator certificate for
-// 127.0.0.1 and one agent certificate shared by every agent.
-type pki struct {
-	ca                         *wire.CA
-	coordCert, coordKey        []byte
-	agentCertPEM, agentKeyPEM  []byte
-	coordinatorPair, agentPair tls.Certificate
-}
-
-func newPKI(t testing.TB) *pki {
-	t.Helper()
-	ca, err := wire.NewCA("forge bench CA", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &pki{ca: ca}
-	p.coordCert, p.coordKey, err = ca.Issue(wire.IssueRequest{Role: wire.RoleCoordinator, Name: "coordinator", Hosts: []string{"127.0.0.1", "localhost"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.agentCertPEM, p.agentKeyPEM, err = ca.Issue(wire.IssueRequest{Role: wire.RoleAgent, Name: "agent"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.coordinatorPair, err = tls.X509KeyPair(p.coordCert, p.coordKey); err != nil {
-		t.Fatal(err)
-	}
-	if p.agentPair, err = tls.X509KeyPair(p.agentCertPEM, p.agentKeyPEM); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func (p *pki) serverTLS() *tls.Config { return wire.ServerConfig(p.ca.Pool(), p.coordinatorPair) }
-func (p *pki) clientTLS() *tls.Config {
-	return wire.ClientConfig(p.ca.Pool(), p.agentPair, "127.0.0.1")
 }
 
 func mustRead(b testing.TB, path string) []byte {

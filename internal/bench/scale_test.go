@@ -29,6 +29,7 @@ import (
 	"github.com/forge-ci/forge/internal/syncbuf"
 	"github.com/forge-ci/forge/internal/testwait"
 	"github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // The scale benchmark runs its agents in a child process: this test
@@ -72,9 +73,9 @@ func BenchmarkScale(b *testing.B) {
 	if lim, err := raiseNoFile(); err != nil || lim < uint64(n)+512 {
 		b.Fatalf("open-file limit %d (%v): need more than %d", lim, err, n+512)
 	}
-	p := newPKI(b)
+	p := wiretest.MustPKI(b)
 	certs := b.TempDir()
-	for name, data := range map[string][]byte{"ca.pem": p.ca.CertPEM(), "agent.pem": p.agentCertPEM, "agent-key.pem": p.agentKeyPEM} {
+	for name, data := range map[string][]byte{"ca.pem": p.CA.CertPEM(), "agent.pem": p.AgentCertPEM, "agent-key.pem": p.AgentKeyPEM} {
 		if err := os.WriteFile(filepath.Join(certs, name), data, 0o600); err != nil {
 			b.Fatal(err)
 		}
@@ -311,9 +312,9 @@ type runningServer struct {
 	done   chan error
 }
 
-func startAgentServer(b *testing.B, p *pki, ln net.Listener) *runningServer {
+func startAgentServer(b *testing.B, p *wiretest.PKI, ln net.Listener) *runningServer {
 	r := &runningServer{
-		s:    agents.New(agents.Config{TLS: p.serverTLS(), Verify: anyNode{}, Logs: doneLogs{}}),
+		s:    agents.New(agents.Config{TLS: p.ServerTLS(), Verify: anyNode{}, Logs: doneLogs{}}),
 		done: make(chan error, 1),
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -2,19 +2,18 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // transferSize is the archive moved from coordinator to agent.
@@ -31,7 +30,7 @@ const transferSize = 20 << 20
 // untimed ones, and the CPU time both sides (this process) spent per MiB.
 func BenchmarkTransfer(b *testing.B) {
 	reps := envInt("FORGE_BENCH_TRANSFERS", 15)
-	p := newPKI(b)
+	p := wiretest.MustPKI(b)
 	data := make([]byte, transferSize)
 	rand.Read(data)
 
@@ -86,32 +85,14 @@ type transferer interface {
 
 // yamuxSide is a coordinator's session with one agent, whose side accepts
 // each stream, receives the blob and acknowledges it.
-type yamuxSide struct{ coord *yamux.Session }
+type yamuxSide struct{ coord *wire.Session }
 
-func yamuxPair(b *testing.B, p *pki, cfg *wire.SessionConfig) *yamuxSide {
+func yamuxPair(b *testing.B, p *wiretest.PKI, cfg *wire.SessionConfig) *yamuxSide {
 	b.Helper()
-	c, s := tcpPair(b)
-	type res struct {
-		s   *yamux.Session
-		err error
-	}
-	srv := make(chan res, 1)
-	go func() {
-		ys, err := wire.Server(tls.Server(s, p.serverTLS()), cfg)
-		srv <- res{ys, err}
-	}()
-	agent, err := wire.Client(tls.Client(c, p.clientTLS()), cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	r := <-srv
-	if r.err != nil {
-		b.Fatal(r.err)
-	}
-	b.Cleanup(func() { agent.Close(); r.s.Close() })
+	agent, coord := p.MustPair(b, cfg)
 	go func() {
 		for {
-			st, err := agent.AcceptStream()
+			st, err := agent.Accept(context.Background())
 			if err != nil {
 				return
 			}
@@ -124,13 +105,13 @@ func yamuxPair(b *testing.B, p *pki, cfg *wire.SessionConfig) *yamuxSide {
 			}()
 		}
 	}()
-	return &yamuxSide{coord: r.s}
+	return &yamuxSide{coord: coord}
 }
 
 func (y *yamuxSide) transfer(b *testing.B, data []byte) time.Duration {
 	b.Helper()
 	start := time.Now()
-	st, err := y.coord.OpenStream()
+	st, err := y.coord.Open(context.Background())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -150,20 +131,9 @@ func (y *yamuxSide) transfer(b *testing.B, data []byte) time.Duration {
 // reads everything and acknowledges.
 type plainSide struct{ coord *tls.Conn }
 
-func plainPair(b *testing.B, p *pki) *plainSide {
+func plainPair(b *testing.B, p *wiretest.PKI) *plainSide {
 	b.Helper()
-	c, s := tcpPair(b)
-	coord := tls.Server(s, p.serverTLS())
-	agent := tls.Client(c, p.clientTLS())
-	hs := make(chan error, 1)
-	go func() { hs <- coord.Handshake() }()
-	if err := agent.Handshake(); err != nil {
-		b.Fatal(err)
-	}
-	if err := <-hs; err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { agent.Close(); coord.Close() })
+	agent, coord := p.MustTLSConns(b)
 	go func() {
 		for {
 			if err := wire.RecvBlob(agent, transferSize, io.Discard); err != nil {
@@ -189,30 +159,6 @@ func (p *plainSide) transfer(b *testing.B, data []byte) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Since(start)
-}
-
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(b testing.TB) (client, server net.Conn) {
-	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		acc <- c
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	server = <-acc
-	if server == nil {
-		b.Fatal("accept failed")
-	}
-	return client, server
 }
 
 // envInt reads a positive integer from the environment, or def.

@@ -36,7 +36,7 @@ func startServer(t testing.TB, e *env, data, agentAddr string, onDispatch ...fun
 	t.Helper()
 	ctx := dockertest.Context(t, 30*time.Second)
 	s := &server{finals: map[string]int{}}
-	cfg := daemon.Config{TLS: e.pki.serverTLS(), Session: fastSession, DataDir: data,
+	cfg := daemon.Config{TLS: e.pki.ServerTLS(), Session: fastSession, DataDir: data,
 		Executor: e.exe.Bytes, Logger: testLogger(t, "coordinator"), AgentWait: 20 * time.Second,
 		OnChange: func(b *coordinator.Build) {
 			if b.State.Final() {

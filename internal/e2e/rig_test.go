@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -21,44 +20,8 @@ import (
 	"github.com/forge-ci/forge/agent"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
-
-// pki is a throw-away forge CA with a coordinator and an agent certificate.
-type pki struct {
-	ca          *wire.CA
-	coordinator tls.Certificate
-	agent       tls.Certificate
-}
-
-func newPKI(t testing.TB) *pki {
-	t.Helper()
-	ca, err := wire.NewCA("forge test CA", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &pki{ca: ca}
-	p.coordinator = p.issue(t, wire.RoleCoordinator, "coordinator", "127.0.0.1", "localhost")
-	p.agent = p.issue(t, wire.RoleAgent, "agent")
-	return p
-}
-
-func (p *pki) issue(t testing.TB, role wire.Role, name string, hosts ...string) tls.Certificate {
-	t.Helper()
-	c, k, err := p.ca.Issue(wire.IssueRequest{Role: role, Name: name, Hosts: hosts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pair
-}
-
-func (p *pki) serverTLS() *tls.Config { return wire.ServerConfig(p.ca.Pool(), p.coordinator) }
-func (p *pki) clientTLS() *tls.Config {
-	return wire.ClientConfig(p.ca.Pool(), p.agent, "localhost")
-}
 
 func testLogger(t testing.TB, name string) *slog.Logger {
 	if testing.Verbose() {
@@ -89,11 +52,11 @@ type coord struct {
 	done   chan error
 }
 
-func startCoord(t testing.TB, p *pki, verify agents.NodeVerifier, addr string) *coord {
+func startCoord(t testing.TB, p *wiretest.PKI, verify agents.NodeVerifier, addr string) *coord {
 	t.Helper()
 	c := &coord{t: t, logs: &logs.Store{Dir: t.TempDir()}}
 	c.exits = &exitCounter{Store: c.logs, recorded: map[string]int{}}
-	c.server = agents.New(agents.Config{TLS: p.serverTLS(), Session: fastSession, Verify: verify, Logs: c.exits, Log: testLogger(t, "coordinator")})
+	c.server = agents.New(agents.Config{TLS: p.ServerTLS(), Session: fastSession, Verify: verify, Logs: c.exits, Log: testLogger(t, "coordinator")})
 	c.listen(addr)
 	t.Cleanup(func() { c.stop(); c.logs.Close() })
 	return c
@@ -158,11 +121,11 @@ func (r *runningAgent) stop() {
 // startAgent runs a real agent against the local engine, dialling addr
 // (through dial when set); sessions, when set, receives each session id
 // and "" when a session ends.
-func startAgent(t testing.TB, p *pki, addr string, dial func(ctx context.Context, n, a string) (net.Conn, error), sessions chan<- string) *runningAgent {
+func startAgent(t testing.TB, p *wiretest.PKI, addr string, dial func(ctx context.Context, n, a string) (net.Conn, error), sessions chan<- string) *runningAgent {
 	t.Helper()
 	cli := dockertest.Client(t)
 	a, err := agent.New(agent.Config{
-		Coordinator: addr, TLS: p.clientTLS(), Docker: cli, Session: fastSession,
+		Coordinator: addr, TLS: p.ClientTLS(), Docker: cli, Session: fastSession,
 		Logger: testLogger(t, "agent"), MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
 		Dial: dial,
 		OnSession: func(id string) {

@@ -18,6 +18,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // exitCounter counts the exits the store actually records.
@@ -43,7 +44,7 @@ func (e *exitCounter) Exit(ctx context.Context, id string, x *wire.Exit) error {
 type env struct {
 	cli   *client.Client
 	node  string
-	pki   *pki
+	pki   *wiretest.PKI
 	exe   *coordinator.Executor
 	image string
 }
@@ -51,7 +52,7 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	cli := dockertest.Client(t)
-	e := &env{cli: cli, node: localNode(t, cli), pki: newPKI(t)}
+	e := &env{cli: cli, node: localNode(t, cli), pki: wiretest.MustPKI(t)}
 	exe, err := coordinator.NewExecutor(dockertest.Forgexec(t))
 	if err != nil {
 		t.Fatal(err)
