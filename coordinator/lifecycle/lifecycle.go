@@ -20,6 +20,7 @@ import (
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/config"
 	"github.com/forge-ci/forge/coordinator/store"
+	"github.com/forge-ci/forge/wire"
 )
 
 // Logs is where a build's output will go: the lifecycle makes the (empty)
@@ -95,11 +96,11 @@ type Cancelled string
 func (c Cancelled) Error() string { return string(c) }
 
 const (
-	maxNameTries   = 5                // service names tried when swarm says one is taken
-	timeoutGrace   = 30 * time.Second // after the executor's own timeout
-	exitWait       = 45 * time.Second // for the exit after a cancel
-	requestTimeout = 30 * time.Second // one request to an agent, beyond its own grace
-	recordTimeout  = 10 * time.Second // one write of a build's record
+	maxNameTries   = 5                   // service names tried when swarm says one is taken
+	timeoutGrace   = 30 * time.Second    // after the executor's own timeout
+	exitWait       = 45 * time.Second    // for the exit after a cancel
+	requestTimeout = wire.RequestTimeout // one request to an agent, beyond its own grace
+	recordTimeout  = 10 * time.Second    // one write of a build's record
 )
 
 var _ coordinator.Builds = (*Runner)(nil)
