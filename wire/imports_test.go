@@ -54,3 +54,63 @@ func TestOnlyWireImportsYamux(t *testing.T) {
 		t.Errorf("go list does not show wire importing %s:\n%s", yamuxPath, out)
 	}
 }
+
+// TestHouseRules keeps the other import rules of DESIGN.md §1 and the
+// coordinator's layout: wire imports nothing else of the module; agent
+// and coordinator never import each other; forgexec only the standard
+// library; the coordinator's root (the domain) none of its sub-packages.
+func TestHouseRules(t *testing.T) {
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("this test runs the go command: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goCmd, "list", "-f", `{{.ImportPath}}|{{.Standard}}|{{join .Deps " "}}`,
+		"./wire", "./agent/...", "./forgexec/...", "./cmd/forgexec", "./coordinator/...")
+	cmd.Dir = ".."
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, stderr.String())
+	}
+	under := func(p, root string) bool { return p == root || strings.HasPrefix(p, root+"/") }
+	checked := 0
+	for line := range strings.Lines(string(out)) {
+		parts := strings.SplitN(strings.TrimSpace(line), "|", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		pkg, deps := parts[0], strings.Fields(parts[2])
+		checked++
+		for _, d := range deps {
+			var why string
+			switch {
+			case pkg == module+"/wire" && under(d, module):
+				why = "wire imports nothing else of this module"
+			case under(pkg, module+"/agent") && under(d, module+"/coordinator"):
+				why = "agent and coordinator never import each other"
+			case under(pkg, module+"/coordinator") && under(d, module+"/agent"):
+				why = "agent and coordinator never import each other"
+			case (under(pkg, module+"/forgexec") || pkg == module+"/cmd/forgexec") && !isStandard(d) && !under(d, module+"/forgexec"):
+				why = "forgexec uses the standard library only"
+			case pkg == module+"/coordinator" && strings.HasPrefix(d, module+"/coordinator/") && d != module+"/coordinator/config":
+				why = "the coordinator's root holds the domain; its parts import it, not the other way"
+			}
+			if why != "" {
+				t.Errorf("%s depends on %s: %s", pkg, d, why)
+			}
+		}
+	}
+	if checked < 5 {
+		t.Errorf("go list named %d packages; the listing is not what this test expects:\n%s", checked, out)
+	}
+}
+
+// isStandard tells a standard-library import path: no dot in its first
+// element.
+func isStandard(path string) bool {
+	first, _, _ := strings.Cut(path, "/")
+	return !strings.Contains(first, ".")
+}
