@@ -152,7 +152,11 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 	stop := context.AfterFunc(ctx, func() { ys.Close() })
 	defer stop()
 
-	ctl, err := ys.Accept(ctx)
+	// An agent that opens no control stream is dropped with the others
+	// that do not say hello in time.
+	hctx, hcancel := context.WithTimeout(ctx, helloTimeout)
+	ctl, err := ys.Accept(hctx)
+	hcancel()
 	if err != nil {
 		log.Warn("agent opened no control stream", "err", err)
 		return
