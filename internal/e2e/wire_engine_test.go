@@ -29,14 +29,16 @@ type exitCounter struct {
 }
 
 func (e *exitCounter) Exit(ctx context.Context, id string, x *wire.Exit) error {
+	// Held across the record, so whoever saw the exit in the store and
+	// then reads the count sees it counted.
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	before, _ := e.Store.Exited(id)
 	if err := e.Store.Exit(ctx, id, x); err != nil {
 		return err
 	}
 	if before == nil {
-		e.mu.Lock()
 		e.recorded[id]++
-		e.mu.Unlock()
 	}
 	return nil
 }
