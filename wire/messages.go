@@ -25,11 +25,7 @@ type validator interface {
 	Validate() error
 }
 
-// Hello is the agent's first frame, on the first stream it opens after the
-// session is up (the control stream). The coordinator answers Welcome, or
-// Refused (RefusedProtocol when Protocol differs from its own, with both
-// versions in the message; RefusedIdentity when NodeID cannot be bound to
-// this connection) and then closes the session.
+// Hello opens the control stream (PROTOCOL.md §5.1, §6.1).
 type Hello struct {
 	Protocol      int    `json:"protocol"`       // ProtocolVersion of the agent
 	NodeID        string `json:"node_id"`        // swarm node id of the agent's node
@@ -38,23 +34,18 @@ type Hello struct {
 	EngineVersion string `json:"engine_version"` // Docker Engine version of the node
 }
 
-// Welcome is the coordinator's answer to an accepted Hello, on the control
-// stream. The agent then sends Holding.
+// Welcome accepts a session (PROTOCOL.md §5.2).
 type Welcome struct {
 	Protocol           int    `json:"protocol"`            // ProtocolVersion of the coordinator
 	CoordinatorVersion string `json:"coordinator_version"` // forge version of the coordinator
 	SessionID          string `json:"session_id"`          // names this session in both sides' logs
 }
 
-// Refused is a refusal, sent instead of the expected answer: to Hello, and
-// as the error answer to any request (Launch, Cancel, Attach,
-// ArtifactsRequest) or to a frame that breaks a conversation. The sender
-// closes the stream after it (after Hello: the session). Code is one of
-// the Refused* constants; Message is for people and both sides log it.
-// Receivers see it as a *RefusedError from Expect.
+// Refused refuses a session, a request or a frame (PROTOCOL.md §5.3).
+// Expect returns one received in place of another message as *RefusedError.
 type Refused struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
+	Code    string `json:"code"`    // one of the Refused* constants
+	Message string `json:"message"` // for people; both sides log it
 }
 
 // NewRefused returns a Refused with code and a formatted message.
@@ -74,10 +65,7 @@ func ProtocolRefusal(agentProtocol int) *Refused {
 		agentProtocol, ProtocolVersion)
 }
 
-// Holding is the agent's second frame on the control stream, right after
-// Welcome: every build whose container this agent started and whose Exit
-// the coordinator has not acknowledged (Builds empty when there are none).
-// The agent then opens a log stream (Attach) for each. No answer.
+// Holding lists the builds the agent holds (PROTOCOL.md §5.4).
 type Holding struct {
 	Builds []Held `json:"builds"`
 }
@@ -90,32 +78,22 @@ type Held struct {
 	ExitCode    *int   `json:"exit_code"` // set exactly when State is StateExited
 }
 
-// Landed is sent by the agent on the control stream whenever Docker events
-// show a container with a forge.build label created on its node, so the
-// coordinator learns where a build's task landed without polling swarm. No
-// answer; the coordinator still checks against swarm before Launch.
+// Landed says a build's container was created on the agent's node
+// (PROTOCOL.md §5.5).
 type Landed struct {
 	BuildID     string    `json:"build_id"`
 	ContainerID string    `json:"container_id"`
-	Created     time.Time `json:"created"`
+	Created     time.Time `json:"created"` // when Docker created the container
 }
 
-// BlobRef names raw bytes that follow on a stream: their size and their
-// digest, "sha256:<64 lower-case hex digits>".
+// BlobRef names raw bytes that follow on a stream (PROTOCOL.md §4.2).
 type BlobRef struct {
-	Digest string `json:"digest"`
-	Size   int64  `json:"size"`
+	Digest string `json:"digest"` // "sha256:<64 lower-case hex digits>"
+	Size   int64  `json:"size"`   // bytes
 }
 
-// Launch is the first frame of a stream the coordinator opens to start a
-// build: inject the executor, the spec and the source into ContainerID and
-// start it. The agent answers LaunchReady or Refused (container missing,
-// not on this node, wrong forge.build label, already ran). After
-// LaunchReady the coordinator sends, with no frame around them, the
-// executor's Executor.Size raw bytes if NeedExecutor, then SourceSize raw
-// bytes of a tar of the source tree. The agent checks the executor's
-// digest, injects, starts, and answers Started or Refused; the stream is
-// then closed by both.
+// Launch asks the agent to inject and start a build's container
+// (PROTOCOL.md §5.6, §6.2).
 type Launch struct {
 	BuildID     string          `json:"build_id"`
 	ContainerID string          `json:"container_id"`
@@ -125,110 +103,80 @@ type Launch struct {
 	Workdir     string          `json:"workdir"`     // absolute; where the source is unpacked
 }
 
-// LaunchReady is the agent's answer to an acceptable Launch. NeedExecutor
-// is false when the agent already has an executor with that digest, and
-// then the coordinator sends only the source bytes.
+// LaunchReady accepts a Launch (PROTOCOL.md §5.7).
 type LaunchReady struct {
-	NeedExecutor bool `json:"need_executor"`
+	NeedExecutor bool `json:"need_executor"` // false: the agent has this executor already
 }
 
-// Started is the agent's answer once the container runs; the stream ends.
-// The log stream for the build follows, opened by the agent.
+// Started says the build's container runs (PROTOCOL.md §5.8).
 type Started struct {
 	ContainerID string    `json:"container_id"`
 	StartedAt   time.Time `json:"started_at"`
 }
 
-// Cancel is the first frame of a stream the coordinator opens to stop a
-// build: the agent stops the container (SIGTERM, then SIGKILL after
-// GraceSeconds) and answers Cancelled, or Refused (not a forge container,
-// not on this node). The build's Exit still arrives on its log stream.
+// Cancel asks the agent to stop a build's container (PROTOCOL.md §5.9, §6.3).
 type Cancel struct {
 	BuildID      string `json:"build_id"`
 	ContainerID  string `json:"container_id"`
-	GraceSeconds int    `json:"grace_seconds"`
+	GraceSeconds int    `json:"grace_seconds"` // between SIGTERM and SIGKILL
 }
 
-// Cancelled is the answer to Cancel: the container is stopped. ExitCode is
-// its exit code, or null when it had not been started.
+// Cancelled says the container is stopped (PROTOCOL.md §5.10).
 type Cancelled struct {
-	ExitCode *int `json:"exit_code"`
+	ExitCode *int `json:"exit_code"` // nil when it had never started
 }
 
-// Attach is the first frame of a log stream, which the agent opens for each
-// build it runs (and, after a reconnect, for each build it holds). The
-// coordinator answers Attached, or Refused (unknown build: the agent drops
-// it). Then the agent sends Log frames and finally Exit, while the
-// coordinator sends LogAck frames and finally ExitAck. Both directions are
-// busy at once: each side reads and writes in separate goroutines.
+// Attach opens a log stream (PROTOCOL.md §5.11, §6.4).
 type Attach struct {
 	BuildID     string `json:"build_id"`
 	ContainerID string `json:"container_id"`
 }
 
-// Attached tells the agent what the coordinator has already stored, so it
-// resumes without losing or repeating output: the next Log must carry
-// NextSeq, and output continues at StdoutOffset and StderrOffset bytes of
-// each stream. Done means the coordinator has already recorded the build's
-// exit: the agent sends nothing more, drops the build and closes.
+// Attached says what the coordinator has stored of a build, so the agent
+// resumes there (PROTOCOL.md §5.12, §6.4).
 type Attached struct {
-	NextSeq      uint64 `json:"next_seq"`
-	StdoutOffset int64  `json:"stdout_offset"`
-	StderrOffset int64  `json:"stderr_offset"`
-	Done         bool   `json:"done"`
+	NextSeq      uint64 `json:"next_seq"`      // the Seq of the next Log
+	StdoutOffset int64  `json:"stdout_offset"` // bytes of stdout stored
+	StderrOffset int64  `json:"stderr_offset"` // bytes of stderr stored
+	Done         bool   `json:"done"`          // the exit is recorded already
 }
 
-// Log is a chunk of a build's output, agent to coordinator on the log
-// stream. Seq numbers Log frames of a build 1, 2, 3... across reconnects;
-// Offset is the byte offset of Data within its Stream. Data is at most
-// MaxLogChunk bytes (base64 in JSON). The coordinator acknowledges with
-// LogAck from time to time.
+// Log is a chunk of a build's output (PROTOCOL.md §5.13).
 type Log struct {
-	Seq    uint64 `json:"seq"`
+	Seq    uint64 `json:"seq"`    // 1, 2, 3, ... per build
 	Stream string `json:"stream"` // StreamStdout or StreamStderr
-	Offset int64  `json:"offset"`
-	Data   []byte `json:"data"`
+	Offset int64  `json:"offset"` // byte offset of Data within Stream
+	Data   []byte `json:"data"`   // at most MaxLogChunk bytes
 }
 
-// LogAck is the coordinator's cumulative acknowledgement on a log stream:
-// every Log up to and including Seq is stored durably.
+// LogAck acknowledges Log frames cumulatively (PROTOCOL.md §5.14).
 type LogAck struct {
-	Seq uint64 `json:"seq"`
+	Seq uint64 `json:"seq"` // highest Seq stored
 }
 
-// Exit is the agent's last frame on a log stream: the container exited.
-// LastSeq is the Seq of the last Log sent (0 if none), so the coordinator
-// can tell it has all output. Error is set when the agent could not run or
-// follow the container (infrastructure fault; ExitCode is then -1). The
-// coordinator records it and answers ExitAck; until the agent has ExitAck
-// it keeps the build and sends Exit again on its next log stream.
+// Exit is the agent's last frame on a log stream (PROTOCOL.md §5.15).
 type Exit struct {
-	ExitCode   int       `json:"exit_code"`
-	LastSeq    uint64    `json:"last_seq"`
+	ExitCode   int       `json:"exit_code"` // -1 when unknown (see Error)
+	LastSeq    uint64    `json:"last_seq"`  // Seq of the last Log sent; 0 if none
 	FinishedAt time.Time `json:"finished_at"`
-	Error      string    `json:"error"`
+	Error      string    `json:"error"` // why the agent could not run or follow the container; empty for a normal exit
 }
 
-// ExitAck acknowledges Exit: the coordinator has recorded the exit and all
-// output; the agent forgets the build and both close the stream.
+// ExitAck says the exit and all output are recorded (PROTOCOL.md §5.16).
 type ExitAck struct{}
 
-// ArtifactsRequest is the first frame of a stream the coordinator opens to
-// collect a finished build's artifacts: Paths (paths or globs relative to
-// the work directory) as one tar of at most MaxBytes bytes. The agent
-// answers ArtifactsHeader followed by Size raw tar bytes, or Refused
-// (RefusedForbidden when the tar would exceed MaxBytes).
+// ArtifactsRequest asks for a finished build's artifacts (PROTOCOL.md
+// §5.17, §6.5).
 type ArtifactsRequest struct {
 	BuildID     string   `json:"build_id"`
 	ContainerID string   `json:"container_id"`
-	Paths       []string `json:"paths"`
-	MaxBytes    int64    `json:"max_bytes"`
+	Paths       []string `json:"paths"`     // paths or globs relative to the work directory
+	MaxBytes    int64    `json:"max_bytes"` // the largest tar accepted
 }
 
-// ArtifactsHeader precedes Size raw bytes of a tar of the artifacts. The
-// tar is untrusted: the coordinator checks every entry.
+// ArtifactsHeader precedes the artifacts' tar (PROTOCOL.md §5.18).
 type ArtifactsHeader struct {
-	Size int64 `json:"size"`
+	Size int64 `json:"size"` // raw tar bytes that follow
 }
 
 func (Hello) MessageType() string            { return TypeHello }
@@ -322,9 +270,8 @@ func EncodeMessage(msg Message) ([]byte, error) {
 }
 
 // DecodeMessage decodes a frame payload into a pointer to the registered
-// struct its "type" names, and validates it. Fields it does not know are
-// ignored (a newer peer may add optional ones); a type it does not know is
-// ErrUnknownType, naming the type.
+// struct its "type" names, and validates it. Unknown fields are ignored and
+// an unknown type is ErrUnknownType, naming it (PROTOCOL.md §4.1).
 func DecodeMessage(payload []byte) (Message, error) {
 	// Fast path: find the type with a plain scan and decode the payload
 	// once, straight into its struct. Decoding every frame twice (into a
