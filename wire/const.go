@@ -7,8 +7,8 @@
 // (frame.go), and the messages (messages.go). Constants and errors are all
 // in const.go. Package wiretest has a PKI and session pairs for tests.
 //
-// The agent dials the coordinator and is the yamux client; both sides open
-// streams, one conversation per stream. A typical request, coordinator side:
+// One conversation per stream (PROTOCOL.md §6). A typical request,
+// coordinator side:
 //
 //	st, err := session.Open(ctx) // the stream ends with ctx at the latest
 //	if err != nil {
@@ -30,22 +30,18 @@ import (
 	"time"
 )
 
-// ProtocolVersion is the version of the message protocol described in
-// PROTOCOL.md. The agent states it in Hello; a coordinator that speaks
-// another version answers Refused{Code: RefusedProtocol}. It changes when a
-// message changes meaning or a required field is added; new optional fields
-// do not change it (decoders ignore fields they do not know).
+// ProtocolVersion is the version of PROTOCOL.md this package speaks,
+// carried by Hello and Welcome (PROTOCOL.md §8).
 const ProtocolVersion = 1
 
-// Framing and size limits.
+// Framing and size limits (PROTOCOL.md §4.1, §10).
 const (
 	// FrameHeaderSize is the size of the big-endian length that precedes
 	// every frame.
 	FrameHeaderSize = 4
 
 	// MaxFrameSize is the largest frame payload (the JSON object, not
-	// counting the length prefix). Larger frames are refused when written
-	// and when read; on read the claimed size is never allocated.
+	// counting the length prefix).
 	MaxFrameSize = 1 << 20
 
 	// MaxLogChunk is the most bytes of container output one Log frame
@@ -65,7 +61,8 @@ const (
 	LabelRepo  = "forge.repo"  // owner/repo
 )
 
-// Message types: the value of the "type" field of every frame.
+// Message types: the value of the "type" field of every frame
+// (PROTOCOL.md §5).
 const (
 	TypeHello            = "hello"
 	TypeWelcome          = "welcome"
@@ -87,40 +84,30 @@ const (
 	TypeArtifactsHeader  = "artifacts_header"
 )
 
-// Codes of a Refused message.
+// Codes of a Refused message; what each means is in PROTOCOL.md §5.3.
 const (
-	// RefusedProtocol: the peers speak different protocol versions. The
-	// message names both versions.
-	RefusedProtocol = "protocol"
-	// RefusedIdentity: the coordinator could not bind the agent to the node
-	// it claims (unknown node, not ready, connection from another address).
-	RefusedIdentity = "identity"
-	// RefusedBusy: the peer cannot take the request now; it may be retried.
-	RefusedBusy = "busy"
-	// RefusedNotFound: the build or container named does not exist (here).
-	RefusedNotFound = "not_found"
-	// RefusedBadRequest: the request is malformed or out of order.
-	RefusedBadRequest = "bad_request"
-	// RefusedForbidden: the request is well formed but not allowed (wrong
-	// forge.build label, container already ran, not a forge container).
-	RefusedForbidden = "forbidden"
-	// RefusedInternal: the peer failed (Docker error, disk full, ...).
-	RefusedInternal = "internal"
+	RefusedProtocol   = "protocol"    // the protocol versions differ
+	RefusedIdentity   = "identity"    // the node id cannot be bound to the session
+	RefusedBusy       = "busy"        // not now; may be retried
+	RefusedNotFound   = "not_found"   // no such build or container (here)
+	RefusedBadRequest = "bad_request" // malformed, rule-breaking or out of order
+	RefusedForbidden  = "forbidden"   // well formed but not allowed
+	RefusedInternal   = "internal"    // the sender failed
 )
 
-// Output streams named in Log.Stream.
+// Output streams named in Log.Stream (PROTOCOL.md §5.13).
 const (
 	StreamStdout = "stdout"
 	StreamStderr = "stderr"
 )
 
-// States of a held build (Held.State).
+// States of a held build (Held.State, PROTOCOL.md §5.4).
 const (
 	StateRunning = "running"
 	StateExited  = "exited"
 )
 
-// Roles, carried in certificates as URI SANs (see RoleURIPrefix).
+// Roles, carried in certificates as URI SANs (PROTOCOL.md §2).
 const (
 	RoleCoordinator Role = "coordinator"
 	RoleAgent       Role = "agent"
@@ -144,45 +131,25 @@ const (
 	ClockSkew = 5 * time.Minute
 )
 
-// Session defaults (SessionConfig fields left zero take these).
+// Session parameters (PROTOCOL.md §3; what each is for is said there).
+// SessionConfig fields left zero take these.
 const (
-	// DefaultKeepAliveInterval: how often each side pings. A peer that
-	// stops answering is detected within KeepAliveInterval + WriteTimeout.
-	DefaultKeepAliveInterval = 10 * time.Second
-	// DefaultWriteTimeout bounds every write of the session: a write to
-	// the connection that makes no progress for this long, or a stream
-	// write that cannot be handed to the connection within it, closes the
-	// whole session.
-	DefaultWriteTimeout = 10 * time.Second
-	// DefaultStreamOpenTimeout: a stream the peer does not accept within
-	// this time closes the session (the peer is wedged).
-	DefaultStreamOpenTimeout = 30 * time.Second
-	// DefaultStreamCloseTimeout: a half-closed stream whose peer never
-	// closes its side is reset after this time.
+	DefaultKeepAliveInterval  = 10 * time.Second
+	DefaultWriteTimeout       = 10 * time.Second // no progress for this long closes the session
+	DefaultStreamOpenTimeout  = 30 * time.Second
 	DefaultStreamCloseTimeout = 2 * time.Minute
-	// DefaultMaxStreamWindow is the per-stream receive window. yamux's own
-	// default (256 KiB) caps one stream at 256 KiB per round trip; the
-	// executor (a few MiB) and source archives (up to hundreds of MiB) go
-	// over single streams, so a larger window keeps them from being bound
-	// by latency. It is also the largest yamux data frame a stream sends.
-	DefaultMaxStreamWindow = 1 << 20
-	// DefaultAcceptBacklog: streams opened by the peer and not yet
-	// accepted. Must be the same on both sides.
-	DefaultAcceptBacklog = 256
-	// DefaultHandshakeTimeout bounds the TLS handshake done by Client and
-	// Server.
-	DefaultHandshakeTimeout = 10 * time.Second
-	// HelloTimeout bounds the hello → welcome → holding exchange, on both
-	// sides (PROTOCOL.md §6.1).
-	HelloTimeout = 15 * time.Second
-	// LaunchTimeout is the deadline both sides put on a launch stream,
-	// the transfer of the executor and the source included.
-	LaunchTimeout = 5 * time.Minute
-	// RequestTimeout is the deadline a side puts on a request stream for
-	// the exchange of frames (Hello→Welcome, Launch→LaunchReady,
-	// Cancel→Cancelled plus the grace period, ...). Bulk transfers extend
-	// it by their size at a conservative rate; see PROTOCOL.md.
-	RequestTimeout = 30 * time.Second
+	// DefaultMaxStreamWindow is the per-stream receive window, and so the
+	// largest yamux data frame a stream sends (SendBlob's buffers).
+	DefaultMaxStreamWindow  = 1 << 20
+	DefaultAcceptBacklog    = 256
+	DefaultHandshakeTimeout = 10 * time.Second // the TLS handshake (PROTOCOL.md §2)
+)
+
+// Stream deadlines (PROTOCOL.md §4.4, §6.1).
+const (
+	HelloTimeout   = 15 * time.Second // hello → welcome → holding, both sides
+	LaunchTimeout  = 5 * time.Minute  // a whole launch stream, transfers included
+	RequestTimeout = 30 * time.Second // a request stream's exchange of frames
 )
 
 // writeChunk is how much one Write on the underlying connection may carry

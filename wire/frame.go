@@ -14,9 +14,9 @@ import (
 	"time"
 )
 
-// WriteFrame writes one frame: the 4-byte big-endian length of payload, then
-// payload, in a single Write so a frame is not split between yamux frames
-// needlessly. An empty payload or one over MaxFrameSize is refused.
+// WriteFrame writes one frame (PROTOCOL.md §4.1) in a single Write, so a
+// frame is not split between yamux frames needlessly. An empty payload or
+// one over MaxFrameSize is refused.
 func WriteFrame(w io.Writer, payload []byte) error {
 	if len(payload) == 0 {
 		return ErrEmptyFrame
@@ -33,9 +33,9 @@ func WriteFrame(w io.Writer, payload []byte) error {
 	return nil
 }
 
-// ReadFrame reads one frame and returns its payload. It reads exactly the
-// frame's bytes and nothing beyond, so raw bytes that follow a frame on the
-// stream stay there for RecvBlob.
+// ReadFrame reads one frame (PROTOCOL.md §4.1) and returns its payload. It
+// reads exactly the frame's bytes and nothing beyond, so raw bytes that
+// follow a frame on the stream stay there for RecvBlob.
 //
 // io.EOF means the stream ended cleanly between frames; a stream that ends
 // inside a frame gives io.ErrUnexpectedEOF. A length over MaxFrameSize gives
@@ -91,9 +91,9 @@ func readN(r io.Reader, n int) ([]byte, error) {
 //
 // It does not buffer: Recv consumes exactly one frame, so the raw bytes of
 // a blob that follow a header frame are read from the same stream with
-// RecvBlob. Send and Recv may run at the same time in two goroutines (a
-// log stream has a reader and a writer on each side); two Sends, or two
-// Recvs, are serialised.
+// RecvBlob. Send and Recv may run at the same time in two goroutines (as
+// on a log stream, PROTOCOL.md §6.4); two Sends, or two Recvs, are
+// serialised.
 type Codec struct {
 	rw     io.ReadWriter
 	sendMu sync.Mutex
@@ -210,8 +210,8 @@ func (c *Codec) RecvBlob(dst io.Writer, size int64) error {
 }
 
 // TransferTimeout is the deadline for a request stream that carries size
-// bytes of blobs: RequestTimeout for the exchange of frames plus one second
-// per MiB (started), a conservative 1 MiB/s.
+// bytes of blobs (PROTOCOL.md §4.4): RequestTimeout plus one second per
+// MiB, rounded up.
 func TransferTimeout(size int64) time.Duration {
 	if size <= 0 {
 		return RequestTimeout
@@ -219,9 +219,9 @@ func TransferTimeout(size int64) time.Duration {
 	return RequestTimeout + time.Duration((size+(1<<20)-1)>>20)*time.Second
 }
 
-// SendBlob copies exactly size bytes from r to w: the raw bytes that follow
-// a header frame stating size. A source that ends early gives ErrShortBlob;
-// bytes of r beyond size are not read.
+// SendBlob copies exactly size bytes from r to w: the raw bytes after a
+// header frame (PROTOCOL.md §4.2). A source that ends early gives
+// ErrShortBlob; bytes of r beyond size are not read.
 func SendBlob(w io.Writer, r io.Reader, size int64) error {
 	if size < 0 {
 		return fmt.Errorf("wire: send blob: negative size %d", size)
@@ -307,12 +307,12 @@ func parseDigest(d string) ([]byte, error) {
 	return sum, nil
 }
 
-// copyN copies exactly n bytes from src to dst. rerr is io.EOF when src
-// ended early; read and write errors are told apart so each side can say
-// whose fault it was.
 // sendBufs holds SendBlob's copy buffers, one stream window each.
 var sendBufs = sync.Pool{New: func() any { b := make([]byte, DefaultMaxStreamWindow); return &b }}
 
+// copyN copies exactly n bytes from src to dst. rerr is io.EOF when src
+// ended early; read and write errors are told apart so each side can say
+// whose fault it was.
 func copyN(dst io.Writer, src io.Reader, n int64) (done int64, rerr, werr error) {
 	return copyBuf(dst, src, n, make([]byte, min(n, 32<<10)))
 }

@@ -13,10 +13,10 @@ import (
 )
 
 // Session is one yamux session with the peer, made by Client or Server.
-// It applies the rule at the top of session.go itself, so no caller can
-// forget it: a failed Open or Accept, and a stream operation that fails
-// with yamux's ErrConnectionWriteTimeout, close the whole session. Its
-// methods are safe for concurrent use.
+// It applies PROTOCOL.md §3's rule itself (see the top of session.go), so
+// no caller can forget it: a failed Open or Accept, and a stream operation
+// that fails with yamux's ErrConnectionWriteTimeout, close the whole
+// session. Its methods are safe for concurrent use.
 type Session struct {
 	ys   *yamux.Session
 	peer *x509.Certificate
@@ -145,8 +145,9 @@ func check(ys *yamux.Stream, err error) error {
 }
 
 // Stream is one stream of a Session: an ordered, flow-controlled byte
-// stream in each direction, the carrier of one conversation. Read and
-// Write may run at the same time; a write time-out closes the session.
+// stream in each direction, the carrier of one conversation (PROTOCOL.md
+// §4.3). Read and Write may run at the same time; a write time-out closes
+// the session.
 type Stream struct {
 	ys *yamux.Stream
 

@@ -43,9 +43,8 @@ func ParseRole(s string) (Role, error) {
 	return r, nil
 }
 
-// RoleOf returns the role stated by cert. A certificate must carry exactly
-// one URI SAN that starts with spiffe://forge/ and names a known role; URIs
-// of other schemes or authorities are ignored.
+// RoleOf returns the role stated by cert, by the rules of PROTOCOL.md §2
+// (exactly one spiffe://forge/ URI SAN naming a known role).
 func RoleOf(cert *x509.Certificate) (Role, error) {
 	if cert == nil {
 		return "", ErrNoPeerCertificate
@@ -183,9 +182,8 @@ type IssueRequest struct {
 // Issue signs a new ECDSA P-256 certificate for req and returns it and its
 // key as PEM ("CERTIFICATE", and PKCS#8 "PRIVATE KEY").
 //
-// Extended key usage follows the role: a coordinator may only be a TLS
-// server and an agent only a TLS client, so a certificate used in the wrong
-// place is refused by crypto/tls itself before the role check runs.
+// Extended key usage follows the role (PROTOCOL.md §2), so a certificate
+// used in the wrong place is refused by crypto/tls before the role check.
 func (ca *CA) Issue(req IssueRequest) (certPEM, keyPEM []byte, err error) {
 	return ca.issue(req, nil)
 }

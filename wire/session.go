@@ -51,28 +51,29 @@ import (
 //     session with ErrKeepAliveTimeout, within KeepAliveInterval +
 //     ConnectionWriteTimeout of the last answered ping.
 //
-// So this package
+// So this package, to keep PROTOCOL.md §3's rule (a write time-out closes
+// the whole session),
 //
 //  1. wraps the connection given to yamux in a timeoutConn, whose Write sets
 //     a write deadline of WriteTimeout for every 64 KiB it writes. A
 //     stalled peer then fails sendLoop's write within WriteTimeout and yamux
-//     closes the session itself, keep-alive or not. The deadline is per 64 KiB rather than per
-//     Write because one yamux data frame can be a whole window (1 MiB): the
-//     rule is "no progress for WriteTimeout", not "1 MiB within 10 s".
+//     closes the session itself, keep-alive or not. The deadline is per
+//     64 KiB rather than per Write because one yamux data frame can be a
+//     whole window (1 MiB): the rule is "no progress for WriteTimeout", not
+//     "1 MiB within 10 s".
 //  2. closes the session when a stream call returns
 //     ErrConnectionWriteTimeout, and when opening or accepting a stream
 //     fails: Session and Stream (mux.go) do this inside, so callers hold
 //     no yamux type and cannot forget it.
-//  3. turns keep-alives on with a shorter interval (10 s), so a silent peer
-//     is found within 20 s.
+//  3. turns keep-alives on with a shorter interval (DefaultKeepAliveInterval).
 //
 // What remains: a stream Close whose FIN times out is not reported by yamux
 // (Stream.Close always returns nil). Every request stream carries a
-// deadline (see PROTOCOL.md), which bounds the peer's wait.
+// deadline (PROTOCOL.md §4.4), which bounds the peer's wait.
 
 // SessionConfig tunes a session. Zero fields take the defaults in const.go;
-// a nil *SessionConfig means all defaults. Both sides should use the same
-// values (AcceptBacklog must match).
+// a nil *SessionConfig means all defaults. Both sides use the same values
+// (PROTOCOL.md §3).
 type SessionConfig struct {
 	// KeepAliveInterval is how often each side pings the other
 	// (DefaultKeepAliveInterval). Keep-alives cannot be turned off.
@@ -169,9 +170,8 @@ func (c SessionConfig) yamuxConfig() *yamux.Config {
 // Client starts the agent's side of a session over conn (the agent is the
 // yamux client). When conn is a *tls.Conn the handshake is done first,
 // within HandshakeTimeout, so certificate and role errors come back from
-// here. In TLS 1.3 the client finishes its handshake before the server has
-// judged the client's certificate: a refusal by the server shows up as an
-// error on the first stream operation (the Hello exchange). On error conn
+// here, except the server's refusal of this side's certificate, which TLS
+// 1.3 reports on the first stream operation (PROTOCOL.md §2). On error conn
 // is closed.
 func Client(conn net.Conn, cfg *SessionConfig) (*Session, error) {
 	return newSession(conn, cfg, true)

@@ -20,7 +20,7 @@ func (e *RoleError) Error() string {
 }
 
 // ServerConfig is the coordinator's TLS configuration for the agent
-// listener: TLS 1.3 only, a client certificate chaining to caPool is
+// listener (PROTOCOL.md §2): TLS 1.3 only, a client certificate chaining to caPool is
 // required, and that certificate must have the agent role. cert is the
 // coordinator's own certificate (role coordinator).
 func ServerConfig(caPool *x509.CertPool, cert tls.Certificate) *tls.Config {
@@ -38,7 +38,7 @@ func ServerConfig(caPool *x509.CertPool, cert tls.Certificate) *tls.Config {
 }
 
 // ClientConfig is the agent's TLS configuration for dialling the
-// coordinator: TLS 1.3 only, the server's certificate must chain to caPool,
+// coordinator (PROTOCOL.md §2): TLS 1.3 only, the server's certificate must chain to caPool,
 // be valid for serverName (host name or IP address, checked by crypto/tls)
 // and have the coordinator role. cert is the agent's own certificate (role
 // agent).
