@@ -30,18 +30,17 @@ type NodeVerifier interface {
 	VerifyAgent(ctx context.Context, nodeID string, remote net.Addr) error
 }
 
-// BuildLogs stores what agents report about builds (logs.Store). Calls
-// for one build come from one log stream at a time, in order; calls for
-// different builds are concurrent.
+// BuildLogs stores what agents report about builds (logs.Store), by the
+// rules of a log stream (PROTOCOL.md §6.4). Calls for one build come from
+// one log stream at a time, in order; calls for different builds are
+// concurrent.
 type BuildLogs interface {
-	// Attach says what is stored for the build: the agent resumes from
-	// there. An unknown build is an error wrapping coordinator.ErrUnknownBuild.
+	// Attach says what is stored for the build. An unknown build is an
+	// error wrapping coordinator.ErrUnknownBuild.
 	Attach(ctx context.Context, nodeID string, a *wire.Attach) (*wire.Attached, error)
-	// Log stores one chunk; it returns when the chunk is stored. Chunks that
-	// repeat stored output are dropped; a gap is an error.
+	// Log stores one chunk and returns when it is stored; a gap is an error.
 	Log(ctx context.Context, buildID string, l *wire.Log) error
-	// Exit records the build's exit durably; a second Exit for the same
-	// build is accepted and ignored, so a build is never reported twice.
+	// Exit records the build's exit durably, once; a repeat is accepted.
 	Exit(ctx context.Context, buildID string, e *wire.Exit) error
 	// Exited returns the recorded exit, or nil while the build runs.
 	Exited(buildID string) (*wire.Exit, error)
@@ -110,7 +109,7 @@ const (
 	helloTimeout   = wire.HelloTimeout
 	requestTimeout = wire.RequestTimeout
 	launchTimeout  = wire.LaunchTimeout
-	logAckEvery    = 32 // Log frames between LogAcks
+	logAckEvery    = 32 // Log frames between LogAcks (PROTOCOL.md §6.4)
 )
 
 // Serve accepts agent connections on ln until ctx ends, then closes every
@@ -152,8 +151,7 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 	stop := context.AfterFunc(ctx, func() { ys.Close() })
 	defer stop()
 
-	// An agent that opens no control stream is dropped with the others
-	// that do not say hello in time.
+	// The control stream and its hello exchange (PROTOCOL.md §6.1).
 	hctx, hcancel := context.WithTimeout(ctx, helloTimeout)
 	ctl, err := ys.Accept(hctx)
 	hcancel()
@@ -235,8 +233,8 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 	}
 }
 
-// bind makes ac the session of its node; an older session of the same
-// node, which passed the same check, is closed.
+// bind makes ac the session of its node, closing an older session of the
+// same node (PROTOCOL.md §6.1).
 func (s *Hub) bind(ac *agentConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -305,9 +303,8 @@ func (s *Hub) open(ctx context.Context, nodeID string) (*wire.Stream, error) {
 	return st, nil
 }
 
-// Launch asks the agent of nodeID, and no other, to inject and start the
-// build's container. The executor's bytes go only when the agent lacks
-// them. A refusal comes back as a *wire.RefusedError.
+// Launch runs a launch stream with the agent of nodeID (PROTOCOL.md §6.2).
+// A refusal comes back as a *wire.RefusedError.
 func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchRequest) (*coordinator.LaunchResult, error) {
 	st, err := s.open(ctx, nodeID)
 	if err != nil {
@@ -344,7 +341,8 @@ func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchR
 	return &coordinator.LaunchResult{Started: *started, ExecutorSent: ready.NeedExecutor}, nil
 }
 
-// Cancel asks the agent of nodeID to stop the build's container.
+// Cancel asks the agent of nodeID to stop the build's container
+// (PROTOCOL.md §6.3).
 func (s *Hub) Cancel(ctx context.Context, nodeID, buildID, containerID string, grace time.Duration) (*wire.Cancelled, error) {
 	st, err := s.open(ctx, nodeID)
 	if err != nil {
@@ -363,7 +361,8 @@ func (s *Hub) Cancel(ctx context.Context, nodeID, buildID, containerID string, g
 	return out, nil
 }
 
-// serveStream serves a stream an agent opened: only log streams exist.
+// serveStream serves a stream an agent opened: only log streams exist
+// (PROTOCOL.md §6.4).
 func (s *Hub) serveStream(ctx context.Context, nodeID string, st *wire.Stream) {
 	defer st.Close()
 	log := s.log.With("node", nodeID)
@@ -376,8 +375,8 @@ func (s *Hub) serveStream(ctx context.Context, nodeID string, st *wire.Stream) {
 		return
 	}
 	log = log.With("build", att.BuildID)
-	// One log stream per build: a new attach (the agent reconnected before
-	// the old session was found dead) replaces the old stream.
+	// One log stream per build: a new attach replaces the old stream
+	// (PROTOCOL.md §6.4).
 	s.mu.Lock()
 	if old := s.logStreams[att.BuildID]; old != nil {
 		old.SetReadDeadline(time.Now()) // its reader ends, and closes it
@@ -404,8 +403,7 @@ func (s *Hub) serveStream(ctx context.Context, nodeID string, st *wire.Stream) {
 	if err := c.Send(reply); err != nil || reply.Done {
 		return
 	}
-	// A log stream lives as long as the build; the session's keep-alives
-	// watch the connection, so the stream itself has no deadline now.
+	// A log stream lives as long as the build: no deadline (PROTOCOL.md §4.4).
 	st.SetDeadline(time.Time{})
 	var unacked int
 	for {
