@@ -21,21 +21,7 @@ const (
 // which apply the write-timeout rule. Test files and the cluster tests
 // count too.
 func TestOnlyWireImportsYamux(t *testing.T) {
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("this test runs the go command: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goCmd, "list", "-deps", "-test", "-tags", "cluster",
-		"-f", `{{.ImportPath}}|{{join .Imports " "}}`, "./...")
-	cmd.Dir = ".." // the module's root
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, stderr.String())
-	}
+	out := goList(t, "-deps", "-test", "-tags", "cluster", "-f", `{{.ImportPath}}|{{join .Imports " "}}`, "./...")
 	allowed := map[string]bool{module + "/wire": true, module + "/wire_test": true}
 	importers := map[string]bool{}
 	for line := range strings.Lines(string(out)) {
@@ -60,21 +46,8 @@ func TestOnlyWireImportsYamux(t *testing.T) {
 // and coordinator never import each other; forgexec only the standard
 // library; the coordinator's root (the domain) none of its sub-packages.
 func TestHouseRules(t *testing.T) {
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("this test runs the go command: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goCmd, "list", "-f", `{{.ImportPath}}|{{.Standard}}|{{join .Deps " "}}`,
+	out := goList(t, "-f", `{{.ImportPath}}|{{.Standard}}|{{join .Deps " "}}`,
 		"./wire", "./agent/...", "./forgexec/...", "./cmd/forgexec", "./coordinator/...")
-	cmd.Dir = ".."
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, stderr.String())
-	}
 	under := func(p, root string) bool { return p == root || strings.HasPrefix(p, root+"/") }
 	checked := 0
 	for line := range strings.Lines(string(out)) {
@@ -113,4 +86,24 @@ func TestHouseRules(t *testing.T) {
 func isStandard(path string) bool {
 	first, _, _ := strings.Cut(path, "/")
 	return !strings.Contains(first, ".")
+}
+
+// goList runs `go list args...` at the module's root.
+func goList(t *testing.T, args ...string) []byte {
+	t.Helper()
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("this test runs the go command: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goCmd, append([]string{"list"}, args...)...)
+	cmd.Dir = ".." // the module's root
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, stderr.String())
+	}
+	return out
 }
