@@ -444,22 +444,28 @@ func refusedCode(err error) string {
 	return ""
 }
 
-// runAgent runs Run against c with docker until the test ends, and
-// returns the ids OnSession reports ("" for a session's end).
-func runAgent(t *testing.T, c *testCoord, docker Docker) <-chan string {
+// agentRun is an agent that Run runs against a testCoord.
+type agentRun struct {
+	ids  chan string // what OnSession reports: session ids, "" for a session's end
+	stop func()      // ends Run's context and checks that Run returns soon
+}
+
+// runAgent runs Run against c with docker until the test ends or stop is
+// called.
+func runAgent(t *testing.T, c *testCoord, docker Docker) *agentRun {
 	t.Helper()
-	ids := make(chan string, 64)
 	ctx, cancel := context.WithCancel(context.Background())
+	r := &agentRun{ids: make(chan string, 64)}
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(ctx, Config{
 			Coordinator: c.ln.Addr().String(), TLS: c.pki.ClientTLS(), Docker: docker,
 			Logger:     slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 			MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
-			OnSession: func(id string) { ids <- id },
+			OnSession: func(id string) { r.ids <- id },
 		})
 	}()
-	t.Cleanup(func() {
+	r.stop = sync.OnceFunc(func() {
 		cancel()
 		select {
 		case err := <-done:
@@ -470,14 +476,28 @@ func runAgent(t *testing.T, c *testCoord, docker Docker) <-chan string {
 			t.Errorf("Run did not return within %s of its context's end", wiretest.Timeout)
 		}
 	})
-	return ids
+	t.Cleanup(r.stop)
+	return r
 }
 
-// nextID waits for OnSession's next report.
-func nextID(t *testing.T, ids <-chan string) string {
+// start starts a testCoord and an agent on docker, and returns them with
+// the first session, whose start OnSession has reported.
+func start(t *testing.T, docker Docker) (*testCoord, *coordSession, *agentRun) {
+	t.Helper()
+	c := startCoord(t)
+	r := runAgent(t, c, docker)
+	cs := c.next(t)
+	if id := r.next(t); id != cs.id {
+		t.Fatalf("OnSession(%q), want %q", id, cs.id)
+	}
+	return c, cs, r
+}
+
+// next waits for OnSession's next report.
+func (r *agentRun) next(t *testing.T) string {
 	t.Helper()
 	select {
-	case id := <-ids:
+	case id := <-r.ids:
 		return id
 	case <-time.After(wiretest.Timeout):
 		t.Fatalf("no OnSession call within %s", wiretest.Timeout)

@@ -7,14 +7,12 @@ import (
 	"slices"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/internal/fakedocker"
 	"github.com/forge-ci/forge/wire"
-	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // The tests of the session loop run the agent (Run) against a fake Docker
@@ -29,9 +27,7 @@ func stdout(b *coordBuild) string { return string(b.out[wire.StreamStdout]) }
 // Landed.
 func TestLaunch(t *testing.T) {
 	node := fakedocker.NewNode("n1")
-	c := startCoord(t)
-	runAgent(t, c, node.Docker())
-	cs := c.next(t)
+	c, cs, _ := start(t, node.Docker())
 	if len(cs.holding.Builds) != 0 {
 		t.Fatalf("holding %+v, want none", cs.holding.Builds)
 	}
@@ -86,9 +82,7 @@ func TestLaunch(t *testing.T) {
 // transfer, and the container is left untouched.
 func TestLaunchRefused(t *testing.T) {
 	node := fakedocker.NewNode("n1")
-	c := startCoord(t)
-	runAgent(t, c, node.Docker())
-	cs := c.next(t)
+	_, cs, _ := start(t, node.Docker())
 
 	other := node.Create("b-other")
 	plain := node.Create("")
@@ -132,9 +126,7 @@ func TestLaunchBusy(t *testing.T) {
 		}
 		return copyFn(ctx, id, dst, r, o)
 	}
-	c := startCoord(t)
-	runAgent(t, c, docker)
-	cs := c.next(t)
+	c, cs, _ := start(t, docker)
 	cid := node.Create("b1")
 
 	first := make(chan error, 1)
@@ -157,9 +149,7 @@ func TestLaunchBusy(t *testing.T) {
 // labels, is refused and stops nothing.
 func TestCancel(t *testing.T) {
 	node := fakedocker.NewNode("n1")
-	c := startCoord(t)
-	runAgent(t, c, node.Docker())
-	cs := c.next(t)
+	c, cs, _ := start(t, node.Docker())
 	cid := node.Create("b1")
 	if _, _, err := cs.launch(t, "b1", cid, nil); err != nil {
 		t.Fatal(err)
@@ -206,12 +196,7 @@ func TestCancel(t *testing.T) {
 // every session begin and end.
 func TestSessionLostAndRegained(t *testing.T) {
 	node := fakedocker.NewNode("n1")
-	c := startCoord(t)
-	ids := runAgent(t, c, node.Docker())
-	cs := c.next(t)
-	if id := nextID(t, ids); id != cs.id {
-		t.Fatalf("OnSession(%q), want %q", id, cs.id)
-	}
+	c, cs, r := start(t, node.Docker())
 	cid := node.Create("b1")
 	if _, _, err := cs.launch(t, "b1", cid, nil); err != nil {
 		t.Fatal(err)
@@ -222,7 +207,7 @@ func TestSessionLostAndRegained(t *testing.T) {
 	// The build goes on, and ends, while the agent has no session.
 	release := c.hold()
 	cs.ws.Close()
-	if id := nextID(t, ids); id != "" {
+	if id := r.next(t); id != "" {
 		t.Fatalf("OnSession(%q) after the session was lost, want \"\"", id)
 	}
 	node.Output(cid, wire.StreamStdout, "part 2\n")
@@ -231,7 +216,7 @@ func TestSessionLostAndRegained(t *testing.T) {
 	release()
 
 	cs2 := c.next(t)
-	if id := nextID(t, ids); id != cs2.id {
+	if id := r.next(t); id != cs2.id {
 		t.Fatalf("OnSession(%q), want %q", id, cs2.id)
 	}
 	if h := cs2.holding.Builds; len(h) != 1 || h[0].BuildID != "b1" || h[0].ContainerID != cid ||
@@ -247,7 +232,7 @@ func TestSessionLostAndRegained(t *testing.T) {
 	}
 
 	cs2.ws.Close()
-	nextID(t, ids)
+	r.next(t)
 	cs3 := c.next(t)
 	if len(cs3.holding.Builds) != 0 {
 		t.Errorf("holding %+v after the exit was acknowledged, want none", cs3.holding.Builds)
@@ -295,7 +280,7 @@ func TestHeldBuilds(t *testing.T) {
 		}
 		return nil
 	})
-	ids := runAgent(t, c, node.Docker())
+	r := runAgent(t, c, node.Docker())
 	cs := c.next(t)
 	want := map[string]string{"b-running": wire.StateRunning, "b-exited": wire.StateExited, "b-done": wire.StateExited, "b-unknown": wire.StateExited}
 	got := map[string]string{}
@@ -329,8 +314,8 @@ func TestHeldBuilds(t *testing.T) {
 	}
 
 	cs.ws.Close()
-	nextID(t, ids)
-	nextID(t, ids)
+	r.next(t)
+	r.next(t)
 	cs2 := c.next(t)
 	if len(cs2.holding.Builds) != 0 {
 		t.Errorf("next session holds %+v, want none", cs2.holding.Builds)
@@ -361,9 +346,9 @@ func TestLogStreamReopened(t *testing.T) {
 		}
 		return nil
 	})
-	ids := runAgent(t, c, docker)
+	r := runAgent(t, c, docker)
 	cs := c.next(t)
-	nextID(t, ids)
+	r.next(t)
 	cid := node.Create("b1")
 	if _, _, err := cs.launch(t, "b1", cid, nil); err != nil {
 		t.Fatal(err)
@@ -376,7 +361,7 @@ func TestLogStreamReopened(t *testing.T) {
 			stdout(b), len(b.exits), b.attaches, logCalls.Load())
 	}
 	select {
-	case id := <-ids:
+	case id := <-r.ids:
 		t.Errorf("OnSession(%q): the session changed", id)
 	default:
 	}
@@ -393,14 +378,7 @@ func TestRunStops(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	}
-	c := startCoord(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ran := make(chan error, 1)
-	go func() {
-		ran <- Run(ctx, Config{Coordinator: c.ln.Addr().String(), TLS: c.pki.ClientTLS(), Docker: docker})
-	}()
-	cs := c.next(t)
+	c, cs, r := start(t, docker)
 
 	// A build started before this agent, whose log it follows.
 	running := node.Create("b-running")
@@ -414,15 +392,7 @@ func TestRunStops(t *testing.T) {
 	go func() { _, _, err := cs.launch(t, "b1", node.Create("b1"), nil); launched <- err }()
 	<-copying
 
-	cancel()
-	select {
-	case err := <-ran:
-		if err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	case <-time.After(wiretest.Timeout):
-		t.Fatalf("Run did not return within %s of its context's end", wiretest.Timeout)
-	}
+	r.stop()
 	if err := <-launched; err == nil {
 		t.Error("the launch in progress succeeded after Run returned")
 	}
