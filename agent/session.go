@@ -20,10 +20,10 @@ const controlWriteTimeout = wire.RequestTimeout
 // readers of the control stream and of new streams) own no state: they
 // send events to the loop.
 type session struct {
-	id     string
-	ws     *wire.Session
-	ctlRaw *wire.Stream
-	ctl    *wire.Codec
+	id        string
+	ws        *wire.Session
+	ctlStream *wire.Stream
+	ctl       *wire.Codec
 	// events goes from the session's goroutines to its loop. It is not
 	// buffered: the loop reads it until the last of them has ended, so a
 	// send never waits long.
@@ -36,7 +36,7 @@ type session struct {
 }
 
 func newSession(id string, ws *wire.Session, ctl *wire.Stream, codec *wire.Codec) *session {
-	return &session{id: id, ws: ws, ctlRaw: ctl, ctl: codec, events: make(chan event),
+	return &session{id: id, ws: ws, ctlStream: ctl, ctl: codec, events: make(chan event),
 		pumping: map[string]bool{}, launching: map[string]bool{}}
 }
 
@@ -188,7 +188,7 @@ func (a *Agent) apply(ctx context.Context, s *session, ev event) {
 
 // sendControl writes msg on the control stream; only the loop calls it.
 func (a *Agent) sendControl(s *session, msg wire.Message) error {
-	s.ctlRaw.SetWriteDeadline(time.Now().Add(controlWriteTimeout))
+	s.ctlStream.SetWriteDeadline(time.Now().Add(controlWriteTimeout))
 	if err := s.ctl.Send(msg); err != nil {
 		return fmt.Errorf("control stream: %w", err)
 	}
