@@ -36,10 +36,7 @@ func startFakeAgent(t testing.TB, p *wiretest.PKI, addr string, node *fakedocker
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningAgent{t: t, agent: a, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- a.Run(ctx) }()
-	t.Cleanup(r.stop)
+	run(t, a)
 }
 
 // waitStored waits until the store holds want in build id's output.
