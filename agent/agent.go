@@ -65,13 +65,13 @@ type Agent struct {
 
 	exec execCache
 
-	mu       sync.Mutex
-	acked    map[string]bool  // builds whose Exit the coordinator acknowledged
-	pumping  map[string]bool  // builds with a log stream in the current session
-	launches map[string]bool  // containers with a Launch in progress
-	current  *session         // nil between sessions
-	landed   chan wire.Landed // from the events watcher to the session loop
-	started  chan heldBuild   // from Launch handlers to the session loop
+	// acked holds the builds the coordinator has finished with (Exit
+	// acknowledged, or done or unknown at Attach). Only Run's goroutine,
+	// in which every session's loop runs, touches it.
+	acked map[string]bool
+	// landed carries the engine's create events from watchEvents to the
+	// session loop; watchEvents drops what does not fit.
+	landed chan wire.Landed
 }
 
 // New checks cfg and returns an agent.
@@ -99,13 +99,10 @@ func New(cfg Config) (*Agent, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Agent{
-		cfg:      cfg,
-		log:      log,
-		acked:    map[string]bool{},
-		pumping:  map[string]bool{},
-		launches: map[string]bool{},
-		landed:   make(chan wire.Landed, 64),
-		started:  make(chan heldBuild, 16),
+		cfg:    cfg,
+		log:    log,
+		acked:  map[string]bool{},
+		landed: make(chan wire.Landed, 64),
 	}, nil
 }
 
@@ -221,200 +218,14 @@ func (a *Agent) connect(ctx context.Context) (*session, error) {
 	}
 	ctl.SetDeadline(time.Time{})
 	a.log.Info("session up", "session", w.SessionID, "coordinator_version", w.CoordinatorVersion)
-	return &session{id: w.SessionID, ys: ys, ctl: codec}, nil
-}
-
-// session is one yamux session with the coordinator and what runs on it.
-type session struct {
-	id  string
-	ys  *wire.Session
-	ctl *wire.Codec
-}
-
-// heldBuild is a build whose container this agent started and whose Exit
-// the coordinator has not acknowledged.
-type heldBuild struct {
-	buildID, containerID string
-}
-
-// serve runs one session: it reports held builds, serves the
-// coordinator's requests, pumps logs, forwards Landed events, and returns
-// when the session dies or ctx ends. Every goroutine it starts is stopped
-// and waited for before it returns. This loop alone writes to the control
-// stream.
-func (a *Agent) serve(ctx context.Context, s *session) error {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() {
-		cancel()
-		s.ys.Close()
-		wg.Wait()
-		a.mu.Lock()
-		a.current = nil
-		a.pumping = map[string]bool{}
-		a.mu.Unlock()
-		if a.cfg.OnSession != nil {
-			a.cfg.OnSession("")
-		}
-	}()
-
-	held, err := a.heldBuilds(ctx)
-	if err != nil {
-		return fmt.Errorf("list held builds: %w", err)
-	}
-	report := &wire.Holding{Builds: []wire.Held{}}
-	for _, h := range held {
-		report.Builds = append(report.Builds, h.wire)
-	}
-	if err := s.ctl.Send(report); err != nil {
-		return err
-	}
-	a.mu.Lock()
-	a.current = s
-	a.mu.Unlock()
-	if a.cfg.OnSession != nil {
-		a.cfg.OnSession(s.id)
-	}
-
-	startPump := func(b heldBuild) {
-		a.mu.Lock()
-		if a.pumping[b.buildID] || a.acked[b.buildID] {
-			a.mu.Unlock()
-			return
-		}
-		a.pumping[b.buildID] = true
-		a.mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() {
-				a.mu.Lock()
-				delete(a.pumping, b.buildID)
-				a.mu.Unlock()
-			}()
-			// A log stream that fails while the session lives (the
-			// coordinator refused a frame, the engine's log broke) is
-			// opened again, so the build is not left unreported.
-			bo := backoff{min: 500 * time.Millisecond, max: 10 * time.Second}
-			for {
-				err := a.pump(ctx, s, b)
-				if err == nil || ctx.Err() != nil {
-					return
-				}
-				a.mu.Lock()
-				acked := a.acked[b.buildID]
-				a.mu.Unlock()
-				if acked {
-					return
-				}
-				wait := bo.next()
-				a.log.Warn("log stream ended; attaching again", "build", b.buildID, "err", err, "retry_in", wait)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(wait):
-				}
-			}
-		}()
-	}
-	for _, h := range held {
-		startPump(h.build)
-	}
-
-	// The coordinator sends nothing more on the control stream; reading it
-	// notices the stream's end, which ends the session.
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_, err := s.ctl.Recv()
-		a.log.Debug("control stream ended", "err", err)
-		cancel()
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			st, err := s.ys.Accept(ctx)
-			if err != nil {
-				cancel()
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				a.handle(ctx, st)
-			}()
-		}
-	}()
-
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-s.ys.Done():
-			return errors.New("session closed")
-		case l := <-a.landed:
-			if err := s.ctl.Send(&l); err != nil {
-				return err
-			}
-		case b := <-a.started:
-			startPump(b)
-		}
-	}
-}
-
-type held struct {
-	build heldBuild
-	wire  wire.Held
-}
-
-// heldBuilds asks the engine, the source of truth that survives an agent
-// restart, which forge containers have run; those not yet acknowledged by
-// the coordinator are held.
-func (a *Agent) heldBuilds(ctx context.Context) ([]held, error) {
-	cs, err := a.cfg.Docker.ContainerList(ctx, containerListAll(LabelBuild))
-	if err != nil {
-		return nil, err
-	}
-	present := map[string]bool{}
-	for _, c := range cs {
-		present[c.Labels[LabelBuild]] = true
-	}
-	a.mu.Lock()
-	for id := range a.acked {
-		if !present[id] {
-			delete(a.acked, id) // its container is gone: it cannot be reported again
-		}
-	}
-	a.mu.Unlock()
-	var out []held
-	for _, c := range cs {
-		id := c.Labels[LabelBuild]
-		a.mu.Lock()
-		acked := a.acked[id]
-		a.mu.Unlock()
-		if acked {
-			continue
-		}
-		in, err := a.cfg.Docker.ContainerInspect(ctx, c.ID)
-		if err != nil || in.State == nil || in.State.StartedAt == "" || in.State.StartedAt == neverStarted {
-			continue // gone since the list, or never started by us
-		}
-		h := held{build: heldBuild{buildID: id, containerID: c.ID}, wire: wire.Held{BuildID: id, ContainerID: c.ID, State: wire.StateRunning}}
-		if !in.State.Running {
-			code := in.State.ExitCode
-			h.wire.State, h.wire.ExitCode = wire.StateExited, &code
-		}
-		out = append(out, h)
-	}
-	return out, nil
+	return newSession(w.SessionID, ys, ctl, codec), nil
 }
 
 // watchEvents turns the engine's container create events for forge
 // containers into Landed messages, so the coordinator learns where a task
 // landed as soon as its container exists. The engine's event stream is
-// re-opened after errors; events without a session are dropped (the
-// coordinator also polls swarm).
+// re-opened after errors. Events wait in a.landed for the session loop;
+// those that do not fit are dropped (the coordinator also polls swarm).
 func (a *Agent) watchEvents(ctx context.Context) {
 	bo := backoff{min: 100 * time.Millisecond, max: 5 * time.Second}
 	for ctx.Err() == nil {

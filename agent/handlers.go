@@ -18,7 +18,7 @@ import (
 
 // handle serves one stream the coordinator opened. The first frame names
 // the request; anything the agent does not do is refused.
-func (a *Agent) handle(ctx context.Context, st *wire.Stream) {
+func (a *Agent) handle(ctx context.Context, s *session, st *wire.Stream) {
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(helloTimeout))
 	c := wire.NewCodec(st)
@@ -32,7 +32,7 @@ func (a *Agent) handle(ctx context.Context, st *wire.Stream) {
 	case *wire.Launch:
 		a.log.Debug("launch received", "build", m.BuildID, "container", m.ContainerID)
 		st.SetDeadline(time.Now().Add(launchTimeout))
-		reply = a.launch(ctx, c, m)
+		reply = a.launch(ctx, s, c, m)
 	case *wire.Cancel:
 		a.log.Debug("cancel received", "build", m.BuildID, "container", m.ContainerID)
 		st.SetDeadline(time.Now().Add(time.Duration(m.GraceSeconds)*time.Second + cancelExtra))
@@ -66,19 +66,12 @@ func refusal(err error) *wire.Refused {
 // costs no transfer and touches nothing), ask only for an executor the
 // agent lacks, then inject and start, and hand the build to the session
 // loop for its log stream.
-func (a *Agent) launch(ctx context.Context, c *wire.Codec, m *wire.Launch) wire.Message {
-	a.mu.Lock()
-	busy := a.launches[m.ContainerID]
-	a.launches[m.ContainerID] = true
-	a.mu.Unlock()
-	if busy {
+func (a *Agent) launch(ctx context.Context, s *session, c *wire.Codec, m *wire.Launch) wire.Message {
+	if !s.claim(m.ContainerID) {
 		return wire.NewRefused(wire.RefusedBusy, "a launch into container %s is in progress", m.ContainerID)
 	}
-	defer func() {
-		a.mu.Lock()
-		delete(a.launches, m.ContainerID)
-		a.mu.Unlock()
-	}()
+	var started *heldBuild
+	defer func() { s.events <- launched{containerID: m.ContainerID, build: started} }()
 
 	wctx, cancel := context.WithTimeout(ctx, launchableWait)
 	err := WaitLaunchable(wctx, a.cfg.Docker, m.ContainerID, m.BuildID)
@@ -118,18 +111,17 @@ func (a *Agent) launch(ctx context.Context, c *wire.Codec, m *wire.Launch) wire.
 	if err != nil {
 		return refusal(err)
 	}
-	started := time.Now()
+	// The loop starts the build's log pump, unless the session is
+	// ending; the next session then reports the build as held.
+	started = &heldBuild{buildID: m.BuildID, containerID: m.ContainerID}
+	startedAt := time.Now()
 	if in, err := a.cfg.Docker.ContainerInspect(ctx, m.ContainerID); err == nil && in.State != nil {
 		if t, err := time.Parse(time.RFC3339Nano, in.State.StartedAt); err == nil {
-			started = t
+			startedAt = t
 		}
 	}
 	a.log.Info("build started", "build", m.BuildID, "container", m.ContainerID)
-	select {
-	case a.started <- heldBuild{buildID: m.BuildID, containerID: m.ContainerID}:
-	case <-ctx.Done(): // the session ended; the next one reports the build as held
-	}
-	return &wire.Started{ContainerID: m.ContainerID, StartedAt: started}
+	return &wire.Started{ContainerID: m.ContainerID, StartedAt: startedAt}
 }
 
 // cancel stops a forge container: SIGTERM, SIGKILL after the grace period

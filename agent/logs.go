@@ -18,10 +18,12 @@ import (
 // until ExitAck. The agent keeps no copy of the output: the engine's log of
 // the container is the buffer, and the offsets in Attached say where to
 // resume in it, which survives both a lost session and an agent restart.
-func (a *Agent) pump(ctx context.Context, s *session, b heldBuild) error {
-	st, err := s.ys.Open(ctx)
+// done is true when the coordinator has finished with the build: it
+// acknowledged the Exit, or answered Attach with done or not_found.
+func (a *Agent) pump(ctx context.Context, s *session, b heldBuild) (done bool, err error) {
+	st, err := s.ws.Open(ctx)
 	if err != nil {
-		return fmt.Errorf("open log stream: %w", err)
+		return false, fmt.Errorf("open log stream: %w", err)
 	}
 	defer st.Close()
 	ctx, cancel := context.WithCancel(ctx)
@@ -30,20 +32,21 @@ func (a *Agent) pump(ctx context.Context, s *session, b heldBuild) error {
 
 	st.SetDeadline(time.Now().Add(attachTimeout))
 	if err := c.Send(&wire.Attach{BuildID: b.buildID, ContainerID: b.containerID}); err != nil {
-		return err
+		return false, err
 	}
 	at, err := wire.Expect[*wire.Attached](c)
 	if err != nil {
 		var r *wire.RefusedError
 		if errors.As(err, &r) && r.Code == wire.RefusedNotFound {
-			a.forget(b.buildID) // the coordinator does not know it: nothing to report to
+			// The coordinator does not know the build: nothing to report to.
+			a.log.Info("coordinator does not know the build; forgetting it", "build", b.buildID)
+			return true, nil
 		}
-		return fmt.Errorf("attach: %w", err)
+		return false, fmt.Errorf("attach: %w", err)
 	}
 	st.SetDeadline(time.Time{})
 	if at.Done {
-		a.forget(b.buildID)
-		return nil
+		return true, nil
 	}
 
 	// The coordinator's acknowledgements arrive while output is sent; a
@@ -78,29 +81,28 @@ func (a *Agent) pump(ctx context.Context, s *session, b heldBuild) error {
 	exit, err := a.follow(ctx, b.containerID, w)
 	if err != nil {
 		if ctx.Err() != nil {
-			return err
+			return false, err
 		}
 		if !errdefs.IsNotFound(err) {
-			return err // the stream or the engine failed: try again in the next session
+			return false, err // the stream or the engine failed: attach again
 		}
 		exit = wire.Exit{ExitCode: -1, Error: "the build's container was removed before it finished"}
 	}
 	exit.LastSeq = w.seq
 	st.SetDeadline(time.Now().Add(exitAckTimeout))
 	if err := c.Send(&exit); err != nil {
-		return err
+		return false, err
 	}
 	select {
 	case err := <-exitAck:
 		if err != nil {
-			return fmt.Errorf("wait for exit_ack: %w", err)
+			return false, fmt.Errorf("wait for exit_ack: %w", err)
 		}
 	case <-ctx.Done():
-		return ctx.Err()
+		return false, ctx.Err()
 	}
-	a.forget(b.buildID)
 	a.log.Info("build reported", "build", b.buildID, "exit_code", exit.ExitCode, "last_seq", exit.LastSeq)
-	return nil
+	return true, nil
 }
 
 // follow sends the container's output from the engine's log until the
@@ -190,11 +192,4 @@ func (w *logSender) send(stream string, p []byte) error {
 	w.pos[stream] = pos
 	w.have[stream] = pos
 	return nil
-}
-
-// forget drops a build the coordinator has finished with.
-func (a *Agent) forget(buildID string) {
-	a.mu.Lock()
-	a.acked[buildID] = true
-	a.mu.Unlock()
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/forge-ci/forge/agent"
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/internal/fakedocker"
 	"github.com/forge-ci/forge/internal/syncbuf"
 	"github.com/forge-ci/forge/internal/testwait"
 	"github.com/forge-ci/forge/wire"
@@ -399,7 +400,7 @@ func runLaunches(b *testing.B, s *agents.Hub, exe *coordinator.Executor, count, 
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 				t := time.Now()
 				res, err := s.Launch(ctx, node(i), coordinator.LaunchRequest{
-					BuildID: build, ContainerID: fakeContainerPrefix + build, Executor: exe,
+					BuildID: build, ContainerID: fakedocker.IdleContainerID(build), Executor: exe,
 					Spec: spec, Workdir: "/forge/src",
 				})
 				out[i] = float64(time.Since(t)) / float64(time.Millisecond)
@@ -543,7 +544,7 @@ func runAgentsChild() int {
 	var failed atomic.Int64
 	for i := 0; i < n; i++ {
 		a, err := agent.New(agent.Config{
-			Coordinator: addr, TLS: tlsCfg, Docker: newFakeDocker(nodeName(i)),
+			Coordinator: addr, TLS: tlsCfg, Docker: fakedocker.Idle(nodeName(i)),
 			MinBackoff: 250 * time.Millisecond, MaxBackoff: 30 * time.Second, // the defaults, stated
 		})
 		if err != nil {

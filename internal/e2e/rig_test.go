@@ -140,6 +140,11 @@ func startAgent(t testing.TB, p *wiretest.PKI, addr string, dial func(ctx contex
 	if err != nil {
 		t.Fatal(err)
 	}
+	return run(t, a)
+}
+
+// run runs a until stop or the end of the test.
+func run(t testing.TB, a *agent.Agent) *runningAgent {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runningAgent{t: t, agent: a, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- a.Run(ctx) }()
