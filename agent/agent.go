@@ -32,8 +32,7 @@ type Config struct {
 	// Logger receives the agent's log; nil discards it.
 	Logger *slog.Logger
 	// MinBackoff and MaxBackoff bound the wait between connection attempts
-	// (defaults 250 ms and 30 s); each failure doubles it, with jitter, and
-	// a successful Hello resets it.
+	// (defaults 250 ms and 30 s, PROTOCOL.md §9).
 	MinBackoff, MaxBackoff time.Duration
 	// Dial opens the connection to the coordinator; nil uses net.Dialer.
 	// Tests put proxies in the middle with it.
@@ -43,12 +42,12 @@ type Config struct {
 	OnSession func(id string)
 }
 
-// Timeouts of the agent's own steps. Each request stream carries a
-// deadline, so a coordinator that goes quiet cannot hold a goroutine.
+// Timeouts of the agent's steps. Streams carry the deadlines of
+// PROTOCOL.md §4.4, so a coordinator that goes quiet cannot hold a goroutine.
 const (
 	dialTimeout      = 10 * time.Second
 	helloTimeout     = wire.HelloTimeout
-	launchTimeout    = wire.LaunchTimeout // covers the transfer of source trees
+	launchTimeout    = wire.LaunchTimeout
 	cancelExtra      = wire.RequestTimeout
 	attachTimeout    = wire.RequestTimeout
 	exitAckTimeout   = wire.RequestTimeout
@@ -116,9 +115,8 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // Run learns the node's identity from the local engine, then keeps one
-// session with the coordinator until ctx ends: connect, serve until the
-// session dies, wait a jittered back-off, connect again. Builds keep
-// running while there is no session; the next session reports them.
+// session with the coordinator until ctx ends, connecting again after a
+// back-off when it dies (PROTOCOL.md §9, §6.4).
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.identify(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -139,7 +137,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for {
 		s, err := a.connect(ctx)
 		if err == nil {
-			bo.reset() // only a completed Hello counts as success
+			bo.reset() // a Welcome starts the back-off over (PROTOCOL.md §9)
 			err = a.serve(ctx, s)
 		}
 		if ctx.Err() != nil {
@@ -177,7 +175,7 @@ func (a *Agent) identify(ctx context.Context) error {
 }
 
 // connect dials, completes TLS and yamux, and exchanges Hello and Welcome
-// on the control stream.
+// on the control stream (PROTOCOL.md §6.1).
 func (a *Agent) connect(ctx context.Context) (*session, error) {
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
@@ -200,10 +198,8 @@ func (a *Agent) connect(ctx context.Context) (*session, error) {
 		Protocol: wire.ProtocolVersion, NodeID: a.nodeID, Hostname: a.hostname,
 		AgentVersion: version.Version, EngineVersion: a.engine,
 	})
-	// Read the answer even when the send failed: a coordinator that refuses
-	// this agent closes the session right after its Refused, which can
-	// fail the send of a Hello it has already read, and the refusal is what
-	// the operator needs to see.
+	// Read the answer even if the send failed: a refusing coordinator
+	// closes the session at once, and its Refused is what the operator needs.
 	w, rerr := wire.Expect[*wire.Welcome](codec)
 	var refused *wire.RefusedError
 	if err == nil || errors.As(rerr, &refused) {
@@ -221,11 +217,10 @@ func (a *Agent) connect(ctx context.Context) (*session, error) {
 	return newSession(w.SessionID, ys, ctl, codec), nil
 }
 
-// watchEvents turns the engine's container create events for forge
-// containers into Landed messages, so the coordinator learns where a task
-// landed as soon as its container exists. The engine's event stream is
-// re-opened after errors. Events wait in a.landed for the session loop;
-// those that do not fit are dropped (the coordinator also polls swarm).
+// watchEvents turns the engine's create events for forge containers into
+// Landed hints (PROTOCOL.md §5.5), re-opening the event stream after
+// errors. They wait in a.landed for the session loop; what does not fit is
+// dropped.
 func (a *Agent) watchEvents(ctx context.Context) {
 	bo := backoff{min: 100 * time.Millisecond, max: 5 * time.Second}
 	for ctx.Err() == nil {
@@ -262,8 +257,8 @@ func (a *Agent) watchEvents(ctx context.Context) {
 	}
 }
 
-// backoff is capped exponential back-off with jitter: each wait is drawn
-// from [d/2, d], d doubling from min up to max.
+// backoff is the capped, jittered exponential back-off of PROTOCOL.md §9;
+// the agent's other retries use it with bounds of their own.
 type backoff struct {
 	min, max, cur time.Duration
 }

@@ -10,8 +10,9 @@ import (
 	"time"
 )
 
-// Paths of what a Launch puts into a build container. The executor's path
-// is the service's command, fixed by the coordinator's service spec.
+// Paths of what a Launch puts into a build container (PROTOCOL.md §6.2).
+// The executor's path is the service's command, fixed by the coordinator's
+// service spec.
 const (
 	ExecutorPath = "/forgexec"
 	SpecPath     = "/.forge/build.json"
@@ -30,8 +31,7 @@ type Payload struct {
 
 // WriteArchive writes p as one tar stream rooted at "/", the body of a
 // single PUT /containers/{id}/archive?path=/. The executor comes first and
-// the source last; entries of the source are re-rooted under Workdir and
-// may not leave it.
+// the source last, re-rooted under Workdir (PROTOCOL.md §6.2).
 func WriteArchive(w io.Writer, p Payload) error {
 	if !path.IsAbs(p.Workdir) {
 		return fmt.Errorf("workdir %q is not absolute", p.Workdir)

@@ -21,7 +21,8 @@ import (
 	"github.com/forge-ci/forge/wire"
 )
 
-// Labels the coordinator puts on build services and their containers.
+// Labels the coordinator puts on build services and their containers
+// (PROTOCOL.md §6.2).
 const (
 	LabelBuild = wire.LabelBuild
 	LabelRepo  = wire.LabelRepo
@@ -49,8 +50,8 @@ type injector interface {
 	ContainerStart(ctx context.Context, id string, opts container.StartOptions) error
 }
 
-// Refusal errors: a Launch that fails one of the checks is refused and the
-// container is left untouched.
+// Refusal errors of a Launch's checks (PROTOCOL.md §6.2); ErrNotFailedYet
+// is why WaitLaunchable waits.
 var (
 	ErrNotForge     = errors.New("container has no forge.build label")
 	ErrWrongBuild   = errors.New("container belongs to another build")
@@ -63,9 +64,8 @@ var errCopyEnded = errors.New("copy to container ended")
 // neverStarted is how the engine reports a zero StartedAt.
 const neverStarted = "0001-01-01T00:00:00Z"
 
-// CheckLaunchable tells whether c is a container that a Launch for buildID
-// may inject into and start: it carries the matching forge.build label and
-// has never run. Swarm's own start of it must have failed already
+// CheckLaunchable applies a Launch's checks for buildID to c (PROTOCOL.md
+// §6.2). Swarm's own start of it must also have failed already
 // (State.Error set): injecting earlier would race that start, and the
 // executor could be exec'd half-written.
 func CheckLaunchable(c container.InspectResponse, buildID string) error {
@@ -113,7 +113,7 @@ func WaitLaunchable(ctx context.Context, d injector, id, buildID string) error {
 }
 
 // Inject checks the container, puts p into it as one archive, and starts
-// it. The check comes first so that a refused Launch touches nothing.
+// it; the check comes first (PROTOCOL.md §6.2).
 func Inject(ctx context.Context, d injector, id, buildID string, p Payload) error {
 	if err := WaitLaunchable(ctx, d, id, buildID); err != nil {
 		return err

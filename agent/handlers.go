@@ -16,8 +16,8 @@ import (
 	"github.com/forge-ci/forge/wire"
 )
 
-// handle serves one stream the coordinator opened. The first frame names
-// the request; anything the agent does not do is refused.
+// handle serves one request stream the coordinator opened, refusing what
+// the agent does not serve (PROTOCOL.md §4.3, §6.5).
 func (a *Agent) handle(ctx context.Context, s *session, st *wire.Stream) {
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(helloTimeout))
@@ -50,7 +50,8 @@ func (a *Agent) handle(ctx context.Context, s *session, st *wire.Stream) {
 	}
 }
 
-// refusal maps an error of the node's Docker or of the checks to a Refused.
+// refusal maps an error of the node's Docker or of the checks to a Refused
+// (PROTOCOL.md §5.3).
 func refusal(err error) *wire.Refused {
 	code := wire.RefusedInternal
 	switch {
@@ -62,10 +63,8 @@ func refusal(err error) *wire.Refused {
 	return wire.NewRefused(code, "%v", err)
 }
 
-// launch serves a Launch: check the container first (a refused Launch
-// costs no transfer and touches nothing), ask only for an executor the
-// agent lacks, then inject and start, and hand the build to the session
-// loop for its log stream.
+// launch serves a Launch (PROTOCOL.md §6.2) and hands a started build to
+// the session loop for its log stream.
 func (a *Agent) launch(ctx context.Context, s *session, c *wire.Codec, m *wire.Launch) wire.Message {
 	if !s.claim(m.ContainerID) {
 		return wire.NewRefused(wire.RefusedBusy, "a launch into container %s is in progress", m.ContainerID)
@@ -103,7 +102,7 @@ func (a *Agent) launch(ctx context.Context, s *session, c *wire.Codec, m *wire.L
 	err = Inject(ctx, a.cfg.Docker, m.ContainerID, m.BuildID, p)
 	if src != nil && src.N > 0 {
 		// Read what the coordinator announced, so it sees the Refused
-		// rather than a broken write (PROTOCOL.md).
+		// rather than a broken write (PROTOCOL.md §4.2).
 		if _, derr := io.Copy(io.Discard, src); derr == nil && err == nil {
 			err = errors.New("source: bytes left after the end of the tar")
 		}
@@ -111,8 +110,8 @@ func (a *Agent) launch(ctx context.Context, s *session, c *wire.Codec, m *wire.L
 	if err != nil {
 		return refusal(err)
 	}
-	// The loop starts the build's log pump, unless the session is
-	// ending; the next session then reports the build as held.
+	// The loop starts the build's log pump, unless the session is ending;
+	// the next session then reports the build as held (PROTOCOL.md §5.4).
 	started = &heldBuild{buildID: m.BuildID, containerID: m.ContainerID}
 	startedAt := time.Now()
 	if in, err := a.cfg.Docker.ContainerInspect(ctx, m.ContainerID); err == nil && in.State != nil {
@@ -124,8 +123,8 @@ func (a *Agent) launch(ctx context.Context, s *session, c *wire.Codec, m *wire.L
 	return &wire.Started{ContainerID: m.ContainerID, StartedAt: startedAt}
 }
 
-// cancel stops a forge container: SIGTERM, SIGKILL after the grace period
-// (the engine's stop does both). The executor, as PID 1, passes SIGTERM on
+// cancel stops a forge container with the engine's stop, which sends both
+// signals of PROTOCOL.md §6.3. The executor, as PID 1, passes SIGTERM on
 // to the build's commands.
 func (a *Agent) cancel(ctx context.Context, m *wire.Cancel) wire.Message {
 	in, err := a.cfg.Docker.ContainerInspect(ctx, m.ContainerID)

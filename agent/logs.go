@@ -13,13 +13,9 @@ import (
 	"github.com/forge-ci/forge/wire"
 )
 
-// pump is one build's log stream in one session: Attach, then the
-// container's output from where the coordinator's copy ends, then Exit
-// until ExitAck. The agent keeps no copy of the output: the engine's log of
-// the container is the buffer, and the offsets in Attached say where to
-// resume in it, which survives both a lost session and an agent restart.
-// done is true when the coordinator has finished with the build: it
-// acknowledged the Exit, or answered Attach with done or not_found.
+// pump runs one log stream of b (PROTOCOL.md §6.4), resuming in the
+// engine's log of the container, the agent's only copy of the output.
+// done is true when the coordinator has finished with the build.
 func (a *Agent) pump(ctx context.Context, s *session, b heldBuild) (done bool, err error) {
 	st, err := s.ws.Open(ctx)
 	if err != nil {
@@ -38,7 +34,7 @@ func (a *Agent) pump(ctx context.Context, s *session, b heldBuild) (done bool, e
 	if err != nil {
 		var r *wire.RefusedError
 		if errors.As(err, &r) && r.Code == wire.RefusedNotFound {
-			// The coordinator does not know the build: nothing to report to.
+			// The coordinator does not track the build (PROTOCOL.md §5.11).
 			a.log.Info("coordinator does not know the build; forgetting it", "build", b.buildID)
 			return true, nil
 		}
@@ -49,9 +45,9 @@ func (a *Agent) pump(ctx context.Context, s *session, b heldBuild) (done bool, e
 		return true, nil
 	}
 
-	// The coordinator's acknowledgements arrive while output is sent; a
-	// reader of its own collects them. It is stopped through the read
-	// deadline and waited for before the stream is closed.
+	// LogAcks arrive while output is sent (PROTOCOL.md §6.4): a reader of
+	// its own collects them. It is stopped through the read deadline and
+	// waited for before the stream is closed.
 	exitAck := make(chan error, 1)
 	readerDone := make(chan struct{})
 	go func() {
@@ -143,7 +139,8 @@ func (a *Agent) follow(ctx context.Context, id string, w *logSender) (wire.Exit,
 
 // logSender turns the engine's demultiplexed output into Log frames. It
 // counts each stream's bytes from the start of the container's log, and
-// sends only what lies past what the coordinator has (have).
+// sends only what lies past what the coordinator has (have, PROTOCOL.md
+// §6.4).
 type logSender struct {
 	c    *wire.Codec
 	seq  uint64

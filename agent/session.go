@@ -77,16 +77,14 @@ func (s *session) claim(id string) bool {
 	return <-granted
 }
 
-// heldBuild is a build whose container this agent started and whose Exit
-// the coordinator has not acknowledged.
+// heldBuild is a build the agent holds (PROTOCOL.md §5.4).
 type heldBuild struct {
 	buildID, containerID string
 }
 
-// serve runs one session: it reports held builds, serves the
-// coordinator's requests, pumps logs and forwards Landed events until the
-// session dies or ctx ends. Then it stops every goroutine of the session,
-// still applying their events, and returns once the last has ended.
+// serve runs one session after Welcome (PROTOCOL.md §6.1) until it dies or
+// ctx ends. Then it stops every goroutine of the session, still applying
+// their events, and returns once the last has ended.
 func (a *Agent) serve(ctx context.Context, s *session) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	err := a.loop(ctx, cancel, s)
@@ -99,9 +97,9 @@ func (a *Agent) serve(ctx context.Context, s *session) error {
 	return err
 }
 
-// loop is the session's life: Holding, then one select over the session's
-// end, the engine's Landed events and the events of the session's
-// goroutines. It returns why the session ended.
+// loop is the session's life (PROTOCOL.md §6.1): Holding, then one select
+// over the session's end, the engine's Landed events and the events of the
+// session's goroutines. It returns why the session ended.
 func (a *Agent) loop(ctx context.Context, cancel context.CancelCauseFunc, s *session) error {
 	held, err := a.heldBuilds(ctx)
 	if err != nil {
@@ -124,8 +122,8 @@ func (a *Agent) loop(ctx context.Context, cancel context.CancelCauseFunc, s *ses
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
-		// The coordinator sends nothing more on the control stream;
-		// reading it notices the stream's end, which ends the session.
+		// Nothing more comes on the control stream (PROTOCOL.md §6.1):
+		// reading it notices its end, which ends the session.
 		_, err := s.ctl.Recv()
 		cancel(fmt.Errorf("control stream ended: %w", err))
 	}()
@@ -196,7 +194,7 @@ func (a *Agent) sendControl(s *session, msg wire.Message) error {
 }
 
 // accept serves each stream the coordinator opens in a goroutine of the
-// session, until the session ends.
+// session, until the session ends (PROTOCOL.md §3).
 func (a *Agent) accept(ctx context.Context, cancel context.CancelCauseFunc, s *session) {
 	for {
 		st, err := s.ws.Accept(ctx)
@@ -228,9 +226,8 @@ func (a *Agent) startPump(ctx context.Context, s *session, b heldBuild) {
 }
 
 // report pumps b's log until the coordinator has finished with the build
-// (true) or the session ends (false). A log stream that fails while the
-// session lives (the coordinator refused a frame, the engine's log broke)
-// is opened again after a back-off, so the build is not left unreported.
+// (true) or the session ends (false), attaching again after a back-off
+// when a log stream fails (PROTOCOL.md §6.4).
 func (a *Agent) report(ctx context.Context, s *session, b heldBuild) bool {
 	bo := backoff{min: 500 * time.Millisecond, max: 10 * time.Second}
 	for {
@@ -256,9 +253,10 @@ type held struct {
 	wire  wire.Held
 }
 
-// heldBuilds asks the engine, the source of truth that survives an agent
-// restart, which forge containers have run; those not yet acknowledged by
-// the coordinator are held. It runs in Run's goroutine, before the loop.
+// heldBuilds lists the held builds (PROTOCOL.md §5.4) from the engine,
+// whose record survives an agent restart: the forge containers that have
+// run, less those the coordinator has finished with. It runs in Run's
+// goroutine, before the loop.
 func (a *Agent) heldBuilds(ctx context.Context) ([]held, error) {
 	cs, err := a.cfg.Docker.ContainerList(ctx, containerListAll(LabelBuild))
 	if err != nil {
