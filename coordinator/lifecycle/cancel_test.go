@@ -21,7 +21,7 @@ import (
 
 // 10a. Cancel while the build runs: the agent of its node is asked to stop
 // its container, and the exit it reports is kept.
-func TestManagerCancelRunning(t *testing.T) {
+func TestRunnerCancelRunning(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = buildsim.LandsOn("node-a")
 	q := e.submit(e.request(testSHA('8'), ""))
@@ -52,7 +52,7 @@ func TestManagerCancelRunning(t *testing.T) {
 }
 
 // 10b. Cancel while the build lands: no container yet, nothing launched.
-func TestManagerCancelLanding(t *testing.T) {
+func TestRunnerCancelLanding(t *testing.T) {
 	e := newRunnerEnv(t) // the task never gets a node
 	q := e.submit(e.request(testSHA('9'), ""))
 	waitFor(t, "the task list to be read", func() bool { return e.sw.Polls(q.ID) >= 2 })
@@ -87,7 +87,7 @@ func TestManagerCancelLanding(t *testing.T) {
 // as "no agent on node ... within ..." and the cancel's reason is lost;
 // when the agent does come, the cancelled build is launched (source sent,
 // container started) and only then stopped.
-func TestManagerCancelWhileWaitingForAgent(t *testing.T) {
+func TestRunnerCancelWhileWaitingForAgent(t *testing.T) {
 	for _, agentComes := range []bool{false, true} {
 		name := "no agent comes"
 		if agentComes {
@@ -139,7 +139,7 @@ func TestManagerCancelWhileWaitingForAgent(t *testing.T) {
 
 // 10c. Cancel of a final build is coordinator.ErrNotRunning; of an unknown one,
 // the store's ErrNotFound.
-func TestManagerCancelFinalOrUnknown(t *testing.T) {
+func TestRunnerCancelFinalOrUnknown(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = buildsim.LandsOn("node-a")
 	e.ag.SetLaunch(e.ag.ExitAfterLaunch(wire.Exit{ExitCode: 3}))
@@ -161,7 +161,7 @@ func TestManagerCancelFinalOrUnknown(t *testing.T) {
 
 // 11a. A second build with the same key supersedes the first, whether it
 // is still landing or already running.
-func TestManagerSupersede(t *testing.T) {
+func TestRunnerSupersede(t *testing.T) {
 	for _, running := range []bool{false, true} {
 		name := "landing"
 		if running {
@@ -231,7 +231,7 @@ func TestManagerSupersede(t *testing.T) {
 // first (right), then the first Submit, resuming, supersedes the second
 // ("superseded by <the older sha>"): both end as error and the pull
 // request's newest commit is never built.
-func TestManagerConcurrentSupersede(t *testing.T) {
+func TestRunnerConcurrentSupersede(t *testing.T) {
 	first, second := testSHA('a'), testSHA('b')
 	var secondID atomic.Value
 	var e *runnerEnv
@@ -267,7 +267,7 @@ func TestManagerConcurrentSupersede(t *testing.T) {
 
 // 11b. CancelKey cancels every active build of the key, watched or not,
 // and no other.
-func TestManagerCancelKey(t *testing.T) {
+func TestRunnerCancelKey(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = buildsim.LandsOn("node-a")
 	a := e.submit(e.request(testSHA('a'), "octo/hello#7"))
@@ -317,7 +317,7 @@ func TestManagerCancelKey(t *testing.T) {
 // be removed. OnChange, called by Submit in that window, stands in for the
 // concurrent caller so that the timing is deterministic. (Before 61a0184,
 // execute dereferenced the nil build m.update returned here and panicked.)
-func TestManagerCancelKeyWhileSubmitting(t *testing.T) {
+func TestRunnerCancelKeyWhileSubmitting(t *testing.T) {
 	var e *runnerEnv
 	e = newRunnerEnv(t, func(c *Config) {
 		c.OnChange = func(b *coordinator.Build) {

@@ -18,7 +18,7 @@ import (
 
 // 12b. Close stops the watchers without cancelling the builds or removing
 // their services; a restarted manager's Recover takes them over.
-func TestManagerCloseThenRecover(t *testing.T) {
+func TestRunnerCloseThenRecover(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = func(s *buildsim.Service, poll int) []swarm.Task {
 		if s.Spec.Labels[plan.LabelSHA] == testSHA('b') {
@@ -89,7 +89,7 @@ func TestManagerCloseThenRecover(t *testing.T) {
 }
 
 // 13. Recover matches swarm's services with the records.
-func TestManagerRecover(t *testing.T) {
+func TestRunnerRecover(t *testing.T) {
 	e := newRunnerEnv(t)
 	ctx := context.Background()
 	now := time.Now().UTC()
@@ -184,7 +184,7 @@ func TestManagerRecover(t *testing.T) {
 
 // Recover leaves alone the builds submitted to this manager, even when
 // it is called after them: they are neither lost nor unstarted.
-func TestManagerRecoverLeavesOwnBuilds(t *testing.T) {
+func TestRunnerRecoverLeavesOwnBuilds(t *testing.T) {
 	e := newRunnerEnv(t) // tasks never land
 	q := e.submit(e.request(testSHA('a'), ""))
 	waitFor(t, "the task list to be read", func() bool { return e.sw.Polls(q.ID) >= 2 })
@@ -208,7 +208,7 @@ func TestManagerRecoverLeavesOwnBuilds(t *testing.T) {
 }
 
 // Recover fails when swarm cannot list the services, touching nothing.
-func TestManagerRecoverListError(t *testing.T) {
+func TestRunnerRecoverListError(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.ListErr = errors.New("swarm is down")
 	err := e.r.Recover(context.Background())
@@ -229,7 +229,7 @@ func TestManagerRecoverListError(t *testing.T) {
 // picks at random between ctx.Done() and the closed exits channel, which
 // it reads as an exit: m.exited dereferences a nil *wire.Exit and panics
 // (about one run in two).
-func TestManagerCloseDuringLaunch(t *testing.T) {
+func TestRunnerCloseDuringLaunch(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = buildsim.LandsOn("node-a")
 	inLaunch := make(chan struct{})
@@ -262,7 +262,7 @@ func TestManagerCloseDuringLaunch(t *testing.T) {
 // does not check ok, so exited dereferences a nil *wire.Exit: panic. The
 // same select can also pick the closed channel instead of ctx.Done() when
 // Close comes just as await starts.
-func TestManagerRecoverWithoutLog(t *testing.T) {
+func TestRunnerRecoverWithoutLog(t *testing.T) {
 	e := newRunnerEnv(t)
 	ctx := context.Background()
 	id := "20260101T000000-n0l0g0"

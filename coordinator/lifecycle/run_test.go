@@ -26,7 +26,7 @@ import (
 
 // 1. A build that passes: the task gets its node from the task list, the
 // container from the agent's Landed report; Launch goes to that node.
-func TestManagerSuccess(t *testing.T) {
+func TestRunnerSuccess(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = func(*buildsim.Service, int) []swarm.Task { return []swarm.Task{buildsim.TaskAssigned("node-a")} }
 	e.sw.OnCreate = func(s *buildsim.Service) {
@@ -118,7 +118,7 @@ func TestManagerSuccess(t *testing.T) {
 }
 
 // 2. Landing through the task list alone: no Landed report comes.
-func TestManagerLandsFromTaskList(t *testing.T) {
+func TestRunnerLandsFromTaskList(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = buildsim.LandsOn("node-b")
 	e.ag.SetLaunch(e.ag.ExitAfterLaunch(wire.Exit{ExitCode: 0}))
@@ -144,7 +144,7 @@ func TestManagerLandsFromTaskList(t *testing.T) {
 
 // 3. A Landed report from the agent of another node than the task's is
 // not believed: the launch goes to the task's node only.
-func TestManagerIgnoresLandedFromOtherNode(t *testing.T) {
+func TestRunnerIgnoresLandedFromOtherNode(t *testing.T) {
 	e := newRunnerEnv(t)
 	var reported atomic.Bool
 	e.sw.OnCreate = func(s *buildsim.Service) {
@@ -179,13 +179,13 @@ func TestManagerIgnoresLandedFromOtherNode(t *testing.T) {
 }
 
 // A Landed report for a build nobody watches is dropped.
-func TestManagerLandedUnknownBuild(t *testing.T) {
+func TestRunnerLandedUnknownBuild(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.ag.Landed("node-a", wire.Landed{BuildID: "nope", ContainerID: "c"}) // no panic, no effect
 }
 
 // 4. A rejected task ends the build with swarm's own message.
-func TestManagerRejectedTask(t *testing.T) {
+func TestRunnerRejectedTask(t *testing.T) {
 	e := newRunnerEnv(t)
 	const msg = "No such image: golang:no-such-tag"
 	e.sw.Tasks = func(*buildsim.Service, int) []swarm.Task {
@@ -211,7 +211,7 @@ func TestManagerRejectedTask(t *testing.T) {
 
 // 5. A task swarm cannot place ends the build after the grace, with
 // swarm's message.
-func TestManagerUnplaceableTask(t *testing.T) {
+func TestRunnerUnplaceableTask(t *testing.T) {
 	e := newRunnerEnv(t)
 	const msg = "no suitable node (scheduling constraints not satisfied on 3 nodes)"
 	e.sw.Tasks = func(*buildsim.Service, int) []swarm.Task {
@@ -234,7 +234,7 @@ func TestManagerUnplaceableTask(t *testing.T) {
 
 // A task pending with a scheduling error for less than the grace that is
 // then placed runs normally.
-func TestManagerPendingThenPlaced(t *testing.T) {
+func TestRunnerPendingThenPlaced(t *testing.T) {
 	// far beyond the 3 polls, even on a loaded machine
 	e := newRunnerEnv(t, func(c *Config) { c.UnplaceableGrace = 2 * time.Second })
 	e.sw.Tasks = func(s *buildsim.Service, poll int) []swarm.Task {
@@ -253,7 +253,7 @@ func TestManagerPendingThenPlaced(t *testing.T) {
 }
 
 // The task never gets a container: the build ends after LandTimeout.
-func TestManagerLandTimeout(t *testing.T) {
+func TestRunnerLandTimeout(t *testing.T) {
 	e := newRunnerEnv(t, func(c *Config) { c.LandTimeout = 150 * time.Millisecond })
 	e.sw.Tasks = func(*buildsim.Service, int) []swarm.Task {
 		return []swarm.Task{{NodeID: "node-a", Status: swarm.TaskStatus{State: swarm.TaskStatePreparing}}}
@@ -272,7 +272,7 @@ func TestManagerLandTimeout(t *testing.T) {
 
 // 6. No agent on the node where the task landed: error naming the node,
 // within AgentWait.
-func TestManagerNoAgent(t *testing.T) {
+func TestRunnerNoAgent(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = buildsim.LandsOn("node-z")
 	var waitStart atomic.Int64
@@ -301,7 +301,7 @@ func TestManagerNoAgent(t *testing.T) {
 }
 
 // 7. The agent refuses the launch: error with the agent's message.
-func TestManagerLaunchRefused(t *testing.T) {
+func TestRunnerLaunchRefused(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = buildsim.LandsOn("node-a")
 	const msg = "container c-svc-1 has forge.build=other, not this build"
@@ -331,7 +331,7 @@ func TestManagerLaunchRefused(t *testing.T) {
 }
 
 // The source cannot be produced: error, nothing launched.
-func TestManagerSourceError(t *testing.T) {
+func TestRunnerSourceError(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = buildsim.LandsOn("node-a")
 	req := e.request(testSHA('3'), "")
@@ -350,7 +350,7 @@ func TestManagerSourceError(t *testing.T) {
 }
 
 // 8. What the exit says.
-func TestManagerExitCodes(t *testing.T) {
+func TestRunnerExitCodes(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		exit   wire.Exit
@@ -382,7 +382,7 @@ func TestManagerExitCodes(t *testing.T) {
 }
 
 // 12a. Wait: the final build, or the context's error while it runs.
-func TestManagerWait(t *testing.T) {
+func TestRunnerWait(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = buildsim.LandsOn("node-a")
 	q := e.submit(e.request(testSHA('d'), ""))
@@ -409,7 +409,7 @@ func TestManagerWait(t *testing.T) {
 }
 
 // 14. ServiceCreate fails: error naming the service.
-func TestManagerServiceCreateError(t *testing.T) {
+func TestRunnerServiceCreateError(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.CreateErr = errors.New("Error response from daemon: rpc error: code = AlreadyExists desc = name conflicts with an existing object")
 	q := e.submit(e.request(testSHA('e'), ""))
@@ -434,7 +434,7 @@ func TestManagerServiceCreateError(t *testing.T) {
 
 // A build that cannot be planned (ports without --allow-ports) ends as
 // error before any service.
-func TestManagerPlanError(t *testing.T) {
+func TestRunnerPlanError(t *testing.T) {
 	e := newRunnerEnv(t)
 	const cfg = "image: alpine\nexecute:\n  - ./serve\nports: [\"8000:8000\"]\n"
 	q := e.submit(e.requestWith(testSHA('e'), "", cfg))
@@ -449,7 +449,7 @@ func TestManagerPlanError(t *testing.T) {
 }
 
 // Submit without a config is refused and records nothing.
-func TestManagerSubmitNoConfig(t *testing.T) {
+func TestRunnerSubmitNoConfig(t *testing.T) {
 	e := newRunnerEnv(t)
 	req := e.request(testSHA('e'), "")
 	req.Config = nil

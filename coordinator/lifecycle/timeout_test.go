@@ -18,7 +18,7 @@ import (
 // timeoutGrace (30 s): the executor enforces the timeout itself (exit
 // 124), the coordinator only catches an executor that cannot. So a build
 // whose exit is late by less than the grace is not stopped.
-func TestManagerTimeoutLeavesExecutorItsGrace(t *testing.T) {
+func TestRunnerTimeoutLeavesExecutorItsGrace(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.sw.Tasks = buildsim.LandsOn("node-a")
 	const cfg = "image: alpine\nexecute:\n  - sleep 1000\ntimeout: 100ms\n"
@@ -67,7 +67,7 @@ func (e *runnerEnv) recoverOverdue(id, sha, node, container, svc string) {
 // deadline counts from the build's Started time, so a build recovered
 // after a restart with Started more than timeout+timeoutGrace ago is
 // stopped at once: that exercises the enforcement without waiting 30 s.
-func TestManagerTimeoutEnforcedByCoordinator(t *testing.T) {
+func TestRunnerTimeoutEnforcedByCoordinator(t *testing.T) {
 	e := newRunnerEnv(t)
 	id := "20260101T000000-t1meot"
 	e.recoverOverdue(id, testSHA('6'), "node-a", "c-a", "svc-t")
@@ -85,7 +85,7 @@ func TestManagerTimeoutEnforcedByCoordinator(t *testing.T) {
 
 // 9c. The same through Submit: takes timeoutGrace (30 s) and more, so it
 // runs only with FORGE_SLOW_TESTS=1.
-func TestManagerTimeoutEnforcedSlow(t *testing.T) {
+func TestRunnerTimeoutEnforcedSlow(t *testing.T) {
 	if os.Getenv("FORGE_SLOW_TESTS") == "" {
 		t.Skip("slow (timeoutGrace is 30 s); set FORGE_SLOW_TESTS=1")
 	}
@@ -111,7 +111,7 @@ func TestManagerTimeoutEnforcedSlow(t *testing.T) {
 // 9d. The timeout comes while the node has no agent (cut off, agent
 // down): the build ends at once, saying nobody confirmed the stop, and
 // its service is removed; it does not wait exitWait for an exit.
-func TestManagerTimeoutWithoutAgent(t *testing.T) {
+func TestRunnerTimeoutWithoutAgent(t *testing.T) {
 	e := newRunnerEnv(t)
 	e.ag.CancelFunc = func(ctx context.Context, c buildsim.CancelCall) (*wire.Cancelled, error) {
 		return nil, fmt.Errorf("%w %s", coordinator.ErrNoAgent, c.Node)
