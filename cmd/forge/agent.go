@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/forge-ci/forge/agent"
+	"github.com/forge-ci/forge/internal/redact"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -91,7 +92,8 @@ func newLogger(c *cli.Context) *slog.Logger {
 	if c.Bool("debug") {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
+	// No secret reaches a log: a failed download's error holds its link.
+	return slog.New(redact.Handler(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level})))
 }
 
 func agentCommand() *cli.Command {

@@ -20,6 +20,7 @@ import (
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/config"
 	"github.com/forge-ci/forge/coordinator/store"
+	"github.com/forge-ci/forge/internal/redact"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -314,8 +315,10 @@ func (r *Runner) update(ctx context.Context, b *coordinator.Build, fn func(*coor
 	return nb, nil
 }
 
-// finish records a final state, once.
+// finish records a final state, once. The reason is shown to people and
+// sent to GitHub: secrets in it (a signed link's query) are taken out.
 func (r *Runner) finish(ctx context.Context, b *coordinator.Build, st coordinator.State, reason string, code *int) *coordinator.Build {
+	reason = redact.String(reason)
 	nb, err := r.update(ctx, b, func(x *coordinator.Build) {
 		x.State, x.Reason, x.ExitCode, x.Finished = st, reason, code, time.Now().UTC()
 	})

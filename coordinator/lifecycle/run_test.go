@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -346,6 +348,38 @@ func TestRunnerSourceError(t *testing.T) {
 	e.checkRemovedOnce(svc)
 	if ls := e.ag.LaunchCalls(); len(ls) != 0 {
 		t.Errorf("launched without source: %+v", ls)
+	}
+}
+
+// A source error that carries a signed link (GitHub's tarball URL holds
+// its token in the query) is recorded, reported and shown without it.
+func TestRunnerReasonRedacted(t *testing.T) {
+	var reasons []string
+	var mu sync.Mutex
+	e := newRunnerEnv(t, func(c *Config) {
+		c.OnChange = func(b *coordinator.Build) {
+			mu.Lock()
+			reasons = append(reasons, b.Reason)
+			mu.Unlock()
+		}
+	})
+	e.sw.Tasks = buildsim.LandsOn("node-a")
+	req := e.request(testSHA('4'), "")
+	req.Source = func(context.Context) (io.ReadCloser, int64, error) {
+		return nil, 0, &url.Error{Op: "Get", URL: "https://codeload.github.com/o/r/legacy.tar.gz/abc?token=AAAASECRETTOKEN", Err: errors.New("EOF")}
+	}
+	q := e.submit(req)
+	b := e.wait(q.ID)
+	want := `source: Get "https://codeload.github.com/o/r/legacy.tar.gz/abc?[redacted]": EOF`
+	if b.State != coordinator.Error || b.Reason != want {
+		t.Errorf("recorded %s %q, want error %q", b.State, b.Reason, want)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, r := range reasons {
+		if strings.Contains(r, "SECRET") {
+			t.Errorf("OnChange was told %q", r)
+		}
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/coordinator/store"
+	"github.com/forge-ci/forge/internal/redact"
 )
 
 // Config is what the handler serves from.
@@ -225,7 +226,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func httpError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
+	writeJSON(w, code, map[string]string{"error": redact.String(fmt.Sprintf(format, args...))})
 }
 
 // pages are the HTML templates. Build output never goes through them:
