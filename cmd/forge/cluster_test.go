@@ -205,7 +205,7 @@ func startClusterRig(t *testing.T, withAgents ...string) *clusterRig {
 	})
 	r.coord = startProc(t, m, "forge coordinator on "+m.Hostname, []string{"DOCKER_HOST=" + m.Host},
 		"coordinator", "--listen", netip.AddrPortFrom(m.Addr, 0).String(),
-		"--agent-listen", netip.AddrPortFrom(m.Addr, 0).String(),
+		"--agent-listen", netip.AddrPortFrom(m.Addr, 0).String(), "--metrics-listen", "127.0.0.1:0",
 		"--data", filepath.Join(dir, "data"), "--forgexec", exe, "--webhook-secret-file", secretFile,
 		"--public-url", ghPublicURL,
 		"--tls-ca", filepath.Join(r.certs, "ca.pem"), "--tls-cert", filepath.Join(r.certs, "coordinator.pem"),

@@ -28,6 +28,7 @@ func coordinatorCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Usage: "HTTP address: webhooks, API, UI, metrics", Value: ":8080", EnvVars: env("listen")},
 			&cli.StringFlag{Name: "agent-listen", Usage: "address agents dial (mutual TLS)", Value: ":7443", EnvVars: env("agent-listen")},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "address of GET /metrics (Prometheus); \"\" serves none", Value: "127.0.0.1:9090", EnvVars: env("metrics-listen")},
 			&cli.PathFlag{Name: "webhook-secret-file", Usage: "file holding the GitHub webhook secret (required)", EnvVars: env("webhook-secret-file")},
 			&cli.Int64Flag{Name: "github-app-id", Usage: "the GitHub App's id (App settings, About)", EnvVars: env("github-app-id")},
 			&cli.PathFlag{Name: "github-key-file", Usage: "the GitHub App's private key (PEM)", EnvVars: env("github-key-file")},
@@ -89,7 +90,16 @@ func coordinatorCommand() *cli.Command {
 				srv.Close()
 				return fmt.Errorf("--agent-listen: %w", err)
 			}
-			err = srv.Serve(ctx, httpLn, agentLn)
+			var metricsLn net.Listener
+			if addr := c.String("metrics-listen"); addr != "" {
+				if metricsLn, err = net.Listen("tcp", addr); err != nil {
+					httpLn.Close()
+					agentLn.Close()
+					srv.Close()
+					return fmt.Errorf("--metrics-listen: %w", err)
+				}
+			}
+			err = srv.Serve(ctx, daemon.Listeners{HTTP: httpLn, Agents: agentLn, Metrics: metricsLn})
 			if errors.Is(err, context.Canceled) {
 				return nil
 			}

@@ -140,7 +140,7 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 	certs := issueCerts(t, dir, "127.0.0.1")
 	secretFile := writeGHFile(t, dir, "webhook-secret", r.secret, 0o600)
 	exe := writeGHFile(t, dir, "forgexec", dockertest.Forgexec(t), 0o755)
-	args := []string{"coordinator", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
+	args := []string{"coordinator", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
 		"--data", filepath.Join(dir, "data"), "--forgexec", exe, "--webhook-secret-file", secretFile,
 		"--public-url", ghPublicURL,
 		"--tls-ca", filepath.Join(certs, "ca.pem"), "--tls-cert", filepath.Join(certs, "coordinator.pem"),
@@ -768,7 +768,7 @@ func TestCoordinatorRefusals(t *testing.T) {
 	secret := writeGHFile(t, dir, "secret", []byte("s3cret\n"), 0o600)
 	empty := writeGHFile(t, dir, "empty", []byte(" \n"), 0o600)
 	tls := []string{"--tls-ca", filepath.Join(dir, "ca.pem"), "--tls-cert", filepath.Join(dir, "c.pem"), "--tls-key", filepath.Join(dir, "c-key.pem")}
-	base := []string{"coordinator", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--data", filepath.Join(dir, "data")}
+	base := []string{"coordinator", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data", filepath.Join(dir, "data")}
 	for _, c := range []struct {
 		name string
 		args []string

@@ -151,7 +151,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		c.forge = &github.Forge{App: cfg.GitHub.App, Builds: c.Builds, Reporter: c.reporter, Queue: q, Log: log.With("part", "github")}
 		webhook = &github.Webhook{Secret: cfg.GitHub.Secret, Deliveries: st, Queue: q, Log: log.With("part", "webhook")}
 	}
-	c.API = web.New(web.Config{Builds: c.Builds, Store: st, Logs: c.Logs, Agents: c.Agents, Metrics: c.Metrics, Webhook: webhook})
+	c.API = web.New(web.Config{Builds: c.Builds, Store: st, Logs: c.Logs, Agents: c.Agents, Webhook: webhook})
 	return c, nil
 }
 
@@ -197,11 +197,22 @@ func orInactive(s string) string {
 	return s
 }
 
-// Serve recovers the builds a previous run left in swarm, then serves
-// agents on agentLn and HTTP on httpLn (nil: no HTTP), and handles GitHub's
-// events, until ctx ends. It closes the coordinator when it returns.
-// Builds keep running in swarm.
-func (c *Coordinator) Serve(ctx context.Context, httpLn, agentLn net.Listener) error {
+// Listeners are where a coordinator serves. Agents is required; a nil
+// HTTP or Metrics listener serves nothing there.
+type Listeners struct {
+	// HTTP faces GitHub and people: webhooks, the API, the pages.
+	HTTP net.Listener
+	// Agents takes the agents' mutually authenticated sessions.
+	Agents net.Listener
+	// Metrics serves GET /metrics; on loopback by default, since the
+	// counts say what the swarm runs.
+	Metrics net.Listener
+}
+
+// Serve recovers the builds a previous run left in swarm, then serves on
+// l and handles GitHub's events until ctx ends. It closes the coordinator
+// when it returns. Builds keep running in swarm.
+func (c *Coordinator) Serve(ctx context.Context, l Listeners) error {
 	defer c.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -216,15 +227,15 @@ func (c *Coordinator) Serve(ctx context.Context, httpLn, agentLn net.Listener) e
 	if c.forge != nil {
 		wg.Go(func() { c.forge.Run(ctx) })
 	}
-	errs := make(chan error, 2)
+	errs := make(chan error, 3)
 	wg.Go(func() {
-		errs <- c.Agents.Serve(ctx, agentLn)
+		errs <- c.Agents.Serve(ctx, l.Agents)
 		cancel()
 	})
-	if httpLn != nil {
-		srv := &http.Server{Handler: c.API.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	serveHTTP := func(ln net.Listener, h http.Handler) {
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		wg.Go(func() {
-			err := srv.Serve(httpLn)
+			err := srv.Serve(ln)
 			if errors.Is(err, http.ErrServerClosed) {
 				err = nil
 			}
@@ -240,7 +251,14 @@ func (c *Coordinator) Serve(ctx context.Context, httpLn, agentLn net.Listener) e
 			}
 		})
 	}
-	c.log.Info("coordinator serving", "agents", agentLn.Addr().String(), "http", addrOf(httpLn), "node", c.LocalNode)
+	if l.HTTP != nil {
+		serveHTTP(l.HTTP, c.API.Handler())
+	}
+	if l.Metrics != nil {
+		serveHTTP(l.Metrics, c.Metrics.Handler())
+	}
+	c.log.Info("coordinator serving", "agents", l.Agents.Addr().String(), "http", addrOf(l.HTTP),
+		"metrics", addrOf(l.Metrics), "node", c.LocalNode)
 	<-ctx.Done()
 	c.Builds.Close()
 	wg.Wait()

@@ -2,10 +2,12 @@ package web
 
 import (
 	"context"
+	"net/http"
 	"time"
 
 	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Metrics are the coordinator's Prometheus metrics.
@@ -46,4 +48,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for st, n := range counts {
 		ch <- prometheus.MustNewConstMetric(buildsDesc, prometheus.GaugeValue, float64(n), string(st))
 	}
+}
+
+// Handler serves GET /metrics, for the metrics listener (--metrics-listen):
+// it is not on the public port.
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	return mux
 }

@@ -14,8 +14,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/coordinator/store"
@@ -24,11 +22,10 @@ import (
 
 // Config is what the handler serves from.
 type Config struct {
-	Builds  coordinator.Builds // cancel, and the end of a followed log
-	Store   *store.Store       // the records
-	Logs    Logs
-	Agents  AgentLister
-	Metrics *Metrics // nil: no /metrics
+	Builds coordinator.Builds // cancel, and the end of a followed log
+	Store  *store.Store       // the records
+	Logs   Logs
+	Agents AgentLister
 	// Webhook, when set, serves POST /webhook.
 	Webhook http.Handler
 }
@@ -67,9 +64,6 @@ func (a *API) Handler() http.Handler {
 		mux.HandleFunc("POST /api/builds/{id}/cancel", a.cancelBuild)
 		mux.HandleFunc("GET /{$}", a.indexPage)
 		mux.HandleFunc("GET /builds/{id}", a.buildPage)
-	}
-	if a.cfg.Metrics != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(a.cfg.Metrics.Registry, promhttp.HandlerOpts{}))
 	}
 	if a.cfg.Webhook != nil {
 		mux.Handle("POST /webhook", a.cfg.Webhook)

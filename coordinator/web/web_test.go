@@ -59,6 +59,7 @@ type apiEnv struct {
 	t       *testing.T
 	st      *store.Store
 	url     string
+	metrics string // the metrics listener's
 	mu      sync.Mutex
 	cancels []string
 }
@@ -102,10 +103,12 @@ func newAPIEnv(t *testing.T, builds ...*coordinator.Build) *apiEnv {
 	ag := fakeAgents{{NodeID: "n1", Hostname: "h1", AgentVersion: "v", EngineVersion: "20.10", Address: "10.0.0.1:1234",
 		ConnectedSince: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
 	webhook := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
-	api := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, Metrics: NewMetrics(st, ag), Webhook: webhook})
+	api := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, Webhook: webhook})
 	srv := httptest.NewServer(api.Handler())
 	t.Cleanup(srv.Close)
-	e.url = srv.URL
+	metrics := httptest.NewServer(NewMetrics(st, ag).Handler())
+	t.Cleanup(metrics.Close)
+	e.url, e.metrics = srv.URL, metrics.URL
 	return e
 }
 
@@ -228,10 +231,18 @@ func TestAPIAgentsHealthMetricsWebhook(t *testing.T) {
 	if status, _, body := e.do("GET", "/healthz"); status != 200 || body != "ok\n" {
 		t.Errorf("healthz: %d %q", status, body)
 	}
-	status, _, body = e.do("GET", "/metrics")
-	if status != 200 || !strings.Contains(body, `forge_builds{state="queued"} 1`) || !strings.Contains(body, "forge_agents_connected 1") ||
-		!strings.Contains(body, "forge_dispatch_seconds") {
-		t.Errorf("metrics: %d %s", status, body)
+	resp, err := http.Get(e.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if body := string(raw); resp.StatusCode != 200 || !strings.Contains(body, `forge_builds{state="queued"} 1`) ||
+		!strings.Contains(body, "forge_agents_connected 1") || !strings.Contains(body, "forge_dispatch_seconds") {
+		t.Errorf("metrics: %d %s", resp.StatusCode, body)
+	}
+	if status, _, _ := e.do("GET", "/metrics"); status != 404 {
+		t.Errorf("/metrics on the public port: %d, want 404", status)
 	}
 	if status, _, _ := e.do("POST", "/webhook"); status != 202 {
 		t.Errorf("webhook: %d", status)

@@ -174,7 +174,7 @@ func (r *dispatchRig) startForge(b *testing.B) {
 	}
 	sctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, nil, ln) }()
+	go func() { done <- srv.Serve(sctx, daemon.Listeners{Agents: ln}) }()
 	b.Cleanup(func() {
 		stop()
 		if err := <-done; err != nil {

@@ -21,13 +21,14 @@ import (
 
 // server is a whole coordinator (daemon.Coordinator) on loopback.
 type server struct {
-	srv    *daemon.Coordinator
-	http   string
-	agents string
-	cancel context.CancelFunc
-	done   chan error
-	mu     sync.Mutex
-	finals map[string]int // final states recorded, by build
+	srv     *daemon.Coordinator
+	http    string
+	agents  string
+	metrics string
+	cancel  context.CancelFunc
+	done    chan error
+	mu      sync.Mutex
+	finals  map[string]int // final states recorded, by build
 }
 
 // startServer starts a coordinator; onDispatch, when set, is told of
@@ -64,10 +65,14 @@ func startServer(t testing.TB, e *env, data, agentAddr string, onDispatch ...fun
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.http, s.agents = "http://"+httpLn.Addr().String(), agentLn.Addr().String()
+	metricsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.http, s.agents, s.metrics = "http://"+httpLn.Addr().String(), agentLn.Addr().String(), "http://"+metricsLn.Addr().String()
 	sctx, cancel := context.WithCancel(context.Background())
 	s.cancel, s.done = cancel, make(chan error, 1)
-	go func() { s.done <- srv.Serve(sctx, httpLn, agentLn) }()
+	go func() { s.done <- srv.Serve(sctx, daemon.Listeners{HTTP: httpLn, Agents: agentLn, Metrics: metricsLn}) }()
 	t.Cleanup(s.stop)
 	return s
 }
@@ -239,21 +244,30 @@ func TestHTTPAPI(t *testing.T) {
 	if r.StatusCode != http.StatusConflict {
 		t.Errorf("second cancel: %d, want 409", r.StatusCode)
 	}
-	for path, want := range map[string]string{
-		"/metrics":        `forge_builds{state="error"} 1`,
-		"/builds/" + b.ID: "Build " + b.ID,
-		"/":               b.ID,
-		"/healthz":        "ok",
-		"/api/agents":     e.node,
+	for url, want := range map[string]string{
+		s.metrics + "/metrics":     `forge_builds{state="error"} 1`,
+		s.http + "/builds/" + b.ID: "Build " + b.ID,
+		s.http + "/":               b.ID,
+		s.http + "/healthz":        "ok",
+		s.http + "/api/agents":     e.node,
 	} {
-		resp, err := http.Get(s.http + path)
+		resp, err := http.Get(url)
 		if err != nil {
 			t.Fatal(err)
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
-			t.Errorf("GET %s: %d, body lacks %q", path, resp.StatusCode, want)
+			t.Errorf("GET %s: %d, body lacks %q", url, resp.StatusCode, want)
 		}
+	}
+	// The metrics are on their own listener only, not on the public port.
+	resp, err = http.Get(s.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /metrics on the public port: %d, want 404", resp.StatusCode)
 	}
 }

@@ -119,7 +119,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		if err := srv.Serve(bg, nil, ln); err != nil {
+		if err := srv.Serve(bg, daemon.Listeners{Agents: ln}); err != nil {
 			o.Logger.Error("coordinator", "err", err)
 		}
 	}()
