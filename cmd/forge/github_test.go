@@ -584,7 +584,54 @@ func TestGitHubPullRequestSuccess(t *testing.T) {
 	if n != 1 {
 		t.Errorf("%d tarball requests, want 1", n)
 	}
+	r.peopleCommands(id, hello)
 	r.done()
+}
+
+// peopleCommands runs forge builds, logs, cancel and agents against the
+// coordinator, with finished build id whose log holds hello.
+func (r *ghRig) peopleCommands(id, hello string) {
+	t := r.t
+	t.Helper()
+	server := []string{"--server", r.base, "--token", "unused-until-sign-in"}
+	for _, c := range []struct {
+		args   []string
+		want   []string // in the output, or in the error when fails is set
+		absent []string // not in the output
+		fails  bool
+	}{
+		{args: []string{"builds", "--repo", r.full}, want: []string{"ID", id, "success", r.full, "#7", "execute"}},
+		{args: []string{"builds", "--repo", r.full, "--state", "running"}, want: []string{"STATE"}, absent: []string{id}},
+		{args: []string{"logs", id}, want: []string{hello, "pr=7"}},
+		{args: []string{"logs", "-f", id}, want: []string{hello}},
+		{args: []string{"agents"}, want: []string{"NODE", "HOSTNAME"}},
+		{args: []string{"cancel", id}, want: []string{"cancel " + id, "success already"}, fails: true},
+		{args: []string{"logs", "20260101T000000-000000"}, want: []string{"no build"}, fails: true},
+		{args: []string{"builds", "--state", "bogus"}, want: []string{"list builds", "bogus"}, fails: true},
+	} {
+		out, err := run(t, append(append([]string{c.args[0]}, server...), c.args[1:]...)...)
+		text := out
+		if c.fails {
+			if err == nil {
+				t.Errorf("forge %s succeeded:\n%s", strings.Join(c.args, " "), out)
+				continue
+			}
+			text = err.Error()
+		} else if err != nil {
+			t.Errorf("forge %s: %v\n%s", strings.Join(c.args, " "), err, out)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(text, w) {
+				t.Errorf("forge %s: %q lacks %q", strings.Join(c.args, " "), text, w)
+			}
+		}
+		for _, a := range c.absent {
+			if strings.Contains(text, a) {
+				t.Errorf("forge %s: %q holds %q", strings.Join(c.args, " "), text, a)
+			}
+		}
+	}
 }
 
 func TestGitHubSynchronizeSupersedes(t *testing.T) {

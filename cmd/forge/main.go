@@ -45,6 +45,10 @@ func newApp() *cli.App {
 			certsCommand(),
 			runCommand(),
 			deployCommand(),
+			buildsCommand(),
+			logsCommand(),
+			cancelCommand(),
+			agentsCommand(),
 			versionCommand(),
 		},
 	}
