@@ -20,11 +20,14 @@ import (
 // the agent does not serve (PROTOCOL.md §4.3, §6.5).
 func (a *Agent) handle(ctx context.Context, s *session, st *wire.Stream) {
 	defer st.Close()
-	st.SetDeadline(time.Now().Add(helloTimeout))
+	st.SetDeadline(time.Now().Add(wire.RequestTimeout))
 	c := wire.NewCodec(st)
 	msg, err := c.Recv()
 	if err != nil {
 		a.log.Warn("request stream", "err", err)
+		if badFrame(err) {
+			c.Send(wire.NewRefused(wire.RefusedBadRequest, "%v", err))
+		}
 		return
 	}
 	var reply wire.Message
@@ -50,6 +53,17 @@ func (a *Agent) handle(ctx context.Context, s *session, st *wire.Stream) {
 	}
 }
 
+// badFrame tells a frame the agent read whole but cannot serve: the
+// stream still works, so a Refused can say why (PROTOCOL.md §4.3).
+func badFrame(err error) bool {
+	for _, e := range []error{wire.ErrMalformed, wire.ErrUnknownType, wire.ErrInvalidMessage, wire.ErrEmptyFrame} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // refusal maps an error of the node's Docker or of the checks to a Refused
 // (PROTOCOL.md §5.3).
 func refusal(err error) *wire.Refused {
@@ -59,6 +73,8 @@ func refusal(err error) *wire.Refused {
 		code = wire.RefusedNotFound
 	case errors.Is(err, ErrNotForge), errors.Is(err, ErrWrongBuild), errors.Is(err, ErrAlreadyRan):
 		code = wire.RefusedForbidden
+	case errors.Is(err, ErrUnsafePath):
+		code = wire.RefusedBadRequest // the coordinator's source, not this node, is at fault
 	}
 	return wire.NewRefused(code, "%v", err)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/forge-ci/forge/internal/dockertest"
 	"github.com/forge-ci/forge/internal/fakedocker"
 	"github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // The tests of the session loop run the agent (Run) against a fake Docker
@@ -395,5 +397,45 @@ func TestRunStops(t *testing.T) {
 	r.stop()
 	if err := <-launched; err == nil {
 		t.Error("the launch in progress succeeded after Run returned")
+	}
+}
+
+// TestRequestRefusals: a request the agent cannot serve is answered with a
+// refused bad_request rather than a closed stream (PROTOCOL.md §4.3), and
+// a source whose paths leave the work directory is the coordinator's
+// fault, not the node's; neither starts the container.
+func TestRequestRefusals(t *testing.T) {
+	node := fakedocker.NewNode("n1")
+	_, cs, _ := start(t, node.Docker())
+	for name, frame := range map[string]string{
+		"unknown type": `{"type":"format_disk"}`,
+		"malformed":    `{"type":"launch","build_id":`,
+		"invalid":      `{"type":"cancel","build_id":"","container_id":""}`,
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), wiretest.Timeout)
+		st, err := cs.ws.Open(ctx)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		if err := wire.WriteFrame(st, []byte(frame)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		_, err = wire.Expect[*wire.Started](wire.NewCodec(st))
+		if code := refusedCode(err); code != wire.RefusedBadRequest {
+			t.Errorf("%s: %v, want refused %s", name, err, wire.RefusedBadRequest)
+		}
+		st.Close()
+		cancel()
+	}
+
+	cid := node.Create("b1")
+	src := tarOf(t, []dockertest.File{{Name: "../../etc/cron.d/evil", Body: []byte("* * * * * root sh\n")}})
+	_, _, err := cs.launch(t, "b1", cid, src)
+	if code := refusedCode(err); code != wire.RefusedBadRequest || !strings.Contains(err.Error(), "leaves the work directory") {
+		t.Errorf("unsafe source: %v, want refused %s naming the path", err, wire.RefusedBadRequest)
+	}
+	if ctr, _ := node.Container(cid); ctr.Status == fakedocker.StatusRunning || slices.Contains(ctr.Calls, fakedocker.CallStart) {
+		t.Errorf("container started after an unsafe source: %s %v", ctr.Status, ctr.Calls)
 	}
 }
