@@ -75,7 +75,11 @@ func (d *down) down(ctx context.Context) error {
 	if s.HTTPPort == "" {
 		s.HTTPPort = defaultHTTPPort
 	}
-	if err := d.builds(ctx, coordinator{base: "http://127.0.0.1:" + s.HTTPPort, hc: d.HTTP}); err != nil {
+	co, err := newCoordinator(s.HTTPPort, d.HTTP)
+	if err != nil {
+		return err
+	}
+	if err := d.builds(ctx, co); err != nil {
 		return err
 	}
 	if err := d.removeStack(ctx); err != nil {

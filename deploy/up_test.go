@@ -5,6 +5,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -349,35 +353,57 @@ func TestReadyNodesAndMissingAgents(t *testing.T) {
 	}
 }
 
+// answering serves body with 200 to every request, as a coordinator
+// at port would; it returns the coordinator client of that port.
+func answering(t *testing.T, body string) coordinator {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, body)
+	}))
+	t.Cleanup(srv.Close)
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	co, err := newCoordinator(u.Port(), srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return co
+}
+
 // TestDecodeAgents reads GET /api/agents as the coordinator writes it
-// (coordinator.AgentInfo, indented).
+// (agents.AgentInfo, indented).
 func TestDecodeAgents(t *testing.T) {
-	body := []byte(`[
+	ctx := context.Background()
+	body := `[
   {"node_id": "n2", "hostname": "b", "agent_version": "v1", "engine_version": "28", "protocol": 1,
    "address": "10.0.1.5:40000", "connected_since": "2025-01-01T00:00:00Z", "session_id": "s"},
   {"node_id": "n1", "hostname": "a"},
   {"node_id": "n2", "hostname": "b"}
-]`)
-	nodes, err := decodeAgents(body)
+]`
+	nodes, err := answering(t, body).agentNodes(ctx)
 	if err != nil || !slices.Equal(nodes, []string{"n1", "n2"}) {
 		t.Errorf("decodeAgents = %q, %v", nodes, err)
 	}
-	if nodes, err := decodeAgents([]byte("[]\n")); err != nil || len(nodes) != 0 {
+	if nodes, err := answering(t, "[]\n").agentNodes(ctx); err != nil || len(nodes) != 0 {
 		t.Errorf("decodeAgents([]) = %q, %v", nodes, err)
 	}
 	for _, bad := range []string{"", "{}", `{"error": "x"}`, "<html>"} {
-		if _, err := decodeAgents([]byte(bad)); err == nil {
+		if _, err := answering(t, bad).agentNodes(ctx); err == nil {
 			t.Errorf("decodeAgents(%q): no error", bad)
 		}
 	}
 }
 
 func TestDecodeBuildIDs(t *testing.T) {
-	ids, err := decodeBuildIDs([]byte(`[{"id": "b1", "state": "running", "exit_code": null}, {"id": "b2"}]`))
+	ctx := context.Background()
+	ids, err := answering(t, `[{"id": "b1", "state": "running", "exit_code": null}, {"id": "b2"}]`).buildIDs(ctx, "running")
 	if err != nil || !slices.Equal(ids, []string{"b1", "b2"}) {
 		t.Errorf("decodeBuildIDs = %q, %v", ids, err)
 	}
-	if _, err := decodeBuildIDs([]byte(`{"error": "limit"}`)); err == nil {
+	if _, err := answering(t, `{"error": "limit"}`).buildIDs(ctx, "running"); err == nil {
 		t.Error("an error answer decoded")
 	}
 }

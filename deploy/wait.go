@@ -20,7 +20,10 @@ import (
 // the coordinator answers, and every node that takes tasks has its agent
 // connected. When it gives up it shows what may explain why.
 func (u *up) wait(ctx context.Context) error {
-	co := coordinator{base: "http://127.0.0.1:" + u.s.HTTPPort, hc: u.HTTP}
+	co, err := newCoordinator(u.s.HTTPPort, u.HTTP)
+	if err != nil {
+		return err
+	}
 	seconds := int(u.Timeout.Seconds())
 	deadline := time.Now().Add(u.Timeout)
 	u.say("waiting (at most %ds) for the coordinator at %s and an agent on every node", seconds, co.base)

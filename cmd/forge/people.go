@@ -39,12 +39,14 @@ func apiError(err error, what string) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// oneID is the single build id a command takes.
-func oneID(c *cli.Context) (string, error) {
+// buildAndClient is the single build id a command takes, and the client
+// of --server.
+func buildAndClient(c *cli.Context) (string, *web.Client, error) {
 	if c.NArg() != 1 {
-		return "", fmt.Errorf("%s takes one build id (forge builds lists them)", c.Command.Name)
+		return "", nil, fmt.Errorf("%s takes one build id (forge builds lists them)", c.Command.Name)
 	}
-	return c.Args().First(), nil
+	cl, err := apiClient(c)
+	return c.Args().First(), cl, err
 }
 
 func buildsCommand() *cli.Command {
@@ -94,11 +96,7 @@ func logsCommand() *cli.Command {
 		Flags: append(serverFlags(),
 			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "go on until the build ends"}),
 		Action: func(c *cli.Context) error {
-			id, err := oneID(c)
-			if err != nil {
-				return err
-			}
-			cl, err := apiClient(c)
+			id, cl, err := buildAndClient(c)
 			if err != nil {
 				return err
 			}
@@ -120,11 +118,7 @@ func cancelCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     serverFlags(),
 		Action: func(c *cli.Context) error {
-			id, err := oneID(c)
-			if err != nil {
-				return err
-			}
-			cl, err := apiClient(c)
+			id, cl, err := buildAndClient(c)
 			if err != nil {
 				return err
 			}

@@ -132,6 +132,23 @@ func (c *Client) Cancel(ctx context.Context, id string) error {
 	return nil
 }
 
+// Health is nil when the coordinator answers GET /healthz with ok.
+func (c *Client) Health(ctx context.Context) error {
+	resp, err := c.do(ctx, http.MethodGet, "/healthz", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64))
+	if err != nil {
+		return err
+	}
+	if got := strings.TrimRight(string(body), "\n"); got != "ok" {
+		return fmt.Errorf("/healthz answered %q, not ok", got)
+	}
+	return nil
+}
+
 // Agents lists the connected agents.
 func (c *Client) Agents(ctx context.Context) ([]agents.AgentInfo, error) {
 	var out []agents.AgentInfo
