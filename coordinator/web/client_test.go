@@ -20,6 +20,9 @@ func TestClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := c.Health(ctx); err != nil {
+		t.Errorf("Health: %v", err)
+	}
 	bs, err := c.Builds(ctx, ListOptions{State: "running"})
 	if err != nil || len(bs) != 1 || bs[0].ID != "b2" {
 		t.Fatalf("Builds(running) = %+v, %v", bs, err)
@@ -65,12 +68,15 @@ func TestClientToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := c.Health(context.Background()); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("Health of a refusing server: %v", err)
+	}
 	_, err = c.Builds(context.Background(), ListOptions{})
 	var ae *Error
 	if !errors.Is(err, ErrUnauthorized) || !errors.As(err, &ae) || ae.Message != "token revoked" {
 		t.Errorf("refused token: %v", err)
 	}
-	if len(got) != 1 || got[0] != "Bearer s3cret" {
+	if len(got) != 2 || got[1] != "Bearer s3cret" {
 		t.Errorf("Authorization sent: %q", got)
 	}
 }
