@@ -204,7 +204,9 @@ func testBinaryReapsOrphans(t *testing.T, bin string) {
 		t.Fatalf("no grandchild pid; stderr:\n%s", stderr)
 	}
 	// While it sleeps, the orphan's parent must be forgexec; otherwise
-	// it went to the host's init and this test would prove nothing.
+	// it went to the host's init and this test would prove nothing. Its
+	// subshell may still be exiting when gc.pid appears: wait for that.
+	waitFor(time.Second, func() bool { ppid, _ := procParent(gc); return ppid == cmd.Process.Pid })
 	if ppid, state := procParent(gc); ppid != cmd.Process.Pid {
 		t.Fatalf("orphan %d has parent %d (state %s), want forgexec %d", gc, ppid, state, cmd.Process.Pid)
 	}

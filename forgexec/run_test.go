@@ -64,6 +64,18 @@ func waitFor(d time.Duration, cond func() bool) bool {
 	}
 }
 
+// running tells whether a process with this exact command line (its
+// arguments each ended by NUL) runs on the machine.
+func running(cmdline string) bool {
+	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, d := range dirs {
+		if b, err := os.ReadFile(d); err == nil && string(b) == cmdline {
+			return true
+		}
+	}
+	return false
+}
+
 func exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
@@ -307,12 +319,17 @@ func TestRunCancel(t *testing.T) {
 // Run forwards it to the command and returns 130.
 func TestRunSignal(t *testing.T) {
 	needShell(t)
-	spec := newSpec(t, "touch ready; sleep 30", "echo never")
+	// An odd duration names this sleep among the machine's processes.
+	spec := newSpec(t, "touch ready; sleep 30.017", "echo never")
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
-		// Run has registered for SIGINT once its first command runs.
-		if waitFor(10*time.Second, func() bool { return exists(filepath.Join(spec.Workdir, "ready")) }) {
+		// Run has registered for SIGINT once its first command runs; the
+		// signal goes once sleep itself runs, not while the shell is
+		// between touch and sleep (where it raced, now and then).
+		if waitFor(10*time.Second, func() bool {
+			return exists(filepath.Join(spec.Workdir, "ready")) && running("sleep\x0030.017\x00")
+		}) {
 			syscall.Kill(os.Getpid(), syscall.SIGINT)
 		}
 	}()
