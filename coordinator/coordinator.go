@@ -67,6 +67,9 @@ type Subject struct {
 	Trigger        string // "pull_request", "push", "run", "api"
 	Key            string // supersede key: builds with the same key supersede each other ("" = never)
 	InstallationID int64  // GitHub App installation, 0 when none
+	// Public: the repository is public, so its builds are shown to anyone
+	// (DESIGN §3). False when not known: closed by default.
+	Public bool
 }
 
 // Build is the record of one build: its subject and what became of it.

@@ -63,6 +63,9 @@ type Event struct {
 	// Fork: the pull request comes from another repository (its head
 	// repository's full name differs from the base's, or is gone).
 	Fork bool
+	// Public: the payload says the repository is not private. A payload
+	// that does not say counts as private.
+	Public bool
 }
 
 // Queue carries events from the webhook handler to Forge's workers. It
@@ -350,6 +353,7 @@ func decodePullRequest(ev Event, p *gh.PullRequestEvent) (Event, bool, string, e
 		return ev, false, "ignored: pull_request." + ev.Action, nil
 	}
 	ev.Owner, ev.Repo = p.GetRepo().GetOwner().GetLogin(), p.GetRepo().GetName()
+	ev.Public = isPublic(p.GetRepo())
 	ev.Installation = p.GetInstallation().GetID()
 	ev.PullRequest = p.GetNumber()
 	if ev.PullRequest == 0 {
@@ -389,6 +393,7 @@ func decodePush(ev Event, p *gh.PushEvent) (Event, bool, string, error) {
 	}
 	repo := p.GetRepo()
 	ev.Owner, ev.Repo = repo.GetOwner().GetLogin(), repo.GetName()
+	ev.Public = repo != nil && repo.Private != nil && !*repo.Private
 	if ev.Owner == "" {
 		// Push payloads name the owner in both login and name;
 		// older ones only in name.
@@ -404,6 +409,8 @@ func decodePush(ev Event, p *gh.PushEvent) (Event, bool, string, error) {
 	ev.SHA, ev.Branch, ev.CommitCount = after, branch, len(p.Commits)
 	return ev, true, "", nil
 }
+
+func isPublic(r *gh.Repository) bool { return r != nil && r.Private != nil && !*r.Private }
 
 func checkRepo(owner, repo string) error {
 	for _, n := range []string{owner, repo} {

@@ -183,7 +183,7 @@ func TestEveryPayload(t *testing.T) {
 			}
 			ev, _ := h.Queue.take(context.Background())
 			wantEv := Event{Name: event, Kind: want.kind, Owner: "Codertocat", Repo: "Hello-World",
-				Installation: want.inst, SHA: want.sha, Branch: want.branch, Fork: want.fork}
+				Installation: want.inst, SHA: want.sha, Branch: want.branch, Fork: want.fork, Public: true}
 			if event == "pull_request" {
 				wantEv.PullRequest, wantEv.CommitCount = 2, 1
 				wantEv.Action = ev.Action
@@ -220,6 +220,33 @@ func TestForkDetection(t *testing.T) {
 	}
 	if !ev.Fork {
 		t.Error("a pull request from another repository is not a fork")
+	}
+}
+
+// A repository is public only when the payload says so: private, or not
+// said, keeps its builds from people who may not read it.
+func TestVisibility(t *testing.T) {
+	for _, name := range []string{"pull_request.opened.json", "push.with-new-branch.json"} {
+		body := string(readPayload(t, name))
+		for _, c := range []struct {
+			name, body string
+			public     bool
+		}{
+			{"as sent", body, true},
+			{"private", strings.ReplaceAll(body, `"private": false`, `"private": true`), false},
+			{"not said", strings.ReplaceAll(body, `"private": false,`, ``), false},
+		} {
+			if c.body == body && !c.public {
+				t.Fatalf("%s: payload layout changed: no \"private\": false", name)
+			}
+			ev, work, _, err := Decode(strings.TrimSuffix(strings.SplitN(name, ".", 2)[0], ".json"), []byte(c.body))
+			if err != nil || !work {
+				t.Fatalf("%s %s: Decode: work=%v err=%v", name, c.name, work, err)
+			}
+			if ev.Public != c.public {
+				t.Errorf("%s %s: Public = %v, want %v", name, c.name, ev.Public, c.public)
+			}
+		}
 	}
 }
 

@@ -21,7 +21,7 @@ var ErrFinal = errors.New("build is final")
 const buildColumns = `id, owner, repo, pull_request, branch, sha, ref, action,
 	commit_count, fork, trigger_event, supersede_key, installation_id, config,
 	state, reason, exit_code, node_id, container_id, service_id, service_name,
-	created, started, finished`
+	created, started, finished, public`
 
 // updateBuildSQL sets every column but id (args[0] of buildArgs) and takes
 // the id last, for the WHERE.
@@ -32,6 +32,9 @@ var updateBuildSQL = func() string {
 	}
 	return `UPDATE builds SET ` + strings.Join(cols, ", ") + ` WHERE id = ?`
 }()
+
+var insertBuildSQL = `INSERT INTO builds (` + buildColumns + `) VALUES (?` +
+	strings.Repeat(", ?", len(strings.Split(buildColumns, ","))-1) + `)`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -45,7 +48,7 @@ func scanBuild(sc scanner) (*coordinator.Build, error) {
 	err := sc.Scan(&b.ID, &b.Owner, &b.Repo, &b.PullRequest, &b.Branch, &b.SHA, &b.Ref, &b.Action,
 		&b.CommitCount, &b.Fork, &b.Trigger, &b.Key, &b.InstallationID, &b.Config,
 		&state, &b.Reason, &exit, &b.NodeID, &b.ContainerID, &b.ServiceID, &b.ServiceName,
-		&created, &started, &finished)
+		&created, &started, &finished, &b.Public)
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +90,7 @@ func buildArgs(b *coordinator.Build) ([]any, error) {
 	return []any{b.ID, b.Owner, b.Repo, b.PullRequest, b.Branch, b.SHA, b.Ref, b.Action,
 		b.CommitCount, b.Fork, b.Trigger, b.Key, b.InstallationID, b.Config,
 		string(b.State), b.Reason, exit, b.NodeID, b.ContainerID, b.ServiceID, b.ServiceName,
-		times[0], times[1], times[2]}, nil
+		times[0], times[1], times[2], b.Public}, nil
 }
 
 // CreateBuild stores a new build. An empty State becomes Queued, a zero
@@ -111,9 +114,7 @@ func (s *Store) CreateBuild(ctx context.Context, b *coordinator.Build) error {
 	}
 	// ON CONFLICT DO NOTHING + RowsAffected tells "exists" apart from
 	// other failures without depending on the driver's error codes.
-	res, err := s.db.ExecContext(ctx, `INSERT INTO builds (`+buildColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (id) DO NOTHING`, args...)
+	res, err := s.db.ExecContext(ctx, insertBuildSQL+` ON CONFLICT (id) DO NOTHING`, args...)
 	if err != nil {
 		return fmt.Errorf("store: create build %s: %w", b.ID, err)
 	}

@@ -221,6 +221,36 @@ var migrations = [][]string{
 			last_seen      INTEGER NOT NULL
 		)`,
 	},
+	// 2: the front door (issue 13): public repositories, people, their
+	// browser sessions and personal API tokens.
+	{
+		// Builds recorded before are taken as private: closed by default.
+		`ALTER TABLE builds ADD COLUMN public INTEGER NOT NULL DEFAULT 0`,
+		// The GitHub user token stays here, never in a cookie.
+		`CREATE TABLE users (
+			login     TEXT    NOT NULL PRIMARY KEY COLLATE NOCASE,
+			github_id INTEGER NOT NULL DEFAULT 0,
+			token     TEXT    NOT NULL DEFAULT '',
+			updated   INTEGER NOT NULL
+		)`,
+		`CREATE TABLE sessions (
+			id      TEXT    NOT NULL PRIMARY KEY,
+			login   TEXT    NOT NULL,
+			csrf    TEXT    NOT NULL,
+			created INTEGER NOT NULL,
+			expires INTEGER NOT NULL
+		)`,
+		`CREATE INDEX sessions_expires ON sessions (expires)`,
+		`CREATE TABLE api_tokens (
+			id        TEXT    NOT NULL PRIMARY KEY,
+			login     TEXT    NOT NULL COLLATE NOCASE,
+			name      TEXT    NOT NULL DEFAULT '',
+			hash      TEXT    NOT NULL UNIQUE,
+			created   INTEGER NOT NULL,
+			last_used INTEGER
+		)`,
+		`CREATE INDEX api_tokens_login ON api_tokens (login, created)`,
+	},
 }
 
 // migrate brings the schema up to date in one transaction per migration.
