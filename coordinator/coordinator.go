@@ -206,4 +206,8 @@ var (
 	ErrUnknownBuild = errors.New("unknown build")
 	// ErrNotManager: the coordinator's engine is not a swarm manager.
 	ErrNotManager = errors.New("this Docker engine is not a swarm manager")
+	// ErrBadCredential: a credential that is malformed, unknown, revoked,
+	// expired or forged, or a person's GitHub authorisation that GitHub no
+	// longer takes.
+	ErrBadCredential = errors.New("the credential was refused")
 )

@@ -26,7 +26,7 @@ func coordinatorCommand() *cli.Command {
 			"authenticated sessions on --agent-listen, creates one swarm service per build and has the\n" +
 			"agent of the node where the task landed start it. State lives under --data.",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "listen", Usage: "HTTP address: webhooks, API, UI, metrics", Value: ":8080", EnvVars: env("listen")},
+			&cli.StringFlag{Name: "listen", Usage: "HTTP address: webhooks, API, UI", Value: ":8080", EnvVars: env("listen")},
 			&cli.StringFlag{Name: "agent-listen", Usage: "address agents dial (mutual TLS)", Value: ":7443", EnvVars: env("agent-listen")},
 			&cli.StringFlag{Name: "metrics-listen", Usage: "address of GET /metrics (Prometheus); \"\" serves none", Value: "127.0.0.1:9090", EnvVars: env("metrics-listen")},
 			&cli.PathFlag{Name: "webhook-secret-file", Usage: "file holding the GitHub webhook secret (required)", EnvVars: env("webhook-secret-file")},
@@ -34,7 +34,14 @@ func coordinatorCommand() *cli.Command {
 			&cli.PathFlag{Name: "github-key-file", Usage: "the GitHub App's private key (PEM)", EnvVars: env("github-key-file")},
 			&cli.StringFlag{Name: "github-api", Usage: "GitHub API base URL (GitHub Enterprise: https://HOST/api/v3/)", Value: github.DefaultAPI, EnvVars: env("github-api")},
 			&cli.PathFlag{Name: "data", Usage: "state folder (database, logs)", Value: "./forge-data", EnvVars: env("data")},
-			&cli.StringFlag{Name: "public-url", Usage: "base URL of this coordinator, for links in commit statuses", EnvVars: env("public-url")},
+			&cli.StringFlag{Name: "public-url", Usage: "base URL of this coordinator as browsers and GitHub see it: links in statuses, the sign-in callback", EnvVars: env("public-url")},
+			&cli.StringFlag{Name: "github-web", Usage: "GitHub's web base, for sign-in (GitHub Enterprise: https://HOST)", Value: github.DefaultWeb, EnvVars: env("github-web")},
+			&cli.StringFlag{Name: "github-client-id", Usage: "the GitHub App's client id, for sign-in with GitHub (App settings, About)", EnvVars: env("github-client-id")},
+			&cli.PathFlag{Name: "github-client-secret-file", Usage: "file holding the GitHub App's client secret, for sign-in", EnvVars: env("github-client-secret-file")},
+			&cli.StringSliceFlag{Name: "admins", Usage: "GitHub logins of Forge admins (agents, metrics), comma-separated", EnvVars: env("admins")},
+			&cli.PathFlag{Name: "admin-token-file", Usage: "file holding a bearer token with every right, for scripts and the CLI", EnvVars: env("admin-token-file")},
+			&cli.PathFlag{Name: "session-key-file", Usage: "file holding the key that signs sign-in cookies (64 hex characters); default: made in --data", EnvVars: env("session-key-file")},
+			&cli.BoolFlag{Name: "require-sign-in", Usage: "show nothing, not even public repositories' builds, without a credential", EnvVars: env("require-sign-in")},
 			forgexecFlag(),
 			dockerHostFlag(),
 			&cli.BoolFlag{Name: "allow-ports", Usage: "let .forge.yml publish ports", EnvVars: env("allow-ports")},
@@ -65,11 +72,18 @@ func coordinatorCommand() *cli.Command {
 				return err
 			}
 			defer docker.Close()
+			access, err := accessFlags(c)
+			if err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := newLogger(c)
 			cfg := daemon.Config{TLS: wire.ServerConfig(pool, pair), DataDir: c.Path("data"), Executor: exe,
-				AllowPorts: c.Bool("allow-ports"), Logger: log}
+				AllowPorts: c.Bool("allow-ports"), Logger: log, Access: access}
+			if access.SignIn == nil {
+				log.Warn("sign-in with GitHub is not configured (--github-client-id, --github-client-secret-file): only public repositories' builds are shown, and only the admin token acts")
+			}
 			if app == nil {
 				log.Warn("no GitHub App configured (--github-app-id, --github-key-file): webhooks are answered 503 and no builds come from GitHub; forge run and the API work")
 			} else {
@@ -129,6 +143,70 @@ func githubApp(c *cli.Context) (*github.App, error) {
 		return nil, fmt.Errorf("GitHub App: %w", err)
 	}
 	return app, nil
+}
+
+// accessFlags reads who may use the HTTP edge; half a sign-in
+// configuration is an error naming the missing flag.
+func accessFlags(c *cli.Context) (daemon.Access, error) {
+	a := daemon.Access{PublicURL: strings.TrimRight(c.String("public-url"), "/"), RequireSignIn: c.Bool("require-sign-in")}
+	for _, l := range c.StringSlice("admins") {
+		for _, l := range strings.Split(l, ",") {
+			if l = strings.TrimSpace(l); l != "" {
+				a.Admins = append(a.Admins, l)
+			}
+		}
+	}
+	if f := c.Path("admin-token-file"); f != "" {
+		tok, err := readFileFlag("admin-token-file", f)
+		if err != nil {
+			return a, err
+		}
+		if len(tok) < 16 {
+			return a, fmt.Errorf("--admin-token-file %s: the token is shorter than 16 characters", f)
+		}
+		a.AdminToken = tok
+	}
+	if f := c.Path("session-key-file"); f != "" {
+		k, err := daemon.SessionKey(f)
+		if err != nil {
+			return a, fmt.Errorf("--session-key-file: %w", err)
+		}
+		a.SessionKey = k
+	}
+	id, secretFile := c.String("github-client-id"), c.Path("github-client-secret-file")
+	switch {
+	case id == "" && secretFile == "":
+		return a, nil
+	case id == "":
+		return a, errors.New("--github-client-secret-file is set but --github-client-id is not")
+	case secretFile == "":
+		return a, errors.New("--github-client-id is set but --github-client-secret-file is not")
+	case a.PublicURL == "":
+		return a, errors.New("sign-in with GitHub (--github-client-id) needs --public-url: GitHub sends browsers back to <public-url>/login/callback")
+	}
+	secret, err := readFileFlag("github-client-secret-file", secretFile)
+	if err != nil {
+		return a, err
+	}
+	si, err := github.NewSignIn(id, secret, c.String("github-web"), c.String("github-api"), nil)
+	if err != nil {
+		return a, err
+	}
+	a.SignIn = si
+	return a, nil
+}
+
+// readFileFlag reads a one-line secret from the file of flag name.
+func readFileFlag(name, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--%s: %w", name, err)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", fmt.Errorf("--%s %s is empty", name, path)
+	}
+	return s, nil
 }
 
 // readSecret reads the webhook secret; the coordinator does not start

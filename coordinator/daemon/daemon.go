@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/auth"
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/coordinator/lifecycle"
 	"github.com/forge-ci/forge/coordinator/logs"
@@ -63,6 +65,26 @@ type Config struct {
 	// the metrics (tests and benchmarks watch with them).
 	OnChange   func(b *coordinator.Build)
 	OnDispatch func(d time.Duration)
+	// Access is the front door: who may use the HTTP API and pages.
+	Access Access
+}
+
+// Access configures who may use the coordinator's HTTP edge (DESIGN §3).
+// Its zero value serves only public repositories' builds, to anyone.
+type Access struct {
+	// SignIn, when set, lets people sign in with GitHub (github.SignIn).
+	SignIn auth.GitHub
+	// PublicURL is the coordinator's base URL for browsers; needed with
+	// SignIn (the callback is under it).
+	PublicURL string
+	// SessionKey signs cookies; nil takes (and on first start makes) the
+	// data folder's session-key file.
+	SessionKey []byte
+	// AdminToken is a bearer token with every right; "" for none.
+	AdminToken string
+	// Admins are the GitHub logins of Forge admins.
+	Admins        []string
+	RequireSignIn bool
 }
 
 // GitHub is the GitHub App side of a coordinator.
@@ -151,8 +173,56 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		c.forge = &github.Forge{App: cfg.GitHub.App, Builds: c.Builds, Reporter: c.reporter, Queue: q, Log: log.With("part", "github")}
 		webhook = &github.Webhook{Secret: cfg.GitHub.Secret, Deliveries: st, Queue: q, Log: log.With("part", "webhook")}
 	}
-	c.API = web.New(web.Config{Builds: c.Builds, Store: st, Logs: c.Logs, Agents: c.Agents, Webhook: webhook})
+	front, err := frontDoor(cfg, st)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
+	c.API, err = web.New(web.Config{Builds: c.Builds, Store: st, Logs: c.Logs, Agents: c.Agents, Webhook: webhook,
+		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web")})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
 	return c, nil
+}
+
+func frontDoor(cfg Config, st *store.Store) (*auth.Auth, error) {
+	ac := cfg.Access
+	if ac.SignIn != nil && ac.PublicURL == "" {
+		return nil, errors.New("sign-in with GitHub needs the public URL (--public-url): GitHub sends browsers back to it")
+	}
+	key := ac.SessionKey
+	if key == nil {
+		var err error
+		if key, err = SessionKey(filepath.Join(cfg.DataDir, "session-key")); err != nil {
+			return nil, err
+		}
+	}
+	return auth.New(auth.Config{Store: st, GitHub: ac.SignIn, PublicURL: ac.PublicURL, Key: key,
+		AdminToken: ac.AdminToken, Admins: ac.Admins, RequireSignIn: ac.RequireSignIn})
+}
+
+// SessionKey reads the cookie key kept at path (64 hex characters),
+// making it on first use.
+func SessionKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		var k [32]byte
+		rand.Read(k[:])
+		if err := os.WriteFile(path, []byte(hex.EncodeToString(k[:])+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("session key: %w", err)
+		}
+		return k[:], nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("session key: %w", err)
+	}
+	k, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(k) < 32 {
+		return nil, fmt.Errorf("session key %s: want at least 64 hex characters", path)
+	}
+	return k, nil
 }
 
 // changes is the lifecycle's OnChange: GitHub's statuses, then the

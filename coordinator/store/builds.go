@@ -216,6 +216,7 @@ type ListOptions struct {
 	Owner, Repo string
 	State       coordinator.State
 	Before      string // build id cursor: only builds older than this one
+	PublicOnly  bool   // only public repositories' builds
 }
 
 const (
@@ -249,6 +250,9 @@ func (s *Store) ListBuilds(ctx context.Context, o ListOptions) ([]*coordinator.B
 			return nil, fmt.Errorf("store: list builds: unknown state %q", o.State)
 		}
 		where, args = append(where, "state = ?"), append(args, string(o.State))
+	}
+	if o.PublicOnly {
+		where = append(where, "public = 1")
 	}
 	if o.Before != "" {
 		// Resolve the cursor first so that a bad one is an error rather

@@ -141,6 +141,9 @@ func (s *Store) checkJournal(ctx context.Context) error {
 	return nil
 }
 
+// DB is the database itself, for tests that check what is (not) stored.
+func (s *Store) DB() *sql.DB { return s.db }
+
 // Close closes the database. Calls after Close fail.
 func (s *Store) Close() error {
 	if err := s.db.Close(); err != nil {

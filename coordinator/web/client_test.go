@@ -16,7 +16,7 @@ func TestClient(t *testing.T) {
 	t0 := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 	e := newAPIEnv(t, build("b1", coordinator.Success, t0), build("b2", coordinator.Running, t0.Add(time.Second)))
 	ctx := context.Background()
-	c, err := NewClient(e.url+"/", "tok3n", nil)
+	c, err := NewClient(e.url+"/", adminToken, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,18 +4,20 @@ package web
 
 import (
 	"context"
-	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"html/template"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/auth"
 	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/internal/redact"
 )
@@ -26,8 +28,15 @@ type Config struct {
 	Store  *store.Store       // the records
 	Logs   Logs
 	Agents AgentLister
+	// Auth is the front door: who asks, and what they may do. Required.
+	Auth *auth.Auth
 	// Webhook, when set, serves POST /webhook.
 	Webhook http.Handler
+	// Metrics, when set, is served at GET /metrics to Forge admins (the
+	// metrics listener serves it to whoever reaches it).
+	Metrics http.Handler
+	// Log notes refusals of credentials; nil discards.
+	Log *slog.Logger
 }
 
 // Logs is where build output is read (logs.Store).
@@ -41,34 +50,166 @@ type AgentLister interface {
 }
 
 // API serves the coordinator's HTTP edge: builds, their logs, cancel,
-// agents, health, metrics and the HTML pages.
-type API struct{ cfg Config }
+// agents, health, sign-in, tokens and the HTML pages.
+type API struct {
+	cfg  Config
+	auth *auth.Auth
+	log  *slog.Logger
+}
 
 // New returns the API; Handler gives its routes.
-func New(cfg Config) *API { return &API{cfg: cfg} }
+func New(cfg Config) (*API, error) {
+	if cfg.Auth == nil || cfg.Store == nil || cfg.Builds == nil || cfg.Logs == nil || cfg.Agents == nil {
+		return nil, errors.New("web: Auth, Store, Builds, Logs and Agents are all required")
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &API{cfg: cfg, auth: cfg.Auth, log: log}, nil
+}
+
+// Who may use a route (README, "HTTP API, and who may use it"). The
+// handlers enforce it; TestRoutesAsREADME checks them against the README.
+const (
+	Anyone  = "anyone"
+	Public  = "public"  // anyone for public repositories, else read
+	Reader  = "read"    // the person's permission on the build's repository
+	Writer  = "write"   //
+	Admin   = "admin"   // a Forge admin
+	Person  = "person"  // a browser session or a personal token
+	Browser = "browser" // a browser session only
+)
+
+// Route is one of the edge's routes and who may use it.
+type Route struct {
+	Pattern, Who string
+	h            http.Handler
+}
+
+// Routes lists every route the handler serves.
+func (a *API) Routes() []Route {
+	hf := func(f http.HandlerFunc) http.Handler { return f }
+	rs := []Route{
+		{"GET /healthz", Anyone, hf(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Write([]byte("ok\n"))
+		})},
+		{"GET /login", Anyone, hf(a.auth.Login)},
+		{"GET " + auth.CallbackPath, Anyone, hf(a.auth.Callback)},
+		{"GET /static/{file}", Anyone, http.FileServerFS(staticFS)},
+
+		{"GET /api/builds", Public, a.api(a.listBuilds)},
+		{"GET /api/builds/{id}", Reader, a.api(a.getBuild)},
+		{"GET /api/builds/{id}/log", Reader, a.api(a.getLog)},
+		{"POST /api/builds/{id}/cancel", Writer, a.api(a.cancelBuild)},
+		{"GET /{$}", Public, a.html(a.indexPage)},
+		{"GET /builds/{id}", Reader, a.html(a.buildPage)},
+		{"POST /builds/{id}/cancel", Writer, a.html(a.cancelForm)},
+
+		{"GET /api/agents", Admin, a.api(a.listAgents)},
+
+		{"GET /api/tokens", Person, a.api(a.listTokens)},
+		{"POST /api/tokens", Browser, a.api(a.createToken)},
+		{"DELETE /api/tokens/{id}", Person, a.api(a.revokeToken)},
+		{"GET /tokens", Person, a.html(a.tokensPage)},
+		{"POST /tokens", Browser, a.html(a.createTokenForm)},
+		{"POST /tokens/{id}/revoke", Person, a.html(a.revokeTokenForm)},
+		{"GET /logout", Anyone, a.html(a.logoutPage)},
+		{"POST /logout", Anyone, hf(a.logout)},
+	}
+	if a.cfg.Webhook != nil {
+		rs = append(rs, Route{"POST /webhook", Anyone, a.cfg.Webhook})
+	}
+	if a.cfg.Metrics != nil {
+		rs = append(rs, Route{"GET /metrics", Admin, a.api(a.metrics)})
+	}
+	return rs
+}
 
 // Handler returns the routes.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /api/agents", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, a.cfg.Agents.Agents())
-	})
-	if a.cfg.Store != nil {
-		mux.HandleFunc("GET /api/builds", a.listBuilds)
-		mux.HandleFunc("GET /api/builds/{id}", a.getBuild)
-		mux.HandleFunc("GET /api/builds/{id}/log", a.getLog)
-		mux.HandleFunc("POST /api/builds/{id}/cancel", a.cancelBuild)
-		mux.HandleFunc("GET /{$}", a.indexPage)
-		mux.HandleFunc("GET /builds/{id}", a.buildPage)
+	for _, rt := range a.Routes() {
+		mux.Handle(rt.Pattern, rt.h)
 	}
-	if a.cfg.Webhook != nil {
-		mux.Handle("POST /webhook", a.cfg.Webhook)
+
+	// A cross-site write from a browser is refused before any handler
+	// (Sec-Fetch-Site, then Origin against Host); GitHub's webhook
+	// posts carry neither header. Browser sessions also need their CSRF
+	// token (a.api, a.html).
+	cop := http.NewCrossOriginProtection()
+	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.refuse(w, r, auth.ErrCSRF, strings.HasPrefix(r.URL.Path, "/api/"))
+	}))
+	return headers(cop.Handler(mux))
+}
+
+// headers sets what every answer carries: no sniffing, no framing, no
+// script but the site's own, no referrer to other sites.
+func headers(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("X-Frame-Options", "DENY")
+		hd.Set("Referrer-Policy", "same-origin")
+		hd.Set("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+		h.ServeHTTP(w, r)
+	})
+}
+
+type handler func(w http.ResponseWriter, r *http.Request, p *auth.Principal)
+
+// api wraps an API handler: who asks, their CSRF token when they are a
+// browser, and refusals as JSON.
+func (a *API) api(h handler) http.HandlerFunc { return a.with(h, false) }
+
+// html wraps a page: refusals send the browser to sign in.
+func (a *API) html(h handler) http.HandlerFunc { return a.with(h, true) }
+
+func (a *API) with(h handler, page bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, err := a.auth.Identify(r)
+		if err == nil {
+			err = a.auth.CheckCSRF(r, p)
+		}
+		if err != nil {
+			a.refuse(w, r, err, !page)
+			return
+		}
+		h(w, r, p)
 	}
-	return mux
+}
+
+// refuse answers a refusal of the front door, the same way everywhere:
+// 401 (a browser is sent to sign in), 403, or 404 for what may not be
+// known to exist.
+func (a *API) refuse(w http.ResponseWriter, r *http.Request, err error, api bool) {
+	code := http.StatusBadGateway
+	switch {
+	case errors.Is(err, auth.ErrNoCredential), errors.Is(err, auth.ErrBadCredential):
+		code = http.StatusUnauthorized
+		a.log.Info("refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "why", redact.Error(err))
+		if errors.Is(err, auth.ErrBadCredential) && r.Header.Get("Authorization") == "" {
+			a.auth.ClearSession(w)
+		}
+		if !api && r.Method == http.MethodGet {
+			http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="forge"`)
+	case errors.Is(err, auth.ErrForbidden), errors.Is(err, auth.ErrCSRF):
+		code = http.StatusForbidden
+		a.log.Info("refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "why", redact.Error(err))
+	case errors.Is(err, auth.ErrHidden):
+		// The same answer as for a build that does not exist.
+		code, err = http.StatusNotFound, fmt.Errorf("no build %q", r.PathValue("id"))
+	}
+	if api {
+		httpError(w, code, "%v", err)
+		return
+	}
+	a.errorPage(w, r, code, err)
 }
 
 // BuildView is a build as the API shows it. State is the coordinator's
@@ -110,7 +251,27 @@ func viewOf(b *coordinator.Build) BuildView {
 		Created: b.Created, Started: opt(b.Started), Finished: opt(b.Finished)}
 }
 
-func (a *API) listBuilds(w http.ResponseWriter, r *http.Request) {
+// logout ends a browser's session; one whose credential is bad already
+// only loses its cookie.
+func (a *API) logout(w http.ResponseWriter, r *http.Request) {
+	p, err := a.auth.Identify(r)
+	if err != nil {
+		a.auth.ClearSession(w)
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+		return
+	}
+	if err := a.auth.CheckCSRF(r, p); err != nil {
+		a.refuse(w, r, err, false)
+		return
+	}
+	a.auth.Logout(w, r, p)
+}
+
+func (a *API) listBuilds(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
+	if err := a.auth.NeedSignIn(p, true); err != nil {
+		a.refuse(w, r, err, true)
+		return
+	}
 	q := r.URL.Query()
 	o := store.ListOptions{Owner: q.Get("owner"), Repo: q.Get("repo"), State: coordinator.State(q.Get("state")), Before: q.Get("before")}
 	if l := q.Get("limit"); l != "" {
@@ -121,12 +282,15 @@ func (a *API) listBuilds(w http.ResponseWriter, r *http.Request) {
 		}
 		o.Limit = n
 	}
-	bs, err := a.cfg.Store.ListBuilds(r.Context(), o)
-	if errors.Is(err, store.ErrNotFound) {
+	bs, err := a.visible(r.Context(), p, o)
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, auth.ErrHidden):
 		httpError(w, http.StatusBadRequest, "before %q: no such build", o.Before)
 		return
-	}
-	if err != nil {
+	case errors.Is(err, auth.ErrBadCredential):
+		a.refuse(w, r, err, true)
+		return
+	case err != nil:
 		httpError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
@@ -137,36 +301,88 @@ func (a *API) listBuilds(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// build loads the build named in the path, answering 404 itself.
-func (a *API) build(w http.ResponseWriter, r *http.Request) *coordinator.Build {
-	b, err := a.cfg.Store.Build(r.Context(), r.PathValue("id"))
-	if errors.Is(err, store.ErrNotFound) {
-		httpError(w, http.StatusNotFound, "no build %q", r.PathValue("id"))
-		return nil
+// visible lists the builds o selects that p may read, newest first, up
+// to o's limit: pages of the store are read until it is filled.
+func (a *API) visible(ctx context.Context, p *auth.Principal, o store.ListOptions) ([]*coordinator.Build, error) {
+	if o.Before != "" {
+		// A cursor that names a hidden build is no cursor.
+		b, err := a.cfg.Store.Build(ctx, o.Before)
+		if err != nil {
+			return nil, err
+		}
+		if err := a.auth.Need(ctx, p, b.Owner, b.Repo, b.Public, coordinator.Read); err != nil {
+			return nil, err
+		}
+	}
+	if o.Limit <= 0 {
+		o.Limit = 50
+	}
+	want := min(o.Limit, 500)
+	o.PublicOnly = p.Kind == auth.Anonymous
+	var out []*coordinator.Build
+	for {
+		page, err := a.cfg.Store.ListBuilds(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range page {
+			err := a.auth.Need(ctx, p, b.Owner, b.Repo, b.Public, coordinator.Read)
+			switch {
+			case err == nil:
+				out = append(out, b)
+			case errors.Is(err, auth.ErrHidden), errors.Is(err, auth.ErrForbidden):
+			default:
+				return nil, err
+			}
+			if len(out) == want {
+				return out, nil
+			}
+		}
+		if len(page) < o.Limit {
+			return out, nil
+		}
+		o.Before = page[len(page)-1].ID
+	}
+}
+
+// build loads the build named in the path if p may act on it with need,
+// answering the refusal itself: a build p may not read is as unknown as
+// one that does not exist.
+func (a *API) build(w http.ResponseWriter, r *http.Request, p *auth.Principal, need coordinator.Permission, api bool) *coordinator.Build {
+	err := a.auth.NeedSignIn(p, true)
+	var b *coordinator.Build
+	if err == nil {
+		b, err = a.cfg.Store.Build(r.Context(), r.PathValue("id"))
+		if errors.Is(err, store.ErrNotFound) {
+			err = auth.ErrHidden
+		}
+	}
+	if err == nil {
+		err = a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, need)
 	}
 	if err != nil {
-		httpError(w, http.StatusInternalServerError, "%v", err)
+		a.refuse(w, r, err, api)
 		return nil
 	}
 	return b
 }
 
-func (a *API) getBuild(w http.ResponseWriter, r *http.Request) {
-	if b := a.build(w, r); b != nil {
+func (a *API) getBuild(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
+	if b := a.build(w, r, p, coordinator.Read, true); b != nil {
 		writeJSON(w, http.StatusOK, viewOf(b))
 	}
 }
 
 // getLog writes the build's output as plain text; with ?follow=1 it
 // streams until the build ends (or the client goes).
-func (a *API) getLog(w http.ResponseWriter, r *http.Request) {
-	b := a.build(w, r)
+func (a *API) getLog(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
+	b := a.build(w, r, p, coordinator.Read, true)
 	if b == nil {
 		return
 	}
 	follow := r.URL.Query().Get("follow") == "1" && !b.State.Final()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "no-store")
 	fw := &flushWriter{w: w, rc: http.NewResponseController(w)}
 	ctx := r.Context()
 	if follow {
@@ -182,7 +398,7 @@ func (a *API) getLog(w http.ResponseWriter, r *http.Request) {
 	}
 	err := a.cfg.Logs.Follow(ctx, b.ID, fw, follow)
 	if err != nil && !errors.Is(err, context.Canceled) {
-		fmt.Fprintf(fw, "\n[forge: log unavailable: %v]\n", err)
+		fmt.Fprintf(fw, "\n[forge: log unavailable: %v]\n", redact.Error(err))
 	}
 }
 
@@ -194,21 +410,40 @@ type flushWriter struct {
 func (f *flushWriter) Write(p []byte) (int, error) { return f.w.Write(p) }
 func (f *flushWriter) Flush()                      { f.rc.Flush() }
 
-func (a *API) cancelBuild(w http.ResponseWriter, r *http.Request) {
-	b := a.build(w, r)
+func (a *API) cancelBuild(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
+	b := a.build(w, r, p, coordinator.Write, true)
 	if b == nil {
 		return
 	}
-	err := a.cfg.Builds.Cancel(r.Context(), b.ID, "cancelled through the API")
-	if errors.Is(err, coordinator.ErrNotRunning) {
-		httpError(w, http.StatusConflict, "build %s is %s already", b.ID, b.State)
-		return
-	}
-	if err != nil {
+	if err := a.cancel(r.Context(), b, p); err != nil {
+		if errors.Is(err, coordinator.ErrNotRunning) {
+			httpError(w, http.StatusConflict, "build %s is %s already", b.ID, b.State)
+			return
+		}
 		httpError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]string{"id": b.ID, "status": "cancelling"})
+}
+
+func (a *API) cancel(ctx context.Context, b *coordinator.Build, p *auth.Principal) error {
+	return a.cfg.Builds.Cancel(ctx, b.ID, "cancelled by "+p.Name())
+}
+
+func (a *API) listAgents(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
+	if err := a.auth.NeedAdmin(p); err != nil {
+		a.refuse(w, r, err, true)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.cfg.Agents.Agents())
+}
+
+func (a *API) metrics(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
+	if err := a.auth.NeedAdmin(p); err != nil {
+		a.refuse(w, r, err, true)
+		return
+	}
+	a.cfg.Metrics.ServeHTTP(w, r)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -219,35 +454,8 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.Encode(v)
 }
 
+// httpError answers {"message": ...}, GitHub's shape, with nothing secret
+// in it.
 func httpError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, map[string]string{"error": redact.String(fmt.Sprintf(format, args...))})
-}
-
-// pages are the HTML templates. Build output never goes through them:
-// the build page fetches the log as text and sets textContent.
-//
-//go:embed templates/*.html
-var templateFS embed.FS
-
-var pages = template.Must(template.New("").Funcs(template.FuncMap{
-	"ago": func(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" },
-}).ParseFS(templateFS, "templates/*.html"))
-
-func (a *API) indexPage(w http.ResponseWriter, r *http.Request) {
-	bs, err := a.cfg.Store.ListBuilds(r.Context(), store.ListOptions{Limit: 100})
-	if err != nil {
-		httpError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	pages.ExecuteTemplate(w, "index", bs)
-}
-
-func (a *API) buildPage(w http.ResponseWriter, r *http.Request) {
-	b := a.build(w, r)
-	if b == nil {
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	pages.ExecuteTemplate(w, "build", b)
+	writeJSON(w, code, map[string]string{"message": redact.String(fmt.Sprintf(format, args...))})
 }

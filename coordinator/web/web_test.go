@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/auth"
 	"github.com/forge-ci/forge/coordinator/store"
 )
 
@@ -58,6 +60,7 @@ func (f fakeAgents) Agents() []agents.AgentInfo { return f }
 type apiEnv struct {
 	t       *testing.T
 	st      *store.Store
+	gh      *fakeGitHub
 	url     string
 	metrics string // the metrics listener's
 	mu      sync.Mutex
@@ -65,6 +68,13 @@ type apiEnv struct {
 }
 
 func newAPIEnv(t *testing.T, builds ...*coordinator.Build) *apiEnv {
+	t.Helper()
+	return newAPIEnvWith(t, nil, builds...)
+}
+
+// newAPIEnvWith serves builds with the front door set by cfg (nil: the
+// defaults, the admin token adminToken, dave a Forge admin).
+func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator.Build) *apiEnv {
 	t.Helper()
 	st, err := store.Open(":memory:")
 	if err != nil {
@@ -103,33 +113,45 @@ func newAPIEnv(t *testing.T, builds ...*coordinator.Build) *apiEnv {
 	ag := fakeAgents{{NodeID: "n1", Hostname: "h1", AgentVersion: "v", EngineVersion: "20.10", Address: "10.0.0.1:1234",
 		ConnectedSince: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
 	webhook := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
-	api := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, Webhook: webhook})
+	e.gh = newFakeGitHub()
+	ac := auth.Config{Store: st, GitHub: e.gh, PublicURL: "http://forge.test", Key: bytes.Repeat([]byte{7}, 32),
+		AdminToken: adminToken, Admins: []string{"dave"}}
+	if tune != nil {
+		tune(&ac)
+	}
+	front, err := auth.New(ac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewMetrics(st, ag)
+	api, err := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, Webhook: webhook, Auth: front, Metrics: m.Handler()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv := httptest.NewServer(api.Handler())
 	t.Cleanup(srv.Close)
-	metrics := httptest.NewServer(NewMetrics(st, ag).Handler())
+	metrics := httptest.NewServer(m.Handler())
 	t.Cleanup(metrics.Close)
 	e.url, e.metrics = srv.URL, metrics.URL
 	return e
 }
 
+// do asks as nobody.
 func (e *apiEnv) do(method, path string) (int, http.Header, string) {
 	e.t.Helper()
-	req, err := http.NewRequest(method, e.url+path, nil)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, string(body)
+	return e.call(nobody, method, path, "")
 }
 
+// admin asks with the admin token.
+func (e *apiEnv) admin(method, path string) (int, http.Header, string) {
+	e.t.Helper()
+	return e.call(&caller{name: "admin token", bearer: adminToken}, method, path, "")
+}
+
+// build is a public repository's build.
 func build(id string, st coordinator.State, created time.Time) *coordinator.Build {
 	return &coordinator.Build{ID: id, State: st, Created: created,
-		Subject: coordinator.Subject{Owner: "acme", Repo: "widgets", SHA: "0123456789abcdef0123456789abcdef01234567", Action: "execute", Trigger: "api"}}
+		Subject: coordinator.Subject{Owner: "acme", Repo: "widgets", SHA: "0123456789abcdef0123456789abcdef01234567", Action: "execute", Trigger: "api", Public: true}}
 }
 
 func TestAPIBuilds(t *testing.T) {
@@ -160,7 +182,7 @@ func TestAPIBuilds(t *testing.T) {
 	}
 	for q, want := range map[string]string{"limit=0": "limit", "limit=x": "limit", "before=nope": "no such build"} {
 		status, _, body = e.do("GET", "/api/builds?"+q)
-		if status != 400 || !strings.Contains(body, want) || !strings.Contains(body, `"error"`) {
+		if status != 400 || !strings.Contains(body, want) || !strings.Contains(body, `"message"`) {
 			t.Errorf("?%s: %d %s", q, status, body)
 		}
 	}
@@ -197,28 +219,28 @@ func TestAPILog(t *testing.T) {
 
 func TestAPICancel(t *testing.T) {
 	e := newAPIEnv(t, build("run", coordinator.Running, time.Now()), build("done", coordinator.Success, time.Now()))
-	status, _, body := e.do("POST", "/api/builds/run/cancel")
+	status, _, body := e.admin("POST", "/api/builds/run/cancel")
 	if status != 202 || !strings.Contains(body, "cancelling") {
 		t.Errorf("cancel: %d %s", status, body)
 	}
-	status, _, body = e.do("POST", "/api/builds/done/cancel")
+	status, _, body = e.admin("POST", "/api/builds/done/cancel")
 	if status != 409 || !strings.Contains(body, "success already") {
 		t.Errorf("cancel of a finished build: %d %s", status, body)
 	}
-	if status, _, _ := e.do("POST", "/api/builds/nope/cancel"); status != 404 {
+	if status, _, _ := e.admin("POST", "/api/builds/nope/cancel"); status != 404 {
 		t.Errorf("cancel of an unknown build: %d", status)
 	}
-	if status, _, _ := e.do("GET", "/api/builds/run/cancel"); status != 405 {
+	if status, _, _ := e.admin("GET", "/api/builds/run/cancel"); status != 405 {
 		t.Errorf("GET of cancel: %d", status)
 	}
-	if len(e.cancels) != 1 || e.cancels[0] != "run|cancelled through the API" {
+	if len(e.cancels) != 1 || e.cancels[0] != "run|cancelled by admin token" {
 		t.Errorf("cancels reaching the lifecycle: %v", e.cancels)
 	}
 }
 
 func TestAPIAgentsHealthMetricsWebhook(t *testing.T) {
 	e := newAPIEnv(t, build("b1", coordinator.Queued, time.Now()))
-	status, hdr, body := e.do("GET", "/api/agents")
+	status, hdr, body := e.admin("GET", "/api/agents")
 	var got []map[string]any
 	if status != 200 || hdr.Get("Content-Type") != "application/json" || json.Unmarshal([]byte(body), &got) != nil || len(got) != 1 {
 		t.Fatalf("agents: %d %s", status, body)
@@ -241,8 +263,11 @@ func TestAPIAgentsHealthMetricsWebhook(t *testing.T) {
 		!strings.Contains(body, "forge_agents_connected 1") || !strings.Contains(body, "forge_dispatch_seconds") {
 		t.Errorf("metrics: %d %s", resp.StatusCode, body)
 	}
-	if status, _, _ := e.do("GET", "/metrics"); status != 404 {
-		t.Errorf("/metrics on the public port: %d, want 404", status)
+	if status, _, _ := e.do("GET", "/metrics"); status != 401 {
+		t.Errorf("/metrics on the public port without a credential: %d, want 401", status)
+	}
+	if status, _, body := e.admin("GET", "/metrics"); status != 200 || !strings.Contains(body, "forge_agents_connected 1") {
+		t.Errorf("/metrics on the public port with the admin token: %d", status)
 	}
 	if status, _, _ := e.do("POST", "/webhook"); status != 202 {
 		t.Errorf("webhook: %d", status)
@@ -261,7 +286,7 @@ func TestPages(t *testing.T) {
 		t.Error("the index page renders a repository owner as HTML")
 	}
 	status, _, body = e.do("GET", "/builds/b1")
-	if status != 200 || !strings.Contains(body, "Build b1") || !strings.Contains(body, `/api/builds/b1/log?follow=1`) {
+	if status != 200 || !strings.Contains(body, "Build b1") || !strings.Contains(body, `data-build="b1"`) || !strings.Contains(body, `<script src="/static/build.js">`) {
 		t.Errorf("build page: %d %s", status, body)
 	}
 	if status, _, _ := e.do("GET", "/builds/nope"); status != 404 {
