@@ -26,12 +26,14 @@
 // the app to be installed there).
 //
 // Refused, and reported, are the requests only a client bug makes: an
-// unknown route, an unknown client_id, a wrong client secret, a
+// unknown route, an unknown client_id, a wrong client secret (or one sent
+// as Basic auth rather than in the body, as GitHub's docs send it), a
 // redirect_uri that is not an absolute http(s) URL or not the one the
 // code was issued for, a login nobody added, a missing token or one the
-// fake never issued. Answers a correct client must expect are not: a
-// code already used or expired (a reloaded callback), a revoked user
-// token's 401, a private repository's 404.
+// fake never issued, an installation token asking who its user is.
+// Answers a correct client must expect are not: a code already used,
+// unknown or expired (a reloaded callback), a revoked user token's 401, a
+// private repository's 404.
 //
 // Under /_fake/ it tells a client in another process what happened: GET
 // /_fake/statuses lists the commit statuses posted, in order, and GET

@@ -98,7 +98,8 @@ func (f *Server) WebBase() string { return f.srv.URL }
 
 // Client is an HTTP client that refuses every host but the fake's: a
 // request built from a URL in a payload (api.github.com,
-// raw.githubusercontent.com) fails the test.
+// raw.githubusercontent.com) fails the test. So does following the
+// sign-in's redirect back to the client: stop at it, or use another.
 func (f *Server) Client() *http.Client {
 	host := strings.TrimPrefix(f.srv.URL, "http://")
 	return &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
