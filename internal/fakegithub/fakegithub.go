@@ -16,6 +16,25 @@
 // start; SetInstallation adds others. With Options.Tree, every repository
 // is installed and holds that tree at every commit.
 //
+// It also plays GitHub's web side, at the server root as on GitHub
+// Enterprise (https://HOST/login/oauth/...): the OAuth web flow of the
+// app's client (Options.ClientID), a sign-in page offering the users
+// AddUser adds, the user access tokens (ghu_) that flow issues, and for
+// them GET /api/v3/user and GET /api/v3/repos/{owner}/{repo} with the
+// permissions SetPermission and SetPrivate set. A user token sees every
+// repository its user may read, installed or not (GitHub also requires
+// the app to be installed there).
+//
+// Refused, and reported, are the requests only a client bug makes: an
+// unknown route, an unknown client_id, a wrong client secret (or one sent
+// as Basic auth rather than in the body, as GitHub's docs send it), a
+// redirect_uri that is not an absolute http(s) URL or not the one the
+// code was issued for, a login nobody added, a missing token or one the
+// fake never issued, an installation token asking who its user is.
+// Answers a correct client must expect are not: a code already used,
+// unknown or expired (a reloaded callback), a revoked user token's 401, a
+// private repository's 404.
+//
 // Under /_fake/ it tells a client in another process what happened: GET
 // /_fake/statuses lists the commit statuses posted, in order, and GET
 // /_fake/requests every request and the refused ones. Tests in this
@@ -67,6 +86,10 @@ type Options struct {
 	// not set otherwise is ExampleInstallation.
 	Tree fs.FS
 
+	// ClientID and ClientSecret are the app's OAuth client; without
+	// both, every OAuth request is refused as of an unknown client.
+	ClientID, ClientSecret string
+
 	// Refuse, when set, is told of every refused or unknown request.
 	Refuse func(msg string)
 	// Logf, when set, notes the commit statuses posted.
@@ -106,6 +129,13 @@ type Server struct {
 	refused       []string
 	holds         []*Hold
 	closed        bool
+
+	now        func() time.Time     // the clock codes expire by
+	users      map[string]int64     // login -> id
+	perms      map[string]string    // "login o/r" -> permission
+	private    map[string]bool      // "o/r" -> private
+	codes      map[string]oauthCode // OAuth code -> what it was issued for
+	userTokens map[string]userToken // ghu_ token -> its user
 }
 
 // New makes a fake GitHub; serve it with any http.Server.
@@ -115,13 +145,21 @@ func New(opts Options) *Server {
 	}
 	f := &Server{opts: opts, mux: http.NewServeMux(), tokenCalls: map[int64]int{}, tokens: map[string]int64{},
 		installations: map[string]int64{ExampleRepo: ExampleInstallation}, files: map[string]string{},
-		tarballs: map[string][]byte{}, posted: make(chan struct{})}
+		tarballs: map[string][]byte{}, posted: make(chan struct{}),
+		now: time.Now, users: map[string]int64{}, perms: map[string]string{}, private: map[string]bool{},
+		codes: map[string]oauthCode{}, userTokens: map[string]userToken{}}
 	f.mux.HandleFunc("POST /api/v3/app/installations/{id}/access_tokens", f.accessToken)
 	f.mux.HandleFunc("GET /api/v3/repos/{o}/{r}/installation", f.installation)
 	f.mux.HandleFunc("GET /api/v3/repos/{o}/{r}/contents/{path...}", f.contents)
 	f.mux.HandleFunc("GET /api/v3/repos/{o}/{r}/tarball/{sha}", f.tarball)
 	f.mux.HandleFunc("GET /codeload/{o}/{r}/legacy.tar.gz/{sha}", f.codeload)
 	f.mux.HandleFunc("POST /api/v3/repos/{o}/{r}/statuses/{sha}", f.status)
+	f.mux.HandleFunc("GET /api/v3/repos/{o}/{r}", f.repository)
+	f.mux.HandleFunc("GET /api/v3/user", f.user)
+	f.mux.HandleFunc("GET /login/oauth/authorize", f.authorize)
+	f.mux.HandleFunc("POST /login/oauth/authorize", f.authorize)
+	f.mux.HandleFunc("POST /login/oauth/access_token", f.exchange)
+	f.mux.HandleFunc("GET /avatars/u/{id}", avatar)
 	f.mux.HandleFunc("GET /_fake/statuses", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, append([]Status{}, f.Statuses()...))
 	})

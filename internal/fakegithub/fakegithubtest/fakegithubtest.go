@@ -1,6 +1,7 @@
 // Package fakegithubtest serves a fakegithub.Server for the length of a
 // test: on loopback (or a listener of the test's), with the app key the
-// tests sign with, a refused request failing the test.
+// tests sign with and the app's OAuth client, a refused request failing
+// the test.
 package fakegithubtest
 
 import (
@@ -19,6 +20,12 @@ import (
 	"time"
 
 	"github.com/forge-ci/forge/internal/fakegithub"
+)
+
+// The app's OAuth client, for signing in with GitHub.
+const (
+	ClientID     = "Iv1.fakegithubclient"
+	ClientSecret = "fakegithub-client-secret"
 )
 
 // appKey is made once per test binary: RSA key generation is slow under
@@ -56,11 +63,13 @@ func New(t testing.TB) *Server {
 
 // NewListener serves a fake GitHub on ln (one in another network
 // namespace, say), or on loopback when ln is nil, until the test ends; it
-// then closes ln. The app is fakegithub.AppID with AppKey, and every
-// request the fake refuses fails the test.
+// then closes ln. The app is fakegithub.AppID with AppKey and the OAuth
+// client ClientID with ClientSecret, and every request the fake refuses
+// fails the test.
 func NewListener(t testing.TB, ln net.Listener) *Server {
 	t.Helper()
 	f := &Server{t: t, Server: fakegithub.New(fakegithub.Options{AppID: fakegithub.AppID, Key: &AppKey(t).PublicKey,
+		ClientID: ClientID, ClientSecret: ClientSecret,
 		Refuse: func(msg string) { t.Errorf("fake GitHub: %s", msg) }})}
 	f.srv = httptest.NewUnstartedServer(f.Server)
 	if ln != nil {
@@ -82,9 +91,15 @@ func (f *Server) URL() string { return f.srv.URL }
 // http://HOST:PORT/api/v3/.
 func (f *Server) APIBase() string { return f.srv.URL + "/api/v3/" }
 
+// WebBase is the web side to configure (GitHub's https://github.com): the
+// server's root, http://HOST:PORT, with no slash after it; the OAuth
+// pages are under WebBase()+"/login/oauth/".
+func (f *Server) WebBase() string { return f.srv.URL }
+
 // Client is an HTTP client that refuses every host but the fake's: a
 // request built from a URL in a payload (api.github.com,
-// raw.githubusercontent.com) fails the test.
+// raw.githubusercontent.com) fails the test. So does following the
+// sign-in's redirect back to the client: stop at it, or use another.
 func (f *Server) Client() *http.Client {
 	host := strings.TrimPrefix(f.srv.URL, "http://")
 	return &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
