@@ -89,10 +89,10 @@ type Config struct {
 type Kind int
 
 const (
-	Anonymous Kind = iota
-	Browser        // a session cookie
-	Token          // a personal token
-	AdminToken     // the admin token
+	Anonymous  Kind = iota
+	Browser         // a session cookie
+	Token           // a personal token
+	AdminToken      // the admin token
 )
 
 // Principal is who a request comes from.

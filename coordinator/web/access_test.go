@@ -318,7 +318,9 @@ func expect(who, id string, perm coordinator.Permission, nobody, bad, person, br
 			return false
 		}
 	}
-	ok := func(s int) bool { return s >= 200 && s < 400 && s != http.StatusSeeOther || (s == http.StatusSeeOther && method == "POST") }
+	ok := func(s int) bool {
+		return s >= 200 && s < 400 && s != http.StatusSeeOther || (s == http.StatusSeeOther && method == "POST")
+	}
 	// Refused for no credential: a page sends a browser to sign in.
 	unauth := is(http.StatusUnauthorized)
 	if page && method == "GET" {
@@ -326,7 +328,9 @@ func expect(who, id string, perm coordinator.Permission, nobody, bad, person, br
 	}
 	if who == Anyone {
 		// Open: no credential is asked for (bad input is still refused).
-		return func(s int) bool { return s != http.StatusUnauthorized && s != http.StatusForbidden || s == http.StatusForbidden && method == "GET" }
+		return func(s int) bool {
+			return s != http.StatusUnauthorized && s != http.StatusForbidden || s == http.StatusForbidden && method == "GET"
+		}
 	}
 	if bad {
 		return unauth
