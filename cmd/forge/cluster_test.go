@@ -176,7 +176,7 @@ func startClusterRig(t *testing.T, withAgents ...string) *clusterRig {
 	m := c.Manager()
 	r := &clusterRig{c: c, agents: map[string]*proc{}, ghRig: &ghRig{t: t, cli: m.Client, owner: ghOwner,
 		repo: dockertest.ID(t), inst: 5000 + int64(os.Getpid()%1000), secret: []byte(randHex(t, 16)),
-		image: dockertest.BusyboxImage,
+		admin: "forge_admin_" + randHex(t, 16), image: dockertest.BusyboxImage,
 		// The test process is in the host's namespace; the coordinator
 		// listens in the manager's.
 		hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: m.DialContext}}}}
@@ -196,6 +196,7 @@ func startClusterRig(t *testing.T, withAgents ...string) *clusterRig {
 	dir := t.TempDir()
 	r.certs = issueCerts(t, dir, m.Addr.String())
 	secretFile := writeGHFile(t, dir, "webhook-secret", r.secret, 0o600)
+	adminFile := writeGHFile(t, dir, "admin-token", []byte(r.admin), 0o600)
 	exe := writeGHFile(t, dir, "forgexec", dockertest.Forgexec(t), 0o755)
 	keyFile := writeGHFile(t, dir, "app-key.pem", fakegithubtest.AppKeyPEM(t), 0o600)
 	t.Cleanup(func() {
@@ -207,7 +208,7 @@ func startClusterRig(t *testing.T, withAgents ...string) *clusterRig {
 		"coordinator", "--listen", netip.AddrPortFrom(m.Addr, 0).String(),
 		"--agent-listen", netip.AddrPortFrom(m.Addr, 0).String(), "--metrics-listen", "127.0.0.1:0",
 		"--data", filepath.Join(dir, "data"), "--forgexec", exe, "--webhook-secret-file", secretFile,
-		"--public-url", ghPublicURL,
+		"--admin-token-file", adminFile, "--public-url", ghPublicURL,
 		"--tls-ca", filepath.Join(r.certs, "ca.pem"), "--tls-cert", filepath.Join(r.certs, "coordinator.pem"),
 		"--tls-key", filepath.Join(r.certs, "coordinator-key.pem"),
 		"--github-app-id", strconv.Itoa(fakegithub.AppID), "--github-key-file", keyFile, "--github-api", r.fake.APIBase())

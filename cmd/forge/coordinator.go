@@ -59,6 +59,10 @@ func coordinatorCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			access, err := accessFlags(c)
+			if err != nil {
+				return err
+			}
 			pool, pair, err := loadTLS(c)
 			if err != nil {
 				return err
@@ -72,10 +76,6 @@ func coordinatorCommand() *cli.Command {
 				return err
 			}
 			defer docker.Close()
-			access, err := accessFlags(c)
-			if err != nil {
-				return err
-			}
 			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := newLogger(c)

@@ -108,6 +108,7 @@ type ghRig struct {
 	full   string // owner/repo
 	inst   int64
 	secret []byte
+	admin  string // the admin token, sent with every API request
 	base   string // http://127.0.0.1:PORT of the coordinator's --listen
 	hc     *http.Client
 	coord  *ghProgram
@@ -124,7 +125,7 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 	cli := dockertest.Client(t)
 	dockertest.Swarm(t, cli)
 	r := &ghRig{t: t, cli: cli, owner: ghOwner, repo: dockertest.ID(t), inst: 4000 + int64(os.Getpid()%1000),
-		secret: []byte(randHex(t, 16)), hc: &http.Client{Timeout: 30 * time.Second}}
+		secret: []byte(randHex(t, 16)), admin: "forge_admin_" + randHex(t, 16), hc: &http.Client{Timeout: 30 * time.Second}}
 	r.full = r.owner + "/" + r.repo
 	// Safety net, run last: whatever a failed test left behind.
 	t.Cleanup(func() {
@@ -139,9 +140,10 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 	dir := t.TempDir()
 	certs := issueCerts(t, dir, "127.0.0.1")
 	secretFile := writeGHFile(t, dir, "webhook-secret", r.secret, 0o600)
+	adminFile := writeGHFile(t, dir, "admin-token", []byte(r.admin), 0o600)
 	exe := writeGHFile(t, dir, "forgexec", dockertest.Forgexec(t), 0o755)
 	args := []string{"coordinator", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-		"--data", filepath.Join(dir, "data"), "--forgexec", exe, "--webhook-secret-file", secretFile,
+		"--data", filepath.Join(dir, "data"), "--forgexec", exe, "--webhook-secret-file", secretFile, "--admin-token-file", adminFile,
 		"--public-url", ghPublicURL,
 		"--tls-ca", filepath.Join(certs, "ca.pem"), "--tls-cert", filepath.Join(certs, "coordinator.pem"),
 		"--tls-key", filepath.Join(certs, "coordinator-key.pem")}
@@ -265,7 +267,12 @@ func ghUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 
 func (r *ghRig) get(path string) (int, string) {
 	r.t.Helper()
-	resp, err := r.hc.Get(r.base + path)
+	req, err := http.NewRequest(http.MethodGet, r.base+path, nil)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+r.admin)
+	resp, err := r.hc.Do(req)
 	if err != nil {
 		r.t.Fatalf("GET %s: %v", path, err)
 	}
@@ -593,7 +600,7 @@ func TestGitHubPullRequestSuccess(t *testing.T) {
 func (r *ghRig) peopleCommands(id, hello string) {
 	t := r.t
 	t.Helper()
-	server := []string{"--server", r.base, "--token", "unused-until-sign-in"}
+	server := []string{"--server", r.base, "--token", r.admin}
 	for _, c := range []struct {
 		args   []string
 		want   []string // in the output, or in the error when fails is set
@@ -608,6 +615,7 @@ func (r *ghRig) peopleCommands(id, hello string) {
 		{args: []string{"cancel", id}, want: []string{"cancel " + id, "success already"}, fails: true},
 		{args: []string{"logs", "20260101T000000-000000"}, want: []string{"no build"}, fails: true},
 		{args: []string{"builds", "--state", "bogus"}, want: []string{"list builds", "bogus"}, fails: true},
+		{args: []string{"cancel", id, "--token", "forge_pat_wrong"}, want: []string{"refused", "FORGE_TOKEN"}, fails: true},
 	} {
 		out, err := run(t, append(append([]string{c.args[0]}, server...), c.args[1:]...)...)
 		text := out
@@ -825,6 +833,12 @@ func TestCoordinatorRefusals(t *testing.T) {
 		{"empty webhook secret", append(append([]string{}, base...), append(tls, "--webhook-secret-file", empty)...), "--webhook-secret-file"},
 		{"no tls-ca", append(append([]string{}, base...), "--webhook-secret-file", secret, "--tls-cert", "c.pem", "--tls-key", "k.pem"), "tls-ca"},
 		{"app id without key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--github-app-id", "4242")...), "--github-key-file"},
+		{"client id without secret", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--github-client-id", "Iv1.x", "--public-url", "https://f.example")...), "--github-client-secret-file"},
+		{"client secret without id", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--github-client-secret-file", secret, "--public-url", "https://f.example")...), "--github-client-id"},
+		{"sign-in without public url", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--github-client-id", "Iv1.x", "--github-client-secret-file", secret)...), "--public-url"},
+		{"short admin token", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--admin-token-file", secret)...), "--admin-token-file"},
+		{"empty admin token", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--admin-token-file", empty)...), "--admin-token-file"},
+		{"bad session key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--session-key-file", secret)...), "--session-key-file"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out, err := run(t, c.args...)
