@@ -31,14 +31,34 @@ type server struct {
 	finals  map[string]int // final states recorded, by build
 }
 
+// adminToken is every test coordinator's admin token.
+const adminToken = "forge_admin_e2e_0123456789abcdef"
+
 // startServer starts a coordinator; onDispatch, when set, is told of
 // every build's dispatch time.
 func startServer(t testing.TB, e *env, data, agentAddr string, onDispatch ...func(time.Duration)) *server {
 	t.Helper()
+	return startServerWith(t, e, data, agentAddr, func(cfg *daemon.Config) {
+		for _, f := range onDispatch {
+			cfg.OnDispatch = f
+		}
+	})
+}
+
+// startServerWith starts a coordinator whose config tune may change; its
+// HTTP listener is open before, so cfg.Access.PublicURL can name it.
+func startServerWith(t testing.TB, e *env, data, agentAddr string, tune func(cfg *daemon.Config)) *server {
+	t.Helper()
 	ctx := dockertest.Context(t, 30*time.Second)
 	s := &server{finals: map[string]int{}}
+	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.http = "http://" + httpLn.Addr().String()
 	cfg := daemon.Config{TLS: e.pki.ServerTLS(), Session: fastSession, DataDir: data,
 		Executor: e.exe.Bytes, Logger: testLogger(t, "coordinator"), AgentWait: 20 * time.Second,
+		Access: daemon.Access{AdminToken: adminToken, PublicURL: s.http},
 		OnChange: func(b *coordinator.Build) {
 			if b.State.Final() {
 				s.mu.Lock()
@@ -46,11 +66,10 @@ func startServer(t testing.TB, e *env, data, agentAddr string, onDispatch ...fun
 				s.mu.Unlock()
 			}
 		}}
-	for _, f := range onDispatch {
-		cfg.OnDispatch = f
-	}
+	tune(&cfg)
 	srv, err := daemon.New(ctx, cfg, e.cli)
 	if err != nil {
+		httpLn.Close()
 		t.Fatal(err)
 	}
 	s.srv = srv
@@ -61,15 +80,11 @@ func startServer(t testing.TB, e *env, data, agentAddr string, onDispatch ...fun
 	if err != nil {
 		t.Fatal(err)
 	}
-	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	metricsLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.http, s.agents, s.metrics = "http://"+httpLn.Addr().String(), agentLn.Addr().String(), "http://"+metricsLn.Addr().String()
+	s.agents, s.metrics = agentLn.Addr().String(), "http://"+metricsLn.Addr().String()
 	sctx, cancel := context.WithCancel(context.Background())
 	s.cancel, s.done = cancel, make(chan error, 1)
 	go func() { s.done <- srv.Serve(sctx, daemon.Listeners{HTTP: httpLn, Agents: agentLn, Metrics: metricsLn}) }()
@@ -103,12 +118,25 @@ func (s *server) submit(t testing.TB, e *env, yml string, testID string) *coordi
 	return b
 }
 
-func getJSON(t testing.TB, url string, v any) int {
+// admin asks with the admin token.
+func admin(t testing.TB, method, url string) *http.Response {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// getJSON is GET url with the admin token.
+func getJSON(t testing.TB, url string, v any) int {
+	t.Helper()
+	resp := admin(t, http.MethodGet, url)
 	defer resp.Body.Close()
 	if v != nil {
 		json.NewDecoder(resp.Body).Decode(v)
@@ -190,10 +218,7 @@ func TestHTTPAPI(t *testing.T) {
 	waitStarted(t, s, b.ID)
 
 	// Follow the log live: the first line arrives while the build runs.
-	resp, err := http.Get(s.http + "/api/builds/" + b.ID + "/log?follow=1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := admin(t, "GET", s.http+"/api/builds/"+b.ID+"/log?follow=1")
 	defer resp.Body.Close()
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
 		t.Errorf("log content type %q", ct)
@@ -221,10 +246,7 @@ func TestHTTPAPI(t *testing.T) {
 	if code := getJSON(t, s.http+"/api/builds?limit=5", &list); code != 200 || len(list) == 0 || list[0].ID != b.ID || list[0].State != "running" {
 		t.Fatalf("list: %d %+v", code, list)
 	}
-	r, err := http.Post(s.http+"/api/builds/"+b.ID+"/cancel", "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := admin(t, "POST", s.http+"/api/builds/"+b.ID+"/cancel")
 	r.Body.Close()
 	if r.StatusCode != http.StatusAccepted {
 		t.Errorf("cancel: %d", r.StatusCode)
@@ -239,7 +261,7 @@ func TestHTTPAPI(t *testing.T) {
 	if final.State != coordinator.Error || !strings.Contains(final.Reason, "cancelled") {
 		t.Errorf("after cancel: %s (%s)", final.State, final.Reason)
 	}
-	r, _ = http.Post(s.http+"/api/builds/"+b.ID+"/cancel", "", nil)
+	r = admin(t, "POST", s.http+"/api/builds/"+b.ID+"/cancel")
 	r.Body.Close()
 	if r.StatusCode != http.StatusConflict {
 		t.Errorf("second cancel: %d, want 409", r.StatusCode)
@@ -251,23 +273,23 @@ func TestHTTPAPI(t *testing.T) {
 		s.http + "/healthz":        "ok",
 		s.http + "/api/agents":     e.node,
 	} {
-		resp, err := http.Get(url)
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := admin(t, "GET", url)
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
 			t.Errorf("GET %s: %d, body lacks %q", url, resp.StatusCode, want)
 		}
 	}
-	// The metrics are on their own listener only, not on the public port.
-	resp, err = http.Get(s.http + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("GET /metrics on the public port: %d, want 404", resp.StatusCode)
+	// On the public port, the metrics and the private build are closed
+	// to whoever brings no credential.
+	for path, want := range map[string]int{"/metrics": 401, "/api/agents": 401, "/api/builds/" + b.ID: 404, "/api/builds/" + b.ID + "/log": 404} {
+		resp, err := http.Get(s.http + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s without a credential: %d, want %d", path, resp.StatusCode, want)
+		}
 	}
 }
