@@ -15,7 +15,7 @@ import (
 type coordinator struct {
 	base     string // http://127.0.0.1:PORT, for messages
 	api      *web.Client
-	hasToken bool
+	hasToken bool // the admin token goes with every request
 }
 
 func newCoordinator(port, token string, hc *http.Client) (coordinator, error) {
