@@ -95,7 +95,7 @@ func TestClusterDeploy(t *testing.T) {
 	b := d.waitBuild(ctx, fake, headSHA, "success", "failure", "error")
 	step("build " + b.ID + " " + b.State + " on node " + b.NodeID)
 	if b.State != "success" || b.NodeID != worker.ID {
-		log, _ := d.httpGet(ctx, d.url+"/api/builds/"+b.ID+"/log")
+		log, _ := d.api(ctx, "/api/builds/"+b.ID+"/log")
 		t.Fatalf("build %+v, want success on %s (%s); log:\n%s", b, worker.Hostname, worker.ID, log)
 	}
 	if log := d.get(ctx, "/api/builds/"+b.ID+"/log"); !strings.Contains(log, greeting) {

@@ -9,16 +9,19 @@ import (
 )
 
 // coordinator is the deployed coordinator's HTTP API, at its published
-// port on this node, through the API's own client.
+// port on this node, through the API's own client, with the admin token:
+// the agents and cancelling need it, and without it the builds listed are
+// only those of public repositories.
 type coordinator struct {
-	base string // http://127.0.0.1:PORT, for messages
-	api  *web.Client
+	base     string // http://127.0.0.1:PORT, for messages
+	api      *web.Client
+	hasToken bool // the admin token goes with every request
 }
 
-func newCoordinator(port string, hc *http.Client) (coordinator, error) {
+func newCoordinator(port, token string, hc *http.Client) (coordinator, error) {
 	base := "http://127.0.0.1:" + port
-	api, err := web.NewClient(base, "", hc)
-	return coordinator{base: base, api: api}, err
+	api, err := web.NewClient(base, token, hc)
+	return coordinator{base: base, api: api, hasToken: token != ""}, err
 }
 
 // healthy: GET /healthz answers ok.
@@ -38,15 +41,20 @@ func (c coordinator) agentNodes(ctx context.Context) ([]string, error) {
 	return slices.Compact(nodes), nil
 }
 
-// unfinished lists the ids of the builds still queued or running; a
-// coordinator that does not answer has none.
-func (c coordinator) unfinished(ctx context.Context) []string {
+// unfinished lists the ids of the builds still queued or running, and
+// the first failure to list them: a coordinator that does not answer has
+// none.
+func (c coordinator) unfinished(ctx context.Context) ([]string, error) {
 	var ids []string
+	var first error
 	for _, state := range []string{"queued", "running"} {
-		found, _ := c.buildIDs(ctx, state)
+		found, err := c.buildIDs(ctx, state)
+		if first == nil {
+			first = err
+		}
 		ids = append(ids, found...)
 	}
-	return ids
+	return ids, first
 }
 
 // buildIDs lists the ids of the builds in state (500 at most).

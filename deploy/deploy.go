@@ -1,7 +1,7 @@
 // Package deploy is `forge deploy up` and `forge deploy down`, which `make up`
 // and `make down` run: Forge on this swarm as the stack of stack.yml, with
-// its CA, certificates, webhook secret and settings made once and kept in a
-// state folder, and each file given to the services as a Docker secret named
+// its CA, certificates, webhook secret, admin token, session key and
+// settings made once and kept in a state folder, and each file given to the services as a Docker secret named
 // after a hash of its content (README: Deploying on a swarm).
 //
 // The stack itself is deployed by `docker stack deploy`, so that the
@@ -28,12 +28,14 @@ import (
 )
 
 // The compose files, built into the binary: `make up` rebuilds bin/forge
-// first, so an edit to either is deployed.
+// first, so an edit to any is deployed.
 var (
 	//go:embed stack.yml
 	stackYML []byte
 	//go:embed stack.github.yml
 	stackGitHubYML []byte
+	//go:embed stack.signin.yml
+	stackSigninYML []byte
 )
 
 // Engine is the part of the Docker Engine API that up and down use;

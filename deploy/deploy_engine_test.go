@@ -99,7 +99,7 @@ func TestDeployMakeUp(t *testing.T) {
 		cli.ImageRemove(context.Background(), fakeImage, image.RemoveOptions{Force: true, PruneChildren: true})
 	})
 
-	d.make(ctx, 5*time.Minute, "up")
+	out := d.make(ctx, 5*time.Minute, "up")
 	step("make up")
 	agents := d.waitAgent(ctx, info.Swarm.NodeID)
 	step("this node's agent listed at /api/agents")
@@ -108,8 +108,11 @@ func TestDeployMakeUp(t *testing.T) {
 	}
 	tasks := d.taskIDs(ctx)
 
+	d.frontDoor(ctx, out, info.Swarm.NodeID)
+	step("the admin token: made, needed, and enough for bin/forge")
+
 	// make up again: nothing to create, nothing restarted.
-	out := d.make(ctx, 2*time.Minute, "up")
+	out = d.make(ctx, 2*time.Minute, "up")
 	step("make up, second run")
 	if strings.Contains(out, "created the Docker secret") || strings.Contains(out, "made a new CA") {
 		t.Errorf("the second make up created things anew:\n%s", out)
@@ -136,7 +139,7 @@ func TestDeployMakeUp(t *testing.T) {
 	b := d.waitBuild(ctx, fake, headSHA, "success", "failure", "error")
 	step("build " + b.ID + " " + b.State)
 	if b.State != "success" || b.NodeID != info.Swarm.NodeID || b.PullRequest != 2 || b.Owner != "Codertocat" {
-		log, _ := d.httpGet(ctx, d.url+"/api/builds/"+b.ID+"/log")
+		log, _ := d.api(ctx, "/api/builds/"+b.ID+"/log")
 		t.Fatalf("build %+v; log:\n%s", b, log)
 	}
 	if log := d.get(ctx, "/api/builds/"+b.ID+"/log"); !strings.Contains(log, greeting) {
@@ -201,6 +204,34 @@ func TestDeployMakeUp(t *testing.T) {
 	d.checkGone(ctx, b.Service, slow.Service)
 }
 
+// frontDoor checks the admin token of make up (whose output was out):
+// a file of the state folder, 0600; the coordinator refuses /api/agents
+// without it; and the README's command line lists the agents with it.
+func (d *deployment) frontDoor(ctx context.Context, out, node string) {
+	d.t.Helper()
+	file := filepath.Join(d.state, "admin-token")
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+		d.t.Fatalf("%s: %v, %v; want mode 0600", file, fi, err)
+	}
+	if token := d.adminToken(); !strings.HasPrefix(token, "forge_admin_") {
+		d.t.Errorf("admin token %q: want it prefixed forge_admin_", token)
+	}
+	if !strings.Contains(out, "admin token     "+file) {
+		d.t.Errorf("make up did not say where the admin token is:\n%s", out)
+	}
+	status, body, err := d.request(ctx, d.url+"/api/agents", "")
+	if err != nil || (status != http.StatusUnauthorized && status != http.StatusForbidden) {
+		d.t.Errorf("GET /api/agents without a credential: %d %s %v; want 401 or 403", status, body, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sh", "-c", `FORGE_TOKEN=$(cat "$STATE/admin-token") ../bin/forge agents`)
+	cmd.Env = append(os.Environ(), "FORGE_SERVER="+d.url, "STATE="+d.state)
+	if got, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(got), node) {
+		d.t.Errorf("FORGE_TOKEN=$(cat .../admin-token) bin/forge agents: %v\n%s", err, got)
+	}
+}
+
 // configure makes the deployment's GitHub App key (the private half for
 // make up) and sets the settings make up and make down run with, plus
 // extra (KEY=value). It returns the key's public half, PEM, for the fake.
@@ -223,6 +254,7 @@ func (d *deployment) configure(extra ...string) []byte {
 		"FORGE_STACK=" + d.stack, "FORGE_STATE_DIR=" + d.state, "FORGE_HTTP_PORT=" + strconv.Itoa(d.port),
 		"FORGE_GITHUB_APP_ID=" + strconv.Itoa(appID), "FORGE_GITHUB_KEY_FILE=" + keyFile,
 		"FORGE_GITHUB_API=http://fakegithub:8080/api/v3/", "FORGE_PUBLIC_URL=" + publicURL,
+		"FORGE_GITHUB_CLIENT_ID=", "FORGE_GITHUB_CLIENT_SECRET_FILE=", "FORGE_GITHUB_WEB=",
 		"FORGE_REGISTRY=", "FORGE_USER=", "FORGE_AGENT_USER=", "FORGE_UP_TIMEOUT=120", "FORGE_DOWN_TIMEOUT=90",
 	}, extra...)
 	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})
@@ -311,30 +343,63 @@ func (d *deployment) purge() {
 	}
 }
 
+// get GETs path of the coordinator's API with the admin token; a failure
+// fails the test.
 func (d *deployment) get(ctx context.Context, path string) string {
 	d.t.Helper()
-	body, err := d.httpGet(ctx, d.url+path)
+	body, err := d.api(ctx, path)
 	if err != nil {
 		d.t.Fatal(err)
 	}
 	return body
 }
 
+// api GETs path of the coordinator's API with the admin token make up
+// made: the agents, and builds of private repositories, need it.
+func (d *deployment) api(ctx context.Context, path string) (string, error) {
+	return d.fetch(ctx, d.url+path, d.adminToken())
+}
+
+// httpGet GETs url without a credential (the fake GitHub).
 func (d *deployment) httpGet(ctx context.Context, url string) (string, error) {
+	return d.fetch(ctx, url, "")
+}
+
+// fetch GETs url and wants 200.
+func (d *deployment) fetch(ctx context.Context, url, token string) (string, error) {
+	status, body, err := d.request(ctx, url, token)
+	if err == nil && status != http.StatusOK {
+		err = fmt.Errorf("GET %s: %d %s", url, status, body)
+	}
+	return body, err
+}
+
+// request GETs url, with token as a bearer token unless it is empty.
+func (d *deployment) request(ctx context.Context, url, token string) (int, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return "", err
+		return 0, "", err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := d.hc.Do(req)
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("GET %s: %s %s", url, resp.Status, body)
+	return resp.StatusCode, string(body), err
+}
+
+// adminToken is the admin token make up made in the state folder.
+func (d *deployment) adminToken() string {
+	d.t.Helper()
+	b, err := os.ReadFile(filepath.Join(d.state, "admin-token"))
+	if err != nil {
+		d.t.Fatalf("the admin token make up makes: %v", err)
 	}
-	return string(body), err
+	return strings.TrimRight(string(b), " \t\r\n")
 }
 
 // poll calls check every interval until it reports done, or fails the
@@ -367,7 +432,7 @@ func (d *deployment) waitAgent(ctx context.Context, nodes ...string) map[string]
 	d.t.Helper()
 	agents := map[string]agentView{}
 	poll(d.t, ctx, 30*time.Second, fmt.Sprintf("agents on %v at /api/agents", nodes), func() (bool, string) {
-		body, err := d.httpGet(ctx, d.url+"/api/agents")
+		body, err := d.api(ctx, "/api/agents")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -503,7 +568,7 @@ func (d *deployment) waitBuild(ctx context.Context, fake, sha string, states ...
 	d.t.Helper()
 	var b buildView
 	poll(d.t, ctx, 90*time.Second, "the build of "+sha[:7]+" to be "+strings.Join(states, " or "), func() (bool, string) {
-		body, err := d.httpGet(ctx, d.url+"/api/builds?repo=Hello-World")
+		body, err := d.api(ctx, "/api/builds?repo=Hello-World")
 		if err != nil {
 			return false, err.Error()
 		}

@@ -2,8 +2,10 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -13,6 +15,8 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/volume"
+
+	"github.com/forge-ci/forge/coordinator/web"
 )
 
 // DownConfig is forge deploy down's configuration.
@@ -75,7 +79,11 @@ func (d *down) down(ctx context.Context) error {
 	if s.HTTPPort == "" {
 		s.HTTPPort = defaultHTTPPort
 	}
-	co, err := newCoordinator(s.HTTPPort, d.HTTP)
+	token, err := readAdminToken(d.StateDir)
+	if err != nil {
+		return err
+	}
+	co, err := newCoordinator(s.HTTPPort, token, d.HTTP)
 	if err != nil {
 		return err
 	}
@@ -103,7 +111,15 @@ func (d *down) builds(ctx context.Context, co coordinator) error {
 	if !slices.ContainsFunc(left.services, func(s swarm.Service) bool { return s.Spec.Name == d.service("coordinator") }) {
 		return nil
 	}
-	running := co.unfinished(ctx)
+	if !co.hasToken {
+		d.warn("no admin token in %s: the coordinator shows only public repositories' builds, and cancels none",
+			filepath.Join(d.StateDir, adminTokenFile))
+	}
+	running, err := co.unfinished(ctx)
+	if errors.Is(err, web.ErrUnauthorized) {
+		d.refused(err)
+		return nil
+	}
 	switch {
 	case len(running) == 0:
 		return nil
@@ -113,17 +129,32 @@ func (d *down) builds(ctx context.Context, co coordinator) error {
 	}
 	d.say("cancelling %d build(s) still queued or running", len(running))
 	for _, id := range running {
-		co.cancel(ctx, id) // one that ended meanwhile refuses; the wait below tells
+		// One that ended meanwhile refuses; the wait below tells.
+		if err := co.cancel(ctx, id); errors.Is(err, web.ErrUnauthorized) {
+			d.refused(err)
+			return nil
+		}
 	}
 	waitCtx, cancel := context.WithDeadline(ctx, d.deadline)
 	defer cancel()
-	for len(co.unfinished(waitCtx)) > 0 && time.Now().Before(d.deadline) {
+	for {
+		still, _ := co.unfinished(waitCtx)
+		if len(still) == 0 || !time.Now().Before(d.deadline) {
+			break
+		}
 		if d.pause(waitCtx) != nil && ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
 	}
 	// The coordinator posts their error statuses to GitHub, queued at the cancel.
 	return sleep(ctx, d.c.statusGrace)
+}
+
+// refused says that the coordinator refused the admin token, so that the
+// builds still queued or running are left as they are.
+func (d *down) refused(err error) {
+	d.warn("the coordinator refused the admin token of %s (%v): the builds still queued or running are left as they are",
+		filepath.Join(d.StateDir, adminTokenFile), err)
 }
 
 // stackObjects are what docker stack deploy made that is still there.
@@ -265,7 +296,7 @@ func (d *down) purge(ctx context.Context) error {
 		if err := os.RemoveAll(d.StateDir); err != nil {
 			fail("%v", err)
 		} else {
-			d.say("removed %s (CA, certificates, webhook secret, settings)", d.StateDir)
+			d.say("removed %s (CA, certificates, webhook secret, admin token, session key, settings)", d.StateDir)
 		}
 	}
 	if failed > 0 {

@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,7 +17,8 @@ import (
 	"github.com/forge-ci/forge/internal/syncbuf"
 )
 
-// downRig is a deployed stack on a fake swarm, with its coordinator.
+// downRig is a deployed stack on a fake swarm, with its coordinator,
+// which wants the admin token make up left in the state folder.
 type downRig struct {
 	sw       *fakeSwarm
 	co       *fakeCoordinator
@@ -35,6 +37,13 @@ func newDownRig(t *testing.T) *downRig {
 	if err := os.MkdirAll(filepath.Join(r.state, "certs"), 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// The coordinator's copy of the token (its Docker secret), and make up's.
+	r.co.tokenFile = filepath.Join(t.TempDir(), "admin-token")
+	for _, f := range []string{r.co.tokenFile, filepath.Join(r.state, "admin-token")} {
+		if err := os.WriteFile(f, []byte("forge_admin_0123\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// The port comes from forge.env, where make up saved it.
 	port := r.co.start(t)
 	if err := os.WriteFile(filepath.Join(r.state, envFile), Settings{HTTPPort: port}.envFileText(), 0o644); err != nil {
@@ -45,8 +54,9 @@ func newDownRig(t *testing.T) *downRig {
 	return r
 }
 
-// TestDownPurge: the running build is cancelled, the stack removed as
-// docker stack rm does, then the secrets, the volume and the state folder.
+// TestDownPurge: the running build is seen and cancelled with the admin
+// token, the stack removed as docker stack rm does, then the secrets, the
+// volume and the state folder.
 func TestDownPurge(t *testing.T) {
 	r := newDownRig(t)
 	r.co.running = []string{"b7"}
@@ -62,7 +72,7 @@ func TestDownPurge(t *testing.T) {
 		"make down: stack forge removed\n" +
 		"make down: removed the secret forge_ca_1\n" +
 		"make down: removed the volume forge_data (the coordinator's database and logs)\n" +
-		"make down: removed " + r.state + " (CA, certificates, webhook secret, settings)\n"
+		"make down: removed " + r.state + " (CA, certificates, webhook secret, admin token, session key, settings)\n"
 	if got := r.out.String(); got != want {
 		t.Errorf("said:\n%s\nwant:\n%s", got, want)
 	}
@@ -106,6 +116,43 @@ func TestDownKeeps(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantLines(t, r.out.String(), "make down: no stack forge here\n")
+}
+
+// TestDownWithoutToken: a token the coordinator refuses, or none; down
+// says so, leaves the builds as they are, and removes the stack all the
+// same.
+func TestDownWithoutToken(t *testing.T) {
+	for _, tc := range []struct {
+		name, token string // "": no admin-token file
+		want        string
+	}{
+		{"refused", "forge_admin_other", "make down: the coordinator refused the admin token of %s (a bad or missing credential): " +
+			"the builds still queued or running are left as they are\n"},
+		{"none", "", "make down: no admin token in %s: the coordinator shows only public repositories' builds, and cancels none\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newDownRig(t)
+			r.co.running = []string{"b7"}
+			r.config.Purge = true
+			file := filepath.Join(r.state, "admin-token")
+			os.Remove(file)
+			if tc.token != "" {
+				if err := os.WriteFile(file, []byte(tc.token), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := Down(context.Background(), r.config); err != nil {
+				t.Fatalf("Down: %v\n%s%s", err, r.out, r.err)
+			}
+			if want := fmt.Sprintf(tc.want, file); r.err.String() != want {
+				t.Errorf("stderr:\n%s\nwant:\n%s", r.err, want)
+			}
+			if strings.Contains(r.out.String(), "cancelling") || len(r.co.cancelled) > 0 {
+				t.Errorf("cancelled %q:\n%s", r.co.cancelled, r.out)
+			}
+			wantLines(t, r.out.String(), "make down: stack forge removed\n")
+		})
+	}
 }
 
 // TestDownGivesUp: a network that cannot be removed and a container that

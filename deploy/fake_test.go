@@ -395,7 +395,8 @@ func (f *fakeSwarm) dockerCLI(_ context.Context, env []string, args ...string) (
 	for i, a := range args {
 		if a == "-c" {
 			got, err := os.ReadFile(args[i+1])
-			want := map[string][]byte{"stack.yml": stackYML, "stack.github.yml": stackGitHubYML}[filepath.Base(args[i+1])]
+			want := map[string][]byte{"stack.yml": stackYML, "stack.github.yml": stackGitHubYML,
+				"stack.signin.yml": stackSigninYML}[filepath.Base(args[i+1])]
 			if err != nil || !bytes.Equal(got, want) {
 				f.t.Errorf("docker stack deploy -c %s: not the embedded file (%v)", args[i+1], err)
 			}
@@ -420,12 +421,35 @@ func (f *fakeSwarm) dockerCLI(_ context.Context, env []string, args ...string) (
 }
 
 // fakeCoordinator is the coordinator's API: the agents of nodes, and
-// builds that end when they are cancelled.
+// builds that end when they are cancelled. As the coordinator does with
+// --admin-token-file, it wants the token of tokenFile, read at each
+// request, for the agents and cancelling; without a credential it lists
+// the builds of public repositories, of which it has none.
 type fakeCoordinator struct {
 	mu        sync.Mutex
+	tokenFile string
 	agents    []string
 	running   []string
 	cancelled []string
+}
+
+// credential is what the request's Authorization says: none, the admin
+// token, or another (refused).
+func (c *fakeCoordinator) credential(r *http.Request) (given, admin bool) {
+	auth := r.Header.Get("Authorization")
+	if auth == "" {
+		return false, false
+	}
+	c.mu.Lock()
+	file := c.tokenFile
+	c.mu.Unlock()
+	token, err := os.ReadFile(file)
+	return true, err == nil && len(bytes.TrimSpace(token)) > 0 && auth == "Bearer "+strings.TrimRight(string(token), " \t\r\n")
+}
+
+func unauthorized(w http.ResponseWriter) {
+	w.WriteHeader(http.StatusUnauthorized)
+	io.WriteString(w, `{"error": "unauthorized", "message": "a bad or missing credential"}`)
 }
 
 // start serves it on loopback and returns its port.
@@ -433,6 +457,10 @@ func (c *fakeCoordinator) start(t *testing.T) string {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /api/agents", func(w http.ResponseWriter, r *http.Request) {
+		if _, admin := c.credential(r); !admin {
+			unauthorized(w)
+			return
+		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		list := []map[string]any{}
@@ -442,10 +470,15 @@ func (c *fakeCoordinator) start(t *testing.T) string {
 		json.NewEncoder(w).Encode(list)
 	})
 	mux.HandleFunc("GET /api/builds", func(w http.ResponseWriter, r *http.Request) {
+		given, admin := c.credential(r)
+		if given && !admin {
+			unauthorized(w)
+			return
+		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		list := []map[string]any{}
-		if r.URL.Query().Get("state") == "running" {
+		if admin && r.URL.Query().Get("state") == "running" {
 			for _, id := range c.running {
 				list = append(list, map[string]any{"id": id, "state": "running"})
 			}
@@ -453,6 +486,10 @@ func (c *fakeCoordinator) start(t *testing.T) string {
 		json.NewEncoder(w).Encode(list)
 	})
 	mux.HandleFunc("POST /api/builds/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		if _, admin := c.credential(r); !admin {
+			unauthorized(w)
+			return
+		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		c.cancelled = append(c.cancelled, r.PathValue("id"))

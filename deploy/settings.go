@@ -20,9 +20,13 @@ type Settings struct {
 	PublicURL   string // FORGE_PUBLIC_URL: the base URL GitHub and commit statuses use
 	GitHubAppID string // FORGE_GITHUB_APP_ID
 	GitHubAPI   string // FORGE_GITHUB_API: GitHub Enterprise's API
-	Registry    string // FORGE_REGISTRY: where make images pushed the images
-	User        string // FORGE_USER: uid:gid of the services (65532:<gid of the socket>)
-	AgentUser   string // FORGE_AGENT_USER: uid:gid of the agents (FORGE_USER)
+	// Sign-in with GitHub (optional): the OAuth client's id, and GitHub's
+	// web address (GitHub Enterprise's; empty: the coordinator's default).
+	GitHubClientID string // FORGE_GITHUB_CLIENT_ID
+	GitHubWeb      string // FORGE_GITHUB_WEB
+	Registry       string // FORGE_REGISTRY: where make images pushed the images
+	User           string // FORGE_USER: uid:gid of the services (65532:<gid of the socket>)
+	AgentUser      string // FORGE_AGENT_USER: uid:gid of the agents (FORGE_USER)
 }
 
 const (
@@ -42,6 +46,8 @@ func (s *Settings) fields() []setting {
 		{"FORGE_PUBLIC_URL", &s.PublicURL},
 		{"FORGE_GITHUB_APP_ID", &s.GitHubAppID},
 		{"FORGE_GITHUB_API", &s.GitHubAPI},
+		{"FORGE_GITHUB_CLIENT_ID", &s.GitHubClientID},
+		{"FORGE_GITHUB_WEB", &s.GitHubWeb},
 		{"FORGE_REGISTRY", &s.Registry},
 		{"FORGE_USER", &s.User},
 		{"FORGE_AGENT_USER", &s.AgentUser},

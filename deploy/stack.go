@@ -57,7 +57,8 @@ func (u *up) deploy(ctx context.Context) error {
 	}
 	u.began = time.Now()
 	u.agentDeployment = deploymentDigest(agentImage, u.agentUser, u.secret("ca"), u.secret("agent_cert"), u.secret("agent_key"))
-	inputs := []string{coordinatorImage, u.user, u.info.Swarm.NodeID, u.s.HTTPPort, u.s.PublicURL, u.s.GitHubAPI, u.s.GitHubAppID}
+	inputs := []string{coordinatorImage, u.user, u.info.Swarm.NodeID, u.s.HTTPPort, u.s.PublicURL, u.s.GitHubAPI, u.s.GitHubAppID,
+		u.s.GitHubClientID, u.s.GitHubWeb}
 	for _, s := range u.secrets {
 		inputs = append(inputs, s.name)
 	}
@@ -77,7 +78,10 @@ func (u *up) deploy(ctx context.Context) error {
 	if u.s.GitHubAppID != "" {
 		files["stack.github.yml"] = stackGitHubYML
 	}
-	for _, name := range []string{"stack.yml", "stack.github.yml"} {
+	if u.s.GitHubClientID != "" {
+		files["stack.signin.yml"] = stackSigninYML
+	}
+	for _, name := range []string{"stack.yml", "stack.github.yml", "stack.signin.yml"} {
 		if content, ok := files[name]; ok {
 			if err := os.WriteFile(filepath.Join(dir, name), content, 0o644); err != nil {
 				return err
@@ -130,6 +134,7 @@ func deploymentDigest(inputs ...string) string {
 	}
 	h.Write(stackYML)
 	h.Write(stackGitHubYML)
+	h.Write(stackSigninYML)
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
@@ -145,6 +150,8 @@ func (u *up) stackEnv(version, prefix string) []string {
 		"FORGE_PUBLIC_URL=" + u.s.PublicURL,
 		"FORGE_GITHUB_API=" + u.s.GitHubAPI,
 		"FORGE_GITHUB_APP_ID=" + u.s.GitHubAppID,
+		"FORGE_GITHUB_CLIENT_ID=" + u.s.GitHubClientID,
+		"FORGE_GITHUB_WEB=" + u.s.GitHubWeb,
 		"FORGE_USER=" + u.user,
 		"FORGE_AGENT_USER=" + u.agentUser,
 		"FORGE_UID=" + u.uid,
@@ -154,8 +161,12 @@ func (u *up) stackEnv(version, prefix string) []string {
 	for _, s := range u.secrets {
 		env = append(env, s.env+"="+s.name)
 	}
+	// Not one from this process's environment.
 	if u.secret("github_app_key") == "" {
-		env = append(env, "FORGE_SECRET_GITHUB_KEY=") // not one from this process's environment
+		env = append(env, "FORGE_SECRET_GITHUB_KEY=")
+	}
+	if u.secret("github_client_secret") == "" {
+		env = append(env, "FORGE_SECRET_GITHUB_CLIENT_SECRET=")
 	}
 	return env
 }

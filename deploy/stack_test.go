@@ -133,8 +133,8 @@ func secretTargets(s service) map[string]string {
 // TestStackFile checks deploy/stack.yml against what Forge needs on a
 // swarm: the coordinator on a manager with its local socket, its data and
 // its port; an agent on every node with that node's socket; certificates,
-// keys and the webhook secret as Docker secrets; one overlay network; and
-// no Docker port anywhere.
+// keys, the webhook secret, the admin token and the session key as Docker
+// secrets; one overlay network; and no Docker port anywhere.
 func TestStackFile(t *testing.T) {
 	s, raw := readStack(t, "stack.yml")
 	coord, ok := s.Services["coordinator"]
@@ -208,8 +208,9 @@ func TestStackFile(t *testing.T) {
 		t.Errorf("coordinator ports %+v: want its HTTP port %q published at ${FORGE_HTTP_PORT}", coord.Ports, httpPort)
 	}
 
-	// Keys, certificates and the webhook secret are Docker secrets, each
-	// declared, each used, and every file flag points at one.
+	// Keys, certificates, the webhook secret, the admin token and the
+	// session key are Docker secrets, each declared, each used, and every
+	// file flag points at one.
 	used := map[string]bool{}
 	for name, svc := range s.Services {
 		targets := secretTargets(svc)
@@ -219,11 +220,7 @@ func TestStackFile(t *testing.T) {
 				t.Errorf("%s uses the undeclared secret %q", name, src)
 			}
 		}
-		for _, v := range svc.Secrets {
-			if strings.Contains(v.Target, "key") && v.Mode != 0o400 {
-				t.Errorf("%s: key %s has mode %#o, want 0400", name, v.Target, v.Mode)
-			}
-		}
+		privateMounts(t, name, svc)
 		for env, val := range svc.Environment {
 			if f, ok := strings.CutPrefix(val, "/run/secrets/"); ok {
 				if _, ok := targets[f]; !ok {
@@ -240,7 +237,8 @@ func TestStackFile(t *testing.T) {
 			t.Errorf("secret %q: want external, named by make up (secrets are immutable: the name carries a hash)", name)
 		}
 	}
-	for _, env := range []string{"FORGE_TLS_CA", "FORGE_TLS_CERT", "FORGE_TLS_KEY", "FORGE_WEBHOOK_SECRET_FILE"} {
+	for _, env := range []string{"FORGE_TLS_CA", "FORGE_TLS_CERT", "FORGE_TLS_KEY", "FORGE_WEBHOOK_SECRET_FILE",
+		"FORGE_ADMIN_TOKEN_FILE", "FORGE_SESSION_KEY_FILE"} {
 		if !strings.HasPrefix(coord.Environment[env], "/run/secrets/") {
 			t.Errorf("coordinator %s=%q, want a secret", env, coord.Environment[env])
 		}
@@ -279,24 +277,47 @@ func TestStackFile(t *testing.T) {
 	usedVariables(t, "stack.yml", raw)
 }
 
-// TestStackGitHub checks deploy/stack.github.yml, the GitHub App's part.
+// privateMounts: a key, token or secret is readable by the services'
+// user only.
+func privateMounts(t *testing.T, name string, svc service) {
+	t.Helper()
+	for _, v := range svc.Secrets {
+		if strings.Contains(v.Target, "key") || strings.Contains(v.Target, "token") || strings.Contains(v.Target, "secret") {
+			if v.Mode != 0o400 || v.UID != "${FORGE_UID:-65532}" {
+				t.Errorf("%s: %s has mode %#o and uid %q, want 0400 for FORGE_UID", name, v.Target, v.Mode, v.UID)
+			}
+		}
+	}
+}
+
+// TestStackGitHub checks deploy/stack.github.yml, the GitHub App's part,
+// and deploy/stack.signin.yml, sign-in with GitHub's.
 func TestStackGitHub(t *testing.T) {
-	s, raw := readStack(t, "stack.github.yml")
-	coord := s.Services["coordinator"]
-	if len(s.Services) != 1 {
-		t.Errorf("services %v, want only the coordinator", keys(s.Services))
+	for _, tc := range []struct{ file, id, secretFile string }{
+		{"stack.github.yml", "FORGE_GITHUB_APP_ID", "FORGE_GITHUB_KEY_FILE"},
+		{"stack.signin.yml", "FORGE_GITHUB_CLIENT_ID", "FORGE_GITHUB_CLIENT_SECRET_FILE"},
+	} {
+		s, raw := readStack(t, tc.file)
+		coord := s.Services["coordinator"]
+		if len(s.Services) != 1 {
+			t.Errorf("%s: services %v, want only the coordinator", tc.file, keys(s.Services))
+		}
+		if coord.Environment[tc.id] == "" {
+			t.Errorf("%s: no %s", tc.file, tc.id)
+		}
+		f, ok := strings.CutPrefix(coord.Environment[tc.secretFile], "/run/secrets/")
+		if src, mounted := secretTargets(coord)[f]; !ok || !mounted {
+			t.Errorf("%s: %s=%q is not a mounted secret", tc.file, tc.secretFile, coord.Environment[tc.secretFile])
+		} else if sec, declared := s.Secrets[src]; !declared || !sec.External {
+			t.Errorf("%s: secret %q not declared external", tc.file, src)
+		}
+		privateMounts(t, tc.file, coord)
+		noDockerPort(t, tc.file, raw)
+		usedVariables(t, tc.file, raw)
 	}
-	if coord.Environment["FORGE_GITHUB_APP_ID"] == "" {
-		t.Error("no FORGE_GITHUB_APP_ID")
+	if s, _ := readStack(t, "stack.signin.yml"); s.Services["coordinator"].Environment["FORGE_GITHUB_WEB"] != "${FORGE_GITHUB_WEB:-https://github.com}" {
+		t.Errorf("stack.signin.yml: FORGE_GITHUB_WEB=%q", s.Services["coordinator"].Environment["FORGE_GITHUB_WEB"])
 	}
-	f, ok := strings.CutPrefix(coord.Environment["FORGE_GITHUB_KEY_FILE"], "/run/secrets/")
-	if src, mounted := secretTargets(coord)[f]; !ok || !mounted {
-		t.Errorf("FORGE_GITHUB_KEY_FILE=%q is not a mounted secret", coord.Environment["FORGE_GITHUB_KEY_FILE"])
-	} else if sec, declared := s.Secrets[src]; !declared || !sec.External {
-		t.Errorf("secret %q not declared external", src)
-	}
-	noDockerPort(t, "stack.github.yml", raw)
-	usedVariables(t, "stack.github.yml", raw)
 }
 
 // noDockerPort: Forge never reaches Docker over TCP.
@@ -322,10 +343,10 @@ func usedVariables(t *testing.T, name string, raw []byte) {
 }
 
 // stackVariables are the variables forge deploy up runs docker stack
-// deploy with, the GitHub App configured.
+// deploy with, the GitHub App and sign-in configured.
 func stackVariables(t *testing.T) map[string]bool {
 	t.Helper()
-	u := &up{run: &run{engine: &fakeEngine{t: t}}, s: Settings{GitHubAppID: "42"}}
+	u := &up{run: &run{engine: &fakeEngine{t: t}}, s: Settings{GitHubAppID: "42", GitHubClientID: "Iv1.c"}}
 	for _, f := range u.secretFiles() {
 		u.secrets = append(u.secrets, deployed{f, "s-" + f.what})
 	}
@@ -360,7 +381,7 @@ func coordinatorCertNames(t *testing.T) []string {
 	return cert.DNSNames
 }
 
-// TestStackConfig has the docker CLI itself read both files with the
+// TestStackConfig has the docker CLI itself read the three files with the
 // variables make up sets (docker stack config: no engine needed).
 func TestStackConfig(t *testing.T) {
 	if _, err := exec.LookPath("docker"); err != nil {
@@ -368,11 +389,13 @@ func TestStackConfig(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "docker", "stack", "config", "-c", "stack.yml", "-c", "stack.github.yml")
+	cmd := exec.CommandContext(ctx, "docker", "stack", "config", "-c", "stack.yml", "-c", "stack.github.yml", "-c", "stack.signin.yml")
 	cmd.Env = append(os.Environ(), "FORGE_USER=65532:999", "FORGE_AGENT_USER=65532:999", "FORGE_UID=65532",
 		"FORGE_COORDINATOR_NODE=node1", "FORGE_VERSION=v1", "FORGE_HTTP_PORT=9090", "FORGE_GITHUB_APP_ID=42",
+		"FORGE_GITHUB_CLIENT_ID=Iv1.c", "FORGE_GITHUB_WEB=",
 		"FORGE_SECRET_CA=s1", "FORGE_SECRET_COORDINATOR_CERT=s2", "FORGE_SECRET_COORDINATOR_KEY=s3",
-		"FORGE_SECRET_AGENT_CERT=s4", "FORGE_SECRET_AGENT_KEY=s5", "FORGE_SECRET_WEBHOOK=s6", "FORGE_SECRET_GITHUB_KEY=s7")
+		"FORGE_SECRET_AGENT_CERT=s4", "FORGE_SECRET_AGENT_KEY=s5", "FORGE_SECRET_WEBHOOK=s6", "FORGE_SECRET_GITHUB_KEY=s7",
+		"FORGE_SECRET_ADMIN_TOKEN=s8", "FORGE_SECRET_SESSION_KEY=s9", "FORGE_SECRET_GITHUB_CLIENT_SECRET=s10")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("docker stack config: %v\n%s", err, out)
@@ -383,8 +406,24 @@ func TestStackConfig(t *testing.T) {
 	}
 	c := s.Services["coordinator"]
 	if c.Environment["FORGE_GITHUB_APP_ID"] != "42" || c.Deploy.Placement.Constraints[1] != "node.id == node1" ||
-		len(c.Ports) != 1 || c.Ports[0].Published != "9090" || len(c.Secrets) != 5 || s.Secrets["github_app_key"].Name != "s7" {
+		len(c.Ports) != 1 || c.Ports[0].Published != "9090" || len(c.Secrets) != 8 || s.Secrets["github_app_key"].Name != "s7" {
 		t.Errorf("merged configuration:\n%s", out)
+	}
+	// The coordinator's flags (as their FORGE_ variables) and the secrets behind them.
+	targets := secretTargets(c)
+	for env, want := range map[string]string{
+		"FORGE_ADMIN_TOKEN_FILE":          "s8",
+		"FORGE_SESSION_KEY_FILE":          "s9",
+		"FORGE_GITHUB_CLIENT_SECRET_FILE": "s10",
+		"FORGE_WEBHOOK_SECRET_FILE":       "s6",
+	} {
+		f, _ := strings.CutPrefix(c.Environment[env], "/run/secrets/")
+		if got := s.Secrets[targets[f]].Name; got != want {
+			t.Errorf("%s=%q is the secret %q, want %q", env, c.Environment[env], got, want)
+		}
+	}
+	if c.Environment["FORGE_GITHUB_CLIENT_ID"] != "Iv1.c" || c.Environment["FORGE_GITHUB_WEB"] != "https://github.com" {
+		t.Errorf("sign-in: client id %q, web %q", c.Environment["FORGE_GITHUB_CLIENT_ID"], c.Environment["FORGE_GITHUB_WEB"])
 	}
 	if s.Services["agent"].User != "65532:999" {
 		t.Errorf("agent user %q", s.Services["agent"].User)

@@ -9,12 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/filters"
@@ -33,6 +35,10 @@ type UpConfig struct {
 	// GitHubKeyFile is the GitHub App's private key, copied into the state
 	// folder (FORGE_GITHUB_KEY_FILE); later runs need it no more.
 	GitHubKeyFile string
+	// GitHubClientSecretFile is the secret of the OAuth client that signs
+	// people in with GitHub, copied into the state folder likewise
+	// (FORGE_GITHUB_CLIENT_SECRET_FILE).
+	GitHubClientSecretFile string
 	// Version is the images' tag (make's VERSION); empty: git describe
 	// --always --dirty, else dev.
 	Version string
@@ -53,6 +59,23 @@ const (
 	coordinatorHost = "coordinator"
 	// cliTimeout bounds one docker command (a registry may be slow).
 	cliTimeout = 5 * time.Minute
+)
+
+// The files of the state folder that become Docker secrets, besides the
+// certificates.
+const (
+	webhookSecretFile = "webhook-secret"
+	// adminTokenFile holds the bearer token with every right that make up
+	// and make down, and the operator, use against the coordinator's API.
+	adminTokenFile = "admin-token"
+	// sessionKeyFile signs the coordinator's session cookies: kept here,
+	// sessions outlive a new data volume.
+	sessionKeyFile   = "session-key"
+	appKeyFile       = "github-app-key.pem"
+	clientSecretFile = "github-client-secret"
+	// adminTokenPrefix makes the token recognisable in logs and to
+	// secret scanners.
+	adminTokenPrefix = "forge_admin_"
 )
 
 // Up deploys Forge on this swarm, creating what is missing, and waits
@@ -88,6 +111,7 @@ type up struct {
 	user, agentUser, uid string
 	// The Docker secrets the deployment uses, in the order of secretFiles.
 	secrets []deployed
+	token   string // the admin token, for the coordinator's API
 	// The forge.deployment labels of this deployment's services.
 	coordinatorDeployment, agentDeployment string
 	detach                                 bool // docker stack deploy has --detach
@@ -103,9 +127,14 @@ func (u *up) up(ctx context.Context) error {
 	if err := makeCerts(filepath.Join(u.StateDir, "certs"), u.say); err != nil {
 		return err
 	}
-	if err := u.webhookSecret(); err != nil {
+	if err := u.makeRandomFiles(); err != nil {
 		return err
 	}
+	token, err := readAdminToken(u.StateDir)
+	if err != nil {
+		return err
+	}
+	u.token = token
 	if err := u.makeSecrets(ctx); err != nil {
 		return err
 	}
@@ -164,15 +193,29 @@ func (u *up) settings() error {
 	if s.GitHubAppID != "" && !digits(s.GitHubAppID) {
 		return fmt.Errorf("FORGE_GITHUB_APP_ID=%s: want the App's number (App settings, About)", s.GitHubAppID)
 	}
-	if err := u.copyAppKey(); err != nil {
+	if err := u.copyIn(u.c.GitHubKeyFile, "FORGE_GITHUB_KEY_FILE", appKeyFile, "the GitHub App key", isPEMKey); err != nil {
 		return err
 	}
-	_, err = os.Stat(u.appKeyFile())
 	switch {
-	case s.GitHubAppID != "" && err != nil:
+	case s.GitHubAppID != "" && !exists(u.stateFile(appKeyFile)):
 		return errors.New("FORGE_GITHUB_APP_ID is set but there is no App private key: add FORGE_GITHUB_KEY_FILE=path/to/app.private-key.pem")
-	case s.GitHubAppID == "" && err == nil:
-		return fmt.Errorf("there is a GitHub App key (%s) but no App id: add FORGE_GITHUB_APP_ID=<id>", u.appKeyFile())
+	case s.GitHubAppID == "" && exists(u.stateFile(appKeyFile)):
+		return fmt.Errorf("there is a GitHub App key (%s) but no App id: add FORGE_GITHUB_APP_ID=<id>", u.stateFile(appKeyFile))
+	}
+	if err := u.copyIn(u.c.GitHubClientSecretFile, "FORGE_GITHUB_CLIENT_SECRET_FILE", clientSecretFile,
+		"the GitHub OAuth client secret", notEmpty); err != nil {
+		return err
+	}
+	switch {
+	case s.GitHubClientID != "" && !exists(u.stateFile(clientSecretFile)):
+		return errors.New("FORGE_GITHUB_CLIENT_ID is set but there is no client secret: add FORGE_GITHUB_CLIENT_SECRET_FILE=path/to/client-secret")
+	case s.GitHubClientID == "" && exists(u.stateFile(clientSecretFile)):
+		return fmt.Errorf("there is a GitHub OAuth client secret (%s) but no client id: add FORGE_GITHUB_CLIENT_ID=<id>", u.stateFile(clientSecretFile))
+	}
+	if s.GitHubWeb != "" {
+		if w, err := url.Parse(s.GitHubWeb); err != nil || (w.Scheme != "http" && w.Scheme != "https") || w.Host == "" {
+			return fmt.Errorf("FORGE_GITHUB_WEB=%s: want GitHub's web address, e.g. https://github.example.com", s.GitHubWeb)
+		}
 	}
 	if err := u.users(s); err != nil {
 		return err
@@ -185,29 +228,44 @@ func digits(s string) bool {
 	return s != "" && strings.Trim(s, "0123456789") == ""
 }
 
-func (u *up) appKeyFile() string { return filepath.Join(u.StateDir, "github-app-key.pem") }
+func (u *up) stateFile(name string) string { return filepath.Join(u.StateDir, name) }
 
-// copyAppKey copies FORGE_GITHUB_KEY_FILE into the state folder when it
-// differs from the copy there.
-func (u *up) copyAppKey() error {
-	from := u.c.GitHubKeyFile
+// copyIn copies from, the file the setting env names, into the state
+// folder as name (0600) when it differs from the copy there: later runs
+// need the setting no more.
+func (u *up) copyIn(from, env, name, what string, check func([]byte) error) error {
 	if from == "" {
 		return nil
 	}
-	key, err := os.ReadFile(from)
+	content, err := os.ReadFile(from)
 	if err != nil {
-		return fmt.Errorf("FORGE_GITHUB_KEY_FILE=%s: cannot read it", from)
+		return fmt.Errorf("%s=%s: cannot read it", env, from)
 	}
-	if !bytes.Contains(key, []byte("PRIVATE KEY-----")) {
-		return fmt.Errorf("FORGE_GITHUB_KEY_FILE=%s is not a PEM private key (GitHub App settings, Private keys)", from)
+	if err := check(content); err != nil {
+		return fmt.Errorf("%s=%s %v", env, from, err)
 	}
-	if kept, err := os.ReadFile(u.appKeyFile()); err == nil && bytes.Equal(kept, key) {
+	to := u.stateFile(name)
+	if kept, err := os.ReadFile(to); err == nil && bytes.Equal(kept, content) {
 		return nil
 	}
-	if err := atomicfile.Write(u.appKeyFile(), key, 0o600); err != nil {
-		return fmt.Errorf("copy the GitHub App key: %w", err)
+	if err := atomicfile.Write(to, content, 0o600); err != nil {
+		return fmt.Errorf("copy %s: %w", what, err)
 	}
-	u.say("copied the GitHub App key into %s", u.appKeyFile())
+	u.say("copied %s into %s", what, to)
+	return nil
+}
+
+func isPEMKey(b []byte) error {
+	if !bytes.Contains(b, []byte("PRIVATE KEY-----")) {
+		return errors.New("is not a PEM private key (GitHub App settings, Private keys)")
+	}
+	return nil
+}
+
+func notEmpty(b []byte) error {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return errors.New("is empty")
+	}
 	return nil
 }
 
@@ -246,19 +304,71 @@ func (u *up) users(s Settings) error {
 	return nil
 }
 
-// webhookSecret makes a random webhook secret when there is none.
-func (u *up) webhookSecret() error {
-	file := filepath.Join(u.StateDir, "webhook-secret")
-	if fi, err := os.Stat(file); err == nil && fi.Size() > 0 {
-		return nil
-	}
+// randomFile is a random secret of the state folder, made when it is
+// missing or blank and kept after that: rotating it is rewriting it.
+type randomFile struct {
+	name, what string // its file name; what make up calls it
+	make       func() string
+	check      func(kept string) error // what a kept one must be; nil: anything
+}
+
+var randomFiles = []randomFile{
+	{webhookSecretFile, "a random webhook secret", randomHex, nil},
+	{adminTokenFile, "an admin token", func() string { return adminTokenPrefix + randomHex() }, nil},
+	{sessionKeyFile, "a session key", randomHex, checkSessionKey},
+}
+
+// randomHex is 32 random bytes in hex.
+func randomHex() string {
 	b := make([]byte, 32)
 	rand.Read(b)
-	if err := atomicfile.Write(file, []byte(hex.EncodeToString(b)), 0o600); err != nil {
-		return fmt.Errorf("the webhook secret: %w", err)
+	return hex.EncodeToString(b)
+}
+
+// checkSessionKey: the coordinator's --session-key-file is 32 bytes in hex.
+func checkSessionKey(key string) error {
+	if b, err := hex.DecodeString(key); err != nil || len(b) != 32 {
+		return errors.New("want 64 hex characters (32 random bytes)")
 	}
-	u.say("made a random webhook secret: %s", file)
 	return nil
+}
+
+// makeRandomFiles makes the random secrets that are missing, and checks
+// the ones kept.
+func (u *up) makeRandomFiles() error {
+	for _, f := range randomFiles {
+		file := u.stateFile(f.name)
+		kept, err := os.ReadFile(file)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("read %s: %w", file, err)
+		}
+		if k := strings.TrimSpace(string(kept)); k != "" {
+			if f.check != nil {
+				if err := f.check(k); err != nil {
+					return fmt.Errorf("%s: %v; remove it and make up makes a new one", file, err)
+				}
+			}
+			continue
+		}
+		if err := atomicfile.Write(file, []byte(f.make()), 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", file, err)
+		}
+		u.say("made %s: %s", f.what, file)
+	}
+	return nil
+}
+
+// readAdminToken reads the admin token of the state folder: "" when there
+// is none, trailing whitespace trimmed as the coordinator does.
+func readAdminToken(stateDir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, adminTokenFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("the admin token: %w", err)
+	}
+	return strings.TrimRightFunc(string(b), unicode.IsSpace), nil
 }
 
 // secretFile is a file of the state folder given to the services as a
@@ -275,10 +385,15 @@ func (u *up) secretFiles() []secretFile {
 		{"coordinator_key", "FORGE_SECRET_COORDINATOR_KEY", filepath.Join(certs, "coordinator-key.pem")},
 		{"agent_cert", "FORGE_SECRET_AGENT_CERT", filepath.Join(certs, "agent.pem")},
 		{"agent_key", "FORGE_SECRET_AGENT_KEY", filepath.Join(certs, "agent-key.pem")},
-		{"webhook_secret", "FORGE_SECRET_WEBHOOK", filepath.Join(u.StateDir, "webhook-secret")},
+		{"webhook_secret", "FORGE_SECRET_WEBHOOK", u.stateFile(webhookSecretFile)},
+		{"admin_token", "FORGE_SECRET_ADMIN_TOKEN", u.stateFile(adminTokenFile)},
+		{"session_key", "FORGE_SECRET_SESSION_KEY", u.stateFile(sessionKeyFile)},
 	}
 	if u.s.GitHubAppID != "" {
-		files = append(files, secretFile{"github_app_key", "FORGE_SECRET_GITHUB_KEY", u.appKeyFile()})
+		files = append(files, secretFile{"github_app_key", "FORGE_SECRET_GITHUB_KEY", u.stateFile(appKeyFile)})
+	}
+	if u.s.GitHubClientID != "" {
+		files = append(files, secretFile{"github_client_secret", "FORGE_SECRET_GITHUB_CLIENT_SECRET", u.stateFile(clientSecretFile)})
 	}
 	return files
 }

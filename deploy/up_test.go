@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -37,6 +38,8 @@ type upRig struct {
 func newUpRig(t *testing.T) *upRig {
 	r := &upRig{t: t, sw: newFakeSwarm(t), co: &fakeCoordinator{agents: []string{"node1"}},
 		state: filepath.Join(t.TempDir(), "state"), socket: fakeSocket(t)}
+	// The coordinator wants the admin token that up makes.
+	r.co.tokenFile = filepath.Join(r.state, "admin-token")
 	r.port = r.co.start(t)
 	r.keyFile = filepath.Join(t.TempDir(), "app.pem")
 	if err := os.WriteFile(r.keyFile, []byte("-----BEGIN RSA PRIVATE KEY-----\nMII\n-----END RSA PRIVATE KEY-----\n"), 0o600); err != nil {
@@ -89,7 +92,8 @@ func wantLines(t *testing.T, out string, want ...string) {
 }
 
 // TestUpMakesThenKeeps: a first run makes the CA, certificates, webhook
-// secret and Docker secrets, deploys and waits; a second one makes
+// secret, admin token, session key and Docker secrets, deploys and waits
+// (asking the coordinator with the admin token); a second one makes
 // nothing and deploys the same; a changed file becomes a new secret that
 // changes only the services that use it, and the old secret goes.
 func TestUpMakesThenKeeps(t *testing.T) {
@@ -106,6 +110,8 @@ func TestUpMakesThenKeeps(t *testing.T) {
 		"make up: issued "+filepath.Join(r.state, "certs", "coordinator.pem"),
 		"make up: issued "+filepath.Join(r.state, "certs", "agent.pem"),
 		"make up: made a random webhook secret: ",
+		"make up: made an admin token: "+filepath.Join(r.state, "admin-token")+"\n",
+		"make up: made a session key: "+filepath.Join(r.state, "session-key")+"\n",
 		"make up: deploying stack forge (forge/coordinator and forge/agent:v1, as 65532:",
 		"make up: Creating service forge_coordinator\n",
 		"make up: waiting (at most 5s) for the coordinator at http://127.0.0.1:"+r.port+" and an agent on every node\n",
@@ -113,9 +119,14 @@ func TestUpMakesThenKeeps(t *testing.T) {
 		"make up: Forge is up: the coordinator and 1 agent(s), one on every node\n",
 		"make up:   webhook URL     https://forge.example.com/webhook\n",
 		"make up: GitHub App 42 configured",
+		"make up:   admin token     "+r.state+"/admin-token (every right: send it as Authorization: Bearer <token>, or\n",
+		"make up:                   FORGE_SERVER=http://10.0.0.1:"+r.port+" FORGE_TOKEN=$(cat "+r.state+"/admin-token) bin/forge builds)\n",
 	)
-	if len(r.sw.created) != 7 {
-		t.Errorf("created the secrets %q, want 7", r.sw.created)
+	if strings.Contains(out, "Sign-in with GitHub") {
+		t.Errorf("sign-in reported, but not configured:\n%s", out)
+	}
+	if len(r.sw.created) != 9 {
+		t.Errorf("created the secrets %q, want 9", r.sw.created)
 	}
 	for _, name := range r.sw.created {
 		s := r.sw.secrets[name]
@@ -130,6 +141,21 @@ func TestUpMakesThenKeeps(t *testing.T) {
 	}
 	env := r.lastEnv()
 	webhook, _ := os.ReadFile(filepath.Join(r.state, "webhook-secret"))
+	token, _ := os.ReadFile(filepath.Join(r.state, "admin-token"))
+	sessionKey, _ := os.ReadFile(filepath.Join(r.state, "session-key"))
+	if !regexp.MustCompile(`^forge_admin_[0-9a-f]{64}$`).Match(token) || !regexp.MustCompile(`^[0-9a-f]{64}$`).Match(sessionKey) ||
+		bytes.Contains(token, sessionKey[:16]) || bytes.Contains(webhook, sessionKey[:16]) {
+		t.Errorf("admin token %q, session key %q (webhook secret %q)", token, sessionKey, webhook)
+	}
+	if env["FORGE_SECRET_ADMIN_TOKEN"] != secretName("forge", "admin_token", token) ||
+		env["FORGE_SECRET_SESSION_KEY"] != secretName("forge", "session_key", sessionKey) ||
+		r.sw.secrets[env["FORGE_SECRET_ADMIN_TOKEN"]].Spec.Labels["forge.secret"] != "admin_token" ||
+		r.sw.secrets[env["FORGE_SECRET_SESSION_KEY"]].Spec.Labels["forge.secret"] != "session_key" {
+		t.Errorf("the admin token and session key are not the secrets deployed: %v", env)
+	}
+	if !bytes.Equal(r.sw.secrets[env["FORGE_SECRET_ADMIN_TOKEN"]].Spec.Data, token) {
+		t.Errorf("the secret %s does not hold the admin token", env["FORGE_SECRET_ADMIN_TOKEN"])
+	}
 	if len(webhook) != 64 || env["FORGE_SECRET_WEBHOOK"] != secretName("forge", "webhook_secret", webhook) ||
 		env["FORGE_GITHUB_APP_ID"] != "42" || env["FORGE_COORDINATOR_NODE"] != "node1" || env["FORGE_UID"] != "65532" ||
 		env["FORGE_SECRET_GITHUB_KEY"] == "" || env["DOCKER_HOST"] != "unix:///fake/docker.sock" {
@@ -137,12 +163,13 @@ func TestUpMakesThenKeeps(t *testing.T) {
 	}
 	saved, _ := os.ReadFile(filepath.Join(r.state, "forge.env"))
 	wantEnv := "FORGE_HTTP_PORT=" + r.port + "\nFORGE_PUBLIC_URL=https://forge.example.com/\nFORGE_GITHUB_APP_ID=42\n" +
-		"FORGE_GITHUB_API=\nFORGE_REGISTRY=\nFORGE_USER=\nFORGE_AGENT_USER=\n"
+		"FORGE_GITHUB_API=\nFORGE_GITHUB_CLIENT_ID=\nFORGE_GITHUB_WEB=\nFORGE_REGISTRY=\nFORGE_USER=\nFORGE_AGENT_USER=\n"
 	if !strings.HasSuffix(string(saved), wantEnv) {
 		t.Errorf("forge.env:\n%s\nwant it to end with:\n%s", saved, wantEnv)
 	}
 	for file, mode := range map[string]os.FileMode{"": 0o700, "certs/ca-key.pem": 0o600, "certs/coordinator-key.pem": 0o600,
-		"certs/agent-key.pem": 0o600, "webhook-secret": 0o600, "github-app-key.pem": 0o600, "certs/ca.pem": 0o644} {
+		"certs/agent-key.pem": 0o600, "webhook-secret": 0o600, "admin-token": 0o600, "session-key": 0o600,
+		"github-app-key.pem": 0o600, "certs/ca.pem": 0o644} {
 		if fi, err := os.Stat(filepath.Join(r.state, file)); err != nil || fi.Mode().Perm() != mode {
 			t.Errorf("%s: %v, %v; want mode %#o", file, fi.Mode(), err, mode)
 		}
@@ -157,6 +184,11 @@ func TestUpMakesThenKeeps(t *testing.T) {
 	}
 	if again := r.lastEnv(); !mapsEqual(again, first) {
 		t.Errorf("the second run deployed\n%v\nafter\n%v", again, first)
+	}
+	for file, before := range map[string][]byte{"admin-token": token, "session-key": sessionKey} {
+		if now, err := os.ReadFile(filepath.Join(r.state, file)); err != nil || !bytes.Equal(now, before) {
+			t.Errorf("%s changed: %q, then %q (%v)", file, before, now, err)
+		}
 	}
 
 	// A new webhook secret: one new Docker secret, the coordinator's
@@ -202,11 +234,120 @@ func TestUpWithoutApp(t *testing.T) {
 		"make up: next: create a GitHub App",
 		"make up: set FORGE_PUBLIC_URL",
 		"make up: Forge is up: the coordinator and 1 agent(s)")
-	if len(r.sw.created) != 6 || r.lastEnv()["FORGE_SECRET_GITHUB_KEY"] != "" {
+	if len(r.sw.created) != 8 || r.lastEnv()["FORGE_SECRET_GITHUB_KEY"] != "" {
 		t.Errorf("created %q; FORGE_SECRET_GITHUB_KEY=%q", r.sw.created, r.lastEnv()["FORGE_SECRET_GITHUB_KEY"])
 	}
 	if args := r.sw.deploys[0]; slices.ContainsFunc(args, func(a string) bool { return strings.HasSuffix(a, "stack.github.yml") }) {
 		t.Errorf("docker %q", args)
+	}
+}
+
+// TestUpSignIn: an OAuth client id and secret file; the secret is copied
+// into the state folder and becomes a secret, stack.signin.yml is
+// deployed with the id and GitHub's web address, and later runs need
+// neither setting again.
+func TestUpSignIn(t *testing.T) {
+	r := newUpRig(t)
+	secretFile := filepath.Join(t.TempDir(), "client-secret")
+	if err := os.WriteFile(secretFile, []byte("0123456789abcdef0123456789abcdef01234567\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := r.config(Settings{GitHubClientID: "Iv1.8a61f9b3a7aba766", GitHubWeb: "https://github.example.com",
+		PublicURL: "https://forge.example.com"})
+	c.GitHubClientSecretFile = secretFile
+	out := r.up(c)
+	kept := filepath.Join(r.state, "github-client-secret")
+	wantLines(t, out, "make up: copied the GitHub OAuth client secret into "+kept+"\n",
+		"make up: Sign-in with GitHub: OAuth client Iv1.8a61f9b3a7aba766; its callback URL must be https://forge.example.com/login/callback.\n")
+	content, err := os.ReadFile(kept)
+	if fi, statErr := os.Stat(kept); err != nil || statErr != nil || fi.Mode().Perm() != 0o600 || string(content) != "0123456789abcdef0123456789abcdef01234567\n" {
+		t.Fatalf("%s: %q, %v, %v", kept, content, err, statErr)
+	}
+	env := r.lastEnv()
+	name := secretName("forge", "github_client_secret", content)
+	if env["FORGE_SECRET_GITHUB_CLIENT_SECRET"] != name || !slices.Contains(r.sw.created, name) ||
+		env["FORGE_GITHUB_CLIENT_ID"] != "Iv1.8a61f9b3a7aba766" || env["FORGE_GITHUB_WEB"] != "https://github.example.com" {
+		t.Errorf("environment of docker stack deploy: %v", env)
+	}
+	if args := r.sw.deploys[0]; !slices.ContainsFunc(args, func(a string) bool { return strings.HasSuffix(a, "/stack.signin.yml") }) ||
+		slices.ContainsFunc(args, func(a string) bool { return strings.HasSuffix(a, "/stack.github.yml") }) {
+		t.Errorf("docker %q", args)
+	}
+
+	// Again with no setting: the same deployment from forge.env and the copy.
+	r.up(r.config(Settings{}))
+	if again := r.lastEnv(); !mapsEqual(again, env) {
+		t.Errorf("the second run deployed\n%v\nafter\n%v", again, env)
+	}
+}
+
+// TestUpKeepsGivenSecrets: an admin token and a session key the operator
+// wrote are kept, and the token is the one up asks the coordinator with.
+func TestUpKeepsGivenSecrets(t *testing.T) {
+	r := newUpRig(t)
+	if err := os.MkdirAll(r.state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	token := []byte("forge_admin_chosen-by-the-operator\n")
+	key := []byte(strings.Repeat("ab", 32) + "\n")
+	os.WriteFile(filepath.Join(r.state, "admin-token"), token, 0o600)
+	os.WriteFile(filepath.Join(r.state, "session-key"), key, 0o600)
+	seen := make(chan string, 100)
+	c := r.config(Settings{})
+	c.HTTP = &http.Client{Transport: roundTripper(func(req *http.Request) (*http.Response, error) {
+		select {
+		case seen <- req.URL.Path + " " + req.Header.Get("Authorization"):
+		default:
+		}
+		return http.DefaultTransport.RoundTrip(req)
+	})}
+	out := r.up(c)
+	if strings.Contains(out, "made an admin token") || strings.Contains(out, "made a session key") {
+		t.Errorf("made anew:\n%s", out)
+	}
+	for file, want := range map[string][]byte{"admin-token": token, "session-key": key} {
+		if got, _ := os.ReadFile(filepath.Join(r.state, file)); !bytes.Equal(got, want) {
+			t.Errorf("%s: %q, want %q kept", file, got, want)
+		}
+	}
+	if env := r.lastEnv(); env["FORGE_SECRET_ADMIN_TOKEN"] != secretName("forge", "admin_token", token) {
+		t.Errorf("FORGE_SECRET_ADMIN_TOKEN=%s", env["FORGE_SECRET_ADMIN_TOKEN"])
+	}
+	close(seen)
+	agents := 0
+	for s := range seen {
+		if !strings.HasSuffix(s, " Bearer forge_admin_chosen-by-the-operator") {
+			t.Errorf("asked %s", s)
+		}
+		if strings.HasPrefix(s, "/api/agents ") {
+			agents++
+		}
+	}
+	if agents == 0 {
+		t.Error("never asked /api/agents")
+	}
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestUpTokenRefused: a coordinator that refuses the admin token; up
+// gives up saying so.
+func TestUpTokenRefused(t *testing.T) {
+	r := newUpRig(t)
+	other := filepath.Join(t.TempDir(), "admin-token")
+	os.WriteFile(other, []byte("forge_admin_another"), 0o600)
+	r.co.mu.Lock()
+	r.co.tokenFile = other
+	r.co.mu.Unlock()
+	c := r.config(Settings{})
+	c.Timeout = time.Second
+	err := Up(context.Background(), c)
+	want := "gave up after 1s waiting for the coordinator to accept the admin token of " + filepath.Join(r.state, "admin-token") +
+		" (GET /api/agents: a bad or missing credential)"
+	if err == nil || err.Error() != want {
+		t.Fatalf("Up: %v, want %s", err, want)
 	}
 }
 
@@ -267,6 +408,21 @@ func TestUpRefuses(t *testing.T) {
 		{"no image", func(r *upRig, c *UpConfig) { c.Version = "v2" }, "image forge/coordinator:v2 is missing: run make images (make up does)"},
 		{"registry image", func(r *upRig, c *UpConfig) { c.Settings.Registry = "reg.example.com:5000/" },
 			"image reg.example.com:5000/forge/coordinator:v1 is missing"},
+		{"session key", func(r *upRig, c *UpConfig) {
+			os.MkdirAll(r.state, 0o700)
+			os.WriteFile(filepath.Join(r.state, "session-key"), []byte("0123abcd"), 0o600)
+		}, "session-key: want 64 hex characters (32 random bytes); remove it and make up makes a new one"},
+		{"client id without secret", func(r *upRig, c *UpConfig) { c.Settings.GitHubClientID = "Iv1.c" },
+			"FORGE_GITHUB_CLIENT_ID is set but there is no client secret: add FORGE_GITHUB_CLIENT_SECRET_FILE="},
+		{"client secret without id", func(r *upRig, c *UpConfig) { c.GitHubClientSecretFile = r.keyFile },
+			"but no client id: add FORGE_GITHUB_CLIENT_ID=<id>"},
+		{"client secret empty", func(r *upRig, c *UpConfig) {
+			c.Settings.GitHubClientID = "Iv1.c"
+			c.GitHubClientSecretFile = filepath.Join(t.TempDir(), "empty")
+			os.WriteFile(c.GitHubClientSecretFile, []byte("\n"), 0o600)
+		}, "empty is empty"},
+		{"github web", func(r *upRig, c *UpConfig) { c.Settings.GitHubWeb = "github.example.com" },
+			"FORGE_GITHUB_WEB=github.example.com: want GitHub's web address, e.g. https://github.example.com"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newUpRig(t)
@@ -297,12 +453,13 @@ func TestSecretName(t *testing.T) {
 }
 
 // TestDeploymentDigest: the hash of each input on a line of its own, then
-// both compose files, as the forge.deployment labels have always been.
+// the compose files.
 func TestDeploymentDigest(t *testing.T) {
 	h := sha256.New()
 	h.Write([]byte("sha256:c1\n65532:999\n\n"))
 	h.Write(stackYML)
 	h.Write(stackGitHubYML)
+	h.Write(stackSigninYML)
 	want := hex.EncodeToString(h.Sum(nil))[:16]
 	if got := deploymentDigest("sha256:c1", "65532:999", ""); got != want {
 		t.Errorf("deploymentDigest = %s, want %s", got, want)
@@ -366,7 +523,7 @@ func answering(t *testing.T, body string) coordinator {
 	if err != nil {
 		t.Fatal(err)
 	}
-	co, err := newCoordinator(u.Port(), srv.Client())
+	co, err := newCoordinator(u.Port(), "", srv.Client())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -14,13 +15,15 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/forge-ci/forge/coordinator/web"
 )
 
 // wait waits, at most Timeout, until both services run this deployment,
 // the coordinator answers, and every node that takes tasks has its agent
 // connected. When it gives up it shows what may explain why.
 func (u *up) wait(ctx context.Context) error {
-	co, err := newCoordinator(u.s.HTTPPort, u.HTTP)
+	co, err := newCoordinator(u.s.HTTPPort, u.token, u.HTTP)
 	if err != nil {
 		return err
 	}
@@ -60,7 +63,11 @@ func (u *up) look(ctx context.Context, co coordinator) (what string, missing []s
 	if err != nil {
 		return "the list of nodes (" + err.Error() + ")", nil, false
 	}
-	agents, _ := co.agentNodes(ctx) // none yet while it fails
+	agents, err := co.agentNodes(ctx) // none yet while it fails
+	if errors.Is(err, web.ErrUnauthorized) {
+		return "the coordinator to accept the admin token of " + u.stateFile(adminTokenFile) +
+			" (GET /api/agents: " + err.Error() + ")", nil, false
+	}
 	missing = missingAgents(readyNodes(nodes), agents)
 	if len(missing) == 0 {
 		return "", nil, true
@@ -195,7 +202,9 @@ func (u *up) report(ctx context.Context) error {
 	u.say("Forge is up: the coordinator and %d agent(s), one on every node", len(readyNodes(nodes)))
 	u.say("  UI and API      http://%s:%s/   (GET /api/agents, /api/builds)", addr, port)
 	u.say("  webhook URL     %s/webhook", base)
-	u.say("  webhook secret  %s", state+"/webhook-secret")
+	u.say("  webhook secret  %s", state+"/"+webhookSecretFile)
+	u.say("  admin token     %s (every right: send it as Authorization: Bearer <token>, or", state+"/"+adminTokenFile)
+	u.say("                  FORGE_SERVER=http://%s:%s FORGE_TOKEN=$(cat %s) bin/forge builds)", addr, port, state+"/"+adminTokenFile)
 	u.say("  certificates    %s   settings %s", state+"/certs", state+"/"+envFile)
 	if u.s.GitHubAppID == "" {
 		u.say("next: create a GitHub App with that webhook URL and secret (permissions: contents read,")
@@ -204,6 +213,9 @@ func (u *up) report(ctx context.Context) error {
 		u.say("      Until then the coordinator answers webhooks 503.")
 	} else {
 		u.say("GitHub App %s configured; its webhook must be %s/webhook with the secret above.", u.s.GitHubAppID, base)
+	}
+	if u.s.GitHubClientID != "" {
+		u.say("Sign-in with GitHub: OAuth client %s; its callback URL must be %s/login/callback.", u.s.GitHubClientID, base)
 	}
 	if u.s.PublicURL == "" {
 		u.say("set FORGE_PUBLIC_URL (e.g. https://forge.example.com) for links in commit statuses")

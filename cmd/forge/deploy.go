@@ -16,7 +16,7 @@ func deployCommand() *cli.Command {
 	common := func(timeout int, timeoutEnv string) []cli.Flag {
 		return []cli.Flag{
 			&cli.StringFlag{Name: "stack", Usage: "the stack's name", Value: "forge", EnvVars: env("stack")},
-			&cli.PathFlag{Name: "state-dir", Usage: "the state folder: CA, certificates, webhook secret, forge.env", Value: ".forge", EnvVars: env("state-dir")},
+			&cli.PathFlag{Name: "state-dir", Usage: "the state folder: CA, certificates, webhook secret, admin token, session key, forge.env", Value: ".forge", EnvVars: env("state-dir")},
 			&cli.IntFlag{Name: "timeout", Usage: "seconds to wait, at most", Value: timeout, EnvVars: []string{timeoutEnv}},
 			&cli.StringFlag{Name: "http-port", Usage: "the coordinator's published HTTP port (default: forge.env's, else 8080)", EnvVars: env("http-port")},
 		}
@@ -37,6 +37,9 @@ func deployCommand() *cli.Command {
 					&cli.StringFlag{Name: "github-app-id", Usage: "the GitHub App's id", EnvVars: env("github-app-id")},
 					&cli.PathFlag{Name: "github-key-file", Usage: "the GitHub App's private key, copied into the state folder", EnvVars: env("github-key-file")},
 					&cli.StringFlag{Name: "github-api", Usage: "GitHub Enterprise: https://HOST/api/v3/", EnvVars: env("github-api")},
+					&cli.StringFlag{Name: "github-client-id", Usage: "sign-in with GitHub: the OAuth client's id", EnvVars: env("github-client-id")},
+					&cli.PathFlag{Name: "github-client-secret-file", Usage: "sign-in with GitHub: the OAuth client's secret, copied into the state folder", EnvVars: env("github-client-secret-file")},
+					&cli.StringFlag{Name: "github-web", Usage: "sign-in with GitHub Enterprise: https://HOST", EnvVars: env("github-web")},
 					&cli.StringFlag{Name: "registry", Usage: "the registry make images pushed the images to", EnvVars: env("registry")},
 					&cli.StringFlag{Name: "user", Usage: "uid:gid of the services (default 65532:<gid of /var/run/docker.sock>)", EnvVars: env("user")},
 					&cli.StringFlag{Name: "agent-user", Usage: "uid:gid of the agents (default: --user)", EnvVars: env("agent-user")},
@@ -53,10 +56,12 @@ func deployCommand() *cli.Command {
 						Settings: deploy.Settings{
 							HTTPPort: c.String("http-port"), PublicURL: c.String("public-url"),
 							GitHubAppID: c.String("github-app-id"), GitHubAPI: c.String("github-api"),
+							GitHubClientID: c.String("github-client-id"), GitHubWeb: c.String("github-web"),
 							Registry: c.String("registry"), User: c.String("user"), AgentUser: c.String("agent-user"),
 						},
-						GitHubKeyFile: c.Path("github-key-file"),
-						Version:       c.String("version"),
+						GitHubKeyFile:          c.Path("github-key-file"),
+						GitHubClientSecretFile: c.Path("github-client-secret-file"),
+						Version:                c.String("version"),
 					}))
 				},
 			},
