@@ -160,6 +160,8 @@ func New(opts Options) *Server {
 	f.mux.HandleFunc("POST /login/oauth/authorize", f.authorize)
 	f.mux.HandleFunc("POST /login/oauth/access_token", f.exchange)
 	f.mux.HandleFunc("GET /avatars/u/{id}", avatar)
+	// Browsers on the sign-in pages ask for it.
+	f.mux.HandleFunc("GET /favicon.ico", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	f.mux.HandleFunc("GET /_fake/statuses", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, append([]Status{}, f.Statuses()...))
 	})
