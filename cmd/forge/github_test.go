@@ -615,7 +615,7 @@ func (r *ghRig) peopleCommands(id, hello string) {
 		{args: []string{"cancel", id}, want: []string{"cancel " + id, "success already"}, fails: true},
 		{args: []string{"logs", "20260101T000000-000000"}, want: []string{"no build"}, fails: true},
 		{args: []string{"builds", "--state", "bogus"}, want: []string{"list builds", "bogus"}, fails: true},
-		{args: []string{"cancel", id, "--token", "forge_pat_wrong"}, want: []string{"refused", "FORGE_TOKEN"}, fails: true},
+		{args: []string{"cancel", "--token", "forge_pat_wrong", id}, want: []string{"refused", "FORGE_TOKEN"}, fails: true},
 	} {
 		out, err := run(t, append(append([]string{c.args[0]}, server...), c.args[1:]...)...)
 		text := out

@@ -188,10 +188,7 @@ func TestCoordinatorRestartMidBuild(t *testing.T) {
 	if final.State != coordinator.Failure || final.ExitCode == nil || *final.ExitCode != 5 {
 		t.Fatalf("after the restart: %s (%s) exit %v, want failure 5", final.State, final.Reason, final.ExitCode)
 	}
-	resp, err := http.Get(s2.http + "/api/builds/" + b.ID + "/log")
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := admin(t, "GET", s2.http+"/api/builds/"+b.ID+"/log")
 	log, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	checkLines(t, string(log), n)
