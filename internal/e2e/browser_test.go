@@ -13,7 +13,6 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/forge-ci/forge/coordinator"
-	"github.com/forge-ci/forge/coordinator/config"
 	"github.com/forge-ci/forge/coordinator/daemon"
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/internal/dockertest"
@@ -98,17 +97,8 @@ func TestBrowserSignInFollowCancel(t *testing.T) {
 	dockertest.Cleanup(t, e.cli, id)
 
 	yml := "image: " + e.image + "\nexecute: ['i=0; while [ $i -lt 120 ]; do i=$((i+1)); echo line$i; sleep 0.5; done']\n"
-	cfg, err := config.Parse(".forge.yml", []byte(yml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := s.srv.Builds.Submit(dockertest.Context(t, 30*time.Second), coordinator.Request{
-		Subject: coordinator.Subject{Owner: "acme", Repo: "widgets", Branch: "main", SHA: "0123456789abcdef0123456789abcdef01234567", Action: "execute", Trigger: "api"},
-		Config:  cfg, ConfigText: yml, Node: e.node, Labels: map[string]string{dockertest.LabelTest: id},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// acme/widgets, not public (the fake GitHub's SetPrivate above).
+	b := s.submit(t, e, yml, id)
 	waitStarted(t, s, b.ID)
 
 	// Nobody: the private build is as unknown as one that does not exist.
