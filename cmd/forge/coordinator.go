@@ -215,13 +215,6 @@ func readSecret(path string) ([]byte, error) {
 	if path == "" {
 		return nil, errors.New("--webhook-secret-file is required: the coordinator checks every webhook's signature with it (GitHub App settings, Webhook secret)")
 	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("--webhook-secret-file: %w", err)
-	}
-	s := strings.TrimSpace(string(b))
-	if s == "" {
-		return nil, fmt.Errorf("--webhook-secret-file %s is empty", path)
-	}
-	return []byte(s), nil
+	s, err := readFileFlag("webhook-secret-file", path)
+	return []byte(s), err
 }
