@@ -224,17 +224,19 @@ const (
 	maxListLimit     = 500
 )
 
+// ClampLimit is the page size ListBuilds serves for a ListOptions.Limit.
+func ClampLimit(n int) int {
+	if n <= 0 {
+		return defaultListLimit
+	}
+	return min(n, maxListLimit)
+}
+
 // ListBuilds returns builds newest first (Created, then ID, descending),
 // filtered by o. Owner, Repo and State filter independently when set. A
 // Before id that does not exist gives ErrNotFound (wrapped).
 func (s *Store) ListBuilds(ctx context.Context, o ListOptions) ([]*coordinator.Build, error) {
-	limit := o.Limit
-	if limit <= 0 {
-		limit = defaultListLimit
-	}
-	if limit > maxListLimit {
-		limit = maxListLimit
-	}
+	limit := ClampLimit(o.Limit)
 	var (
 		where []string
 		args  []any

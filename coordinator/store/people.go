@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/forge-ci/forge/coordinator"
@@ -163,7 +162,7 @@ func (s *Store) DeleteAPIToken(ctx context.Context, login, id string) error {
 		return fmt.Errorf("store: api token %s: %w", id, err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("store: api token %s: %w", strings.TrimSpace(id), ErrNotFound)
+		return fmt.Errorf("store: api token %s: %w", id, ErrNotFound)
 	}
 	return nil
 }

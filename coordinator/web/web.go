@@ -314,10 +314,8 @@ func (a *API) visible(ctx context.Context, p *auth.Principal, o store.ListOption
 			return nil, err
 		}
 	}
-	if o.Limit <= 0 {
-		o.Limit = 50
-	}
-	want := min(o.Limit, 500)
+	o.Limit = store.ClampLimit(o.Limit)
+	want := o.Limit
 	o.PublicOnly = p.Kind == auth.Anonymous
 	var out []*coordinator.Build
 	for {
