@@ -82,6 +82,9 @@ const (
 	TypeExitAck          = "exit_ack"
 	TypeArtifactsRequest = "artifacts_request"
 	TypeArtifactsHeader  = "artifacts_header"
+	TypeJoin             = "join"
+	TypeRenew            = "renew"
+	TypeIssued           = "issued"
 )
 
 // Codes of a Refused message; what each means is in PROTOCOL.md §5.3.
@@ -114,8 +117,17 @@ const (
 )
 
 // RoleURIPrefix is the prefix of the URI SAN that states a certificate's
-// role: spiffe://forge/coordinator or spiffe://forge/agent.
+// role: spiffe://forge/coordinator, or spiffe://forge/agent/<node-id> for
+// the agent of one swarm node (PROTOCOL.md §2).
 const RoleURIPrefix = "spiffe://forge/"
+
+// Limits of the identity messages (PROTOCOL.md §5.19-§5.21).
+const (
+	MaxCSRSize   = 16 << 10 // a PKCS#10 request, DER
+	MaxCertSize  = 16 << 10 // an issued certificate, DER
+	MaxTokenSize = 256      // a join token
+	MaxNodeID    = 64       // a swarm node id (25 characters today)
+)
 
 // PKI defaults.
 const (
@@ -123,8 +135,15 @@ const (
 	// validity is given.
 	DefaultCAValidity = 10 * 365 * 24 * time.Hour
 	// DefaultLeafValidity is how long an issued certificate is valid when
-	// IssueRequest.ValidFor is zero.
-	DefaultLeafValidity = 365 * 24 * time.Hour
+	// IssueRequest.ValidFor is zero: 90 days, as swarm's own node
+	// certificates.
+	DefaultLeafValidity = 90 * 24 * time.Hour
+	// DefaultAgentCertTTL is how long a certificate the coordinator signs
+	// for a joining or renewing agent is valid.
+	DefaultAgentCertTTL = 24 * time.Hour
+	// RenewAt is the part of its lifetime after which an agent asks for a
+	// new certificate (PROTOCOL.md §6.7).
+	RenewAt = 2.0 / 3
 	// ClockSkew is how far NotBefore is back-dated by default, so that a
 	// certificate issued on one machine is valid at once on a machine whose
 	// clock is a little behind.
@@ -190,4 +209,10 @@ var (
 	ErrNoRole = errors.New("wire: certificate has no forge role")
 	// ErrNoPeerCertificate: the TLS peer presented no certificate.
 	ErrNoPeerCertificate = errors.New("wire: peer presented no certificate")
+	// ErrNoNode: an agent certificate names no node (spiffe://forge/agent
+	// without /<node-id>, as made before per-node identity).
+	ErrNoNode = errors.New("wire: agent certificate names no node")
+	// ErrBadCSR: a certificate request breaks PROTOCOL.md §2's rules
+	// (signature, key type, names).
+	ErrBadCSR = errors.New("wire: certificate request refused")
 )

@@ -179,6 +179,26 @@ type ArtifactsHeader struct {
 	Size int64 `json:"size"` // raw tar bytes that follow
 }
 
+// Join asks for an agent's first certificate, on a session without a
+// client certificate (PROTOCOL.md §5.19, §6.6).
+type Join struct {
+	Protocol int    `json:"protocol"` // ProtocolVersion of the agent
+	Token    string `json:"token"`    // the cluster's join token
+	NodeID   string `json:"node_id"`  // the swarm node id the agent speaks for
+	CSR      []byte `json:"csr"`      // PKCS#10, DER
+}
+
+// Renew asks for a new certificate for the session's node (PROTOCOL.md
+// §5.20, §6.7).
+type Renew struct {
+	CSR []byte `json:"csr"` // PKCS#10, DER
+}
+
+// Issued answers Join or Renew with a certificate (PROTOCOL.md §5.21).
+type Issued struct {
+	Certificate []byte `json:"certificate"` // X.509, DER, signed by the forge CA
+}
+
 func (Hello) MessageType() string            { return TypeHello }
 func (Welcome) MessageType() string          { return TypeWelcome }
 func (Refused) MessageType() string          { return TypeRefused }
@@ -197,6 +217,9 @@ func (Exit) MessageType() string             { return TypeExit }
 func (ExitAck) MessageType() string          { return TypeExitAck }
 func (ArtifactsRequest) MessageType() string { return TypeArtifactsRequest }
 func (ArtifactsHeader) MessageType() string  { return TypeArtifactsHeader }
+func (Join) MessageType() string             { return TypeJoin }
+func (Renew) MessageType() string            { return TypeRenew }
+func (Issued) MessageType() string           { return TypeIssued }
 
 // registry maps each type name to its struct type. It is the one list of
 // messages this version understands.
@@ -207,6 +230,7 @@ var registry = func() map[string]reflect.Type {
 		Launch{}, LaunchReady{}, Started{}, Cancel{}, Cancelled{},
 		Attach{}, Attached{}, Log{}, LogAck{}, Exit{}, ExitAck{},
 		ArtifactsRequest{}, ArtifactsHeader{},
+		Join{}, Renew{}, Issued{},
 	} {
 		if _, dup := m[p.MessageType()]; dup {
 			panic("wire: message type registered twice: " + p.MessageType())
@@ -608,6 +632,42 @@ func (m ArtifactsRequest) Validate() error {
 func (m ArtifactsHeader) Validate() error {
 	if m.Size < 0 {
 		return invalid(TypeArtifactsHeader, "negative size %d", m.Size)
+	}
+	return nil
+}
+
+// Validate checks the version, the token, the node id and the request's
+// size.
+func (m Join) Validate() error {
+	if m.Protocol <= 0 {
+		return invalid(TypeJoin, "protocol %d, want a positive version", m.Protocol)
+	}
+	if m.Token == "" {
+		return invalid(TypeJoin, "empty token")
+	}
+	if len(m.Token) > MaxTokenSize {
+		return invalid(TypeJoin, "token is %d bytes, max %d", len(m.Token), MaxTokenSize)
+	}
+	if err := ValidNodeID(m.NodeID); err != nil {
+		return invalid(TypeJoin, "%v", err)
+	}
+	return validDER(TypeJoin, "csr", m.CSR, MaxCSRSize)
+}
+
+// Validate checks the request's size.
+func (m Renew) Validate() error { return validDER(TypeRenew, "csr", m.CSR, MaxCSRSize) }
+
+// Validate checks the certificate's size.
+func (m Issued) Validate() error {
+	return validDER(TypeIssued, "certificate", m.Certificate, MaxCertSize)
+}
+
+func validDER(typ, field string, b []byte, limit int) error {
+	if len(b) == 0 {
+		return invalid(typ, "empty %s", field)
+	}
+	if len(b) > limit {
+		return invalid(typ, "%s is %d bytes, max %d", field, len(b), limit)
 	}
 	return nil
 }

@@ -42,6 +42,9 @@ func sampleMessages() []Message {
 		&ExitAck{},
 		&ArtifactsRequest{BuildID: "b1", ContainerID: "c1", Paths: []string{"coverage.out", "dist/*"}, MaxBytes: 1 << 30},
 		&ArtifactsHeader{Size: 4096},
+		&Join{Protocol: ProtocolVersion, Token: "forge_join_x", NodeID: "p8u3hq2v5r9x1ktbz0d7lm4ae", CSR: []byte{0x30, 0x82, 1}},
+		&Renew{CSR: []byte{0x30, 0x82, 2}},
+		&Issued{Certificate: []byte{0x30, 0x82, 3}},
 	}
 }
 
@@ -91,6 +94,7 @@ func TestTypeNames(t *testing.T) {
 		"cancel": Cancel{}, "cancelled": Cancelled{}, "attach": Attach{}, "attached": Attached{},
 		"log": Log{}, "log_ack": LogAck{}, "exit": Exit{}, "exit_ack": ExitAck{},
 		"artifacts_request": ArtifactsRequest{}, "artifacts_header": ArtifactsHeader{},
+		"join": Join{}, "renew": Renew{}, "issued": Issued{},
 	}
 	if len(want) != len(registry) {
 		t.Fatalf("registry has %d types, test knows %d", len(registry), len(want))

@@ -44,10 +44,35 @@ func ParseRole(s string) (Role, error) {
 }
 
 // RoleOf returns the role stated by cert, by the rules of PROTOCOL.md §2
-// (exactly one spiffe://forge/ URI SAN naming a known role).
+// (exactly one spiffe://forge/ URI SAN naming a known role; an agent's may
+// name its node as one more path segment).
 func RoleOf(cert *x509.Certificate) (Role, error) {
+	r, _, err := roleURI(cert)
+	return r, err
+}
+
+// NodeOf returns the swarm node an agent certificate speaks for: the
+// <node-id> of its spiffe://forge/agent/<node-id> URI SAN. A certificate
+// of another role, or an agent certificate without a node, is an error
+// (ErrNoRole, ErrNoNode).
+func NodeOf(cert *x509.Certificate) (string, error) {
+	r, node, err := roleURI(cert)
+	if err != nil {
+		return "", err
+	}
+	if r != RoleAgent {
+		return "", fmt.Errorf("%w: certificate %q has role %s", ErrNoNode, cert.Subject.CommonName, r)
+	}
+	if node == "" {
+		return "", fmt.Errorf("%w: certificate %q (serial %x) has %s without /<node-id>; issue one with forge certs issue --node, or join with the token",
+			ErrNoNode, cert.Subject.CommonName, cert.SerialNumber, RoleAgent.URI())
+	}
+	return node, nil
+}
+
+func roleURI(cert *x509.Certificate) (Role, string, error) {
 	if cert == nil {
-		return "", ErrNoPeerCertificate
+		return "", "", ErrNoPeerCertificate
 	}
 	var found []string
 	for _, u := range cert.URIs {
@@ -57,17 +82,49 @@ func RoleOf(cert *x509.Certificate) (Role, error) {
 	}
 	switch len(found) {
 	case 0:
-		return "", fmt.Errorf("%w (certificate %q)", ErrNoRole, cert.Subject.CommonName)
+		return "", "", fmt.Errorf("%w (certificate %q)", ErrNoRole, cert.Subject.CommonName)
 	case 1:
 	default:
-		return "", fmt.Errorf("%w: certificate %q has %d role URIs (%s), want exactly one",
+		return "", "", fmt.Errorf("%w: certificate %q has %d role URIs (%s), want exactly one",
 			ErrNoRole, cert.Subject.CommonName, len(found), strings.Join(found, ", "))
 	}
-	r := Role(strings.TrimPrefix(found[0], RoleURIPrefix))
-	if !strings.HasPrefix(found[0], RoleURIPrefix) || !r.valid() {
-		return "", fmt.Errorf("%w: certificate %q has unknown role URI %s", ErrNoRole, cert.Subject.CommonName, found[0])
+	rest, ok := strings.CutPrefix(found[0], RoleURIPrefix)
+	role, node, hasNode := strings.Cut(rest, "/")
+	r := Role(role)
+	switch {
+	case !ok || !r.valid():
+	case !hasNode:
+		return r, "", nil
+	case r == RoleAgent && ValidNodeID(node) == nil:
+		return r, node, nil
 	}
-	return r, nil
+	return "", "", fmt.Errorf("%w: certificate %q has unknown role URI %s", ErrNoRole, cert.Subject.CommonName, found[0])
+}
+
+// AgentURI is the URI SAN of the agent of node: spiffe://forge/agent/<node>.
+func AgentURI(node string) *url.URL {
+	u := RoleAgent.URI()
+	u.Path += "/" + node
+	return u
+}
+
+// ValidNodeID checks the shape of a node id as certificates and Join carry
+// it: 1 to MaxNodeID letters, digits, '-' or '_' (swarm's ids are 25 lower-case
+// letters and digits). That it is a node's full id, not a host name or a
+// prefix, only swarm can say (agents.SwarmVerifier).
+func ValidNodeID(node string) error {
+	if node == "" {
+		return errors.New("empty node_id")
+	}
+	if len(node) > MaxNodeID {
+		return fmt.Errorf("node_id is %d characters, max %d", len(node), MaxNodeID)
+	}
+	for _, c := range node {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return fmt.Errorf("node_id %q has %q: want letters, digits, '-' or '_'", node, c)
+		}
+	}
+	return nil
 }
 
 // CA is a certificate authority: the root every forge certificate chains to.
@@ -165,6 +222,10 @@ type IssueRequest struct {
 	// Name is the certificate's common name (for agents, typically the
 	// node's host name; for the coordinator, its service name).
 	Name string
+	// Node is the swarm node id an agent certificate speaks for (its URI
+	// SAN is AgentURI(Node)); required for agents, empty for the
+	// coordinator.
+	Node string
 	// Hosts are the DNS names and IP addresses the holder is reached at.
 	// The agent verifies the coordinator's host name against them, so a
 	// coordinator certificate needs at least one; for agents they are
@@ -204,6 +265,16 @@ func (ca *CA) issue(req IssueRequest, eku []x509.ExtKeyUsage) (certPEM, keyPEM [
 	if req.ValidFor < 0 {
 		return fail("negative validity %s", req.ValidFor)
 	}
+	uri := req.Role.URI()
+	switch {
+	case req.Role == RoleAgent:
+		if err := ValidNodeID(req.Node); err != nil {
+			return fail("node: %v (an agent certificate names the swarm node it speaks for)", err)
+		}
+		uri = AgentURI(req.Node)
+	case req.Node != "":
+		return fail("a %s certificate names no node", req.Role)
+	}
 	var dns []string
 	var ips []net.IP
 	for _, h := range req.Hosts {
@@ -239,28 +310,21 @@ func (ca *CA) issue(req IssueRequest, eku []x509.ExtKeyUsage) (certPEM, keyPEM [
 		notAfter = ca.Cert.NotAfter
 	}
 
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return fail("generate key: %w", err)
-	}
-	serial, err := randomSerial()
+	key, err := NewKey()
 	if err != nil {
 		return fail("%w", err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: req.Name},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  eku,
-		DNSNames:     dns,
-		IPAddresses:  ips,
-		URIs:         []*url.URL{req.Role.URI()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	der, err := ca.sign(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: req.Name},
+		NotBefore:   notBefore,
+		NotAfter:    notAfter,
+		ExtKeyUsage: eku,
+		DNSNames:    dns,
+		IPAddresses: ips,
+		URIs:        []*url.URL{uri},
+	}, &key.PublicKey)
 	if err != nil {
-		return fail("sign: %w", err)
+		return fail("%w", err)
 	}
 	keyPEM, err = marshalKeyPEM(key)
 	if err != nil {
@@ -268,6 +332,140 @@ func (ca *CA) issue(req IssueRequest, eku []x509.ExtKeyUsage) (certPEM, keyPEM [
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
 }
+
+// sign signs tmpl (a leaf: digital signature usage, a random serial) for pub.
+func (ca *CA) sign(tmpl *x509.Certificate, pub *ecdsa.PublicKey) ([]byte, error) {
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	tmpl.SerialNumber = serial
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
+	return der, nil
+}
+
+// NewKey makes an ECDSA P-256 key, the only kind forge certificates carry.
+func NewKey() (*ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	return key, nil
+}
+
+// NewCSR makes the certificate request an agent sends in Join or Renew:
+// key's public half, and AgentURI(node) as its only name (PROTOCOL.md §2).
+func NewCSR(key *ecdsa.PrivateKey, node string) ([]byte, error) {
+	if err := ValidNodeID(node); err != nil {
+		return nil, fmt.Errorf("wire: certificate request: %w", err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: "forge agent " + node},
+		URIs:    []*url.URL{AgentURI(node)},
+	}, key)
+	if err != nil {
+		return nil, fmt.Errorf("wire: certificate request: %w", err)
+	}
+	return der, nil
+}
+
+// SignAgent signs an agent's certificate request (Join or Renew) for node,
+// valid from ClockSkew ago for validFor and never past the CA: role agent,
+// client authentication only, the URI SAN AgentURI(node) and no other
+// name, whatever the request asked. The request must be well signed, for
+// an ECDSA P-256 key, and name nothing but AgentURI(node), if anything;
+// otherwise the error wraps ErrBadCSR and says why. name is the common
+// name (the node's host name, for people).
+func (ca *CA) SignAgent(csrDER []byte, node, name string, validFor time.Duration) (*x509.Certificate, error) {
+	csr, err := CheckCSR(csrDER, node)
+	if err != nil {
+		return nil, err
+	}
+	if validFor <= 0 {
+		return nil, fmt.Errorf("wire: sign agent certificate: validity %s, want > 0", validFor)
+	}
+	if name == "" {
+		name = node
+	}
+	now := time.Now()
+	notAfter := now.Add(validFor)
+	if notAfter.After(ca.Cert.NotAfter) {
+		notAfter = ca.Cert.NotAfter
+	}
+	der, err := ca.sign(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: name},
+		NotBefore:   now.Add(-ClockSkew),
+		NotAfter:    notAfter,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{AgentURI(node)},
+	}, csr.PublicKey.(*ecdsa.PublicKey))
+	if err != nil {
+		return nil, fmt.Errorf("wire: sign agent certificate for %s: %w", node, err)
+	}
+	return x509.ParseCertificate(der)
+}
+
+// CheckCSR parses an agent's certificate request and checks it by
+// PROTOCOL.md §2: a valid signature, an ECDSA P-256 key, and no names but
+// AgentURI(node). Errors wrap ErrBadCSR.
+func CheckCSR(csrDER []byte, node string) (*x509.CertificateRequest, error) {
+	bad := func(format string, args ...any) (*x509.CertificateRequest, error) {
+		return nil, fmt.Errorf("%w: %s", ErrBadCSR, fmt.Sprintf(format, args...))
+	}
+	csr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		return bad("parse: %v", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return bad("signature: %v", err)
+	}
+	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
+	if !ok || pub.Curve != elliptic.P256() {
+		return bad("key is %s, want ECDSA P-256", keyKind(csr.PublicKey))
+	}
+	if n := len(csr.DNSNames) + len(csr.IPAddresses) + len(csr.EmailAddresses); n > 0 {
+		return bad("it asks for %d DNS, IP or e-mail names; an agent certificate carries only %s", n, AgentURI(node))
+	}
+	switch {
+	case len(csr.URIs) == 0:
+	case len(csr.URIs) == 1 && csr.URIs[0].String() == AgentURI(node).String():
+	default:
+		var us []string
+		for _, u := range csr.URIs {
+			us = append(us, u.String())
+		}
+		return bad("it asks for %s; this agent may have only %s", strings.Join(us, ", "), AgentURI(node))
+	}
+	return csr, nil
+}
+
+func keyKind(k any) string {
+	switch k := k.(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA " + k.Curve.Params().Name
+	default:
+		return fmt.Sprintf("%T", k)
+	}
+}
+
+// CertPEM encodes a certificate as a PEM "CERTIFICATE" block.
+func CertPEM(cert *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+}
+
+// KeyPEM encodes a key as a PKCS#8 PEM "PRIVATE KEY" block.
+func KeyPEM(key *ecdsa.PrivateKey) ([]byte, error) { return marshalKeyPEM(key) }
+
+// ParseKeyPEM reads an ECDSA key written by KeyPEM (or openssl's "EC
+// PRIVATE KEY").
+func ParseKeyPEM(data []byte) (*ecdsa.PrivateKey, error) { return parseKeyPEM(data) }
+
+// ParseCertPEM reads the first certificate of a PEM file's contents.
+func ParseCertPEM(data []byte) (*x509.Certificate, error) { return parseCertPEM(data) }
 
 // LoadKeyPair reads a certificate and its key from PEM files. Errors name
 // the file at fault.

@@ -55,7 +55,7 @@ func TestNewCA(t *testing.T) {
 	if _, err := LoadCA(ca.CertPEM(), otherKey); err == nil || !strings.Contains(err.Error(), "does not match") {
 		t.Errorf("mismatched key: %v", err)
 	}
-	leafPEM, leafKey, _ := ca.Issue(IssueRequest{Role: RoleAgent, Name: "n1"})
+	leafPEM, leafKey, _ := ca.Issue(IssueRequest{Role: RoleAgent, Name: "n1", Node: "n1"})
 	if _, err := LoadCA(leafPEM, leafKey); err == nil || !strings.Contains(err.Error(), "not a CA") {
 		t.Errorf("leaf as CA: %v", err)
 	}
@@ -109,7 +109,7 @@ func TestIssue(t *testing.T) {
 		t.Errorf("key PEM type")
 	}
 
-	agentPEM, _, err := ca.Issue(IssueRequest{Role: RoleAgent, Name: "node-1"})
+	agentPEM, _, err := ca.Issue(IssueRequest{Role: RoleAgent, Name: "node-1", Node: "node-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestIssue(t *testing.T) {
 
 	// Explicit NotBefore, and the CA's end caps the leaf's.
 	nb := time.Now().Add(-time.Hour).Truncate(time.Second)
-	p, _, err := ca.Issue(IssueRequest{Role: RoleAgent, Name: "n", NotBefore: nb, ValidFor: 30 * time.Minute})
+	p, _, err := ca.Issue(IssueRequest{Role: RoleAgent, Name: "n", Node: "n", NotBefore: nb, ValidFor: 30 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func TestIssue(t *testing.T) {
 		t.Errorf("validity %s..%s", l.NotBefore, l.NotAfter)
 	}
 	short, _ := NewCA("short", time.Hour)
-	p, _, _ = short.Issue(IssueRequest{Role: RoleAgent, Name: "n"})
+	p, _, _ = short.Issue(IssueRequest{Role: RoleAgent, Name: "n", Node: "n"})
 	if l := parseLeaf(t, p); l.NotAfter.After(short.Cert.NotAfter) {
 		t.Errorf("leaf ends %s after its CA %s", l.NotAfter, short.Cert.NotAfter)
 	}
@@ -188,8 +188,8 @@ func TestRoleOf(t *testing.T) {
 func TestLoadFiles(t *testing.T) {
 	dir := t.TempDir()
 	ca, _ := NewCA("forge CA", time.Hour)
-	certPEM, keyPEM, _ := ca.Issue(IssueRequest{Role: RoleAgent, Name: "n1"})
-	_, otherKey, _ := ca.Issue(IssueRequest{Role: RoleAgent, Name: "n2"})
+	certPEM, keyPEM, _ := ca.Issue(IssueRequest{Role: RoleAgent, Name: "n1", Node: "n1"})
+	_, otherKey, _ := ca.Issue(IssueRequest{Role: RoleAgent, Name: "n2", Node: "n2"})
 	write := func(name string, data []byte) string {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, data, 0o600); err != nil {

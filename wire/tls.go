@@ -54,6 +54,33 @@ func ClientConfig(caPool *x509.CertPool, cert tls.Certificate, serverName string
 	}
 }
 
+// AllowJoin returns a copy of a ServerConfig that also completes the
+// handshake with a client that presents no certificate. Such a session
+// may only join (PROTOCOL.md §6.6); the coordinator refuses it anything
+// else. A client that presents a certificate is verified as before.
+func AllowJoin(cfg *tls.Config) *tls.Config {
+	c := cfg.Clone()
+	c.ClientAuth = tls.VerifyClientCertIfGiven
+	verify := cfg.VerifyConnection
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return nil
+		}
+		return verify(cs)
+	}
+	return c
+}
+
+// JoinConfig is the agent's TLS configuration for joining (PROTOCOL.md
+// §6.6): ClientConfig without a certificate of its own. The coordinator
+// is verified exactly as ClientConfig verifies it, so the join token goes
+// only to the real coordinator.
+func JoinConfig(caPool *x509.CertPool, serverName string) *tls.Config {
+	c := ClientConfig(caPool, tls.Certificate{}, serverName)
+	c.Certificates = nil
+	return c
+}
+
 // PeerCertificate returns the leaf certificate the peer presented. On a
 // connection set up with ServerConfig or ClientConfig it has been verified.
 func PeerCertificate(cs tls.ConnectionState) (*x509.Certificate, error) {

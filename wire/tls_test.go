@@ -92,10 +92,10 @@ func TestTLSServerRefuses(t *testing.T) {
 				[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}),
 			"peer certificate has role coordinator, want agent"},
 		{"expired agent",
-			p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "old", NotBefore: time.Now().Add(-2 * time.Hour), ValidFor: time.Hour}),
+			p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "old", Node: "old", NotBefore: time.Now().Add(-2 * time.Hour), ValidFor: time.Hour}),
 			"expired"},
 		{"not yet valid agent",
-			p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "early", NotBefore: time.Now().Add(time.Hour)}),
+			p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "early", Node: "early", NotBefore: time.Now().Add(time.Hour)}),
 			"not yet valid"},
 		{"agent without role", issueNoRole(t, p), "no forge role"},
 	}
@@ -128,7 +128,7 @@ func TestTLSServerRefuses(t *testing.T) {
 // issueNoRole issues an agent-usable certificate without a role URI.
 func issueNoRole(t *testing.T, p *wiretest.PKI) tls.Certificate {
 	t.Helper()
-	tmpl := p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "anonymous"})
+	tmpl := p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "anonymous", Node: "anonymous"})
 	leaf := *tmpl.Leaf
 	leaf.URIs = nil
 	der, err := x509.CreateCertificate(rand.Reader, &leaf, p.CA.Cert, tmpl.Leaf.PublicKey, p.CA.Key)
@@ -151,10 +151,10 @@ func TestTLSClientRefuses(t *testing.T) {
 		{"coordinator for another host",
 			p.MustIssue(t, IssueRequest{Role: RoleCoordinator, Name: "elsewhere", Hosts: []string{"elsewhere.example", "10.9.9.9"}}),
 			"not 127.0.0.1"},
-		{"agent certificate as server", p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "n", Hosts: []string{"127.0.0.1"}}),
+		{"agent certificate as server", p.MustIssue(t, IssueRequest{Role: RoleAgent, Name: "n", Node: "n", Hosts: []string{"127.0.0.1"}}),
 			"incompatible key usage"},
 		{"agent role with server key usage",
-			issueEKU(t, p, IssueRequest{Role: RoleAgent, Name: "rogue", Hosts: []string{"127.0.0.1"}},
+			issueEKU(t, p, IssueRequest{Role: RoleAgent, Name: "rogue", Node: "rogue", Hosts: []string{"127.0.0.1"}},
 				[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}),
 			"peer certificate has role agent, want coordinator"},
 	}

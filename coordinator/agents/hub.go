@@ -61,6 +61,10 @@ type AgentInfo struct {
 	Address        string    `json:"address"`
 	ConnectedSince time.Time `json:"connected_since"`
 	SessionID      string    `json:"session_id"`
+	// CertSerial and CertExpires are the session's latest certificate:
+	// the one it connected with, or the last one renew gave it.
+	CertSerial  string    `json:"cert_serial"`
+	CertExpires time.Time `json:"cert_expires"`
 }
 
 // Config is what a Hub needs.
@@ -472,4 +476,18 @@ func (s *Hub) Landings(buildID string) (<-chan coordinator.Landing, func()) {
 // WaitExit implements coordinator.Agents.
 func (s *Hub) WaitExit(ctx context.Context, buildID string) (<-chan wire.Exit, error) {
 	return s.reports.WaitExit(ctx, buildID)
+}
+
+// Revoke revokes node's agent certificates (forge agents revoke): its live
+// session is closed at once, its certificates are refused from now on, and
+// the join token gets it no new one until Allow.
+func (s *Hub) Revoke(ctx context.Context, node string) error {
+	return errors.New("not yet")
+}
+
+// Allow lifts node's revocation (forge agents allow); the node joins
+// again with the token, since certificates issued before the revocation
+// stay refused. It reports whether the node was revoked.
+func (s *Hub) Allow(ctx context.Context, node string) (bool, error) {
+	return false, errors.New("not yet")
 }

@@ -78,3 +78,62 @@ func (s *Store) AgentsSeen(ctx context.Context) ([]AgentSeen, error) {
 	}
 	return out, nil
 }
+
+// Revocation is what the coordinator holds against a node's agent
+// certificates. The zero value: never revoked.
+type Revocation struct {
+	// Revoked: the node's certificates are refused and it gets no new one
+	// (forge agents revoke), until it is allowed again.
+	Revoked bool
+	// RevokedAt is the last revocation; certificates issued before it stay
+	// refused after an allow, so the node must join again.
+	RevokedAt time.Time
+}
+
+// RevokeAgent revokes node's agent certificates as of at.
+func (s *Store) RevokeAgent(ctx context.Context, node string, at time.Time) error {
+	if node == "" {
+		return errors.New("store: revoke agent: empty node id")
+	}
+	t, err := dbTime("revoked at", at)
+	if err != nil {
+		return fmt.Errorf("store: revoke agent %s: %w", node, err)
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO agent_revocations (node_id, revoked, revoked_at) VALUES (?, 1, ?)
+		ON CONFLICT (node_id) DO UPDATE SET revoked = 1, revoked_at = excluded.revoked_at`, node, t)
+	if err != nil {
+		return fmt.Errorf("store: revoke agent %s: %w", node, err)
+	}
+	return nil
+}
+
+// AllowAgent lifts node's revocation; it reports whether there was one.
+func (s *Store) AllowAgent(ctx context.Context, node string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE agent_revocations SET revoked = 0 WHERE node_id = ? AND revoked = 1`, node)
+	if err != nil {
+		return false, fmt.Errorf("store: allow agent %s: %w", node, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("store: allow agent %s: %w", node, err)
+	}
+	return n > 0, nil
+}
+
+// AgentRevocation returns what is held against node; the zero value when
+// it was never revoked.
+func (s *Store) AgentRevocation(ctx context.Context, node string) (Revocation, error) {
+	var (
+		r  Revocation
+		at sql.NullInt64
+	)
+	err := s.db.QueryRowContext(ctx, `SELECT revoked, revoked_at FROM agent_revocations WHERE node_id = ?`, node).Scan(&r.Revoked, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Revocation{}, nil
+	}
+	if err != nil {
+		return Revocation{}, fmt.Errorf("store: revocation of agent %s: %w", node, err)
+	}
+	r.RevokedAt = goTime(at)
+	return r, nil
+}

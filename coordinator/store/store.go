@@ -254,6 +254,15 @@ var migrations = [][]string{
 		)`,
 		`CREATE INDEX api_tokens_login ON api_tokens (login, created)`,
 	},
+	// 3: per-node agent identity (issue 14): revoked nodes. A row stays
+	// after allow: revoked_at still refuses certificates issued before it.
+	{
+		`CREATE TABLE agent_revocations (
+			node_id    TEXT    NOT NULL PRIMARY KEY,
+			revoked    INTEGER NOT NULL,
+			revoked_at INTEGER NOT NULL
+		)`,
+	},
 }
 
 // migrate brings the schema up to date in one transaction per migration.

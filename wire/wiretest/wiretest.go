@@ -25,8 +25,11 @@ const Timeout = 10 * time.Second
 // certificate is also valid for "localhost".
 const ServerName = "127.0.0.1"
 
+// AgentNode is the node Agent's certificate speaks for.
+const AgentNode = "agent-node"
+
 // PKI is a forge CA, valid for an hour, with a coordinator certificate and
-// an agent certificate.
+// an agent certificate for AgentNode.
 type PKI struct {
 	CA          *wire.CA
 	Pool        *x509.CertPool // just CA
@@ -49,7 +52,7 @@ func NewPKI() (*PKI, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.Agent, p.AgentCertPEM, p.AgentKeyPEM, err = p.issue(wire.IssueRequest{Role: wire.RoleAgent, Name: "agent"})
+	p.Agent, p.AgentCertPEM, p.AgentKeyPEM, err = p.issue(wire.IssueRequest{Role: wire.RoleAgent, Name: "agent", Node: AgentNode})
 	if err != nil {
 		return nil, err
 	}
@@ -73,6 +76,27 @@ func (p *PKI) issue(req wire.IssueRequest) (tls.Certificate, []byte, []byte, err
 		return tls.Certificate{}, nil, nil, fmt.Errorf("wiretest: key pair of %q: %w", req.Name, err)
 	}
 	return pair, certPEM, keyPEM, nil
+}
+
+// AgentTLS is the configuration of the agent of node (a certificate of its
+// own, for a coordinator at ServerName): the coordinator binds a session
+// only to the node its certificate names.
+func (p *PKI) AgentTLS(node string) (*tls.Config, error) {
+	pair, err := p.Issue(wire.IssueRequest{Role: wire.RoleAgent, Name: node, Node: node})
+	if err != nil {
+		return nil, err
+	}
+	return wire.ClientConfig(p.Pool, pair, ServerName), nil
+}
+
+// MustAgentTLS is p.AgentTLS for a test.
+func (p *PKI) MustAgentTLS(t T, node string) *tls.Config {
+	t.Helper()
+	c, err := p.AgentTLS(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // ServerTLS is the coordinator's configuration (wire.ServerConfig).
