@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -45,6 +46,9 @@ func coordinatorCommand() *cli.Command {
 			forgexecFlag(),
 			dockerHostFlag(),
 			&cli.BoolFlag{Name: "allow-ports", Usage: "let .forge.yml publish ports", EnvVars: env("allow-ports")},
+			&cli.PathFlag{Name: "tls-ca-key", Usage: "the forge CA's key: sign certificates for agents that join with the token, and renew them", EnvVars: env("tls-ca-key")},
+			&cli.PathFlag{Name: "join-token-file", Usage: "file holding the join token agents present to get their first certificate (forge certs join-token); read again at every join, so a new file rotates it", EnvVars: env("join-token-file")},
+			&cli.DurationFlag{Name: "agent-cert-ttl", Usage: "how long the certificates signed for agents are valid; agents renew at two thirds", Value: wire.DefaultAgentCertTTL, EnvVars: env("agent-cert-ttl")},
 			&cli.BoolFlag{Name: "debug", Usage: "log more", EnvVars: env("debug")},
 		}, tlsFlags("coordinator")...),
 		Action: func(c *cli.Context) error {
@@ -67,6 +71,10 @@ func coordinatorCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			identity, err := identityFlags(c)
+			if err != nil {
+				return err
+			}
 			exe, err := readForgexec(c.Path("forgexec"))
 			if err != nil {
 				return err
@@ -80,7 +88,10 @@ func coordinatorCommand() *cli.Command {
 			defer stop()
 			log := newLogger(c)
 			cfg := daemon.Config{TLS: wire.ServerConfig(pool, pair), DataDir: c.Path("data"), Executor: exe,
-				AllowPorts: c.Bool("allow-ports"), Logger: log, Access: access}
+				AllowPorts: c.Bool("allow-ports"), Logger: log, Access: access, Identity: identity}
+			if identity.Signer == nil {
+				log.Warn("no CA key (--tls-ca-key): agents cannot join with a token nor renew; each needs a certificate from forge certs issue --role agent --node")
+			}
 			if access.SignIn == nil {
 				log.Warn("sign-in with GitHub is not configured (--github-client-id, --github-client-secret-file): only public repositories' builds are shown, and only the admin token acts")
 			}
@@ -217,4 +228,46 @@ func readSecret(path string) ([]byte, error) {
 	}
 	s, err := readFileFlag("webhook-secret-file", path)
 	return []byte(s), err
+}
+
+// identityFlags reads how agents get their certificates: the CA (and its
+// key, to sign them), the join token and their lifetime.
+func identityFlags(c *cli.Context) (daemon.Identity, error) {
+	var id daemon.Identity
+	caPEM, err := os.ReadFile(c.Path("tls-ca"))
+	if err != nil {
+		return id, fmt.Errorf("--tls-ca: %w", err)
+	}
+	if id.CA, err = wire.ParseCertPEM(caPEM); err != nil {
+		return id, fmt.Errorf("--tls-ca %s: %w", c.Path("tls-ca"), err)
+	}
+	id.AgentCertTTL = c.Duration("agent-cert-ttl")
+	if id.AgentCertTTL < time.Minute/2 {
+		return id, fmt.Errorf("--agent-cert-ttl %s: want at least 30s (agents renew at two thirds of it)", id.AgentCertTTL)
+	}
+	keyFile, tokenFile := c.Path("tls-ca-key"), c.Path("join-token-file")
+	if keyFile == "" {
+		if tokenFile != "" {
+			return id, errors.New("--join-token-file needs --tls-ca-key: the coordinator signs the certificates of agents that join")
+		}
+		return id, nil
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return id, fmt.Errorf("--tls-ca-key: %w", err)
+	}
+	if id.Signer, err = wire.LoadCA(caPEM, keyPEM); err != nil {
+		return id, fmt.Errorf("--tls-ca-key %s with --tls-ca %s: %w", keyFile, c.Path("tls-ca"), err)
+	}
+	if tokenFile != "" {
+		tok, err := readFileFlag("join-token-file", tokenFile)
+		if err != nil {
+			return id, err
+		}
+		if len(tok) < 32 {
+			return id, fmt.Errorf("--join-token-file %s: the token is shorter than 32 characters (forge certs join-token makes one)", tokenFile)
+		}
+		id.JoinTokenFile = tokenFile
+	}
+	return id, nil
 }

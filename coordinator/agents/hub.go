@@ -67,12 +67,27 @@ type AgentInfo struct {
 	CertExpires time.Time `json:"cert_expires"`
 }
 
+// Builds says where each build was launched (store.Store): its log, exit
+// and landing belong to that node and container only.
+type Builds interface {
+	Build(ctx context.Context, id string) (*coordinator.Build, error)
+}
+
 // Config is what a Hub needs.
 type Config struct {
 	TLS     *tls.Config // wire.ServerConfig
 	Session *wire.SessionConfig
 	Verify  NodeVerifier
 	Logs    BuildLogs
+	// Builds binds each build's log stream to the node and container it
+	// was launched on (PROTOCOL.md §6.4).
+	Builds Builds
+	// Issuer, when set, signs certificates for joining and renewing
+	// agents; the listener then also takes sessions without a client
+	// certificate, for joining only (PROTOCOL.md §6.6).
+	Issuer *Issuer
+	// Revocations records revoked nodes; nil refuses Revoke.
+	Revocations Revocations
 	// Record, when set, keeps a record of each agent bound to its node.
 	Record Recorder
 	Log    *slog.Logger
@@ -85,11 +100,18 @@ type Hub struct {
 	log     *slog.Logger
 	reports *Reports // landings and exits, to the lifecycle
 
+	tls *tls.Config
+
 	mu         sync.Mutex
 	agents     map[string]*agentConn // by node id
 	waiters    map[string][]chan struct{}
 	logStreams map[string]*wire.Stream // the one log stream of each build
+	revoked    map[string]bool         // revoked since start; the store has all
+	launched   map[string]binding      // builds launched by this hub, until their exit
 }
+
+// binding is the node and container a build was launched on.
+type binding struct{ node, container string }
 
 // New returns a hub; Serve accepts the agents.
 func New(cfg Config) *Hub {
@@ -97,15 +119,23 @@ func New(cfg Config) *Hub {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Hub{reports: NewReports(cfg.Logs.Exited), cfg: cfg, log: log, agents: map[string]*agentConn{},
-		waiters: map[string][]chan struct{}{}, logStreams: map[string]*wire.Stream{}}
+	h := &Hub{reports: NewReports(cfg.Logs.Exited), cfg: cfg, log: log, agents: map[string]*agentConn{},
+		waiters: map[string][]chan struct{}{}, logStreams: map[string]*wire.Stream{},
+		revoked: map[string]bool{}, launched: map[string]binding{}, tls: cfg.TLS}
+	if cfg.Issuer != nil {
+		h.tls = wire.AllowJoin(cfg.TLS)
+	}
+	return h
 }
 
 var _ coordinator.Agents = (*Hub)(nil)
 
 type agentConn struct {
-	info AgentInfo
-	ys   *wire.Session
+	info    AgentInfo // certificate fields under Hub.mu
+	ys      *wire.Session
+	remote  net.Addr
+	life    time.Duration // of the latest certificate, under Hub.mu
+	renewed chan struct{} // a renewal changed the certificate (buffered 1)
 }
 
 // Timeouts of the coordinator's side of the wire.
@@ -146,7 +176,7 @@ func (s *Hub) Serve(ctx context.Context, ln net.Listener) error {
 
 func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 	log := s.log.With("remote", conn.RemoteAddr().String())
-	ys, err := wire.Server(tls.Server(conn, s.cfg.TLS), s.cfg.Session)
+	ys, err := wire.Server(tls.Server(conn, s.tls), s.cfg.Session)
 	if err != nil {
 		log.Warn("agent connection refused", "err", err)
 		return
@@ -154,6 +184,11 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 	defer ys.Close()
 	stop := context.AfterFunc(ctx, func() { ys.Close() })
 	defer stop()
+	cert := ys.Peer()
+	if cert == nil { // AllowJoin let it in: it may only join
+		s.serveJoin(ctx, ys, conn.RemoteAddr(), log)
+		return
+	}
 
 	// The control stream and its hello exchange (PROTOCOL.md §6.1).
 	hctx, hcancel := context.WithTimeout(ctx, helloTimeout)
@@ -177,18 +212,20 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 		return
 	}
 	vctx, cancel := context.WithTimeout(ctx, requestTimeout)
-	err = s.cfg.Verify.VerifyAgent(vctx, hello.NodeID, conn.RemoteAddr())
+	err = s.checkHello(vctx, cert, hello.NodeID, conn.RemoteAddr())
 	cancel()
 	if err != nil {
-		log.Error("agent refused", "code", wire.RefusedIdentity, "err", err)
+		log.Error("agent refused", "code", wire.RefusedIdentity, "serial", serialOf(cert), "err", err)
 		c.Send(wire.NewRefused(wire.RefusedIdentity, "%v", err))
 		return
 	}
-	ac := &agentConn{ys: ys, info: AgentInfo{
-		NodeID: hello.NodeID, Hostname: hello.Hostname, AgentVersion: hello.AgentVersion,
-		EngineVersion: hello.EngineVersion, Protocol: hello.Protocol,
-		Address: conn.RemoteAddr().String(), ConnectedSince: time.Now().UTC(), SessionID: newSessionID(),
-	}}
+	ac := &agentConn{ys: ys, remote: conn.RemoteAddr(), renewed: make(chan struct{}, 1),
+		life: cert.NotAfter.Sub(issuedAt(cert)), info: AgentInfo{
+			NodeID: hello.NodeID, Hostname: hello.Hostname, AgentVersion: hello.AgentVersion,
+			EngineVersion: hello.EngineVersion, Protocol: hello.Protocol,
+			Address: conn.RemoteAddr().String(), ConnectedSince: time.Now().UTC(), SessionID: newSessionID(),
+			CertSerial: serialOf(cert), CertExpires: cert.NotAfter.UTC(),
+		}}
 	if err := c.Send(&wire.Welcome{Protocol: wire.ProtocolVersion, CoordinatorVersion: version.Version, SessionID: ac.info.SessionID}); err != nil {
 		log.Warn("welcome", "err", err)
 		return
@@ -199,14 +236,19 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 		return
 	}
 	ctl.SetDeadline(time.Time{})
-	s.bind(ac)
+	if err := s.bind(ac); err != nil {
+		log.Error("agent refused", "code", wire.RefusedIdentity, "err", err)
+		return
+	}
 	defer s.unbind(ac)
-	log.Info("agent connected", "session", ac.info.SessionID, "holding", len(holding.Builds))
+	log.Info("agent connected", "session", ac.info.SessionID, "holding", len(holding.Builds),
+		"serial", ac.info.CertSerial, "cert_expires", ac.info.CertExpires)
 	s.record(ac.info)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer ys.Close() // runs before wg.Wait: stops the stream goroutines
+	wg.Go(func() { s.watchCert(ctx, ac) })
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -218,7 +260,7 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.serveStream(ctx, hello.NodeID, st)
+				s.serveStream(ctx, ac, st)
 			}()
 		}
 	}()
@@ -238,10 +280,13 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 }
 
 // bind makes ac the session of its node, closing an older session of the
-// same node (PROTOCOL.md §6.1).
-func (s *Hub) bind(ac *agentConn) {
+// same node (PROTOCOL.md §6.1), unless the node was revoked meanwhile.
+func (s *Hub) bind(ac *agentConn) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.revoked[ac.info.NodeID] {
+		return fmt.Errorf("%w: %s", ErrRevoked, ac.info.NodeID)
+	}
 	if old := s.agents[ac.info.NodeID]; old != nil {
 		s.log.Info("agent session replaced", "node", ac.info.NodeID, "old", old.info.SessionID, "new", ac.info.SessionID)
 		old.ys.Close()
@@ -251,6 +296,7 @@ func (s *Hub) bind(ac *agentConn) {
 		close(w)
 	}
 	delete(s.waiters, ac.info.NodeID)
+	return nil
 }
 
 func (s *Hub) unbind(ac *agentConn) {
@@ -266,7 +312,7 @@ func (s *Hub) Agents() []AgentInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]AgentInfo, 0, len(s.agents))
-	for _, a := range s.agents {
+	for _, a := range s.agents { // a copy, taken under mu: renewals change it
 		out = append(out, a.info)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].NodeID < out[j].NodeID })
@@ -315,6 +361,11 @@ func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchR
 		return nil, err
 	}
 	defer st.Close()
+	// From here the build's log, exit and landing belong to this node and
+	// container (PROTOCOL.md §6.2).
+	s.mu.Lock()
+	s.launched[req.BuildID] = binding{node: nodeID, container: req.ContainerID}
+	s.mu.Unlock()
 	st.SetDeadline(time.Now().Add(launchTimeout))
 	c := wire.NewCodec(st)
 	err = c.Send(&wire.Launch{
@@ -365,20 +416,92 @@ func (s *Hub) Cancel(ctx context.Context, nodeID, buildID, containerID string, g
 	return out, nil
 }
 
-// serveStream serves a stream an agent opened: only log streams exist
-// (PROTOCOL.md §6.4).
-func (s *Hub) serveStream(ctx context.Context, nodeID string, st *wire.Stream) {
+// serveStream serves a stream an agent opened: a log stream (PROTOCOL.md
+// §6.4) or a renewal (§6.7), told apart by the first frame.
+func (s *Hub) serveStream(ctx context.Context, ac *agentConn, st *wire.Stream) {
 	defer st.Close()
-	log := s.log.With("node", nodeID)
+	log := s.log.With("node", ac.info.NodeID)
 	st.SetDeadline(time.Now().Add(requestTimeout))
 	c := wire.NewCodec(st)
-	att, err := wire.Expect[*wire.Attach](c)
+	m, err := c.Recv()
 	if err != nil {
 		log.Warn("agent stream", "err", err)
 		c.Send(wire.NewRefused(wire.RefusedBadRequest, "%v", err))
 		return
 	}
-	log = log.With("build", att.BuildID)
+	switch m := m.(type) {
+	case *wire.Attach:
+		s.serveLog(ctx, ac.info.NodeID, st, c, m)
+	case *wire.Renew:
+		s.serveRenew(ctx, ac, c, m, log)
+	default:
+		log.Warn("agent stream", "err", "unexpected "+m.MessageType())
+		c.Send(wire.NewRefused(wire.RefusedBadRequest, "a stream an agent opens starts with %s or %s, not %s",
+			wire.TypeAttach, wire.TypeRenew, m.MessageType()))
+	}
+}
+
+// errNotBound: an agent spoke of a build that is not its node's.
+var errNotBound = errors.New("not bound to this node")
+
+// bound decides whether node's session may attach to the build with
+// att's container: the build was launched on that node and container, by
+// this hub or (it has started) before a restart. After the build ended
+// only its own agent may still hand in the rest of its log and its exit,
+// which change no result.
+func (s *Hub) bound(ctx context.Context, node string, att *wire.Attach) error {
+	if s.cfg.Builds == nil {
+		return fmt.Errorf("build %s: %w (this hub knows no builds)", att.BuildID, errNotBound)
+	}
+	b, err := s.cfg.Builds.Build(ctx, att.BuildID)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	l, launched := s.launched[att.BuildID]
+	if launched && b.State.Final() {
+		delete(s.launched, att.BuildID) // its launch failed, or it ended without an exit
+	}
+	s.mu.Unlock()
+	if launched {
+		b.NodeID, b.ContainerID = l.node, l.container // as sent, whatever the record says
+	} else if b.Started.IsZero() {
+		return fmt.Errorf("build %s has not been launched: %w", att.BuildID, errNotBound)
+	}
+	switch {
+	case b.NodeID != node:
+		return fmt.Errorf("build %s runs on node %s, not %s: %w", att.BuildID, orNone(b.NodeID), node, errNotBound)
+	case b.ContainerID != att.ContainerID:
+		return fmt.Errorf("build %s runs in container %s, not %s: %w", att.BuildID, orNone(b.ContainerID), att.ContainerID, errNotBound)
+	}
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none yet)"
+	}
+	return s
+}
+
+// serveLog serves a log stream whose Attach is att (PROTOCOL.md §6.4).
+func (s *Hub) serveLog(ctx context.Context, nodeID string, st *wire.Stream, c *wire.Codec, att *wire.Attach) {
+	log := s.log.With("node", nodeID, "build", att.BuildID)
+	err := s.bound(ctx, nodeID, att)
+	switch {
+	case errors.Is(err, errNotBound):
+		log.Error("attach refused", "code", wire.RefusedForbidden, "err", err)
+		c.Send(wire.NewRefused(wire.RefusedForbidden, "%v", err))
+		return
+	case errors.Is(err, store.ErrNotFound):
+		log.Warn("attach refused", "code", wire.RefusedNotFound, "err", err)
+		c.Send(wire.NewRefused(wire.RefusedNotFound, "build %s: %v", att.BuildID, coordinator.ErrUnknownBuild))
+		return
+	case err != nil:
+		log.Error("attach", "err", err)
+		c.Send(wire.NewRefused(wire.RefusedInternal, "%v", err))
+		return
+	}
 	// One log stream per build: a new attach replaces the old stream
 	// (PROTOCOL.md §6.4).
 	s.mu.Lock()
@@ -437,6 +560,9 @@ func (s *Hub) serveStream(ctx context.Context, nodeID string, st *wire.Stream) {
 				c.Send(wire.NewRefused(wire.RefusedInternal, "record exit: %v", err))
 				return
 			}
+			s.mu.Lock()
+			delete(s.launched, att.BuildID)
+			s.mu.Unlock()
 			s.reports.Exited(att.BuildID, *m)
 			st.SetDeadline(time.Now().Add(requestTimeout))
 			c.Send(&wire.ExitAck{})
@@ -478,16 +604,3 @@ func (s *Hub) WaitExit(ctx context.Context, buildID string) (<-chan wire.Exit, e
 	return s.reports.WaitExit(ctx, buildID)
 }
 
-// Revoke revokes node's agent certificates (forge agents revoke): its live
-// session is closed at once, its certificates are refused from now on, and
-// the join token gets it no new one until Allow.
-func (s *Hub) Revoke(ctx context.Context, node string) error {
-	return errors.New("not yet")
-}
-
-// Allow lifts node's revocation (forge agents allow); the node joins
-// again with the token, since certificates issued before the revocation
-// stay refused. It reports whether the node was revoked.
-func (s *Hub) Allow(ctx context.Context, node string) (bool, error) {
-	return false, errors.New("not yet")
-}

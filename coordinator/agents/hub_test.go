@@ -27,12 +27,37 @@ func (f verifyFunc) VerifyAgent(_ context.Context, nodeID string, remote net.Add
 	return f(nodeID, remote)
 }
 
-// serveAgents runs a Hub on loopback until the test ends.
+// buildsFunc is a Builds made of a function.
+type buildsFunc func(id string) (*coordinator.Build, error)
+
+func (f buildsFunc) Build(_ context.Context, id string) (*coordinator.Build, error) { return f(id) }
+
+// startedOn is a Builds where every build has started on node, in
+// container "c-<build id>"... unless the test says otherwise.
+func startedOn(node string) buildsFunc {
+	return func(id string) (*coordinator.Build, error) {
+		return &coordinator.Build{ID: id, State: coordinator.Running, NodeID: node, ContainerID: "c" + strings.TrimPrefix(id, "b"),
+			Started: time.Now()}, nil
+	}
+}
+
+// serveAgents runs a Hub on loopback until the test ends; builds b1, b2...
+// have started on node n1 in containers c1, c2...
 func serveAgents(t *testing.T, p *wiretest.PKI, v NodeVerifier) (*Hub, string, *syncbuf.Buffer) {
 	t.Helper()
+	return serveHub(t, Config{TLS: p.ServerTLS(), Verify: v, Builds: startedOn("n1")})
+}
+
+// serveHub runs a Hub of cfg (with a log store and a logger of its own)
+// on loopback until the test ends.
+func serveHub(t *testing.T, cfg Config) (*Hub, string, *syncbuf.Buffer) {
+	t.Helper()
 	out := &syncbuf.Buffer{}
-	s := New(Config{TLS: p.ServerTLS(), Verify: v,
-		Logs: &logs.Store{Dir: t.TempDir()}, Log: slog.New(slog.NewTextHandler(out, nil))})
+	if cfg.Logs == nil {
+		cfg.Logs = &logs.Store{Dir: t.TempDir()}
+	}
+	cfg.Log = slog.New(slog.NewTextHandler(out, nil))
+	s := New(cfg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -49,21 +74,29 @@ func serveAgents(t *testing.T, p *wiretest.PKI, v NodeVerifier) (*Hub, string, *
 	return s, ln.Addr().String(), out
 }
 
-// rawAgent speaks the wire by hand: Hello, then whatever the test wants.
+// rawAgent speaks the wire by hand, with a certificate for hello's node:
+// Hello, then whatever the test wants.
 func rawAgent(t *testing.T, p *wiretest.PKI, addr string, hello wire.Hello) (*wire.Session, *wire.Codec, error) {
+	t.Helper()
+	return rawAgentTLS(t, p.MustAgentTLS(t, hello.NodeID), addr, hello)
+}
+
+// rawAgentTLS is rawAgent with the TLS configuration (the certificate) the
+// test chooses.
+func rawAgentTLS(t *testing.T, tc *tls.Config, addr string, hello wire.Hello) (*wire.Session, *wire.Codec, error) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ys, err := wire.Client(tls.Client(conn, p.ClientTLS()), nil)
+	ys, err := wire.Client(tls.Client(conn, tc), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ys.Close() })
 	st, err := ys.Open(context.Background())
 	if err != nil {
-		t.Fatal(err)
+		return ys, nil, err // TLS 1.3: the coordinator's refusal of the certificate shows here
 	}
 	st.SetDeadline(time.Now().Add(10 * time.Second))
 	c := wire.NewCodec(st)

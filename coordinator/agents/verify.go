@@ -19,7 +19,7 @@ type SwarmNodes interface {
 }
 
 // SwarmVerifier binds a node id to a connection only when swarm agrees:
-// the node exists and is ready, and the connection comes from it, that is
+// the node exists by exactly that id and is ready, and the connection comes from it, that is
 // from the node's own address, or from the address of a running task on
 // that node (an agent deployed as a global service dials from its task's
 // address on the overlay network). A connection from loopback speaks only
@@ -40,6 +40,12 @@ func (v *SwarmVerifier) VerifyAgent(ctx context.Context, nodeID string, remote n
 	}
 	if err != nil {
 		return fmt.Errorf("inspect node %s: %w", nodeID, err)
+	}
+	if node.ID != nodeID {
+		// Swarm's API also takes a host name or an id prefix: an agent
+		// speaks for a node by its full id only.
+		return fmt.Errorf("%q is not a node's full id (swarm resolves it to node %s, %s); an agent names its node by its full id",
+			nodeID, node.ID, node.Description.Hostname)
 	}
 	if node.Status.State != swarm.NodeStateReady {
 		return fmt.Errorf("node %s (%s) is %s, not ready", nodeID, node.Description.Hostname, node.Status.State)

@@ -39,6 +39,8 @@ func TestSwarmVerifier(t *testing.T) {
 		"worker": {ID: "worker", Description: swarm.NodeDescription{Hostname: "w1"}, Status: swarm.NodeStatus{State: swarm.NodeStateReady, Addr: "10.99.0.2"}},
 		"down":   {ID: "down", Status: swarm.NodeStatus{State: swarm.NodeStateDown, Addr: "10.99.0.3"}},
 	}
+	// Swarm's API resolves host names and id prefixes too.
+	nodes["w1"], nodes["work"] = nodes["worker"], nodes["worker"]
 	fs := fakeSwarm{
 		node: func(id string) (swarm.Node, error) {
 			n, ok := nodes[id]
@@ -70,6 +72,8 @@ func TestSwarmVerifier(t *testing.T) {
 		{"down", "10.99.0.3:5000", "is down, not ready"},
 		{"ghost", "10.99.0.4:5000", "not in this swarm"},
 		{"", "10.99.0.4:5000", "names no node"},
+		{"w1", "10.99.0.2:5000", "not a node's full id"},   // the host name
+		{"work", "10.99.0.2:5000", "not a node's full id"}, // an id prefix
 	} {
 		err := v.VerifyAgent(context.Background(), tc.node, tcpAddr(tc.from))
 		switch {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -67,6 +68,25 @@ type Config struct {
 	OnDispatch func(d time.Duration)
 	// Access is the front door: who may use the HTTP API and pages.
 	Access Access
+	// Identity is how agents get and keep their certificates.
+	Identity Identity
+}
+
+// Identity configures the agents' certificates (DESIGN §7, PROTOCOL.md
+// §6.6, §6.7).
+type Identity struct {
+	// CA is the forge CA's certificate, watched for expiry.
+	CA *x509.Certificate
+	// Signer, the CA with its key (--tls-ca-key), signs certificates for
+	// joining and renewing agents; nil: agents bring certificates made by
+	// hand, and cannot renew them.
+	Signer *wire.CA
+	// JoinTokenFile holds the join token, read again at every join so
+	// that writing a new one rotates it; "" refuses joins.
+	JoinTokenFile string
+	// AgentCertTTL is how long signed certificates are valid
+	// (wire.DefaultAgentCertTTL when zero).
+	AgentCertTTL time.Duration
 }
 
 // Access configures who may use the coordinator's HTTP edge (DESIGN §3).
@@ -107,6 +127,7 @@ type Coordinator struct {
 	forge    *github.Forge // nil without GitHub
 	reporter *github.Reporter
 	log      *slog.Logger
+	certs    []watchedCert
 
 	closeOnce sync.Once
 	closeErr  error
@@ -151,9 +172,20 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	}
 
 	c := &Coordinator{Store: st, Logs: &logs.Store{Dir: filepath.Join(cfg.DataDir, "logs")}, LocalNode: info.Swarm.NodeID, log: log}
-	c.Agents = agents.New(agents.Config{TLS: cfg.TLS, Session: cfg.Session, Logs: c.Logs, Record: st,
-		Log: log.With("part", "agents"), Verify: &agents.SwarmVerifier{Docker: docker, LocalNodeID: info.Swarm.NodeID}})
+	ac := agents.Config{TLS: cfg.TLS, Session: cfg.Session, Logs: c.Logs, Record: st, Builds: st, Revocations: st,
+		Log: log.With("part", "agents"), Verify: &agents.SwarmVerifier{Docker: docker, LocalNodeID: info.Swarm.NodeID}}
+	if id := cfg.Identity; id.Signer != nil {
+		ac.Issuer = &agents.Issuer{CA: id.Signer, TTL: id.AgentCertTTL}
+		if id.JoinTokenFile != "" {
+			ac.Issuer.Token = agents.TokenFile(id.JoinTokenFile)
+		}
+	}
+	c.Agents = agents.New(ac)
 	c.Metrics = web.NewMetrics(st, c.Agents)
+	c.certs = watchedCerts(cfg)
+	for _, w := range c.certs {
+		c.Metrics.Expiry(w.metric, "Unix time at which the "+w.name+" certificate expires.", w.cert.NotAfter)
+	}
 	var webhook http.Handler = noApp{}
 	if cfg.GitHub != nil {
 		c.reporter = &github.Reporter{App: cfg.GitHub.App, PublicURL: cfg.GitHub.PublicURL, Log: log.With("part", "github")}
@@ -297,6 +329,7 @@ func (c *Coordinator) Serve(ctx context.Context, l Listeners) error {
 	if c.forge != nil {
 		wg.Go(func() { c.forge.Run(ctx) })
 	}
+	wg.Go(func() { c.watchExpiry(ctx) })
 	errs := make(chan error, 3)
 	wg.Go(func() {
 		errs <- c.Agents.Serve(ctx, l.Agents)
@@ -354,4 +387,52 @@ func (c *Coordinator) Close() error {
 		c.closeErr = errors.Join(c.Logs.Close(), c.Store.Close())
 	})
 	return c.closeErr
+}
+
+// watchedCert is a certificate the coordinator warns about before it
+// expires.
+type watchedCert struct {
+	name, metric string
+	cert         *x509.Certificate
+}
+
+func watchedCerts(cfg Config) []watchedCert {
+	var out []watchedCert
+	if ca := cfg.Identity.CA; ca != nil {
+		out = append(out, watchedCert{"CA", "forge_ca_cert_expiry_seconds", ca})
+	} else if cfg.Identity.Signer != nil {
+		out = append(out, watchedCert{"CA", "forge_ca_cert_expiry_seconds", cfg.Identity.Signer.Cert})
+	}
+	if len(cfg.TLS.Certificates) > 0 {
+		if leaf := cfg.TLS.Certificates[0].Leaf; leaf != nil {
+			out = append(out, watchedCert{"coordinator", "forge_coordinator_cert_expiry_seconds", leaf})
+		} else if leaf, err := x509.ParseCertificate(cfg.TLS.Certificates[0].Certificate[0]); err == nil {
+			out = append(out, watchedCert{"coordinator", "forge_coordinator_cert_expiry_seconds", leaf})
+		}
+	}
+	return out
+}
+
+// certWarning is how long before expiry the CA's and the coordinator's
+// certificates are warned about.
+const certWarning = 30 * 24 * time.Hour
+
+// watchExpiry warns, at start and then daily, about the CA's and the
+// coordinator's certificates when they have under 30 days left.
+func (c *Coordinator) watchExpiry(ctx context.Context) {
+	t := time.NewTicker(24 * time.Hour)
+	defer t.Stop()
+	for {
+		for _, w := range c.certs {
+			if left := time.Until(w.cert.NotAfter); left < certWarning {
+				c.log.Warn("certificate expires soon: issue a new one (README, Rotating certificates)", "certificate", w.name,
+					"subject", w.cert.Subject.CommonName, "expires", w.cert.NotAfter, "left", left.Round(time.Minute))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

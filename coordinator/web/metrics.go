@@ -25,10 +25,36 @@ func NewMetrics(st *store.Store, agents AgentLister) *Metrics {
 		Help:    "Time from creating a build's service to its executor running.",
 		Buckets: []float64{.1, .25, .5, .75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300},
 	})
-	m.Registry.MustRegister(m.Dispatch, &stateCollector{st: st},
+	m.Registry.MustRegister(m.Dispatch, &stateCollector{st: st}, &certCollector{agents: agents},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "forge_agents_connected", Help: "Agents with a session now."},
 			func() float64 { return float64(len(agents.Agents())) }))
 	return m
+}
+
+// Expiry registers a gauge name (a _seconds name) holding the Unix time
+// at which a certificate expires: the CA's, the coordinator's.
+func (m *Metrics) Expiry(name, help string, at time.Time) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+	g.Set(float64(at.Unix()))
+	m.Registry.MustRegister(g)
+}
+
+var agentCertDesc = prometheus.NewDesc("forge_agent_cert_expiry_seconds",
+	"Unix time at which the latest certificate of each connected agent expires.", []string{"node"}, nil)
+
+// certCollector reads the agents' certificate expiry when scraped: a
+// renewal changes it.
+type certCollector struct{ agents AgentLister }
+
+func (c *certCollector) Describe(ch chan<- *prometheus.Desc) { ch <- agentCertDesc }
+
+func (c *certCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, a := range c.agents.Agents() {
+		if a.CertExpires.IsZero() {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(agentCertDesc, prometheus.GaugeValue, float64(a.CertExpires.Unix()), a.NodeID)
+	}
 }
 
 var buildsDesc = prometheus.NewDesc("forge_builds", "Builds by state, as recorded.", []string{"state"}, nil)

@@ -104,6 +104,11 @@ func Run(ctx context.Context, o Options) (int, error) {
 		}
 		return 1, err
 	}
+	agentCert, err := pki.issue(wire.IssueRequest{Role: wire.RoleAgent, Name: "forge-run-agent", Node: srv.LocalNode})
+	if err != nil {
+		srv.Close()
+		return 1, err
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		srv.Close()
@@ -126,7 +131,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 	go func() {
 		defer wg.Done()
 		err := agent.Run(bg, agent.Config{
-			Coordinator: ln.Addr().String(), TLS: wire.ClientConfig(pki.ca.Pool(), pki.agent, "127.0.0.1"),
+			Coordinator: ln.Addr().String(), TLS: wire.ClientConfig(pki.ca.Pool(), agentCert, "127.0.0.1"),
 			Docker: o.Docker, Logger: o.Logger.With("side", "agent"), MaxBackoff: time.Second,
 		})
 		if err != nil {
@@ -224,10 +229,11 @@ func repoName(dir string) string {
 	return "local"
 }
 
-// pki is this run's throw-away CA and certificates.
+// pki is this run's throw-away CA and the coordinator's certificate; the
+// agent's names the node, known once the engine has said which it is.
 type pki struct {
-	ca                 *wire.CA
-	coordinator, agent tls.Certificate
+	ca          *wire.CA
+	coordinator tls.Certificate
 }
 
 func newPKI() (*pki, error) {
@@ -236,20 +242,17 @@ func newPKI() (*pki, error) {
 		return nil, err
 	}
 	p := &pki{ca: ca}
-	for _, x := range []struct {
-		role  wire.Role
-		hosts []string
-		out   *tls.Certificate
-	}{{wire.RoleCoordinator, []string{"127.0.0.1"}, &p.coordinator}, {wire.RoleAgent, nil, &p.agent}} {
-		c, k, err := ca.Issue(wire.IssueRequest{Role: x.role, Name: "forge-run-" + string(x.role), Hosts: x.hosts, ValidFor: 24 * time.Hour})
-		if err != nil {
-			return nil, err
-		}
-		if *x.out, err = tls.X509KeyPair(c, k); err != nil {
-			return nil, err
-		}
+	p.coordinator, err = p.issue(wire.IssueRequest{Role: wire.RoleCoordinator, Name: "forge-run-coordinator", Hosts: []string{"127.0.0.1"}})
+	return p, err
+}
+
+func (p *pki) issue(req wire.IssueRequest) (tls.Certificate, error) {
+	req.ValidFor = 24 * time.Hour
+	c, k, err := p.ca.Issue(req)
+	if err != nil {
+		return tls.Certificate{}, err
 	}
-	return p, nil
+	return tls.X509KeyPair(c, k)
 }
 
 // source is the folder packed as a tar in a temporary file: its size must
