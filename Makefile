@@ -14,6 +14,8 @@ FUZZTIME  ?= 100000x
 # FuzzWebhook runs about 300 inputs a second (an HMAC and a JSON decode
 # each), the others tens of thousands: it gets fewer.
 FUZZTIME_WEBHOOK ?= 5000x
+# FuzzCheckCSR verifies an ECDSA signature per input that parses.
+FUZZTIME_CSR ?= 20000x
 
 .PHONY: all build test fuzz lint clean demo test-cluster
 
@@ -32,6 +34,7 @@ test: lint
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSplitWords$$' -fuzztime $(FUZZTIME) ./forgexec/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME) ./wire/
+	$(GO) test -run '^$$' -fuzz '^FuzzCheckCSR$$' -fuzztime $(FUZZTIME_CSR) ./wire/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./coordinator/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzServiceName$$' -fuzztime $(FUZZTIME) ./coordinator/plan/
 	$(GO) test -run '^$$' -fuzz '^FuzzWebhook$$' -fuzztime $(FUZZTIME_WEBHOOK) ./coordinator/github/

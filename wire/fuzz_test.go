@@ -7,6 +7,7 @@ import (
 	"io"
 	"reflect"
 	"testing"
+	"time"
 )
 
 // FuzzReadFrame feeds arbitrary bytes to the frame decoder and the message
@@ -75,6 +76,51 @@ func FuzzReadFrame(f *testing.F) {
 		enc2, err := EncodeMessage(msg2)
 		if err != nil || !bytes.Equal(enc1, enc2) {
 			t.Fatalf("encoding not stable: %v\n%s\n%s", err, enc1, enc2)
+		}
+	})
+}
+
+// FuzzCheckCSR feeds arbitrary bytes to the check of an agent's
+// certificate request (Join, Renew). It checks that nothing panics, and
+// that what passes is signed, for ECDSA P-256, and names nothing but the
+// node's URI; and that SignAgent then issues a certificate for that node
+// alone.
+func FuzzCheckCSR(f *testing.F) {
+	ca, err := NewCA("fuzz CA", time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	key, err := NewKey()
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, err := NewCSR(key, "n1")
+	if err != nil {
+		f.Fatal(err)
+	}
+	other, _ := NewCSR(key, "n2")
+	f.Add(good)
+	f.Add(other)
+	f.Add(good[:len(good)/2])
+	f.Add([]byte{0x30, 0x03, 0x02, 0x01, 0x00})
+	f.Fuzz(func(t *testing.T, der []byte) {
+		csr, err := CheckCSR(der, "n1")
+		if err != nil {
+			if !errors.Is(err, ErrBadCSR) {
+				t.Fatalf("error not classified as ErrBadCSR: %v", err)
+			}
+			return
+		}
+		if csr.CheckSignature() != nil || len(csr.DNSNames)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0 ||
+			len(csr.URIs) > 1 || len(csr.URIs) == 1 && csr.URIs[0].String() != AgentURI("n1").String() {
+			t.Fatalf("accepted a request that breaks the rules: %+v", csr)
+		}
+		cert, err := ca.SignAgent(der, "n1", "n1", time.Hour)
+		if err != nil {
+			t.Fatalf("SignAgent after CheckCSR passed: %v", err)
+		}
+		if n, err := NodeOf(cert); n != "n1" || err != nil || len(cert.URIs) != 1 || len(cert.DNSNames) > 0 {
+			t.Fatalf("issued %v %v %v", n, err, cert.URIs)
 		}
 	})
 }

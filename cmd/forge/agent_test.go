@@ -31,7 +31,7 @@ func TestAgentCommand(t *testing.T) {
 	for _, args := range [][]string{
 		{"certs", "init", "--dir", dir},
 		{"certs", "issue", "--dir", dir, "--role", "coordinator", "--name", "coordinator", "--host", "localhost"},
-		{"certs", "issue", "--dir", dir, "--role", "agent", "--name", "agent"},
+		{"certs", "issue", "--dir", dir, "--role", "agent", "--name", "agent", "--node", info.Swarm.NodeID},
 	} {
 		if _, err := run(t, args...); err != nil {
 			t.Fatal(err)

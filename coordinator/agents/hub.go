@@ -377,6 +377,9 @@ func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchR
 	}
 	ready, err := wire.Expect[*wire.LaunchReady](c)
 	if err != nil {
+		s.mu.Lock()
+		delete(s.launched, req.BuildID) // refused: nothing was started
+		s.mu.Unlock()
 		return nil, fmt.Errorf("launch %s on %s: %w", req.BuildID, nodeID, err)
 	}
 	if ready.NeedExecutor {
@@ -446,33 +449,31 @@ var errNotBound = errors.New("not bound to this node")
 
 // bound decides whether node's session may attach to the build with
 // att's container: the build was launched on that node and container, by
-// this hub or (it has started) before a restart. After the build ended
-// only its own agent may still hand in the rest of its log and its exit,
-// which change no result.
+// this hub or (it has started, says the record) before a restart. After
+// the build ended only its own agent may still hand in the rest of its log
+// and its exit, which change no result.
 func (s *Hub) bound(ctx context.Context, node string, att *wire.Attach) error {
-	if s.cfg.Builds == nil {
-		return fmt.Errorf("build %s: %w (this hub knows no builds)", att.BuildID, errNotBound)
-	}
-	b, err := s.cfg.Builds.Build(ctx, att.BuildID)
-	if err != nil {
-		return err
-	}
 	s.mu.Lock()
 	l, launched := s.launched[att.BuildID]
-	if launched && b.State.Final() {
-		delete(s.launched, att.BuildID) // its launch failed, or it ended without an exit
-	}
 	s.mu.Unlock()
-	if launched {
-		b.NodeID, b.ContainerID = l.node, l.container // as sent, whatever the record says
-	} else if b.Started.IsZero() {
-		return fmt.Errorf("build %s has not been launched: %w", att.BuildID, errNotBound)
+	if !launched { // launched before a restart, if at all: the record says
+		if s.cfg.Builds == nil {
+			return fmt.Errorf("build %s was not launched by this coordinator: %w", att.BuildID, errNotBound)
+		}
+		b, err := s.cfg.Builds.Build(ctx, att.BuildID)
+		if err != nil {
+			return err
+		}
+		if b.Started.IsZero() {
+			return fmt.Errorf("build %s has not been launched: %w", att.BuildID, errNotBound)
+		}
+		l = binding{node: b.NodeID, container: b.ContainerID}
 	}
 	switch {
-	case b.NodeID != node:
-		return fmt.Errorf("build %s runs on node %s, not %s: %w", att.BuildID, orNone(b.NodeID), node, errNotBound)
-	case b.ContainerID != att.ContainerID:
-		return fmt.Errorf("build %s runs in container %s, not %s: %w", att.BuildID, orNone(b.ContainerID), att.ContainerID, errNotBound)
+	case l.node != node:
+		return fmt.Errorf("build %s runs on node %s, not %s: %w", att.BuildID, orNone(l.node), node, errNotBound)
+	case l.container != att.ContainerID:
+		return fmt.Errorf("build %s runs in container %s, not %s: %w", att.BuildID, orNone(l.container), att.ContainerID, errNotBound)
 	}
 	return nil
 }
@@ -603,4 +604,3 @@ func (s *Hub) Landings(buildID string) (<-chan coordinator.Landing, func()) {
 func (s *Hub) WaitExit(ctx context.Context, buildID string) (<-chan wire.Exit, error) {
 	return s.reports.WaitExit(ctx, buildID)
 }
-

@@ -181,7 +181,7 @@ func (r *dispatchRig) startForge(b *testing.B) {
 			b.Errorf("coordinator: %v", err)
 		}
 	})
-	a, err := agent.New(agent.Config{Coordinator: ln.Addr().String(), TLS: p.ClientTLS(), Docker: r.cli})
+	a, err := agent.New(agent.Config{Coordinator: ln.Addr().String(), TLS: p.MustAgentTLS(b, r.node), Docker: r.cli})
 	if err != nil {
 		b.Fatal(err)
 	}

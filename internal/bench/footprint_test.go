@@ -57,7 +57,7 @@ func BenchmarkAgentFootprint(b *testing.B) {
 	}
 	run("certs", "init", "--dir", certs)
 	run("certs", "issue", "--dir", certs, "--role", "coordinator", "--name", "coordinator", "--host", "127.0.0.1")
-	run("certs", "issue", "--dir", certs, "--role", "agent", "--name", "agent")
+	run("certs", "issue", "--dir", certs, "--role", "agent", "--name", "agent", "--node", node)
 	pool, err := wire.LoadCAPool(filepath.Join(certs, "ca.pem"))
 	if err != nil {
 		b.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -76,7 +77,12 @@ func BenchmarkScale(b *testing.B) {
 	}
 	p := wiretest.MustPKI(b)
 	certs := b.TempDir()
-	for name, data := range map[string][]byte{"ca.pem": p.CA.CertPEM(), "agent.pem": p.AgentCertPEM, "agent-key.pem": p.AgentKeyPEM} {
+	caKey, err := p.CA.KeyPEM()
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The child signs each agent's certificate, for its own node.
+	for name, data := range map[string][]byte{"ca.pem": p.CA.CertPEM(), "ca-key.pem": caKey} {
 		if err := os.WriteFile(filepath.Join(certs, name), data, 0o600); err != nil {
 			b.Fatal(err)
 		}
@@ -508,14 +514,23 @@ func runAgentsChild() int {
 		fmt.Fprintln(os.Stderr, "agents:", err)
 		return 2
 	}
-	pair, err := wire.LoadKeyPair(filepath.Join(dir, "agent.pem"), filepath.Join(dir, "agent-key.pem"))
+	caCert, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "agents:", err)
+		return 2
+	}
+	caKey, err := os.ReadFile(filepath.Join(dir, "ca-key.pem"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "agents:", err)
+		return 2
+	}
+	ca, err := wire.LoadCA(caCert, caKey)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "agents:", err)
 		return 2
 	}
 	addr := os.Getenv(envChildAddr)
 	host, _, _ := net.SplitHostPort(addr)
-	tlsCfg := wire.ClientConfig(pool, pair, host)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
@@ -543,8 +558,18 @@ func runAgentsChild() int {
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	for i := 0; i < n; i++ {
+		certPEM, keyPEM, err := ca.Issue(wire.IssueRequest{Role: wire.RoleAgent, Name: nodeName(i), Node: nodeName(i)})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "agents:", err)
+			return 2
+		}
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "agents:", err)
+			return 2
+		}
 		a, err := agent.New(agent.Config{
-			Coordinator: addr, TLS: tlsCfg, Docker: fakedocker.Idle(nodeName(i)),
+			Coordinator: addr, TLS: wire.ClientConfig(pool, pair, host), Docker: fakedocker.Idle(nodeName(i)),
 			MinBackoff: 250 * time.Millisecond, MaxBackoff: 30 * time.Second, // the defaults, stated
 		})
 		if err != nil {

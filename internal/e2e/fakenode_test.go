@@ -30,7 +30,7 @@ func (anyNode) VerifyAgent(context.Context, string, net.Addr) error { return nil
 func startFakeAgent(t testing.TB, p *wiretest.PKI, addr string, node *fakedocker.Node) {
 	t.Helper()
 	a, err := agent.New(agent.Config{
-		Coordinator: addr, TLS: p.ClientTLS(), Docker: node.Docker(), Session: fastSession,
+		Coordinator: addr, TLS: p.MustAgentTLS(t, node.ID()), Docker: node.Docker(), Session: fastSession,
 		Logger: testLogger(t, "agent"), MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
 	})
 	if err != nil {

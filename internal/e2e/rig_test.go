@@ -125,7 +125,7 @@ func startAgent(t testing.TB, p *wiretest.PKI, addr string, dial func(ctx contex
 	t.Helper()
 	cli := dockertest.Client(t)
 	a, err := agent.New(agent.Config{
-		Coordinator: addr, TLS: p.ClientTLS(), Docker: cli, Session: fastSession,
+		Coordinator: addr, TLS: p.MustAgentTLS(t, localNode(t, cli)), Docker: cli, Session: fastSession,
 		Logger: testLogger(t, "agent"), MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
 		Dial: dial,
 		OnSession: func(id string) {

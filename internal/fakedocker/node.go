@@ -468,3 +468,6 @@ func frame(ch chunk) []byte {
 	binary.BigEndian.PutUint32(b[4:], uint32(len(ch.data)))
 	return append(b, ch.data...)
 }
+
+// ID is the node's swarm node id, which its engine's Info reports.
+func (n *Node) ID() string { return n.id }
