@@ -18,13 +18,27 @@ import (
 	"github.com/forge-ci/forge/wire"
 )
 
-// Config is what Run needs. Coordinator, TLS and Docker are required.
+// Config is what Run needs. Coordinator, TLS and Docker are required, and
+// a way to a certificate: TLS.Certificates, JoinToken or StateDir.
 type Config struct {
 	// Coordinator is the host:port of the coordinator's agent listener.
 	Coordinator string
-	// TLS is the client configuration (wire.ClientConfig): the agent's
-	// certificate, the forge CA and the coordinator's expected host name.
+	// TLS is the client configuration (wire.ClientConfig, or
+	// wire.JoinConfig for an agent that joins): it verifies the
+	// coordinator (RootCAs, ServerName, VerifyConnection). Its
+	// Certificates[0], if any, is the agent's first certificate, used
+	// when StateDir holds none; it must name this node. The agent
+	// presents its current certificate through a copy of TLS of its own.
 	TLS *tls.Config
+	// JoinToken returns the cluster's join token; it is called each time
+	// the agent joins (PROTOCOL.md §6.6), so a rotated token file is read
+	// again. Nil: the agent never joins, and needs a certificate from TLS
+	// or StateDir.
+	JoinToken func() (string, error)
+	// StateDir keeps the agent's key and certificate (StateFile, 0600)
+	// when it joins or renews, so a restart needs no token. "": they are
+	// kept in memory only. Created if missing.
+	StateDir string
 	// Docker is this node's local engine.
 	Docker Docker
 	// Session tunes yamux; nil takes wire's defaults.
@@ -64,6 +78,12 @@ type Agent struct {
 
 	exec execCache
 
+	// id is the certificate the agent presents; sessionTLS and joinTLS
+	// are cfg.TLS with and without it. storeMu orders writes to StateDir.
+	id                  identity
+	sessionTLS, joinTLS *tls.Config
+	storeMu             sync.Mutex
+
 	// acked holds the builds the coordinator has finished with (Exit
 	// acknowledged, or done or unknown at Attach). Only Run's goroutine,
 	// in which every session's loop runs, touches it.
@@ -79,9 +99,11 @@ func New(cfg Config) (*Agent, error) {
 	case cfg.Coordinator == "":
 		return nil, errors.New("agent: no coordinator address")
 	case cfg.TLS == nil:
-		return nil, errors.New("agent: no TLS configuration")
+		return nil, errors.New("agent: no TLS configuration (it verifies the coordinator)")
 	case cfg.Docker == nil:
 		return nil, errors.New("agent: no Docker client")
+	case len(cfg.TLS.Certificates) == 0 && cfg.JoinToken == nil && cfg.StateDir == "":
+		return nil, errors.New("agent: no way to a certificate: give a certificate (TLS.Certificates), a join token or a state directory that holds one")
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 250 * time.Millisecond
@@ -97,12 +119,19 @@ func New(cfg Config) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{
+	a := &Agent{
 		cfg:    cfg,
 		log:    log,
 		acked:  map[string]bool{},
 		landed: make(chan wire.Landed, 64),
-	}, nil
+	}
+	// Sessions present the current certificate; joins present none. Both
+	// verify the coordinator as cfg.TLS does, so the token goes only to it.
+	a.sessionTLS = cfg.TLS.Clone()
+	a.sessionTLS.Certificates, a.sessionTLS.GetClientCertificate = nil, a.id.clientCertificate
+	a.joinTLS = cfg.TLS.Clone()
+	a.joinTLS.Certificates, a.joinTLS.GetClientCertificate = nil, nil
+	return a, nil
 }
 
 // Run is New followed by (*Agent).Run.
@@ -116,7 +145,9 @@ func Run(ctx context.Context, cfg Config) error {
 
 // Run learns the node's identity from the local engine, then keeps one
 // session with the coordinator until ctx ends, connecting again after a
-// back-off when it dies (PROTOCOL.md §9, §6.4).
+// back-off when it dies (PROTOCOL.md §9, §6.4), joining first when it has
+// no usable certificate (§6.6). It returns an error wrapping
+// ErrNoCertificate when it has none and no join token.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.identify(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -125,6 +156,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("agent starting", "node", a.nodeID, "hostname", a.hostname, "engine", a.engine, "coordinator", a.cfg.Coordinator)
+	a.loadIdentity()
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -142,6 +174,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, ErrNoCertificate) {
+			return err
 		}
 		wait := bo.next()
 		a.log.Warn("no session with the coordinator", "err", err, "retry_in", wait.Round(time.Millisecond))
@@ -174,16 +209,20 @@ func (a *Agent) identify(ctx context.Context) error {
 	}
 }
 
-// connect dials, completes TLS and yamux, and exchanges Hello and Welcome
-// on the control stream (PROTOCOL.md §6.1).
+// connect makes sure the agent has a certificate (joining if need be),
+// dials, completes TLS and yamux, and exchanges Hello and Welcome on the
+// control stream (PROTOCOL.md §6.1).
 func (a *Agent) connect(ctx context.Context) (*session, error) {
+	if err := a.ensureIdentity(ctx); err != nil {
+		return nil, err
+	}
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	raw, err := a.cfg.Dial(dctx, "tcp", a.cfg.Coordinator)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", a.cfg.Coordinator, err)
 	}
-	ys, err := wire.Client(tls.Client(raw, a.cfg.TLS), a.cfg.Session)
+	ys, err := wire.Client(tls.Client(raw, a.sessionTLS), a.cfg.Session)
 	if err != nil {
 		return nil, err
 	}
@@ -209,6 +248,12 @@ func (a *Agent) connect(ctx context.Context) (*session, error) {
 		ys.Close()
 		if errors.As(err, &refused) {
 			a.log.Error("coordinator refused this agent", "code", refused.Code, "message", refused.Message)
+			if refused.Code == wire.RefusedIdentity && a.cfg.JoinToken != nil {
+				// E.g. revoked, then allowed again: only a new
+				// certificate, issued after that, will do.
+				a.log.Info("dropping the certificate; the agent joins again")
+				a.id.drop()
+			}
 		}
 		return nil, fmt.Errorf("hello: %w", err)
 	}

@@ -3,7 +3,9 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -15,16 +17,18 @@ import (
 	"time"
 
 	"github.com/forge-ci/forge/internal/fakedocker"
+	"github.com/forge-ci/forge/internal/syncbuf"
 	"github.com/forge-ci/forge/wire"
 	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // testCoord is the coordinator's side of the protocol (PROTOCOL.md §6), as
 // little of it as the tests of the session loop need, on loopback with
-// real TLS and wire sessions: it welcomes every agent, hands each session
-// to the test, keeps a copy of each build's log and counts what the agent
-// sends, so tests can check that nothing is lost, repeated or reported
-// twice.
+// real TLS and wire sessions: it welcomes every agent whose Hello names
+// its certificate's node, hands each session to the test, keeps a copy of
+// each build's log and counts what the agent sends, so tests can check
+// that nothing is lost, repeated or reported twice. It also signs
+// certificates for agents that join with its token or renew (§6.6, §6.7).
 type testCoord struct {
 	t   *testing.T
 	pki *wiretest.PKI
@@ -40,6 +44,25 @@ type testCoord struct {
 	n        int
 	onAttach func(at *wire.Attach, b *coordBuild) wire.Message // nil: the default answer
 	gate     chan struct{}                                     // while not nil, new connections wait for it
+
+	// Identity (§6.6, §6.7).
+	token   string                    // the join token; "" refuses every join (signs nothing)
+	ttl     time.Duration             // validity of the certificates it signs
+	joins   int                       // join requests received
+	renews  int                       // renew requests received
+	issued  []issuedCert              // every certificate signed, in order
+	onRenew func(n int) *wire.Refused // the answer to the n-th renew; nil or a nil result: sign
+	onHello func(n int) *wire.Refused // the answer to the n-th Hello; nil or a nil result: welcome
+	hellos  int                       // Hellos received
+	conns   int                       // connections accepted
+}
+
+// issuedCert is a certificate testCoord signed.
+type issuedCert struct {
+	how     string // "join" or "renew"
+	session string // the session a renewal was asked on
+	at      time.Time
+	cert    *x509.Certificate
 }
 
 // coordBuild is the coordinator's copy of a build.
@@ -57,6 +80,7 @@ type coordBuild struct {
 type coordSession struct {
 	id      string
 	ws      *wire.Session
+	peer    *x509.Certificate // the agent's certificate
 	holding *wire.Holding
 	landed  chan wire.Landed
 }
@@ -68,7 +92,7 @@ func startCoord(t *testing.T) *testCoord {
 		t.Fatal(err)
 	}
 	c := &testCoord{t: t, pki: wiretest.MustPKI(t), ln: ln, sessions: make(chan *coordSession, 64),
-		changed: make(chan struct{}), builds: map[string]*coordBuild{}}
+		changed: make(chan struct{}), builds: map[string]*coordBuild{}, ttl: time.Hour}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -108,16 +132,26 @@ func (c *testCoord) serve(conn net.Conn) {
 		case <-time.After(wiretest.Timeout):
 		}
 	}
-	ws, err := wire.Server(tls.Server(conn, c.pki.ServerTLS()), nil)
+	c.mu.Lock()
+	c.conns++
+	c.notify()
+	c.mu.Unlock()
+	ws, err := wire.Server(tls.Server(conn, wire.AllowJoin(c.pki.ServerTLS())), nil)
 	if err != nil {
 		return
 	}
 	c.mu.Lock()
 	c.open = append(c.open, ws)
-	c.n++
-	cs := &coordSession{id: fmt.Sprintf("s%d", c.n), ws: ws, landed: make(chan wire.Landed, 64)}
 	c.mu.Unlock()
 	defer ws.Close()
+	if ws.Peer() == nil {
+		c.serveJoin(ws)
+		return
+	}
+	c.mu.Lock()
+	c.n++
+	cs := &coordSession{id: fmt.Sprintf("s%d", c.n), ws: ws, peer: ws.Peer(), landed: make(chan wire.Landed, 64)}
+	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), wiretest.Timeout)
 	ctl, err := ws.Accept(ctx)
 	cancel()
@@ -126,7 +160,23 @@ func (c *testCoord) serve(conn net.Conn) {
 	}
 	ctl.SetDeadline(time.Now().Add(wire.HelloTimeout))
 	codec := wire.NewCodec(ctl)
-	if _, err := wire.Expect[*wire.Hello](codec); err != nil {
+	hello, err := wire.Expect[*wire.Hello](codec)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	c.hellos++
+	var refusal *wire.Refused
+	if c.onHello != nil {
+		refusal = c.onHello(c.hellos)
+	}
+	c.notify()
+	c.mu.Unlock()
+	if node, err := wire.NodeOf(cs.peer); err != nil || node != hello.NodeID {
+		refusal = wire.NewRefused(wire.RefusedIdentity, "hello names node %s, the certificate %v (%v)", hello.NodeID, node, err)
+	}
+	if refusal != nil {
+		c.refuse(ws, codec, refusal)
 		return
 	}
 	if err := codec.Send(&wire.Welcome{Protocol: wire.ProtocolVersion, CoordinatorVersion: "test", SessionID: cs.id}); err != nil {
@@ -149,7 +199,7 @@ func (c *testCoord) serve(conn net.Conn) {
 			c.wg.Add(1)
 			go func() {
 				defer c.wg.Done()
-				c.serveLog(st)
+				c.serveStream(cs, st)
 			}()
 		}
 	}()
@@ -212,15 +262,148 @@ func (c *testCoord) notify() {
 	c.changed = make(chan struct{})
 }
 
-// serveLog is the coordinator's side of a log stream (§6.4).
-func (c *testCoord) serveLog(st *wire.Stream) {
-	defer st.Close()
-	st.SetDeadline(time.Now().Add(wiretest.Timeout))
-	codec := wire.NewCodec(st)
-	at, err := wire.Expect[*wire.Attach](codec)
+// refuse sends the refusal that ends a session and waits, a while, for
+// the agent to close it: closing first could reset the connection before
+// the agent has read why.
+func (c *testCoord) refuse(ws *wire.Session, codec *wire.Codec, r *wire.Refused) {
+	if codec.Send(r) != nil {
+		return
+	}
+	select {
+	case <-ws.Done():
+	case <-time.After(wiretest.Timeout):
+	}
+}
+
+// serveJoin is the coordinator's side of a join (§6.6), on a session
+// without a client certificate.
+func (c *testCoord) serveJoin(ws *wire.Session) {
+	ctx, cancel := context.WithTimeout(context.Background(), wiretest.Timeout)
+	st, err := ws.Accept(ctx)
+	cancel()
 	if err != nil {
 		return
 	}
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(wire.HelloTimeout))
+	codec := wire.NewCodec(st)
+	j, err := wire.Expect[*wire.Join](codec)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	c.joins++
+	token := c.token
+	c.notify()
+	c.mu.Unlock()
+	var answer wire.Message
+	switch {
+	case token == "":
+		answer = wire.NewRefused(wire.RefusedForbidden, "this coordinator signs no certificates")
+	case subtle.ConstantTimeCompare([]byte(j.Token), []byte(token)) != 1:
+		answer = wire.NewRefused(wire.RefusedIdentity, "wrong join token")
+	default:
+		cert, err := c.sign(j.CSR, j.NodeID, "join", "")
+		if err != nil {
+			answer = wire.NewRefused(wire.RefusedBadRequest, "%v", err)
+		} else {
+			answer = &wire.Issued{Certificate: cert.Raw}
+		}
+	}
+	if refusal, ok := answer.(*wire.Refused); ok {
+		c.refuse(ws, codec, refusal)
+		return
+	}
+	if codec.Send(answer) == nil {
+		select { // as refuse: the agent closes the join session
+		case <-ws.Done():
+		case <-time.After(wiretest.Timeout):
+		}
+	}
+}
+
+// sign signs an agent's request for node with the CA and records it.
+func (c *testCoord) sign(csr []byte, node, how, session string) (*x509.Certificate, error) {
+	c.mu.Lock()
+	ttl := c.ttl
+	c.mu.Unlock()
+	cert, err := c.pki.CA.SignAgent(csr, node, node, ttl)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.issued = append(c.issued, issuedCert{how: how, session: session, at: time.Now(), cert: cert})
+	c.notify()
+	c.mu.Unlock()
+	return cert, nil
+}
+
+// serveStream serves a stream the agent opened: a log stream or a renewal.
+func (c *testCoord) serveStream(cs *coordSession, st *wire.Stream) {
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(wiretest.Timeout))
+	codec := wire.NewCodec(st)
+	m, err := codec.Recv()
+	if err != nil {
+		return
+	}
+	switch m := m.(type) {
+	case *wire.Attach:
+		c.serveLog(st, codec, m)
+	case *wire.Renew:
+		c.serveRenew(cs, codec, m)
+	default:
+		codec.Send(wire.NewRefused(wire.RefusedBadRequest, "unexpected %s", m.MessageType()))
+	}
+}
+
+// serveRenew is the coordinator's side of a renewal (§6.7): a certificate
+// for the session's node.
+func (c *testCoord) serveRenew(cs *coordSession, codec *wire.Codec, m *wire.Renew) {
+	c.mu.Lock()
+	c.renews++
+	var refusal *wire.Refused
+	if c.onRenew != nil {
+		refusal = c.onRenew(c.renews)
+	}
+	c.notify()
+	c.mu.Unlock()
+	if refusal != nil {
+		codec.Send(refusal)
+		return
+	}
+	node, _ := wire.NodeOf(cs.peer)
+	cert, err := c.sign(m.CSR, node, "renew", cs.id)
+	if err != nil {
+		codec.Send(wire.NewRefused(wire.RefusedBadRequest, "%v", err))
+		return
+	}
+	codec.Send(&wire.Issued{Certificate: cert.Raw})
+}
+
+// wait waits until cond holds; it runs under c.mu.
+func (c *testCoord) wait(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	timeout := time.NewTimer(wiretest.Timeout)
+	defer timeout.Stop()
+	for {
+		c.mu.Lock()
+		ok, changed := cond(), c.changed
+		c.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			t.Fatalf("%s: not within %s", what, wiretest.Timeout)
+		}
+	}
+}
+
+// serveLog is the coordinator's side of a log stream (§6.4) after its
+// Attach.
+func (c *testCoord) serveLog(st *wire.Stream, codec *wire.Codec, at *wire.Attach) {
 	c.mu.Lock()
 	b := c.build(at.BuildID)
 	defer func() {
@@ -446,25 +629,49 @@ func refusedCode(err error) string {
 
 // agentRun is an agent that Run runs against a testCoord.
 type agentRun struct {
-	ids  chan string // what OnSession reports: session ids, "" for a session's end
-	stop func()      // ends Run's context and checks that Run returns soon
+	ids  chan string     // what OnSession reports: session ids, "" for a session's end
+	log  *syncbuf.Buffer // the agent's log
+	stop func()          // ends Run's context and checks that Run returns soon
 }
 
-// runAgent runs Run against c with docker until the test ends or stop is
-// called.
+// runAgent runs Run against c with docker, with a certificate for docker's
+// node, until the test ends or stop is called.
 func runAgent(t *testing.T, c *testCoord, docker Docker) *agentRun {
 	t.Helper()
+	return runAgentWith(t, c, docker, func(cfg *Config) { cfg.TLS = c.pki.MustAgentTLS(t, nodeOf(t, docker)) })
+}
+
+// nodeOf is the node id docker's engine reports.
+func nodeOf(t *testing.T, docker Docker) string {
+	t.Helper()
+	info, err := docker.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Swarm.NodeID
+}
+
+// agentConfig is the configuration runAgentWith starts from: c's CA and
+// address, no certificate of the agent's own.
+func agentConfig(t *testing.T, c *testCoord, docker Docker, log io.Writer) Config {
+	return Config{
+		Coordinator: c.ln.Addr().String(), TLS: wire.JoinConfig(c.pki.Pool, wiretest.ServerName), Docker: docker,
+		Logger:     slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), log), &slog.HandlerOptions{Level: slog.LevelDebug})),
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+	}
+}
+
+// runAgentWith is runAgent with the configuration agentConfig, changed by
+// edit.
+func runAgentWith(t *testing.T, c *testCoord, docker Docker, edit func(*Config)) *agentRun {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &agentRun{ids: make(chan string, 64)}
+	r := &agentRun{ids: make(chan string, 64), log: &syncbuf.Buffer{}}
+	cfg := agentConfig(t, c, docker, r.log)
+	cfg.OnSession = func(id string) { r.ids <- id }
+	edit(&cfg)
 	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{
-			Coordinator: c.ln.Addr().String(), TLS: c.pki.ClientTLS(), Docker: docker,
-			Logger:     slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
-			MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
-			OnSession: func(id string) { r.ids <- id },
-		})
-	}()
+	go func() { done <- Run(ctx, cfg) }()
 	r.stop = sync.OnceFunc(func() {
 		cancel()
 		select {

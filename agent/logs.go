@@ -33,9 +33,15 @@ func (a *Agent) pump(ctx context.Context, s *session, b heldBuild) (done bool, e
 	at, err := wire.Expect[*wire.Attached](c)
 	if err != nil {
 		var r *wire.RefusedError
-		if errors.As(err, &r) && r.Code == wire.RefusedNotFound {
+		switch {
+		case errors.As(err, &r) && r.Code == wire.RefusedNotFound:
 			// The coordinator does not track the build (PROTOCOL.md §5.11).
 			a.log.Info("coordinator does not know the build; forgetting it", "build", b.buildID)
+			return true, nil
+		case errors.As(err, &r) && r.Code == wire.RefusedForbidden:
+			// Not this node's to report (PROTOCOL.md §6.4): asking again
+			// cannot change that.
+			a.log.Error("coordinator refused this node the build's log; forgetting the build", "build", b.buildID, "message", r.Message)
 			return true, nil
 		}
 		return false, fmt.Errorf("attach: %w", err)

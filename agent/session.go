@@ -17,8 +17,8 @@ const controlWriteTimeout = wire.RequestTimeout
 // session is one session with the coordinator. Its loop (serve, in Run's
 // goroutine) owns the state below and alone writes the control stream;
 // the goroutines that serve the session (request handlers, log pumps, the
-// readers of the control stream and of new streams) own no state: they
-// send events to the loop.
+// readers of the control stream and of new streams, the certificate's
+// renewal) own no state: they send events to the loop.
 type session struct {
 	id        string
 	ws        *wire.Session
@@ -119,7 +119,13 @@ func (a *Agent) loop(ctx context.Context, cancel context.CancelCauseFunc, s *ses
 		a.startPump(ctx, s, h.build)
 	}
 
-	s.wg.Add(2)
+	s.wg.Add(3)
+	go func() {
+		defer s.wg.Done()
+		// It only swaps the agent's certificate, under its own lock:
+		// no state of the session's.
+		a.renewals(ctx, s)
+	}()
 	go func() {
 		defer s.wg.Done()
 		// Nothing more comes on the control stream (PROTOCOL.md §6.1):

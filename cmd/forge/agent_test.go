@@ -5,11 +5,13 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/forge-ci/forge/agent"
 	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/internal/dockertest"
@@ -89,5 +91,50 @@ func TestAgentCommandRefusesTCPDocker(t *testing.T) {
 	}
 	if _, err := localDocker("tcp://10.0.0.1:2375"); err == nil || !strings.Contains(err.Error(), "never Docker over TCP") {
 		t.Fatalf("localDocker(tcp): %v", err)
+	}
+}
+
+// TestAgentIdentityFlags: the agent needs a way to a certificate, and each
+// bad combination of flags is an error naming the flag, before anything
+// is dialled. Good combinations reach the Docker check (here refused, a
+// TCP host), so no engine is needed.
+func TestAgentIdentityFlags(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := run(t, "certs", "init", "--dir", dir); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	token, empty := write("join-token", "s3cret\n"), write("empty-token", "\n")
+	kept := t.TempDir() // only whether it holds the file is checked here
+	if err := os.WriteFile(filepath.Join(kept, agent.StateFile), []byte("kept"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(dir, "ca.pem")
+	base := []string{"agent", "--coordinator", "c:7443", "--docker-host", "tcp://10.0.0.1:2375"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no CA", []string{"--join-token-file", token}, "tls-ca"},
+		{"nothing", []string{"--tls-ca", ca}, "needs a certificate"},
+		{"cert without key", []string{"--tls-ca", ca, "--tls-cert", ca}, "--tls-cert needs --tls-key"},
+		{"key without cert", []string{"--tls-ca", ca, "--tls-key", ca}, "--tls-key needs --tls-cert"},
+		{"empty state dir", []string{"--tls-ca", ca, "--state-dir", t.TempDir()}, "--state-dir"},
+		{"missing token file", []string{"--tls-ca", ca, "--join-token-file", filepath.Join(dir, "nope")}, "--join-token-file"},
+		{"empty token file", []string{"--tls-ca", ca, "--join-token-file", empty}, "--join-token-file"},
+		{"token", []string{"--tls-ca", ca, "--join-token-file", token}, "never Docker over TCP"},
+		{"kept certificate", []string{"--tls-ca", ca, "--state-dir", kept}, "never Docker over TCP"},
+	} {
+		_, err := run(t, append(base, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
 	}
 }
