@@ -183,8 +183,9 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	c.Agents = agents.New(ac)
 	c.Metrics = web.NewMetrics(st, c.Agents)
 	c.certs = watchedCerts(cfg)
-	for _, w := range c.certs {
-		c.Metrics.Expiry(w.metric, "Unix time at which the "+w.name+" certificate expires.", w.cert.NotAfter)
+	if err := c.Metrics.Certificates(c.certOf("CA"), c.certOf("coordinator")); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	var webhook http.Handler = noApp{}
 	if cfg.GitHub != nil {
@@ -390,24 +391,36 @@ func (c *Coordinator) Close() error {
 }
 
 // watchedCert is a certificate the coordinator warns about before it
-// expires.
+// expires, and shows in /metrics.
 type watchedCert struct {
-	name, metric string
-	cert         *x509.Certificate
+	name string
+	cert *x509.Certificate
+}
+
+// certOf returns the watched certificate called name, nil when none.
+func (c *Coordinator) certOf(name string) func() *x509.Certificate {
+	return func() *x509.Certificate {
+		for _, w := range c.certs {
+			if w.name == name {
+				return w.cert
+			}
+		}
+		return nil
+	}
 }
 
 func watchedCerts(cfg Config) []watchedCert {
 	var out []watchedCert
 	if ca := cfg.Identity.CA; ca != nil {
-		out = append(out, watchedCert{"CA", "forge_ca_cert_expiry_seconds", ca})
+		out = append(out, watchedCert{"CA", ca})
 	} else if cfg.Identity.Signer != nil {
-		out = append(out, watchedCert{"CA", "forge_ca_cert_expiry_seconds", cfg.Identity.Signer.Cert})
+		out = append(out, watchedCert{"CA", cfg.Identity.Signer.Cert})
 	}
 	if len(cfg.TLS.Certificates) > 0 {
 		if leaf := cfg.TLS.Certificates[0].Leaf; leaf != nil {
-			out = append(out, watchedCert{"coordinator", "forge_coordinator_cert_expiry_seconds", leaf})
+			out = append(out, watchedCert{"coordinator", leaf})
 		} else if leaf, err := x509.ParseCertificate(cfg.TLS.Certificates[0].Certificate[0]); err == nil {
-			out = append(out, watchedCert{"coordinator", "forge_coordinator_cert_expiry_seconds", leaf})
+			out = append(out, watchedCert{"coordinator", leaf})
 		}
 	}
 	return out

@@ -3,13 +3,16 @@ package web
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -270,6 +273,7 @@ func TestRoutesAsREADME(t *testing.T) {
 			for _, k := range callers {
 				p := strings.ReplaceAll(path, "{id}", id)
 				p = strings.ReplaceAll(p, "{file}", "forge.css")
+				p = strings.ReplaceAll(p, "{node}", "n1")
 				body := ""
 				switch pattern {
 				case "POST /api/tokens":
@@ -280,7 +284,7 @@ func TestRoutesAsREADME(t *testing.T) {
 				if strings.Contains(pattern, "tokens/{id}") || (pattern == "POST /logout" && k.browser) {
 					continue // a token's id, and signing out, are tried in their own tests
 				}
-				cancels := len(e.cancels)
+				cancels, agentCalls := len(e.cancels), len(e.agents.called())
 				status, _, got := e.call(k.c, method, p, body)
 				want := expect(who, id, k.perm[id], k.c == nobody, k.bad, k.person, k.browser, k.admin, page, method)
 				if !want(status) {
@@ -288,6 +292,9 @@ func TestRoutesAsREADME(t *testing.T) {
 				}
 				if status >= 400 && len(e.cancels) != cancels {
 					t.Errorf("%s %s as %s: refused with %d, yet a build was cancelled", method, p, k.c.name, status)
+				}
+				if status >= 400 && len(e.agents.called()) != agentCalls {
+					t.Errorf("%s %s as %s: refused with %d, yet the hub was asked %q", method, p, k.c.name, status, e.agents.called()[agentCalls:])
 				}
 				if status >= 400 && !page && !strings.Contains(got, `"message"`) {
 					t.Errorf("%s %s as %s: refusal %d without a JSON message: %s", method, p, k.c.name, status, got)
@@ -620,5 +627,108 @@ func TestSignInNotConfigured(t *testing.T) {
 	}
 	if status, _, _ := e.admin("GET", "/api/builds/pub"); status != 200 {
 		t.Errorf("admin token: %d", status)
+	}
+}
+
+// Revoking and allowing a node's agent: Forge admins only, a browser with
+// its CSRF token, a well-formed node id; every refusal leaves the hub
+// unasked.
+func TestAgentRevokeAllow(t *testing.T) {
+	e := newAPIEnv(t)
+	carol, dave := e.signIn("carol"), e.signIn("dave") // dave is a Forge admin
+	_, carolToken := e.personalToken(carol, "ci")
+	admin := &caller{name: "admin token", bearer: adminToken}
+	unasked := func(what string, status int, body string) {
+		t.Helper()
+		if calls := e.agents.called(); len(calls) != 0 {
+			t.Errorf("%s: %d %s, yet the hub was asked %q", what, status, body, calls)
+		}
+	}
+	for _, c := range []struct {
+		who  *caller
+		want int
+	}{
+		{nobody, http.StatusUnauthorized},
+		{&caller{name: "unknown bearer", bearer: "forge_pat_nope"}, http.StatusUnauthorized},
+		{carol, http.StatusForbidden},
+		{&caller{name: "carol's token", bearer: carolToken}, http.StatusForbidden},
+		{&caller{name: "dave without csrf", cookies: dave.cookies}, http.StatusForbidden},
+		{&caller{name: "dave with a wrong csrf", cookies: dave.cookies, csrf: "x" + dave.csrf}, http.StatusForbidden},
+		{&caller{name: "dave cross-site", cookies: dave.cookies, csrf: dave.csrf, header: http.Header{"Sec-Fetch-Site": {"cross-site"}}}, http.StatusForbidden},
+	} {
+		for _, action := range []string{"revoke", "allow"} {
+			status, _, body := e.call(c.who, "POST", "/api/agents/n1/"+action, "")
+			if status != c.want || !strings.Contains(body, `"message"`) {
+				t.Errorf("%s as %s: %d %s, want %d", action, c.who.name, status, body, c.want)
+			}
+			unasked(action+" as "+c.who.name, status, body)
+		}
+	}
+	for _, node := range []string{"bad.node", "n%201", strings.Repeat("n", 65), "n%2F1"} {
+		for _, action := range []string{"revoke", "allow"} {
+			status, _, body := e.call(admin, "POST", "/api/agents/"+node+"/"+action, "")
+			var m map[string]string
+			if status != http.StatusBadRequest || json.Unmarshal([]byte(body), &m) != nil || !strings.Contains(m["message"], "node ") {
+				t.Errorf("%s of node %q: %d %s, want 400 naming the node", action, node, status, body)
+			}
+			unasked(action+" of "+node, status, body)
+		}
+	}
+	if status, _, _ := e.call(admin, "GET", "/api/agents/n1/revoke", ""); status != http.StatusMethodNotAllowed {
+		t.Errorf("GET of revoke: %d", status)
+	}
+	unasked("GET of revoke", 0, "")
+
+	// Done right: the admin token, or an admin's browser with its token.
+	status, _, body := e.call(admin, "POST", "/api/agents/n1/revoke", "")
+	var got AgentAccess
+	if status != 200 || json.Unmarshal([]byte(body), &got) != nil || got.NodeID != "n1" || !got.Revoked || got.WasRevoked != nil {
+		t.Errorf("revoke: %d %s", status, body)
+	}
+	for i, want := range []bool{true, false} {
+		status, _, body = e.call(dave, "POST", "/api/agents/n1/allow", "")
+		got = AgentAccess{}
+		if status != 200 || json.Unmarshal([]byte(body), &got) != nil || got.NodeID != "n1" || got.Revoked || got.WasRevoked == nil || *got.WasRevoked != want {
+			t.Errorf("allow #%d: %d %s, want was_revoked %v", i+1, status, body, want)
+		}
+	}
+	if calls := e.agents.called(); !slices.Equal(calls, []string{"revoke n1", "allow n1", "allow n1"}) {
+		t.Errorf("the hub was asked %q", calls)
+	}
+
+	// The hub's failure is the answer.
+	e.agents.onRevoke(func(context.Context, string) error { return errors.New("store: disk full") })
+	if status, _, body := e.call(admin, "POST", "/api/agents/n2/revoke", ""); status != 500 || !strings.Contains(body, "revoke node n2: store: disk full") {
+		t.Errorf("a failed revoke: %d %s", status, body)
+	}
+}
+
+// Without an AgentAdmin, Agents serves the routes when it can (the hub);
+// otherwise they answer 501.
+func TestAgentAdminFromAgents(t *testing.T) {
+	e := newAPIEnv(t)
+	admin := &caller{name: "admin token", bearer: adminToken}
+	both := struct {
+		fakeAgents
+		*fakeAgentAdmin
+	}{fakeAgents{}, newFakeAgentAdmin()}
+	for _, tc := range []struct {
+		agents AgentLister
+		want   int
+	}{{both, 200}, {fakeAgents{}, 501}} {
+		api, err := New(Config{Builds: &fakeBuilds{}, Store: e.st, Logs: fakeLogs{}, Agents: tc.agents, Auth: mustAuth(t, e)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewServer(api.Handler())
+		e.url = srv.URL
+		status, _, body := e.call(admin, "POST", "/api/agents/n1/revoke", "")
+		srv.Close()
+		if status != tc.want || !strings.Contains(body, "n1") && status == 200 {
+			t.Errorf("Agents %T: %d %s, want %d", tc.agents, status, body, tc.want)
+		}
+	}
+	if calls := both.called(); !slices.Equal(calls, []string{"revoke n1"}) {
+		t.Errorf("the hub behind Agents was asked %q", calls)
 	}
 }

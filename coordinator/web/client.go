@@ -15,7 +15,7 @@ import (
 )
 
 // Client speaks the API that API serves: the people's commands (forge
-// builds, logs, cancel, agents) use it.
+// builds, logs, cancel, agents [revoke|allow]) use it.
 type Client struct {
 	base  *url.URL
 	token string
@@ -155,11 +155,51 @@ func (c *Client) Agents(ctx context.Context) ([]agents.AgentInfo, error) {
 	return out, c.getJSON(ctx, "/api/agents", nil, &out)
 }
 
+// RevokeAgent revokes node's agent: its session is closed and its
+// certificates and joins are refused until AllowAgent. It needs a Forge
+// admin's credential.
+func (c *Client) RevokeAgent(ctx context.Context, node string) error {
+	var out AgentAccess
+	if err := c.postJSON(ctx, "/api/agents/"+url.PathEscape(node)+"/revoke", &out); err != nil {
+		return err
+	}
+	if !out.Revoked || out.NodeID != node {
+		return fmt.Errorf("revoke node %s: the server answered %+v", node, out)
+	}
+	return nil
+}
+
+// AllowAgent lifts node's revocation; it reports whether the node was
+// revoked. The node's agent must join again with the join token.
+func (c *Client) AllowAgent(ctx context.Context, node string) (bool, error) {
+	var out AgentAccess
+	if err := c.postJSON(ctx, "/api/agents/"+url.PathEscape(node)+"/allow", &out); err != nil {
+		return false, err
+	}
+	if out.Revoked || out.NodeID != node || out.WasRevoked == nil {
+		return false, fmt.Errorf("allow node %s: the server answered %+v", node, out)
+	}
+	return *out.WasRevoked, nil
+}
+
+func (c *Client) postJSON(ctx context.Context, path string, v any) error {
+	resp, err := c.do(ctx, http.MethodPost, path, nil)
+	if err != nil {
+		return err
+	}
+	return decodeAnswer(resp, path, v)
+}
+
 func (c *Client) getJSON(ctx context.Context, path string, q url.Values, v any) error {
 	resp, err := c.do(ctx, http.MethodGet, path, q)
 	if err != nil {
 		return err
 	}
+	return decodeAnswer(resp, path, v)
+}
+
+// decodeAnswer reads a successful answer's JSON into v.
+func decodeAnswer(resp *http.Response, path string, v any) error {
 	defer resp.Body.Close()
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswer)).Decode(v); err != nil {
 		return fmt.Errorf("%s: the answer is not the API's JSON: %w", path, err)
@@ -172,8 +212,13 @@ const maxAnswer = 32 << 20
 
 // do sends one request; an answer that is not 2xx becomes an *Error.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values) (*http.Response, error) {
+	// path is escaped already (url.PathEscape of ids): keep it as it is.
 	u := *c.base
-	u.Path += path
+	unescaped, err := url.PathUnescape(path)
+	if err != nil {
+		return nil, fmt.Errorf("path %q: %w", path, err)
+	}
+	u.Path, u.RawPath = c.base.Path+unescaped, c.base.EscapedPath()+path
 	u.RawQuery = q.Encode()
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {

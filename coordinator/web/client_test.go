@@ -53,6 +53,38 @@ func TestClient(t *testing.T) {
 	}
 }
 
+func TestClientRevokeAllow(t *testing.T) {
+	e := newAPIEnv(t)
+	ctx := context.Background()
+	c, err := NewClient(e.url, adminToken, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RevokeAgent(ctx, "n1"); err != nil {
+		t.Fatalf("RevokeAgent: %v", err)
+	}
+	if was, err := c.AllowAgent(ctx, "n1"); err != nil || !was {
+		t.Errorf("AllowAgent of a revoked node = %v, %v", was, err)
+	}
+	if was, err := c.AllowAgent(ctx, "n1"); err != nil || was {
+		t.Errorf("AllowAgent of an allowed node = %v, %v", was, err)
+	}
+	var ae *Error
+	if err := c.RevokeAgent(ctx, "no such/node"); !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(err.Error(), `node "no such/node"`) {
+		t.Errorf("RevokeAgent of a malformed node: %v", err)
+	}
+	anonymous, _ := NewClient(e.url, "", nil)
+	if err := anonymous.RevokeAgent(ctx, "n2"); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("RevokeAgent without a token: %v", err)
+	}
+	if _, err := anonymous.AllowAgent(ctx, "n2"); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("AllowAgent without a token: %v", err)
+	}
+	if calls := e.agents.called(); strings.Join(calls, ",") != "revoke n1,allow n1,allow n1" {
+		t.Errorf("the hub was asked %q", calls)
+	}
+}
+
 // The token goes as a bearer token; a refusal comes back as ErrUnauthorized
 // with the server's message.
 func TestClientToken(t *testing.T) {

@@ -2,6 +2,8 @@ package web
 
 import (
 	"context"
+	"crypto/x509"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -17,7 +19,8 @@ type Metrics struct {
 }
 
 // NewMetrics registers builds by state (read from the store when scraped),
-// the dispatch latency histogram and the connected agents.
+// the dispatch latency histogram, the connected agents and when each one's
+// certificate expires.
 func NewMetrics(st *store.Store, agents AgentLister) *Metrics {
 	m := &Metrics{Registry: prometheus.NewRegistry()}
 	m.Dispatch = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -25,35 +28,51 @@ func NewMetrics(st *store.Store, agents AgentLister) *Metrics {
 		Help:    "Time from creating a build's service to its executor running.",
 		Buckets: []float64{.1, .25, .5, .75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300},
 	})
-	m.Registry.MustRegister(m.Dispatch, &stateCollector{st: st}, &certCollector{agents: agents},
+	m.Registry.MustRegister(m.Dispatch, &stateCollector{st: st},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "forge_agents_connected", Help: "Agents with a session now."},
-			func() float64 { return float64(len(agents.Agents())) }))
+			func() float64 { return float64(len(agents.Agents())) }),
+		&agentCertCollector{agents: agents})
 	return m
 }
 
-// Expiry registers a gauge name (a _seconds name) holding the Unix time
-// at which a certificate expires: the CA's, the coordinator's.
-func (m *Metrics) Expiry(name, help string, at time.Time) {
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
-	g.Set(float64(at.Unix()))
-	m.Registry.MustRegister(g)
+// Certificates registers when the CA's and the coordinator's own
+// certificates expire (forge_ca_cert_expiry_seconds,
+// forge_coordinator_cert_expiry_seconds, Unix time), read when scraped:
+// a function may return a certificate that was replaced. Call it once.
+func (m *Metrics) Certificates(ca, coordinator func() *x509.Certificate) error {
+	for _, c := range []struct {
+		name, help string
+		cert       func() *x509.Certificate
+	}{
+		{"forge_ca_cert_expiry_seconds", "When the Forge CA's certificate expires, Unix time.", ca},
+		{"forge_coordinator_cert_expiry_seconds", "When the coordinator's TLS certificate expires, Unix time.", coordinator},
+	} {
+		cert := c.cert
+		if err := m.Registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: c.name, Help: c.help}, func() float64 {
+			if x := cert(); x != nil {
+				return float64(x.NotAfter.Unix())
+			}
+			return 0
+		})); err != nil {
+			return fmt.Errorf("web: metric %s: %w", c.name, err)
+		}
+	}
+	return nil
 }
 
 var agentCertDesc = prometheus.NewDesc("forge_agent_cert_expiry_seconds",
-	"Unix time at which the latest certificate of each connected agent expires.", []string{"node"}, nil)
+	"When the latest certificate of each connected agent's session expires, Unix time.", []string{"node"}, nil)
 
-// certCollector reads the agents' certificate expiry when scraped: a
-// renewal changes it.
-type certCollector struct{ agents AgentLister }
+// agentCertCollector reports each connected agent's certificate expiry.
+type agentCertCollector struct{ agents AgentLister }
 
-func (c *certCollector) Describe(ch chan<- *prometheus.Desc) { ch <- agentCertDesc }
+func (c *agentCertCollector) Describe(ch chan<- *prometheus.Desc) { ch <- agentCertDesc }
 
-func (c *certCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *agentCertCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, a := range c.agents.Agents() {
-		if a.CertExpires.IsZero() {
-			continue
+		if !a.CertExpires.IsZero() {
+			ch <- prometheus.MustNewConstMetric(agentCertDesc, prometheus.GaugeValue, float64(a.CertExpires.Unix()), a.NodeID)
 		}
-		ch <- prometheus.MustNewConstMetric(agentCertDesc, prometheus.GaugeValue, float64(a.CertExpires.Unix()), a.NodeID)
 	}
 }
 

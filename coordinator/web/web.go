@@ -20,6 +20,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/auth"
 	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/internal/redact"
+	"github.com/forge-ci/forge/wire"
 )
 
 // Config is what the handler serves from.
@@ -28,6 +29,9 @@ type Config struct {
 	Store  *store.Store       // the records
 	Logs   Logs
 	Agents AgentLister
+	// AgentAdmin revokes and allows nodes' agents; nil: Agents, when it
+	// has Revoke and Allow (agents.Hub does), else those routes answer 501.
+	AgentAdmin AgentAdmin
 	// Auth is the front door: who asks, and what they may do. Required.
 	Auth *auth.Auth
 	// Webhook, when set, serves POST /webhook.
@@ -49,6 +53,19 @@ type AgentLister interface {
 	Agents() []agents.AgentInfo
 }
 
+// AgentAdmin revokes and allows the agents of swarm nodes (agents.Hub,
+// forge agents revoke|allow).
+type AgentAdmin interface {
+	// Revoke closes the node's session and refuses its certificates and
+	// joins until Allow.
+	Revoke(ctx context.Context, node string) error
+	// Allow lifts the node's revocation and reports whether it was revoked.
+	Allow(ctx context.Context, node string) (bool, error)
+}
+
+// The hub is what the daemon gives as Agents; it must serve these routes.
+var _ AgentAdmin = (*agents.Hub)(nil)
+
 // API serves the coordinator's HTTP edge: builds, their logs, cancel,
 // agents, health, sign-in, tokens and the HTML pages.
 type API struct {
@@ -65,6 +82,9 @@ func New(cfg Config) (*API, error) {
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AgentAdmin == nil {
+		cfg.AgentAdmin, _ = cfg.Agents.(AgentAdmin)
 	}
 	return &API{cfg: cfg, auth: cfg.Auth, log: log}, nil
 }
@@ -108,6 +128,8 @@ func (a *API) Routes() []Route {
 		{"POST /builds/{id}/cancel", Writer, a.html(a.cancelForm)},
 
 		{"GET /api/agents", Admin, a.api(a.listAgents)},
+		{"POST /api/agents/{node}/revoke", Admin, a.api(a.revokeAgent)},
+		{"POST /api/agents/{node}/allow", Admin, a.api(a.allowAgent)},
 
 		{"GET /api/tokens", Person, a.api(a.listTokens)},
 		{"POST /api/tokens", Browser, a.api(a.createToken)},
@@ -434,6 +456,62 @@ func (a *API) listAgents(w http.ResponseWriter, r *http.Request, p *auth.Princip
 		return
 	}
 	writeJSON(w, http.StatusOK, a.cfg.Agents.Agents())
+}
+
+// AgentAccess is the answer of POST /api/agents/{node}/revoke and
+// /allow: the node, and whether it is revoked now.
+type AgentAccess struct {
+	NodeID  string `json:"node_id"`
+	Revoked bool   `json:"revoked"`
+	// WasRevoked, from allow only, says whether there was a revocation to
+	// lift.
+	WasRevoked *bool `json:"was_revoked,omitempty"`
+}
+
+// agentNode is the node of an agent route, once the caller is known to be
+// a Forge admin and the node id is well formed; nil when it answered.
+func (a *API) agentNode(w http.ResponseWriter, r *http.Request, p *auth.Principal) (string, AgentAdmin) {
+	if err := a.auth.NeedAdmin(p); err != nil {
+		a.refuse(w, r, err, true)
+		return "", nil
+	}
+	node := r.PathValue("node")
+	if err := wire.ValidNodeID(node); err != nil {
+		httpError(w, http.StatusBadRequest, "node %q: %v (want a swarm node's full id, as docker node ls shows it)", node, err)
+		return "", nil
+	}
+	if a.cfg.AgentAdmin == nil {
+		httpError(w, http.StatusNotImplemented, "this coordinator cannot revoke or allow agents")
+		return "", nil
+	}
+	return node, a.cfg.AgentAdmin
+}
+
+func (a *API) revokeAgent(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
+	node, admin := a.agentNode(w, r, p)
+	if admin == nil {
+		return
+	}
+	if err := admin.Revoke(r.Context(), node); err != nil {
+		httpError(w, http.StatusInternalServerError, "revoke node %s: %v", node, err)
+		return
+	}
+	a.log.Info("agent revoked", "node", node, "by", p.Name())
+	writeJSON(w, http.StatusOK, AgentAccess{NodeID: node, Revoked: true})
+}
+
+func (a *API) allowAgent(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
+	node, admin := a.agentNode(w, r, p)
+	if admin == nil {
+		return
+	}
+	was, err := admin.Allow(r.Context(), node)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, "allow node %s: %v", node, err)
+		return
+	}
+	a.log.Info("agent allowed", "node", node, "was_revoked", was, "by", p.Name())
+	writeJSON(w, http.StatusOK, AgentAccess{NodeID: node, WasRevoked: &was})
 }
 
 func (a *API) metrics(w http.ResponseWriter, r *http.Request, p *auth.Principal) {

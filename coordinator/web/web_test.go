@@ -3,12 +3,14 @@ package web
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -57,6 +59,65 @@ type fakeAgents []agents.AgentInfo
 
 func (f fakeAgents) Agents() []agents.AgentInfo { return f }
 
+// fakeAgentAdmin is the hub's revocations, with function fields, and the
+// calls that reached it ("revoke n1", "allow n1").
+type fakeAgentAdmin struct {
+	revoke func(ctx context.Context, node string) error
+	allow  func(ctx context.Context, node string) (bool, error)
+	mu     sync.Mutex
+	calls  []string
+}
+
+func (f *fakeAgentAdmin) Revoke(ctx context.Context, node string) error {
+	f.mu.Lock()
+	f.calls = append(f.calls, "revoke "+node)
+	revoke := f.revoke
+	f.mu.Unlock()
+	return revoke(ctx, node)
+}
+
+func (f *fakeAgentAdmin) Allow(ctx context.Context, node string) (bool, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, "allow "+node)
+	allow := f.allow
+	f.mu.Unlock()
+	return allow(ctx, node)
+}
+
+// onRevoke replaces revoke while the server runs.
+func (f *fakeAgentAdmin) onRevoke(revoke func(ctx context.Context, node string) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.revoke = revoke
+}
+
+func (f *fakeAgentAdmin) called() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// newFakeAgentAdmin keeps a set of revoked nodes.
+func newFakeAgentAdmin() *fakeAgentAdmin {
+	var mu sync.Mutex
+	revoked := map[string]bool{}
+	return &fakeAgentAdmin{
+		revoke: func(ctx context.Context, node string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			revoked[node] = true
+			return nil
+		},
+		allow: func(ctx context.Context, node string) (bool, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			was := revoked[node]
+			delete(revoked, node)
+			return was, nil
+		},
+	}
+}
+
 type apiEnv struct {
 	t       *testing.T
 	st      *store.Store
@@ -65,6 +126,7 @@ type apiEnv struct {
 	metrics string // the metrics listener's
 	mu      sync.Mutex
 	cancels []string
+	agents  *fakeAgentAdmin
 }
 
 func newAPIEnv(t *testing.T, builds ...*coordinator.Build) *apiEnv {
@@ -111,7 +173,9 @@ func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator
 		lg[b.ID] = "output of " + b.ID + "\n<b>not html</b>\n"
 	}
 	ag := fakeAgents{{NodeID: "n1", Hostname: "h1", AgentVersion: "v", EngineVersion: "20.10", Address: "10.0.0.1:1234",
-		ConnectedSince: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
+		ConnectedSince: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), CertSerial: "0a1b2c",
+		CertExpires: time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)}}
+	e.agents = newFakeAgentAdmin()
 	webhook := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
 	e.gh = newFakeGitHub()
 	ac := auth.Config{Store: st, GitHub: e.gh, PublicURL: "http://forge.test", Key: bytes.Repeat([]byte{7}, 32),
@@ -124,7 +188,7 @@ func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator
 		t.Fatal(err)
 	}
 	m := NewMetrics(st, ag)
-	api, err := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, Webhook: webhook, Auth: front, Metrics: m.Handler()})
+	api, err := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, AgentAdmin: e.agents, Webhook: webhook, Auth: front, Metrics: m.Handler()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +309,7 @@ func TestAPIAgentsHealthMetricsWebhook(t *testing.T) {
 	if status != 200 || hdr.Get("Content-Type") != "application/json" || json.Unmarshal([]byte(body), &got) != nil || len(got) != 1 {
 		t.Fatalf("agents: %d %s", status, body)
 	}
-	for _, k := range []string{"node_id", "hostname", "agent_version", "engine_version", "address", "connected_since"} {
+	for _, k := range []string{"node_id", "hostname", "agent_version", "engine_version", "address", "connected_since", "cert_serial", "cert_expires"} {
 		if got[0][k] == nil || got[0][k] == "" {
 			t.Errorf("agent lacks %s: %v", k, got[0])
 		}
@@ -260,7 +324,8 @@ func TestAPIAgentsHealthMetricsWebhook(t *testing.T) {
 	raw, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if body := string(raw); resp.StatusCode != 200 || !strings.Contains(body, `forge_builds{state="queued"} 1`) ||
-		!strings.Contains(body, "forge_agents_connected 1") || !strings.Contains(body, "forge_dispatch_seconds") {
+		!strings.Contains(body, "forge_agents_connected 1") || !strings.Contains(body, "forge_dispatch_seconds") ||
+		!strings.Contains(body, `forge_agent_cert_expiry_seconds{node="n1"} 1.767312e+09`) {
 		t.Errorf("metrics: %d %s", resp.StatusCode, body)
 	}
 	if status, _, _ := e.do("GET", "/metrics"); status != 401 {
@@ -271,6 +336,44 @@ func TestAPIAgentsHealthMetricsWebhook(t *testing.T) {
 	}
 	if status, _, _ := e.do("POST", "/webhook"); status != 202 {
 		t.Errorf("webhook: %d", status)
+	}
+}
+
+// The CA's and the coordinator's certificates' expiry, read when scraped.
+func TestMetricsCertificates(t *testing.T) {
+	st, err := store.Open(":memory:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m := NewMetrics(st, fakeAgents{})
+	var mu sync.Mutex
+	coord := &x509.Certificate{NotAfter: time.Unix(1800000000, 0)}
+	ca := &x509.Certificate{NotAfter: time.Unix(2000000000, 0)}
+	if err := m.Certificates(func() *x509.Certificate { return ca }, func() *x509.Certificate {
+		mu.Lock()
+		defer mu.Unlock()
+		return coord
+	}); err != nil {
+		t.Fatal(err)
+	}
+	scrape := func() string {
+		rec := httptest.NewRecorder()
+		m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		return rec.Body.String()
+	}
+	if body := scrape(); !strings.Contains(body, "forge_ca_cert_expiry_seconds 2e+09") ||
+		!strings.Contains(body, "forge_coordinator_cert_expiry_seconds 1.8e+09") || strings.Contains(body, "forge_agent_cert_expiry_seconds{") {
+		t.Errorf("metrics:\n%s", body)
+	}
+	mu.Lock()
+	coord = &x509.Certificate{NotAfter: time.Unix(1900000000, 0)}
+	mu.Unlock()
+	if body := scrape(); !strings.Contains(body, "forge_coordinator_cert_expiry_seconds 1.9e+09") {
+		t.Errorf("a replaced certificate is not what is reported:\n%s", body)
+	}
+	if err := m.Certificates(func() *x509.Certificate { return ca }, func() *x509.Certificate { return ca }); err == nil {
+		t.Error("Certificates registered twice")
 	}
 }
 
