@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -12,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/forge-ci/forge/coordinator/web"
+	"github.com/forge-ci/forge/wire"
 )
 
 // The people's commands: the coordinator's API from a terminal.
@@ -131,31 +133,147 @@ func cancelCommand() *cli.Command {
 	}
 }
 
+// agentsFlags are the agents commands': the server, and either --token or
+// the admin token's file (these commands need a Forge admin).
+func agentsFlags() []cli.Flag {
+	return append(serverFlags(),
+		&cli.PathFlag{Name: "admin-token-file", Usage: "file holding the admin token (the coordinator's --admin-token-file), instead of --token", EnvVars: env("admin-token-file")})
+}
+
+// agentsClient is the client of the agents commands: its token is --token,
+// or the content of --admin-token-file.
+func agentsClient(c *cli.Context) (*web.Client, error) {
+	token := lineageString(c, "token")
+	if f := lineageString(c, "admin-token-file"); f != "" {
+		if token != "" {
+			return nil, errors.New("give --token (FORGE_TOKEN) or --admin-token-file (FORGE_ADMIN_TOKEN_FILE), not both")
+		}
+		var err error
+		if token, err = readFileFlag("admin-token-file", f); err != nil {
+			return nil, err
+		}
+	}
+	return web.NewClient(lineageString(c, "server"), token, nil)
+}
+
+// lineageString is the flag name as given on the command line to this
+// command or a parent (forge agents --server S revoke N, or forge agents
+// revoke --server S N), else its environment variable. Every level defines
+// the flag, and each level's copy takes the variable: a value that differs
+// from it was given on the command line.
+func lineageString(c *cli.Context, name string) string {
+	fromEnv := os.Getenv(env(name)[0])
+	for _, x := range c.Lineage() {
+		if x.Command != nil && x.IsSet(name) && x.String(name) != fromEnv {
+			return x.String(name)
+		}
+	}
+	return fromEnv
+}
+
+// agentsError is apiError for the agents commands, which need an admin.
+func agentsError(err error, what string) error {
+	if errors.Is(err, web.ErrUnauthorized) {
+		return fmt.Errorf("%s: %w (these commands need a Forge admin: --admin-token-file, or --token with an admin's token)", what, err)
+	}
+	return apiError(err, what)
+}
+
+// agentNodeAndClient is the one node id an agents subcommand takes, and
+// its client.
+func agentNodeAndClient(c *cli.Context) (string, *web.Client, error) {
+	if c.NArg() != 1 {
+		return "", nil, fmt.Errorf("agents %s takes one swarm node id (forge agents lists the connected ones; docker node ls lists all)", c.Command.Name)
+	}
+	node := c.Args().First()
+	if err := wire.ValidNodeID(node); err != nil {
+		return "", nil, fmt.Errorf("node %q: %v; want the node's full swarm id (docker node ls)", node, err)
+	}
+	cl, err := agentsClient(c)
+	return node, cl, err
+}
+
 func agentsCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "agents",
-		Usage:     "list the connected agents, one per node",
+		Usage:     "list the connected agents, one per node; revoke or allow a node's agent",
 		ArgsUsage: " ",
-		Flags:     serverFlags(),
-		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return fmt.Errorf("agents takes no arguments (got %q)", c.Args().First())
-			}
-			cl, err := apiClient(c)
-			if err != nil {
-				return err
-			}
-			as, err := cl.Agents(c.Context)
-			if err != nil {
-				return apiError(err, "list agents")
-			}
-			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tHOSTNAME\tAGENT\tENGINE\tADDRESS\tCONNECTED")
-			for _, a := range as {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.NodeID, a.Hostname, a.AgentVersion, a.EngineVersion, a.Address,
-					a.ConnectedSince.Local().Format(time.DateTime))
-			}
-			return tw.Flush()
+		Description: "With no subcommand, lists the connected agents and when each one's certificate expires.\n" +
+			"These commands need a Forge admin: the admin token (--admin-token-file) or an admin's personal token.",
+		Flags:  agentsFlags(),
+		Action: listAgents,
+		Subcommands: []*cli.Command{
+			{
+				Name:      "list",
+				Usage:     "list the connected agents (what forge agents alone does)",
+				ArgsUsage: " ",
+				Flags:     agentsFlags(),
+				Action:    listAgents,
+			},
+			{
+				Name:      "revoke",
+				Usage:     "close the node's session and refuse its certificates and joins until forge agents allow",
+				ArgsUsage: "NODE",
+				Flags:     agentsFlags(),
+				Action: func(c *cli.Context) error {
+					node, cl, err := agentNodeAndClient(c)
+					if err != nil {
+						return err
+					}
+					if err := cl.RevokeAgent(c.Context, node); err != nil {
+						return agentsError(err, "revoke node "+node)
+					}
+					fmt.Fprintf(c.App.Writer, "revoked node %s: its session is closed and its certificates refused\n", node)
+					return nil
+				},
+			},
+			{
+				Name:      "allow",
+				Usage:     "lift the node's revocation; its agent joins again with the join token",
+				ArgsUsage: "NODE",
+				Flags:     agentsFlags(),
+				Action: func(c *cli.Context) error {
+					node, cl, err := agentNodeAndClient(c)
+					if err != nil {
+						return err
+					}
+					was, err := cl.AllowAgent(c.Context, node)
+					if err != nil {
+						return agentsError(err, "allow node "+node)
+					}
+					if !was {
+						fmt.Fprintf(c.App.Writer, "node %s was not revoked: nothing changed\n", node)
+						return nil
+					}
+					fmt.Fprintf(c.App.Writer, "allowed node %s: it must join again with the join token\n", node)
+					return nil
+				},
+			},
 		},
 	}
+}
+
+func listAgents(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("agents takes no arguments but a subcommand: list, revoke NODE or allow NODE (got %q)", c.Args().First())
+	}
+	cl, err := agentsClient(c)
+	if err != nil {
+		return err
+	}
+	as, err := cl.Agents(c.Context)
+	if err != nil {
+		return agentsError(err, "list agents")
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tHOSTNAME\tAGENT\tENGINE\tADDRESS\tCONNECTED\tCERT EXPIRES")
+	for _, a := range as {
+		expires := "-"
+		if !a.CertExpires.IsZero() {
+			expires = a.CertExpires.Local().Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.NodeID, a.Hostname, a.AgentVersion, a.EngineVersion, a.Address,
+			a.ConnectedSince.Local().Format(time.DateTime), expires)
+	}
+	return tw.Flush()
 }
