@@ -71,7 +71,9 @@ func (noBuilds) Wait(ctx context.Context, _ string) (*coordinator.Build, error) 
 
 type noLogs struct{}
 
-func (noLogs) Follow(context.Context, string, io.Writer, bool) error { return errors.New("no logs here") }
+func (noLogs) Follow(context.Context, string, io.Writer, bool) error {
+	return errors.New("no logs here")
+}
 
 // TestAgentsCommands runs forge agents, agents revoke and agents allow
 // against the coordinator's real API (its hub faked), with the admin
