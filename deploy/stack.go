@@ -56,7 +56,7 @@ func (u *up) deploy(ctx context.Context) error {
 		return err
 	}
 	u.began = time.Now()
-	u.agentDeployment = deploymentDigest(agentImage, u.agentUser, u.secret("ca"), u.secret("agent_cert"), u.secret("agent_key"))
+	u.agentDeployment = deploymentDigest(agentImage, u.agentUser, u.secret("ca"), u.secret("join_token"))
 	inputs := []string{coordinatorImage, u.user, u.info.Swarm.NodeID, u.s.HTTPPort, u.s.PublicURL, u.s.GitHubAPI, u.s.GitHubAppID,
 		u.s.GitHubClientID, u.s.GitHubWeb}
 	for _, s := range u.secrets {

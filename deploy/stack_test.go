@@ -132,9 +132,10 @@ func secretTargets(s service) map[string]string {
 
 // TestStackFile checks deploy/stack.yml against what Forge needs on a
 // swarm: the coordinator on a manager with its local socket, its data and
-// its port; an agent on every node with that node's socket; certificates,
-// keys, the webhook secret, the admin token and the session key as Docker
-// secrets; one overlay network; and no Docker port anywhere.
+// its port; an agent on every node with that node's socket; the CA, the
+// coordinator's certificate and key, the CA key (the coordinator's only),
+// the join token, the webhook secret, the admin token and the session key
+// as Docker secrets; one overlay network; and no Docker port anywhere.
 func TestStackFile(t *testing.T) {
 	s, raw := readStack(t, "stack.yml")
 	coord, ok := s.Services["coordinator"]
@@ -237,16 +238,37 @@ func TestStackFile(t *testing.T) {
 			t.Errorf("secret %q: want external, named by make up (secrets are immutable: the name carries a hash)", name)
 		}
 	}
-	for _, env := range []string{"FORGE_TLS_CA", "FORGE_TLS_CERT", "FORGE_TLS_KEY", "FORGE_WEBHOOK_SECRET_FILE",
-		"FORGE_ADMIN_TOKEN_FILE", "FORGE_SESSION_KEY_FILE"} {
+	for _, env := range []string{"FORGE_TLS_CA", "FORGE_TLS_CERT", "FORGE_TLS_KEY", "FORGE_TLS_CA_KEY", "FORGE_JOIN_TOKEN_FILE",
+		"FORGE_WEBHOOK_SECRET_FILE", "FORGE_ADMIN_TOKEN_FILE", "FORGE_SESSION_KEY_FILE"} {
 		if !strings.HasPrefix(coord.Environment[env], "/run/secrets/") {
 			t.Errorf("coordinator %s=%q, want a secret", env, coord.Environment[env])
 		}
 	}
-	for _, env := range []string{"FORGE_TLS_CA", "FORGE_TLS_CERT", "FORGE_TLS_KEY"} {
+	// An agent has the CA's certificate and the join token, and nothing
+	// else: no certificate, and never the CA key.
+	for _, env := range []string{"FORGE_TLS_CA", "FORGE_JOIN_TOKEN_FILE"} {
 		if !strings.HasPrefix(agent.Environment[env], "/run/secrets/") {
 			t.Errorf("agent %s=%q, want a secret", env, agent.Environment[env])
 		}
+	}
+	for _, env := range []string{"FORGE_TLS_CERT", "FORGE_TLS_KEY", "FORGE_TLS_CA_KEY"} {
+		if v, ok := agent.Environment[env]; ok {
+			t.Errorf("agent %s=%q: agents join with the token and get their own node's certificate", env, v)
+		}
+	}
+	if got := keys(invert(secretTargets(agent))); !slices.Equal(got, []string{"ca", "join_token"}) {
+		t.Errorf("agent secrets %v, want ca and join_token only", got)
+	}
+	coordSecrets, agentSecrets := secretTargets(coord), secretTargets(agent)
+	for _, env := range []string{"FORGE_TLS_CA", "FORGE_JOIN_TOKEN_FILE"} {
+		c, _ := strings.CutPrefix(coord.Environment[env], "/run/secrets/")
+		a, _ := strings.CutPrefix(agent.Environment[env], "/run/secrets/")
+		if coordSecrets[c] == "" || coordSecrets[c] != agentSecrets[a] {
+			t.Errorf("%s: the coordinator's is the secret %q, the agents' %q; want the same", env, coordSecrets[c], agentSecrets[a])
+		}
+	}
+	if caKey, _ := strings.CutPrefix(coord.Environment["FORGE_TLS_CA_KEY"], "/run/secrets/"); coordSecrets[caKey] != "ca_key" {
+		t.Errorf("coordinator FORGE_TLS_CA_KEY=%q is the secret %q, want ca_key", coord.Environment["FORGE_TLS_CA_KEY"], coordSecrets[caKey])
 	}
 
 	// One overlay network, attachable, shared by both.
@@ -394,7 +416,7 @@ func TestStackConfig(t *testing.T) {
 		"FORGE_COORDINATOR_NODE=node1", "FORGE_VERSION=v1", "FORGE_HTTP_PORT=9090", "FORGE_GITHUB_APP_ID=42",
 		"FORGE_GITHUB_CLIENT_ID=Iv1.c", "FORGE_GITHUB_WEB=",
 		"FORGE_SECRET_CA=s1", "FORGE_SECRET_COORDINATOR_CERT=s2", "FORGE_SECRET_COORDINATOR_KEY=s3",
-		"FORGE_SECRET_AGENT_CERT=s4", "FORGE_SECRET_AGENT_KEY=s5", "FORGE_SECRET_WEBHOOK=s6", "FORGE_SECRET_GITHUB_KEY=s7",
+		"FORGE_SECRET_CA_KEY=s4", "FORGE_SECRET_JOIN_TOKEN=s5", "FORGE_SECRET_WEBHOOK=s6", "FORGE_SECRET_GITHUB_KEY=s7",
 		"FORGE_SECRET_ADMIN_TOKEN=s8", "FORGE_SECRET_SESSION_KEY=s9", "FORGE_SECRET_GITHUB_CLIENT_SECRET=s10")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -406,7 +428,7 @@ func TestStackConfig(t *testing.T) {
 	}
 	c := s.Services["coordinator"]
 	if c.Environment["FORGE_GITHUB_APP_ID"] != "42" || c.Deploy.Placement.Constraints[1] != "node.id == node1" ||
-		len(c.Ports) != 1 || c.Ports[0].Published != "9090" || len(c.Secrets) != 8 || s.Secrets["github_app_key"].Name != "s7" {
+		len(c.Ports) != 1 || c.Ports[0].Published != "9090" || len(c.Secrets) != 10 || s.Secrets["github_app_key"].Name != "s7" {
 		t.Errorf("merged configuration:\n%s", out)
 	}
 	// The coordinator's flags (as their FORGE_ variables) and the secrets behind them.
@@ -416,6 +438,8 @@ func TestStackConfig(t *testing.T) {
 		"FORGE_SESSION_KEY_FILE":          "s9",
 		"FORGE_GITHUB_CLIENT_SECRET_FILE": "s10",
 		"FORGE_WEBHOOK_SECRET_FILE":       "s6",
+		"FORGE_TLS_CA_KEY":                "s4",
+		"FORGE_JOIN_TOKEN_FILE":           "s5",
 	} {
 		f, _ := strings.CutPrefix(c.Environment[env], "/run/secrets/")
 		if got := s.Secrets[targets[f]].Name; got != want {
@@ -425,9 +449,22 @@ func TestStackConfig(t *testing.T) {
 	if c.Environment["FORGE_GITHUB_CLIENT_ID"] != "Iv1.c" || c.Environment["FORGE_GITHUB_WEB"] != "https://github.com" {
 		t.Errorf("sign-in: client id %q, web %q", c.Environment["FORGE_GITHUB_CLIENT_ID"], c.Environment["FORGE_GITHUB_WEB"])
 	}
-	if s.Services["agent"].User != "65532:999" {
-		t.Errorf("agent user %q", s.Services["agent"].User)
+	a := s.Services["agent"]
+	if a.User != "65532:999" {
+		t.Errorf("agent user %q", a.User)
 	}
+	if f, _ := strings.CutPrefix(a.Environment["FORGE_JOIN_TOKEN_FILE"], "/run/secrets/"); s.Secrets[secretTargets(a)[f]].Name != "s5" {
+		t.Errorf("agent FORGE_JOIN_TOKEN_FILE=%q is not the join token's secret", a.Environment["FORGE_JOIN_TOKEN_FILE"])
+	}
+}
+
+// invert maps values to keys.
+func invert(m map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		out[v] = k
+	}
+	return out
 }
 
 func keys[V any](m map[string]V) []string {

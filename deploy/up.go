@@ -381,10 +381,11 @@ func (u *up) secretFiles() []secretFile {
 	certs := filepath.Join(u.StateDir, "certs")
 	files := []secretFile{
 		{"ca", "FORGE_SECRET_CA", filepath.Join(certs, "ca.pem")},
+		// The coordinator signs agents' certificates with the CA key.
+		{"ca_key", "FORGE_SECRET_CA_KEY", filepath.Join(certs, "ca-key.pem")},
 		{"coordinator_cert", "FORGE_SECRET_COORDINATOR_CERT", filepath.Join(certs, "coordinator.pem")},
 		{"coordinator_key", "FORGE_SECRET_COORDINATOR_KEY", filepath.Join(certs, "coordinator-key.pem")},
-		{"agent_cert", "FORGE_SECRET_AGENT_CERT", filepath.Join(certs, "agent.pem")},
-		{"agent_key", "FORGE_SECRET_AGENT_KEY", filepath.Join(certs, "agent-key.pem")},
+		{"join_token", "FORGE_SECRET_JOIN_TOKEN", filepath.Join(certs, JoinTokenFile)},
 		{"webhook_secret", "FORGE_SECRET_WEBHOOK", u.stateFile(webhookSecretFile)},
 		{"admin_token", "FORGE_SECRET_ADMIN_TOKEN", u.stateFile(adminTokenFile)},
 		{"session_key", "FORGE_SECRET_SESSION_KEY", u.stateFile(sessionKeyFile)},

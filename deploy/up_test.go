@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +23,7 @@ import (
 	"github.com/docker/docker/api/types/swarm"
 
 	"github.com/forge-ci/forge/internal/syncbuf"
+	"github.com/forge-ci/forge/wire"
 )
 
 // upRig runs Up against a fake swarm and a fake coordinator.
@@ -91,8 +94,8 @@ func wantLines(t *testing.T, out string, want ...string) {
 	}
 }
 
-// TestUpMakesThenKeeps: a first run makes the CA, certificates, webhook
-// secret, admin token, session key and Docker secrets, deploys and waits
+// TestUpMakesThenKeeps: a first run makes the CA, the coordinator's
+// certificate, the join token, webhook secret, admin token, session key and Docker secrets, deploys and waits
 // (asking the coordinator with the admin token); a second one makes
 // nothing and deploys the same; a changed file becomes a new secret that
 // changes only the services that use it, and the old secret goes.
@@ -107,8 +110,8 @@ func TestUpMakesThenKeeps(t *testing.T) {
 	wantLines(t, out,
 		"make up: copied the GitHub App key into "+filepath.Join(r.state, "github-app-key.pem"),
 		"make up: made a new CA in "+filepath.Join(r.state, "certs"),
-		"make up: issued "+filepath.Join(r.state, "certs", "coordinator.pem"),
-		"make up: issued "+filepath.Join(r.state, "certs", "agent.pem"),
+		"make up: issued "+filepath.Join(r.state, "certs", "coordinator.pem")+" (it was missing;",
+		"make up: made a join token: "+filepath.Join(r.state, "certs", "join-token"),
 		"make up: made a random webhook secret: ",
 		"make up: made an admin token: "+filepath.Join(r.state, "admin-token")+"\n",
 		"make up: made a session key: "+filepath.Join(r.state, "session-key")+"\n",
@@ -168,7 +171,7 @@ func TestUpMakesThenKeeps(t *testing.T) {
 		t.Errorf("forge.env:\n%s\nwant it to end with:\n%s", saved, wantEnv)
 	}
 	for file, mode := range map[string]os.FileMode{"": 0o700, "certs/ca-key.pem": 0o600, "certs/coordinator-key.pem": 0o600,
-		"certs/agent-key.pem": 0o600, "webhook-secret": 0o600, "admin-token": 0o600, "session-key": 0o600,
+		"certs/join-token": 0o600, "webhook-secret": 0o600, "admin-token": 0o600, "session-key": 0o600,
 		"github-app-key.pem": 0o600, "certs/ca.pem": 0o644} {
 		if fi, err := os.Stat(filepath.Join(r.state, file)); err != nil || fi.Mode().Perm() != mode {
 			t.Errorf("%s: %v, %v; want mode %#o", file, fi.Mode(), err, mode)
@@ -208,6 +211,37 @@ func TestUpMakesThenKeeps(t *testing.T) {
 			third["FORGE_COORDINATOR_DEPLOYMENT"], first["FORGE_AGENT_DEPLOYMENT"], third["FORGE_AGENT_DEPLOYMENT"])
 	}
 	wantLines(t, out, "make up: removed the unused secret "+first["FORGE_SECRET_WEBHOOK"]+"\n")
+
+	// The join token and the CA key are secrets; no agent certificate is.
+	joinToken, _ := os.ReadFile(filepath.Join(r.state, "certs", "join-token"))
+	caKey, _ := os.ReadFile(filepath.Join(r.state, "certs", "ca-key.pem"))
+	if third["FORGE_SECRET_JOIN_TOKEN"] != secretName("forge", "join_token", joinToken) ||
+		!bytes.Equal(r.sw.secrets[third["FORGE_SECRET_JOIN_TOKEN"]].Spec.Data, joinToken) ||
+		third["FORGE_SECRET_CA_KEY"] != secretName("forge", "ca_key", caKey) {
+		t.Errorf("the join token and the CA key are not the secrets deployed: %v", third)
+	}
+	for k := range third {
+		if strings.Contains(k, "AGENT_CERT") || strings.Contains(k, "AGENT_KEY") {
+			t.Errorf("docker stack deploy got %s: agents have no certificate of make up's", k)
+		}
+	}
+	// A new join token (forge certs join-token --force): a new secret for
+	// the coordinator and the agents; the old one goes.
+	if err := os.WriteFile(filepath.Join(r.state, "certs", "join-token"), []byte("forge_join_rotated"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	created = len(r.sw.created)
+	out = r.up(r.config(Settings{}))
+	newName = secretName("forge", "join_token", []byte("forge_join_rotated"))
+	fourth := r.lastEnv()
+	if got := r.sw.created[created:]; !slices.Equal(got, []string{newName}) || fourth["FORGE_SECRET_JOIN_TOKEN"] != newName {
+		t.Errorf("created %q, want only %s", got, newName)
+	}
+	if fourth["FORGE_COORDINATOR_DEPLOYMENT"] == third["FORGE_COORDINATOR_DEPLOYMENT"] ||
+		fourth["FORGE_AGENT_DEPLOYMENT"] == third["FORGE_AGENT_DEPLOYMENT"] {
+		t.Errorf("a new join token left a deployment as it was: %v then %v", third, fourth)
+	}
+	wantLines(t, out, "make up: removed the unused secret "+third["FORGE_SECRET_JOIN_TOKEN"]+"\n")
 }
 
 func mapsEqual(a, b map[string]string) bool {
@@ -589,30 +623,156 @@ func TestSettingsFile(t *testing.T) {
 	}
 }
 
-// TestMakeCerts: a CA and both certificates once; a missing certificate
-// is issued again from the same CA; a CA key without its certificate is
-// refused rather than replaced.
+// TestMakeCerts: a CA, the coordinator's certificate and a join token
+// once, and no agent certificate; a missing, foreign or aging coordinator
+// certificate is issued again from the same CA; the shared agent
+// certificate of older deployments goes; a kept join token stays; a CA key
+// without its certificate is refused rather than replaced.
 func TestMakeCerts(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "certs")
 	var said []string
-	say := func(format string, args ...any) { said = append(said, format) }
+	say := func(format string, args ...any) { said = append(said, fmt.Sprintf(format, args...)) }
 	if err := makeCerts(dir, say); err != nil || len(said) != 3 {
 		t.Fatalf("makeCerts: %v, said %q", err, said)
 	}
+	for name, mode := range map[string]os.FileMode{"ca.pem": 0o644, "ca-key.pem": 0o600, "coordinator.pem": 0o644,
+		"coordinator-key.pem": 0o600, "join-token": 0o600} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: %v, %v; want mode %#o", name, fi, err, mode)
+		}
+	}
+	if names := dirNames(t, dir); len(names) != 5 {
+		t.Errorf("made %q, want the CA, the coordinator's pair and the join token only", names)
+	}
+	token, _ := os.ReadFile(filepath.Join(dir, "join-token"))
+	if !regexp.MustCompile(`^forge_join_[A-Za-z0-9_-]{43}$`).Match(token) {
+		t.Errorf("join token %q", token)
+	}
 	ca, _ := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	coord, _ := os.ReadFile(filepath.Join(dir, "coordinator.pem"))
 	said = nil
 	if err := makeCerts(dir, say); err != nil || len(said) != 0 {
 		t.Errorf("second makeCerts: %v, said %q", err, said)
 	}
-	os.Remove(filepath.Join(dir, "agent.pem"))
-	if err := makeCerts(dir, say); err != nil || len(said) != 1 || !strings.Contains(said[0], "shared by the agents") {
-		t.Errorf("makeCerts without agent.pem: %v, said %q", err, said)
+	if again, _ := os.ReadFile(filepath.Join(dir, "coordinator.pem")); !bytes.Equal(again, coord) {
+		t.Error("the second run re-issued a good coordinator certificate")
 	}
+
+	// What an older make up left: the certificate every agent shared.
+	for _, f := range []string{"agent.pem", "agent-key.pem"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("old"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := makeCerts(dir, say); err != nil || len(said) != 2 || !strings.Contains(said[0], "removed "+filepath.Join(dir, "agent.pem")) {
+		t.Errorf("makeCerts with the shared agent certificate: %v, said %q", err, said)
+	}
+	if exists(filepath.Join(dir, "agent.pem")) || exists(filepath.Join(dir, "agent-key.pem")) {
+		t.Error("the shared agent certificate is still there")
+	}
+
+	reissued := func(why string) {
+		t.Helper()
+		said = nil
+		if err := makeCerts(dir, say); err != nil || len(said) != 1 || !strings.Contains(said[0], "issued "+filepath.Join(dir, "coordinator.pem")+" ("+why) {
+			t.Errorf("makeCerts: %v, said %q, want the coordinator's certificate issued because %s", err, said, why)
+		}
+		pool, err := wire.LoadCAPool(filepath.Join(dir, "ca.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pair, err := wire.LoadKeyPair(filepath.Join(dir, "coordinator.pem"), filepath.Join(dir, "coordinator-key.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pair.Leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+			t.Errorf("the re-issued certificate: %v", err)
+		}
+	}
+	os.Remove(filepath.Join(dir, "coordinator.pem"))
+	reissued("it was missing")
+	os.Remove(filepath.Join(dir, "coordinator-key.pem"))
+	reissued("its key was missing")
+
+	// Past two thirds of its life, the coordinator's certificate is
+	// issued anew; before, it stays.
+	own, err := loadCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		age    time.Duration
+		renews bool
+	}{{59 * 24 * time.Hour, false}, {61 * 24 * time.Hour, true}, {100 * 24 * time.Hour, true}} {
+		cert, key, err := own.Issue(wire.IssueRequest{Role: wire.RoleCoordinator, Name: "coordinator", Hosts: []string{"coordinator"},
+			NotBefore: time.Now().Add(-tc.age), ValidFor: 90 * 24 * time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := writePair(dir, "coordinator", cert, key); err != nil {
+			t.Fatal(err)
+		}
+		if tc.renews {
+			reissued("the old one expires ")
+		} else if said = nil; makeCerts(dir, say) != nil || len(said) != 0 {
+			t.Errorf("a coordinator certificate %s old: said %q", tc.age, said)
+		}
+	}
+	// One from another CA.
+	other, err := wire.NewCA("Other CA", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := other.Issue(wire.IssueRequest{Role: wire.RoleCoordinator, Name: "coordinator", Hosts: []string{"coordinator"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writePair(dir, "coordinator", cert, key); err != nil {
+		t.Fatal(err)
+	}
+	reissued("the old one was not from this CA")
+
 	if again, _ := os.ReadFile(filepath.Join(dir, "ca.pem")); !bytes.Equal(again, ca) {
 		t.Error("the CA changed")
 	}
+	if again, _ := os.ReadFile(filepath.Join(dir, "join-token")); !bytes.Equal(again, token) {
+		t.Error("the join token changed")
+	}
+
+	// A join token written by hand is kept; a blank one is made anew; one
+	// that is not one word is refused, and stays as it was.
+	tokenFile := filepath.Join(dir, "join-token")
+	os.WriteFile(tokenFile, []byte("forge_join_mine\n"), 0o600)
+	if said = nil; makeCerts(dir, say) != nil || len(said) != 0 {
+		t.Errorf("a token written by hand: said %q", said)
+	}
+	os.WriteFile(tokenFile, []byte("\n"), 0o600)
+	if said = nil; makeCerts(dir, say) != nil || len(said) != 1 || !strings.Contains(said[0], "made a join token") {
+		t.Errorf("a blank token: said %q", said)
+	}
+	os.WriteFile(tokenFile, []byte("two words"), 0o600)
+	if err := makeCerts(dir, say); err == nil || !strings.Contains(err.Error(), tokenFile) {
+		t.Errorf("a token of two words: %v", err)
+	}
+	if kept, _ := os.ReadFile(tokenFile); string(kept) != "two words" {
+		t.Errorf("a refused token became %q", kept)
+	}
+
 	os.Remove(filepath.Join(dir, "ca.pem"))
 	if err := makeCerts(dir, say); err == nil || !strings.Contains(err.Error(), "without ca.pem") {
 		t.Errorf("makeCerts with a lone CA key: %v", err)
 	}
+}
+
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
 }

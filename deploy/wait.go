@@ -205,7 +205,8 @@ func (u *up) report(ctx context.Context) error {
 	u.say("  webhook secret  %s", state+"/"+webhookSecretFile)
 	u.say("  admin token     %s (every right: send it as Authorization: Bearer <token>, or", state+"/"+adminTokenFile)
 	u.say("                  FORGE_SERVER=http://%s:%s FORGE_TOKEN=$(cat %s) bin/forge builds)", addr, port, state+"/"+adminTokenFile)
-	u.say("  certificates    %s   settings %s", state+"/certs", state+"/"+envFile)
+	u.say("  certificates    %s (the join token agents join with: %s)", state+"/certs", state+"/certs/"+JoinTokenFile)
+	u.say("  settings        %s", state+"/"+envFile)
 	if u.s.GitHubAppID == "" {
 		u.say("next: create a GitHub App with that webhook URL and secret (permissions: contents read,")
 		u.say("      commit statuses write, pull requests read; events: pull request, push), install it, then")
