@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 
+	"github.com/forge-ci/forge/agent"
 	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/coordinator/plan"
 	"github.com/forge-ci/forge/internal/cluster"
@@ -30,6 +32,7 @@ import (
 	"github.com/forge-ci/forge/internal/fakegithub"
 	"github.com/forge-ci/forge/internal/fakegithub/fakegithubtest"
 	"github.com/forge-ci/forge/internal/syncbuf"
+	"github.com/forge-ci/forge/wire"
 )
 
 // Forge across a real swarm of three engines on this machine
@@ -162,6 +165,7 @@ type clusterRig struct {
 	*ghRig
 	c         *cluster.Cluster
 	certs     string
+	dir       string // the test's own files
 	agentAddr string // the coordinator's agent listener
 	coord     *proc
 	agents    map[string]*proc // by hostname
@@ -171,6 +175,13 @@ type clusterRig struct {
 // each of the nodes named (all when none), and waits until those agents
 // are bound.
 func startClusterRig(t *testing.T, withAgents ...string) *clusterRig {
+	t.Helper()
+	return startClusterRigWith(t, nil, withAgents...)
+}
+
+// startClusterRigWith is startClusterRig with more flags for the
+// coordinator.
+func startClusterRigWith(t *testing.T, coordFlags []string, withAgents ...string) *clusterRig {
 	t.Helper()
 	c := getCluster(t)
 	m := c.Manager()
@@ -194,6 +205,7 @@ func startClusterRig(t *testing.T, withAgents ...string) *clusterRig {
 	r.fake.SetInstallation(r.full, r.inst)
 
 	dir := t.TempDir()
+	r.dir = dir
 	r.certs = issueCerts(t, dir, m.Addr.String())
 	secretFile := writeGHFile(t, dir, "webhook-secret", r.secret, 0o600)
 	adminFile := writeGHFile(t, dir, "admin-token", []byte(r.admin), 0o600)
@@ -204,14 +216,15 @@ func startClusterRig(t *testing.T, withAgents ...string) *clusterRig {
 			t.Logf("fake GitHub requests:\n%s", strings.Join(r.fake.Requests(), "\n"))
 		}
 	})
-	r.coord = startProc(t, m, "forge coordinator on "+m.Hostname, []string{"DOCKER_HOST=" + m.Host},
-		"coordinator", "--listen", netip.AddrPortFrom(m.Addr, 0).String(),
+	args := []string{"coordinator", "--listen", netip.AddrPortFrom(m.Addr, 0).String(),
 		"--agent-listen", netip.AddrPortFrom(m.Addr, 0).String(), "--metrics-listen", "127.0.0.1:0",
 		"--data", filepath.Join(dir, "data"), "--forgexec", exe, "--webhook-secret-file", secretFile,
 		"--admin-token-file", adminFile, "--public-url", ghPublicURL,
 		"--tls-ca", filepath.Join(r.certs, "ca.pem"), "--tls-cert", filepath.Join(r.certs, "coordinator.pem"),
 		"--tls-key", filepath.Join(r.certs, "coordinator-key.pem"),
-		"--github-app-id", strconv.Itoa(fakegithub.AppID), "--github-key-file", keyFile, "--github-api", r.fake.APIBase())
+		"--github-app-id", strconv.Itoa(fakegithub.AppID), "--github-key-file", keyFile, "--github-api", r.fake.APIBase(),
+		"--tls-ca-key", filepath.Join(r.certs, "ca-key.pem"), "--join-token-file", filepath.Join(r.certs, "join-token")}
+	r.coord = startProc(t, m, "forge coordinator on "+m.Hostname, []string{"DOCKER_HOST=" + m.Host}, append(args, coordFlags...)...)
 
 	ghUntil(t, 60*time.Second, "the coordinator's \"coordinator serving\" line", func() bool {
 		if r.coord.exited() {
@@ -252,13 +265,21 @@ func (r *clusterRig) startAgentAs(from, as *cluster.Node) *proc {
 		name += " (with " + as.Hostname + "'s engine)"
 	}
 	// --debug: the agent logs every Launch and Cancel it receives.
-	p := startProc(r.t, from, name, nil, "agent", "--debug", "--coordinator", r.agentAddr, "--docker-host", as.Host,
-		"--tls-ca", filepath.Join(r.certs, "ca.pem"), "--tls-cert", filepath.Join(r.certs, "agent.pem"),
-		"--tls-key", filepath.Join(r.certs, "agent-key.pem"))
+	p := startProc(r.t, from, name, nil, append([]string{"agent", "--debug", "--coordinator", r.agentAddr, "--docker-host", as.Host},
+		agentJoinFlags(r.certs, r.stateDir(from, as))...)...)
 	if from == as {
 		r.agents[from.Hostname] = p
 	}
 	return p
+}
+
+// stateDir is the folder of the agent that runs on from with as's engine:
+// its key and certificate.
+func (r *clusterRig) stateDir(from, as *cluster.Node) string {
+	if from == as {
+		return filepath.Join(r.dir, "state-"+from.Hostname)
+	}
+	return filepath.Join(r.dir, "state-"+from.Hostname+"-as-"+as.Hostname)
 }
 
 // agentsBound is GET /api/agents, by node id.
@@ -549,4 +570,154 @@ func countLines(text, line string) int {
 		}
 	}
 	return n
+}
+
+// stateCert is the certificate the agent on from (with as's engine) keeps
+// in its --state-dir.
+func (r *clusterRig) stateCert(from, as *cluster.Node) *x509.Certificate {
+	r.t.Helper()
+	b, err := os.ReadFile(filepath.Join(r.stateDir(from, as), agent.StateFile))
+	if err != nil {
+		r.t.Fatalf("the certificate of the agent on %s: %v", from.Hostname, err)
+	}
+	c, err := wire.ParseCertPEM(b)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return c
+}
+
+// forge runs a forge CLI command in the manager's namespace (where the
+// coordinator's HTTP listener is) with the admin token, and returns its
+// output once it has returned.
+func (r *clusterRig) forge(args ...string) string {
+	r.t.Helper()
+	m := r.c.Manager()
+	adminFile := filepath.Join(r.dir, "admin-token")
+	p := startProc(r.t, m, "forge "+strings.Join(args, " "), nil,
+		append(args, "--server", r.base, "--admin-token-file", adminFile)...)
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		r.t.Fatalf("forge %s did not return", strings.Join(args, " "))
+	}
+	if p.err != nil {
+		r.t.Fatalf("forge %s: %v\n%s", strings.Join(args, " "), p.err, p.out.String())
+	}
+	return p.out.String()
+}
+
+// Every node's agent joins with the token and gets a certificate of its
+// own, naming its node. A copy of node2's certificate used from node3 is
+// refused. forge agents revoke closes node3's session at once and keeps it
+// out, token or not, until forge agents allow; node3 then joins again and
+// builds there.
+func TestClusterAgentIdentity(t *testing.T) {
+	r := startClusterRig(t)
+	n2, n3 := r.c.Node("node2"), r.c.Node("node3")
+	serials := map[string]bool{}
+	bound := r.agentsBound()
+	for _, n := range r.c.Nodes {
+		c := r.stateCert(n, n)
+		node, err := wire.NodeOf(c)
+		if err != nil || node != n.ID || len(c.URIs) != 1 || c.URIs[0].String() != wire.AgentURI(n.ID).String() {
+			t.Errorf("the certificate of %s's agent names %q (%v), URIs %v; want %s", n.Hostname, node, err, c.URIs, wire.AgentURI(n.ID))
+		}
+		if life := c.NotAfter.Sub(c.NotBefore); life > wire.DefaultAgentCertTTL+wire.ClockSkew {
+			t.Errorf("the certificate of %s's agent is valid for %v, want the default 24h", n.Hostname, life)
+		}
+		serials[c.SerialNumber.Text(16)] = true
+		if a := bound[n.ID]; a.CertSerial != c.SerialNumber.Text(16) || !a.CertExpires.Equal(c.NotAfter.UTC()) {
+			t.Errorf("/api/agents shows %s with certificate %s expiring %v; its state dir has %x expiring %v",
+				n.Hostname, a.CertSerial, a.CertExpires, c.SerialNumber, c.NotAfter)
+		}
+	}
+	if len(serials) != len(r.c.Nodes) {
+		t.Errorf("%d nodes share %d certificates", len(r.c.Nodes), len(serials))
+	}
+
+	// node2's key and certificate, copied to node3: its agent (no token)
+	// speaks for node2 from node3's address, and is refused.
+	stolen := r.stateDir(n3, n2)
+	if err := os.MkdirAll(stolen, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(r.stateDir(n2, n2), agent.StateFile))
+	if err := os.WriteFile(filepath.Join(stolen, agent.StateFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	thief := startProc(t, n3, "forge agent on node3 with node2's certificate", nil, "agent", "--coordinator", r.agentAddr,
+		"--docker-host", n2.Host, "--tls-ca", filepath.Join(r.certs, "ca.pem"), "--state-dir", stolen)
+	refusal := "connection from " + n3.Addr.String() + " is not from node " + n2.ID
+	ghUntil(t, 60*time.Second, "both sides to log the refusal of node2's certificate from node3", func() bool {
+		return strings.Contains(r.coord.out.String(), refusal) && strings.Contains(thief.out.String(), refusal)
+	})
+	if a := r.agentsBound()[n2.ID]; !strings.HasPrefix(a.Address, n2.Addr.String()+":") {
+		t.Errorf("node2 is bound to %+v, want its own agent", a)
+	}
+	thief.stop(t)
+
+	// Revoke node3: its session ends at once.
+	sessionBefore := r.agentsBound()[n3.ID].SessionID
+	began := time.Now()
+	out := r.forge("agents", "revoke", n3.ID)
+	cliDone := time.Since(began)
+	r.waitUnbound(n3, 10*time.Second)
+	t.Logf("forge agents revoke: the CLI returned after %v; node3 was gone from /api/agents %v after it started (%q)",
+		cliDone.Round(time.Millisecond), time.Since(began).Round(time.Millisecond), strings.TrimSpace(out))
+	ghUntil(t, 30*time.Second, "node3's agent to be refused on its return", func() bool {
+		return strings.Contains(r.agents["node3"].out.String(), "node is revoked")
+	})
+	sha := r.open(60, r.pinned(n3, []string{"echo revoked"}))
+	if last, _ := r.final(sha, "forge/execute"); last.State != "error" {
+		t.Errorf("a build on the revoked node: %+v, want error", last)
+	}
+	if _, ok := r.agentsBound()[n3.ID]; ok {
+		t.Fatal("the revoked node is bound again")
+	}
+	if !strings.Contains(r.coord.out.String(), "agent join refused") {
+		t.Error("the coordinator did not log the revoked node's join refused")
+	}
+
+	// Allow: the agent's old certificate stays refused, it joins again
+	// with the token, and builds there run.
+	r.forge("agents", "allow", n3.ID)
+	r.waitBound(n3)
+	a := r.agentsBound()[n3.ID]
+	if a.SessionID == sessionBefore || a.CertSerial == bound[n3.ID].CertSerial {
+		t.Errorf("after allow node3 is bound with session %s and certificate %s, want new ones", a.SessionID, a.CertSerial)
+	}
+	sha = r.open(61, r.pinned(n3, []string{"echo allowed again"}))
+	if last, _ := r.final(sha, "forge/execute"); last.State != "success" {
+		t.Errorf("a build on node3 after allow: %+v, want success", last)
+	}
+	r.done()
+}
+
+// With 30-second certificates an agent renews on its live session: it
+// stays connected, with the one session, across three renewals while a
+// build runs, and the build's log arrives whole, each line once.
+func TestClusterCertRenewal(t *testing.T) {
+	r := startClusterRigWith(t, []string{"--agent-cert-ttl", "30s"}, "node2")
+	n2 := r.c.Node("node2")
+	first := r.agentsBound()[n2.ID]
+	sha := r.open(70, r.pinned(n2, []string{"sh -c 'for i in $(seq 1 70); do echo line $i; sleep 1; done'"}))
+	last, id := r.final(sha, "forge/execute")
+	if last.State != "success" {
+		t.Fatalf("the build: %+v, want success", last)
+	}
+	renewals := strings.Count(r.agents["node2"].out.String(), `msg="certificate renewed"`)
+	now := r.agentsBound()[n2.ID]
+	if renewals < 3 || now.SessionID != first.SessionID || now.CertSerial == first.CertSerial {
+		t.Errorf("%d renewals, session %s -> %s, certificate %s -> %s: want 3 or more renewals on one session",
+			renewals, first.SessionID, now.SessionID, first.CertSerial, now.CertSerial)
+	}
+	text := r.log(id, "line 70")
+	for i := 1; i <= 70; i++ {
+		if n := countLines(text, fmt.Sprintf("line %d", i)); n != 1 {
+			t.Errorf("line %d is in the log %d times, want once", i, n)
+		}
+	}
+	t.Logf("%d renewals in one session over a %d-line build", renewals, 70)
+	r.done()
 }

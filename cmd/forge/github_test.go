@@ -147,6 +147,7 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 		"--public-url", ghPublicURL,
 		"--tls-ca", filepath.Join(certs, "ca.pem"), "--tls-cert", filepath.Join(certs, "coordinator.pem"),
 		"--tls-key", filepath.Join(certs, "coordinator-key.pem")}
+	args = append(args, joinFlags(certs)...)
 	if withApp {
 		keyFile := writeGHFile(t, dir, "app-key.pem", fakegithubtest.AppKeyPEM(t), 0o600)
 		args = append(args, "--github-app-id", strconv.Itoa(fakegithub.AppID), "--github-key-file", keyFile,
@@ -181,9 +182,8 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 	if !withApp {
 		return r
 	}
-	r.agent = startGHProgram(t, "agent", "agent", "--coordinator", agentAddr,
-		"--tls-ca", filepath.Join(certs, "ca.pem"), "--tls-cert", filepath.Join(certs, "agent.pem"),
-		"--tls-key", filepath.Join(certs, "agent-key.pem"))
+	r.agent = startGHProgram(t, "agent", append([]string{"agent", "--coordinator", agentAddr},
+		agentJoinFlags(certs, filepath.Join(dir, "agent-state"))...)...)
 	info, err := cli.Info(dockertest.Context(t, 10*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -207,21 +207,33 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 }
 
 // issueCerts makes a CA under dir/certs with `forge certs`, a
-// coordinator certificate for host and one agent certificate shared by
-// every agent, and returns the folder.
+// coordinator certificate for host and the join token agents get their
+// own certificates with, and returns the folder.
 func issueCerts(t *testing.T, dir, host string) string {
 	t.Helper()
 	certs := filepath.Join(dir, "certs")
 	for _, args := range [][]string{
 		{"certs", "init", "--dir", certs},
 		{"certs", "issue", "--dir", certs, "--role", "coordinator", "--name", "coordinator", "--host", host},
-		{"certs", "issue", "--dir", certs, "--role", "agent", "--name", "agent"},
+		{"certs", "join-token", "--dir", certs},
 	} {
 		if out, err := run(t, args...); err != nil {
 			t.Fatalf("forge %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
 	return certs
+}
+
+// joinFlags let a coordinator sign the certificates of agents that join
+// with the token in certs.
+func joinFlags(certs string) []string {
+	return []string{"--tls-ca-key", filepath.Join(certs, "ca-key.pem"), "--join-token-file", filepath.Join(certs, "join-token")}
+}
+
+// agentJoinFlags are an agent's: the CA, the join token, and a folder of
+// its own for the key and certificate it gets.
+func agentJoinFlags(certs, state string) []string {
+	return []string{"--tls-ca", filepath.Join(certs, "ca.pem"), "--join-token-file", filepath.Join(certs, "join-token"), "--state-dir", state}
 }
 
 // servingLine is the coordinator's log line once it listens, with the
