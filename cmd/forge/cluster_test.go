@@ -587,15 +587,14 @@ func (r *clusterRig) stateCert(from, as *cluster.Node) *x509.Certificate {
 	return c
 }
 
-// forge runs a forge CLI command in the manager's namespace (where the
-// coordinator's HTTP listener is) with the admin token, and returns its
-// output once it has returned.
-func (r *clusterRig) forge(args ...string) string {
+// forge runs a forge CLI command (its words, then its one argument) in
+// the manager's namespace (where the coordinator's HTTP listener is) with
+// the admin token, and returns its output once it has returned.
+func (r *clusterRig) forge(cmd []string, arg string) string {
 	r.t.Helper()
 	m := r.c.Manager()
-	adminFile := filepath.Join(r.dir, "admin-token")
-	p := startProc(r.t, m, "forge "+strings.Join(args, " "), nil,
-		append(args, "--server", r.base, "--admin-token-file", adminFile)...)
+	args := append(append(cmd, "--server", r.base, "--admin-token-file", filepath.Join(r.dir, "admin-token")), arg)
+	p := startProc(r.t, m, "forge "+strings.Join(args, " "), nil, args...)
 	select {
 	case <-p.done:
 	case <-time.After(60 * time.Second):
@@ -660,7 +659,7 @@ func TestClusterAgentIdentity(t *testing.T) {
 	// Revoke node3: its session ends at once.
 	sessionBefore := r.agentsBound()[n3.ID].SessionID
 	began := time.Now()
-	out := r.forge("agents", "revoke", n3.ID)
+	out := r.forge([]string{"agents", "revoke"}, n3.ID)
 	cliDone := time.Since(began)
 	r.waitUnbound(n3, 10*time.Second)
 	t.Logf("forge agents revoke: the CLI returned after %v; node3 was gone from /api/agents %v after it started (%q)",
@@ -681,7 +680,7 @@ func TestClusterAgentIdentity(t *testing.T) {
 
 	// Allow: the agent's old certificate stays refused, it joins again
 	// with the token, and builds there run.
-	r.forge("agents", "allow", n3.ID)
+	r.forge([]string{"agents", "allow"}, n3.ID)
 	r.waitBound(n3)
 	a := r.agentsBound()[n3.ID]
 	if a.SessionID == sessionBefore || a.CertSerial == bound[n3.ID].CertSerial {

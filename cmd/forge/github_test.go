@@ -113,6 +113,9 @@ type ghRig struct {
 	hc     *http.Client
 	coord  *ghProgram
 	agent  *ghProgram
+	// agentAddr is the coordinator's agent listener; certs holds the CA
+	// and the join token (issueCerts).
+	agentAddr, certs string
 
 	misplaced bool // a status went to another repository or installation
 }
@@ -139,6 +142,7 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 
 	dir := t.TempDir()
 	certs := issueCerts(t, dir, "127.0.0.1")
+	r.certs = certs
 	secretFile := writeGHFile(t, dir, "webhook-secret", r.secret, 0o600)
 	adminFile := writeGHFile(t, dir, "admin-token", []byte(r.admin), 0o600)
 	exe := writeGHFile(t, dir, "forgexec", dockertest.Forgexec(t), 0o755)
@@ -178,7 +182,7 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 		agentAddr, httpAddr = m[1], m[2]
 		return true
 	})
-	r.base = "http://" + httpAddr
+	r.base, r.agentAddr = "http://"+httpAddr, agentAddr
 	if !withApp {
 		return r
 	}
