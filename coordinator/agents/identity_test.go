@@ -127,6 +127,29 @@ func (r *idRig) join(t *testing.T, token, node string, csr []byte, key *ecdsa.Pr
 	return wire.ClientConfig(r.p.Pool, pair, wiretest.ServerName), cert, nil
 }
 
+// joinAndConnect joins as node with key's request, then connects with
+// the certificate, and waits until the hub has bound the session.
+func (r *idRig) joinAndConnect(t *testing.T, node string, key *ecdsa.PrivateKey, csr []byte) (*tls.Config, *x509.Certificate, *wire.Session) {
+	t.Helper()
+	tc, cert, err := r.join(t, testToken, node, csr, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ys, _, err := rawAgentTLS(t, tc, r.addr, hello(node))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "agent bound", func() bool {
+		for _, a := range r.hub.Agents() {
+			if a.NodeID == node {
+				return true
+			}
+		}
+		return false
+	})
+	return tc, cert, ys
+}
+
 func newKeyCSR(t *testing.T, node string) (*ecdsa.PrivateKey, []byte) {
 	t.Helper()
 	key, err := wire.NewKey()
@@ -328,15 +351,7 @@ func issueRaw(t *testing.T, p *wiretest.PKI, uris []*url.URL, notBefore time.Tim
 func TestRevokeAndAllow(t *testing.T) {
 	r := newIDRig(t, time.Hour, nil)
 	key, csr := newKeyCSR(t, "n1")
-	tc, _, err := r.join(t, testToken, "n1", csr, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ys, _, err := rawAgentTLS(t, tc, r.addr, hello("n1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "agent bound", func() bool { return len(r.hub.Agents()) == 1 })
+	tc, _, ys := r.joinAndConnect(t, "n1", key, csr)
 	start := time.Now()
 	if err := r.hub.Revoke(context.Background(), "n1"); err != nil {
 		t.Fatal(err)
@@ -349,7 +364,7 @@ func TestRevokeAndAllow(t *testing.T) {
 	}
 	waitFor(t, "agent unbound", func() bool { return len(r.hub.Agents()) == 0 })
 
-	_, _, err = rawAgentTLS(t, tc, r.addr, hello("n1"))
+	_, _, err := rawAgentTLS(t, tc, r.addr, hello("n1"))
 	wantRefused(t, "revoked node's certificate", err, wire.RefusedIdentity, "node is revoked")
 	_, _, err = r.join(t, testToken, "n1", mustCSR(t, "n1"), key)
 	wantRefused(t, "revoked node joining", err, wire.RefusedForbidden, "node is revoked")
@@ -398,15 +413,8 @@ func renew(t *testing.T, ys *wire.Session, csr []byte) (*x509.Certificate, error
 func TestRenew(t *testing.T) {
 	r := newIDRig(t, 3*time.Second, nil)
 	key, csr := newKeyCSR(t, "n1")
-	tc, first, err := r.join(t, testToken, "n1", csr, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ys, _, err := rawAgentTLS(t, tc, r.addr, hello("n1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "agent bound", func() bool { return len(r.hub.Agents()) == 1 })
+	_, first, ys := r.joinAndConnect(t, "n1", key, csr)
+	var err error
 
 	_, err = renew(t, ys, mustCSR(t, "n2"))
 	wantRefused(t, "renewal for another node", err, wire.RefusedForbidden, "this session speaks for node n1 only")
