@@ -266,7 +266,7 @@ func (s *Hub) watchCert(ctx context.Context, ac *agentConn) {
 	warned := false
 	for {
 		s.mu.Lock()
-		expires, life := ac.info.CertExpires, ac.life
+		expires, life, serial := ac.info.CertExpires, ac.life, ac.info.CertSerial
 		s.mu.Unlock()
 		warnIn := time.Until(expires.Add(-life / 6))
 		if warned || warnIn < 0 {
@@ -289,11 +289,11 @@ func (s *Hub) watchCert(ctx context.Context, ac *agentConn) {
 		if time.Now().Before(expires) {
 			warned = true
 			s.log.Warn("agent certificate has under a sixth of its life left and was not renewed",
-				"node", ac.info.NodeID, "serial", ac.info.CertSerial, "expires", expires)
+				"node", ac.info.NodeID, "serial", serial, "expires", expires)
 			continue
 		}
 		s.log.Warn("agent certificate expired: closing its session", "node", ac.info.NodeID,
-			"serial", ac.info.CertSerial, "expired", expires)
+			"serial", serial, "expired", expires)
 		ac.ys.Close()
 		return
 	}
