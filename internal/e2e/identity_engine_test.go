@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -30,10 +31,12 @@ func TestCertificateExpiryWatched(t *testing.T) {
 		})
 	}
 	want := []string{
-		fmt.Sprintf("forge_ca_cert_expiry_seconds %d", e.pki.CA.Cert.NotAfter.Unix()),
+		// Prometheus writes floats as strconv's 'g' does.
+		"forge_ca_cert_expiry_seconds " + strconv.FormatFloat(float64(e.pki.CA.Cert.NotAfter.Unix()), 'g', -1, 64),
 		"forge_coordinator_cert_expiry_seconds ",
 		fmt.Sprintf(`forge_agent_cert_expiry_seconds{node=%q}`, e.node),
 	}
+	var body string
 	eventually(t, 10*time.Second, "the expiry metrics", func() bool {
 		resp, err := http.Get(s.metrics + "/metrics")
 		if err != nil {
@@ -41,8 +44,9 @@ func TestCertificateExpiryWatched(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
 		for _, w := range want {
-			if !strings.Contains(string(b), w) {
+			if !strings.Contains(body, w) {
 				return false
 			}
 		}
