@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/big"
@@ -222,4 +223,47 @@ func hasDotDot(p string) bool {
 func validGlob(p string) bool {
 	_, err := path.Match(p, "")
 	return err == nil
+}
+
+// ParseMemory reads a size written as in .forge.yml's resources.memory
+// (4GiB, 512m, 1.5g or a number of bytes), for the coordinator's flags.
+func ParseMemory(s string) (int64, error) {
+	n, msg := parseMemory(&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s})
+	if msg != "" {
+		return 0, errors.New(msg)
+	}
+	return n, nil
+}
+
+// ParseCPUs reads a number of CPUs written as in .forge.yml's
+// resources.cpus (2, 0.5) as NanoCPUs, for the coordinator's flags.
+func ParseCPUs(s string) (int64, error) {
+	n, msg := parseCPUs(&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s})
+	if msg != "" {
+		return 0, errors.New(msg)
+	}
+	return n, nil
+}
+
+// FormatMemory writes bytes in the largest power-of-1024 unit that divides
+// them (8GiB, 1536MiB), the way ParseMemory reads them back.
+func FormatMemory(n int64) string {
+	for _, u := range []struct {
+		size int64
+		name string
+	}{{1 << 40, "TiB"}, {1 << 30, "GiB"}, {1 << 20, "MiB"}, {1 << 10, "KiB"}} {
+		if n != 0 && n%u.size == 0 {
+			return strconv.FormatInt(n/u.size, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10) + "B"
+}
+
+// FormatCPUs writes NanoCPUs as a decimal number of CPUs (1.5), exactly.
+func FormatCPUs(nano int64) string {
+	s := strconv.FormatInt(nano/1e9, 10)
+	if frac := nano % 1e9; frac != 0 {
+		s += "." + strings.TrimRight(fmt.Sprintf("%09d", frac), "0")
+	}
+	return s
 }

@@ -87,6 +87,16 @@ type Options struct {
 	// Name is the service name. Empty means ServiceName(b, nil); a caller
 	// that checks for collisions passes ServiceName(b, taken).
 	Name string
+	// Sandbox is what the operator allows builds; zero fields take
+	// DefaultSandbox's values.
+	Sandbox Sandbox
+	// Untrusted marks an approved build of untrusted code (a fork or a
+	// first-time contributor): its config may not widen the sandbox
+	// (ports, constraints, resources or timeout beyond the defaults).
+	Untrusted bool
+	// HasWorkers says the swarm has a ready, active worker node: only
+	// then are builds kept off managers (the plan cannot ask swarm).
+	HasWorkers bool
 }
 
 // nodeIDRE matches swarm node ids; anything else in a constraint could
@@ -98,13 +108,23 @@ var dnsLabelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // ServiceSpec returns the swarm service for build b: one replica of the
 // config's image running /forgexec, never restarted, with Forge's labels,
-// environment, resources, placement and (when allowed) ports.
+// environment, resources, placement and (when allowed) ports, inside the
+// operator's sandbox (limits, NET_RAW dropped, off managers when workers
+// exist, a bounded engine log). A config asking for more than the sandbox
+// allows is refused with an error wrapping ErrRefused that names its keys.
 func ServiceSpec(b Build, cfg *config.Config, opt Options) (swarm.ServiceSpec, error) {
 	fail := func(err error) (swarm.ServiceSpec, error) {
 		return swarm.ServiceSpec{}, fmt.Errorf("plan service for build %s: %w", b.ID, err)
 	}
 	if err := check(b, cfg); err != nil {
 		return fail(err)
+	}
+	sb := opt.Sandbox.withDefaults()
+	if err := sb.Validate(); err != nil {
+		return fail(err)
+	}
+	if refused := refusals(cfg, sb, opt); len(refused) > 0 {
+		return fail(refused)
 	}
 	labels, err := labels(b, opt.ExtraLabels)
 	if err != nil {
@@ -136,6 +156,11 @@ func ServiceSpec(b Build, cfg *config.Config, opt Options) (swarm.ServiceSpec, e
 				// not exist until the agent puts the executor there.
 				Command: []string{ExecutorPath},
 				Env:     env,
+				// Docker's default capabilities stay (builds install
+				// packages, chown, setuid); nothing is ever added.
+				CapabilityDrop: slices.Clone(DroppedCapabilities),
+				// No Init: forgexec is PID 1 and reaps, and a fork bomb
+				// is held by the pids limit.
 				// Dir stays empty: the executor reads the work directory
 				// from build.json, creates it and changes into it, so the
 				// directory is named in one place only. (Docker would
@@ -149,19 +174,28 @@ func ServiceSpec(b Build, cfg *config.Config, opt Options) (swarm.ServiceSpec, e
 			// of the container, and re-reads it from a given offset after
 			// a lost session or its own restart; that needs a driver the
 			// engine can read back, whatever the cluster's default is.
-			LogDriver: &swarm.Driver{Name: LogDriver},
+			// Bounded, so a build printing without end cannot fill the
+			// node's disk.
+			LogDriver: &swarm.Driver{Name: LogDriver, Options: logOptions(sb)},
 		},
 		Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &one}},
 	}
 
-	if r := cfg.Resources; r.NanoCPUs > 0 || r.MemoryBytes > 0 {
-		// Reserving what the limit allows means a build only lands on a
-		// node that can give it all of it, instead of being squeezed by
-		// its neighbours.
-		spec.TaskTemplate.Resources = &swarm.ResourceRequirements{
-			Limits:       &swarm.Limit{NanoCPUs: r.NanoCPUs, MemoryBytes: r.MemoryBytes},
-			Reservations: &swarm.Resources{NanoCPUs: r.NanoCPUs, MemoryBytes: r.MemoryBytes},
-		}
+	// Every build is limited; the config may choose other limits within
+	// the operator's maximum (refusals checked it). Reserving what the
+	// config asked for means such a build only lands on a node that can
+	// give it all of it; the defaults reserve nothing, so small nodes
+	// still take default builds.
+	r := cfg.Resources
+	spec.TaskTemplate.Resources = &swarm.ResourceRequirements{
+		Limits: &swarm.Limit{
+			NanoCPUs:    orDefault(r.NanoCPUs, sb.NanoCPUs),
+			MemoryBytes: orDefault(r.MemoryBytes, sb.Memory),
+			Pids:        sb.Pids,
+		},
+	}
+	if r.NanoCPUs > 0 || r.MemoryBytes > 0 {
+		spec.TaskTemplate.Resources.Reservations = &swarm.Resources{NanoCPUs: r.NanoCPUs, MemoryBytes: r.MemoryBytes}
 	}
 
 	constraints := slices.Clone(cfg.Constraints)
@@ -171,14 +205,15 @@ func ServiceSpec(b Build, cfg *config.Config, opt Options) (swarm.ServiceSpec, e
 		}
 		constraints = append(constraints, "node.id=="+opt.Node)
 	}
+	if offManagers(sb, opt) {
+		// A manager holds the swarm's Raft keys and the coordinator.
+		constraints = append(constraints, "node.role==worker")
+	}
 	if len(constraints) > 0 {
 		spec.TaskTemplate.Placement = &swarm.Placement{Constraints: constraints}
 	}
 
-	if len(cfg.Ports) > 0 {
-		if !opt.AllowPorts {
-			return fail(errors.New("ports: this coordinator does not let builds publish ports (start it with --allow-ports)"))
-		}
+	if len(cfg.Ports) > 0 { // refusals checked AllowPorts and Untrusted
 		ports := make([]swarm.PortConfig, 0, len(cfg.Ports))
 		for _, p := range cfg.Ports {
 			ports = append(ports, swarm.PortConfig{

@@ -120,7 +120,24 @@ ports: [8080, "9000:90/udp"]
 `, Options{AllowPorts: true}},
 		{"node-pin", pushBuild(), baseYAML + `
 constraints: ["node.labels.ci==true"]
-`, Options{Node: "x8kz1d1z0t9qv2m4s6a7b3c5e", ExtraLabels: map[string]string{"forge.test": "run-1"}}},
+`, Options{Node: "x8kz1d1z0t9qv2m4s6a7b3c5e", ExtraLabels: map[string]string{"forge.test": "run-1"}, HasWorkers: true}},
+		// A trusted build asking for more than the defaults, up to the
+		// operator's maximum, on a swarm with workers: kept off managers.
+		{"sandbox-trusted", pushBuild(), strings.Replace(baseYAML, "timeout: 30m", "timeout: 3h", 1) + `
+resources: {cpus: 4, memory: 8GiB}
+constraints: ["node.labels.ci==true"]
+ports: [8080]
+`, Options{AllowPorts: true, HasWorkers: true}},
+		// An approved untrusted build within the defaults, with an
+		// operator's own sandbox.
+		{"sandbox-untrusted", prBuild(), baseYAML + `
+resources: {cpus: 1, memory: 3GiB}
+`, Options{Untrusted: true, AllowPorts: true, HasWorkers: true, Sandbox: Sandbox{
+			Memory: 3 << 30, NanoCPUs: 1e9, Pids: 512, MaxMemory: 16 << 30, MaxNanoCPUs: 8e9, MaxTimeout: 2 * time.Hour,
+			LogMaxSize: "20m", LogMaxFile: 2}}},
+		{"builds-on-managers", prBuild(), baseYAML + `
+constraints: ["node.role==manager"]
+`, Options{HasWorkers: true, Sandbox: Sandbox{BuildsOnManagers: true}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := parse(t, tc.yml)
@@ -341,13 +358,25 @@ func TestPushHasNoPullRequest(t *testing.T) {
 	}
 }
 
-func TestNoResourcesNoPlacementNoPorts(t *testing.T) {
+func TestDefaultSandboxNoPlacementNoPorts(t *testing.T) {
 	spec, err := ServiceSpec(prBuild(), parse(t, baseYAML), Options{AllowPorts: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if spec.TaskTemplate.Resources != nil || spec.TaskTemplate.Placement != nil || spec.EndpointSpec != nil {
-		t.Errorf("unexpected resources, placement or endpoint: %+v", spec)
+	r := spec.TaskTemplate.Resources
+	want := swarm.Limit{NanoCPUs: 2e9, MemoryBytes: 4 << 30, Pids: 4096}
+	if r == nil || r.Limits == nil || *r.Limits != want || r.Reservations != nil {
+		t.Errorf("resources %+v, want limits %+v and no reservation", r, want)
+	}
+	if spec.TaskTemplate.Placement != nil || spec.EndpointSpec != nil {
+		t.Errorf("unexpected placement or endpoint: %+v", spec)
+	}
+	if cs := spec.TaskTemplate.ContainerSpec; !slices.Equal(cs.CapabilityDrop, []string{"CAP_NET_RAW"}) || cs.CapabilityAdd != nil {
+		t.Errorf("capabilities drop %q add %q", cs.CapabilityDrop, cs.CapabilityAdd)
+	}
+	ld := spec.TaskTemplate.LogDriver
+	if ld == nil || ld.Name != "json-file" || !maps.Equal(ld.Options, map[string]string{"max-size": "10m", "max-file": "3"}) {
+		t.Errorf("log driver %+v", ld)
 	}
 }
 
@@ -357,7 +386,7 @@ func TestOnlyMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := spec.TaskTemplate.Resources
-	if r == nil || *r.Limits != (swarm.Limit{MemoryBytes: 1 << 30}) || r.Reservations.MemoryBytes != 1<<30 || r.Reservations.NanoCPUs != 0 {
+	if r == nil || *r.Limits != (swarm.Limit{MemoryBytes: 1 << 30, NanoCPUs: 2e9, Pids: 4096}) || r.Reservations.MemoryBytes != 1<<30 || r.Reservations.NanoCPUs != 0 {
 		t.Errorf("resources %+v", r)
 	}
 }
