@@ -29,6 +29,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/coordinator/lifecycle"
 	"github.com/forge-ci/forge/coordinator/logs"
+	"github.com/forge-ci/forge/coordinator/plan"
 	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/coordinator/web"
 	"github.com/forge-ci/forge/wire"
@@ -39,6 +40,7 @@ import (
 type Docker interface {
 	coordinator.Swarm
 	agents.SwarmNodes
+	lifecycle.Nodes
 	Info(ctx context.Context) (system.Info, error)
 }
 
@@ -55,7 +57,10 @@ type Config struct {
 	Executor []byte
 	// AllowPorts lets configs publish ports.
 	AllowPorts bool
-	Logger     *slog.Logger
+	// Sandbox is what builds are allowed (the --build-* flags); zero
+	// fields take plan.DefaultSandbox's values.
+	Sandbox plan.Sandbox
+	Logger  *slog.Logger
 	// Lifecycle settings; zero values take the lifecycle's defaults.
 	LandTimeout, AgentWait time.Duration
 	// GitHub, when set, takes webhooks and reports to GitHub; without it
@@ -192,7 +197,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		c.reporter = &github.Reporter{App: cfg.GitHub.App, PublicURL: cfg.GitHub.PublicURL, Log: log.With("part", "github")}
 	}
 	c.Builds = lifecycle.New(lifecycle.Config{Swarm: docker, Store: st, Logs: c.Logs, Agents: c.Agents, Executor: exe,
-		Instance: instance, Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts,
+		Instance: instance, Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts, Sandbox: cfg.Sandbox, Nodes: docker,
 		LandTimeout: cfg.LandTimeout, AgentWait: cfg.AgentWait,
 		OnChange: changes(c.reporter, cfg.OnChange),
 		OnDispatch: func(d time.Duration) {

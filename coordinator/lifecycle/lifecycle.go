@@ -17,8 +17,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/docker/docker/api/types/swarm"
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/config"
+	"github.com/forge-ci/forge/coordinator/plan"
 	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/internal/redact"
 	"github.com/forge-ci/forge/wire"
@@ -44,6 +46,13 @@ type Config struct {
 	// builds alone.
 	Instance   string
 	AllowPorts bool
+	// Sandbox is what builds are allowed (plan.Options.Sandbox); zero
+	// fields take plan.DefaultSandbox's values.
+	Sandbox plan.Sandbox
+	// Nodes, when set, is asked before each build whether the swarm has a
+	// ready worker, which keeps builds off managers; nil places builds as
+	// if it had none.
+	Nodes Nodes
 	// LandTimeout bounds create -> the task's container exists on a node
 	// (image pulls happen in between). Default 10 min.
 	LandTimeout time.Duration
@@ -64,6 +73,11 @@ type Config struct {
 	OnChange func(b *coordinator.Build)
 	// OnDispatch, when set, is told how long create -> started took.
 	OnDispatch func(d time.Duration)
+}
+
+// Nodes lists the swarm's nodes; *client.Client satisfies it.
+type Nodes interface {
+	NodeList(ctx context.Context, opts swarm.NodeListOptions) ([]swarm.Node, error)
 }
 
 // Runner runs builds; it is the coordinator.Builds of the coordinator.

@@ -87,7 +87,13 @@ func (r *Runner) create(ctx context.Context, b *coordinator.Build, req coordinat
 	}
 	labels[coordinator.LabelCoordinator] = r.cfg.Instance // Recover relies on it
 	pb := planOf(b)
-	opt := plan.Options{AllowPorts: r.cfg.AllowPorts, Node: req.Node, ExtraLabels: labels}
+	opt := plan.Options{AllowPorts: r.cfg.AllowPorts, Node: req.Node, ExtraLabels: labels, Sandbox: r.cfg.Sandbox}
+	if req.Node == "" && !r.cfg.Sandbox.BuildsOnManagers {
+		var err error
+		if opt.HasWorkers, err = r.hasWorkers(ctx); err != nil {
+			return service{}, nil, err
+		}
+	}
 	spec, err := plan.ServiceSpec(pb, req.Config, opt)
 	if err != nil {
 		return service{}, nil, err
@@ -118,6 +124,26 @@ func (r *Runner) create(ctx context.Context, b *coordinator.Build, req coordinat
 		opt.Name = plan.ServiceName(pb, func(n string) bool { return tried[n] })
 		spec.Annotations.Name = opt.Name
 	}
+}
+
+// hasWorkers reports whether the swarm has a worker that can take a task
+// now: ready and active (a drained or paused node takes none).
+func (r *Runner) hasWorkers(ctx context.Context) (bool, error) {
+	if r.cfg.Nodes == nil {
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	nodes, err := r.cfg.Nodes.NodeList(ctx, swarm.NodeListOptions{Filters: filters.NewArgs(filters.Arg("role", "worker"))})
+	if err != nil {
+		return false, fmt.Errorf("list swarm workers (to keep builds off managers): %w", err)
+	}
+	for _, n := range nodes {
+		if n.Spec.Role == swarm.NodeRoleWorker && n.Status.State == swarm.NodeStateReady && n.Spec.Availability == swarm.NodeAvailabilityActive {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // planOf is what the plan needs of a build.
