@@ -13,8 +13,10 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/forge-ci/forge/coordinator/config"
 	"github.com/forge-ci/forge/coordinator/daemon"
 	"github.com/forge-ci/forge/coordinator/github"
+	"github.com/forge-ci/forge/coordinator/plan"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -46,6 +48,13 @@ func coordinatorCommand() *cli.Command {
 			forgexecFlag(),
 			dockerHostFlag(),
 			&cli.BoolFlag{Name: "allow-ports", Usage: "let .forge.yml publish ports", EnvVars: env("allow-ports")},
+			&cli.StringFlag{Name: "build-memory", Usage: "memory limit of every build that asks for none (4GiB, 512m)", Value: config.FormatMemory(plan.DefaultMemory), EnvVars: env("build-memory")},
+			&cli.StringFlag{Name: "build-cpus", Usage: "CPU limit of every build that asks for none (2, 0.5)", Value: config.FormatCPUs(plan.DefaultNanoCPUs), EnvVars: env("build-cpus")},
+			&cli.Int64Flag{Name: "build-pids", Usage: "process limit of every build (a fork bomb stops there)", Value: plan.DefaultPids, EnvVars: env("build-pids")},
+			&cli.StringFlag{Name: "build-max-memory", Usage: "most memory a .forge.yml may ask for (resources.memory)", Value: config.FormatMemory(plan.DefaultMaxMemory), EnvVars: env("build-max-memory")},
+			&cli.StringFlag{Name: "build-max-cpus", Usage: "most CPUs a .forge.yml may ask for (resources.cpus)", Value: config.FormatCPUs(plan.DefaultMaxNanoCPUs), EnvVars: env("build-max-cpus")},
+			&cli.DurationFlag{Name: "build-max-timeout", Usage: "longest timeout a .forge.yml may ask for (1h to 24h)", Value: plan.DefaultMaxTimeout, EnvVars: env("build-max-timeout")},
+			&cli.BoolFlag{Name: "builds-on-managers", Usage: "let builds run on manager nodes even when the swarm has a ready worker", EnvVars: env("builds-on-managers")},
 			&cli.PathFlag{Name: "tls-ca-key", Usage: "the forge CA's key: sign certificates for agents that join with the token, and renew them", EnvVars: env("tls-ca-key")},
 			&cli.PathFlag{Name: "join-token-file", Usage: "file holding the join token agents present to get their first certificate (forge certs join-token); read again at every join, so a new file rotates it", EnvVars: env("join-token-file")},
 			&cli.DurationFlag{Name: "agent-cert-ttl", Usage: "how long the certificates signed for agents are valid; agents renew at two thirds", Value: wire.DefaultAgentCertTTL, EnvVars: env("agent-cert-ttl")},
@@ -54,6 +63,10 @@ func coordinatorCommand() *cli.Command {
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return fmt.Errorf("coordinator takes no arguments (got %q)", c.Args().First())
+			}
+			sandbox, err := sandboxFlags(c)
+			if err != nil {
+				return err
 			}
 			secret, err := readSecret(c.Path("webhook-secret-file"))
 			if err != nil {
@@ -88,7 +101,7 @@ func coordinatorCommand() *cli.Command {
 			defer stop()
 			log := newLogger(c)
 			cfg := daemon.Config{TLS: wire.ServerConfig(pool, pair), DataDir: c.Path("data"), Executor: exe,
-				AllowPorts: c.Bool("allow-ports"), Logger: log, Access: access, Identity: identity}
+				AllowPorts: c.Bool("allow-ports"), Sandbox: sandbox, Logger: log, Access: access, Identity: identity}
 			if identity.Signer == nil {
 				log.Warn("no CA key (--tls-ca-key): agents cannot join with a token nor renew; each needs a certificate from forge certs issue --role agent --node")
 			}
@@ -131,6 +144,47 @@ func coordinatorCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// sandboxFlags reads the --build-* flags; a bad value or an inconsistent
+// pair is an error naming the flags.
+func sandboxFlags(c *cli.Context) (plan.Sandbox, error) {
+	s := plan.DefaultSandbox()
+	s.BuildsOnManagers = c.Bool("builds-on-managers")
+	for _, f := range []struct {
+		name string
+		dst  *int64
+		pars func(string) (int64, error)
+	}{
+		{"build-memory", &s.Memory, config.ParseMemory},
+		{"build-max-memory", &s.MaxMemory, config.ParseMemory},
+		{"build-cpus", &s.NanoCPUs, config.ParseCPUs},
+		{"build-max-cpus", &s.MaxNanoCPUs, config.ParseCPUs},
+	} {
+		n, err := f.pars(c.String(f.name))
+		if err != nil {
+			return s, fmt.Errorf("--%s: %w", f.name, err)
+		}
+		*f.dst = n
+	}
+	switch {
+	case s.Memory > s.MaxMemory:
+		return s, fmt.Errorf("--build-memory %s is above --build-max-memory %s", config.FormatMemory(s.Memory), config.FormatMemory(s.MaxMemory))
+	case s.NanoCPUs > s.MaxNanoCPUs:
+		return s, fmt.Errorf("--build-cpus %s is above --build-max-cpus %s", config.FormatCPUs(s.NanoCPUs), config.FormatCPUs(s.MaxNanoCPUs))
+	}
+	if s.Pids = c.Int64("build-pids"); s.Pids < 1 {
+		return s, fmt.Errorf("--build-pids %d: must be at least 1", s.Pids)
+	}
+	// A config without a timeout gets the config's default, which the
+	// maximum must allow.
+	if s.MaxTimeout = c.Duration("build-max-timeout"); s.MaxTimeout < config.DefaultTimeout || s.MaxTimeout > config.MaxTimeout {
+		return s, fmt.Errorf("--build-max-timeout %v: must be from %v (a config's default timeout) to %v", s.MaxTimeout, config.DefaultTimeout, config.MaxTimeout)
+	}
+	if err := s.Validate(); err != nil {
+		return s, fmt.Errorf("--build-*: %w", err)
+	}
+	return s, nil
 }
 
 // githubApp makes the GitHub App client, or nil when no App is
