@@ -64,6 +64,9 @@ func (noBuilds) Submit(context.Context, coordinator.Request) (*coordinator.Build
 }
 func (noBuilds) Cancel(context.Context, string, string) error { return coordinator.ErrNotRunning }
 func (noBuilds) CancelKey(context.Context, string, string)    {}
+func (noBuilds) Approve(context.Context, string, string) (*coordinator.Build, error) {
+	return nil, coordinator.ErrNotAwaiting
+}
 func (noBuilds) Wait(ctx context.Context, _ string) (*coordinator.Build, error) {
 	<-ctx.Done()
 	return nil, ctx.Err()

@@ -77,6 +77,8 @@ type Build struct {
 type Options struct {
 	// AllowPorts lets configs publish ports (coordinator --allow-ports).
 	AllowPorts bool
+	// Untrusted is set for approved untrusted builds; see Sandbox.
+	Untrusted bool
 	// Node, when set, pins the task to this swarm node id (node.id==X):
 	// `forge run` uses it to keep the build on its own machine.
 	Node string
