@@ -126,12 +126,18 @@ func (a *admission) promote() {
 	}
 }
 
-// queue waits for b's slot, keeping b's Reason at its place in the queue
+// enter takes b's place in the queue. Submit and Recover call it before
+// the build's goroutine starts, so that builds queue in the order they
+// came and not in the order their goroutines run.
+func (r *Runner) enter(b *coordinator.Build) *ticket {
+	return r.adm.enter(b.ID, b.Owner+"/"+b.Repo, b.Created)
+}
+
+// queue waits for b's slot (t), keeping b's Reason at its place in the queue
 // ("queued: 3 ahead") as that changes. It returns the release of the slot,
 // or ctx's cause when the build is cancelled or the coordinator stops
 // first (the build then leaves the queue at once).
-func (r *Runner) queue(ctx context.Context, b *coordinator.Build) (release func(), _ *coordinator.Build, _ error) {
-	t := r.adm.enter(b.ID, b.Owner+"/"+b.Repo, b.Created)
+func (r *Runner) queue(ctx context.Context, b *coordinator.Build, t *ticket) (release func(), _ *coordinator.Build, _ error) {
 	reported := -1
 	for {
 		select {

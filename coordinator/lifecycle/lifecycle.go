@@ -178,8 +178,12 @@ func (r *Runner) Submit(ctx context.Context, req coordinator.Request) (*coordina
 		r.supersede(ctx, b.Key, b, "superseded by "+short(b.SHA))
 	}
 	queued := b.Clone()
+	var t *ticket
+	if !b.AwaitingApproval() {
+		t = r.enter(b)
+	}
 	r.start(b.ID, func(ctx context.Context) {
-		r.admit(ctx, b, func(context.Context) (coordinator.Request, error) { return req, nil })
+		r.admit(ctx, b, t, func(context.Context) (coordinator.Request, error) { return req, nil })
 	})
 	return queued, nil
 }

@@ -59,7 +59,11 @@ func (r *Runner) Recover(ctx context.Context) error {
 			// Never created: it waits again for its approval, then its
 			// place in the queue, with its Request made anew.
 			r.log.Info("a queued build waits again after a restart", "build", b.ID, "reason", b.Reason)
-			r.start(b.ID, func(ctx context.Context) { r.admit(ctx, b, r.resume(b)) })
+			var t *ticket
+			if !b.AwaitingApproval() {
+				t = r.enter(b)
+			}
+			r.start(b.ID, func(ctx context.Context) { r.admit(ctx, b, t, r.resume(b)) })
 		case !ok:
 			r.finish(ctx, b, coordinator.Error, "lost in a coordinator restart: its service is gone", nil)
 		case b.Started.IsZero():

@@ -18,9 +18,10 @@ import (
 )
 
 // admit takes a queued build to execute: it waits for the build's
-// approval when it needs one, then for its slot in the queue. request
-// gives the build's Request once it may run.
-func (r *Runner) admit(ctx context.Context, b *coordinator.Build, request func(context.Context) (coordinator.Request, error)) {
+// approval when it needs one, then for its slot in the queue. t is its
+// place in the queue when it took one already (nil: it takes one once
+// approved). request gives the build's Request once it may run.
+func (r *Runner) admit(ctx context.Context, b *coordinator.Build, t *ticket, request func(context.Context) (coordinator.Request, error)) {
 	if b.AwaitingApproval() {
 		nb, err := r.awaitApproval(ctx, b)
 		if err != nil {
@@ -31,10 +32,16 @@ func (r *Runner) admit(ctx context.Context, b *coordinator.Build, request func(c
 	}
 	req, err := request(ctx)
 	if err != nil {
+		if t != nil {
+			r.adm.leave(t)
+		}
 		r.finishCause(ctx, b, err)
 		return
 	}
-	release, b, err := r.queue(ctx, b)
+	if t == nil {
+		t = r.enter(b)
+	}
+	release, b, err := r.queue(ctx, b, t)
 	if err != nil {
 		r.finishCause(ctx, b, err)
 		return
