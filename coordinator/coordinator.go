@@ -16,6 +16,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -70,6 +71,16 @@ type Subject struct {
 	// Public: the repository is public, so its builds are shown to anyone
 	// (DESIGN §3). False when not known: closed by default.
 	Public bool
+	// Author is the GitHub login that opened the pull request ("" for
+	// pushes and `forge run`).
+	Author string
+	// Untrusted: a pull request from a fork, or by an author who is not an
+	// owner, member or collaborator. It runs sandboxed (plan.Options.Untrusted)
+	// and must never be given secrets.
+	Untrusted bool
+	// NeedsApproval: the build waits, queued with ReasonAwaitingApproval,
+	// until a person with write permission approves it (--require-approval).
+	NeedsApproval bool
 }
 
 // Build is the record of one build: its subject and what became of it.
@@ -87,6 +98,64 @@ type Build struct {
 	Created     time.Time
 	Started     time.Time // zero until the executor started
 	Finished    time.Time // zero until final
+	// ApprovedBy and Approved say who let a build that NeedsApproval run,
+	// and when; empty until then. The approval is for this build (its SHA).
+	ApprovedBy string
+	Approved   time.Time
+}
+
+// ReasonAwaitingApproval is the Reason of a queued build that waits for a
+// person's approval.
+const ReasonAwaitingApproval = "awaiting approval"
+
+// AwaitingApproval reports whether b waits for a person's approval.
+func (b *Build) AwaitingApproval() bool {
+	return b.State == Queued && b.NeedsApproval && b.ApprovedBy == ""
+}
+
+// ApprovalMode is which pull requests wait for approval (--require-approval).
+type ApprovalMode string
+
+const (
+	ApproveForks ApprovalMode = "forks" // untrusted pull requests wait (the default)
+	ApproveAll   ApprovalMode = "all"   // every pull request waits
+	ApproveNone  ApprovalMode = "none"  // nothing waits
+)
+
+// ParseApprovalMode reads a --require-approval value; "" is ApproveForks.
+func ParseApprovalMode(s string) (ApprovalMode, error) {
+	switch m := ApprovalMode(s); m {
+	case "":
+		return ApproveForks, nil
+	case ApproveForks, ApproveAll, ApproveNone:
+		return m, nil
+	}
+	return "", fmt.Errorf("--require-approval %q: want forks, all or none", s)
+}
+
+// TrustedAssociation reports whether a pull request author's
+// author_association (GitHub's webhook payload) makes them trusted.
+func TrustedAssociation(a string) bool {
+	switch a {
+	case "OWNER", "MEMBER", "COLLABORATOR":
+		return true
+	}
+	return false
+}
+
+// NeedsApproval reports whether a build of s waits for approval under m.
+// Pushes never wait: only people with write access can push.
+func (m ApprovalMode) NeedsApproval(s Subject) bool {
+	if s.PullRequest == 0 {
+		return false
+	}
+	switch m {
+	case ApproveAll:
+		return true
+	case ApproveNone:
+		return false
+	}
+	return s.Untrusted
 }
 
 // Clone is a deep copy of b (ExitCode is a pointer).
@@ -127,6 +196,9 @@ type Builds interface {
 	CancelKey(ctx context.Context, key, reason string)
 	// Wait returns the build once it is final, or ctx's error.
 	Wait(ctx context.Context, id string) (*Build, error)
+	// Approve lets a build that awaits approval run, recording who; a
+	// build that does not await approval gives ErrNotAwaiting.
+	Approve(ctx context.Context, id, who string) (*Build, error)
 }
 
 // Swarm is the part of the manager's Engine API that runs builds, always
@@ -200,6 +272,9 @@ const LabelCoordinator = "forge.coordinator"
 var (
 	// ErrNotRunning: the build is final already.
 	ErrNotRunning = errors.New("build is not running")
+	// ErrNotAwaiting: the build does not await approval (it never needed
+	// it, was approved already, or is over).
+	ErrNotAwaiting = errors.New("build is not awaiting approval")
 	// ErrNoAgent: no agent session is bound to the node.
 	ErrNoAgent = errors.New("no agent on node")
 	// ErrUnknownBuild: an agent spoke of a build the coordinator has no record of.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/config"
 	"github.com/forge-ci/forge/coordinator/daemon"
 	"github.com/forge-ci/forge/coordinator/github"
@@ -55,6 +56,9 @@ func coordinatorCommand() *cli.Command {
 			&cli.StringFlag{Name: "build-max-cpus", Usage: "most CPUs a .forge.yml may ask for (resources.cpus)", Value: config.FormatCPUs(plan.DefaultMaxNanoCPUs), EnvVars: env("build-max-cpus")},
 			&cli.DurationFlag{Name: "build-max-timeout", Usage: "longest timeout a .forge.yml may ask for (1h to 24h)", Value: plan.DefaultMaxTimeout, EnvVars: env("build-max-timeout")},
 			&cli.BoolFlag{Name: "builds-on-managers", Usage: "let builds run on manager nodes even when the swarm has a ready worker", EnvVars: env("builds-on-managers")},
+			&cli.StringFlag{Name: "require-approval", Usage: "which pull requests wait for a person with write permission to approve them: forks (from a fork, or by an author who is not an owner, member or collaborator), all, or none", Value: string(coordinator.ApproveForks), EnvVars: env("require-approval")},
+			&cli.IntFlag{Name: "max-builds", Usage: "builds that run at once, all repositories; the others stay queued, in order (0: no bound)", Value: 10, EnvVars: env("max-builds")},
+			&cli.IntFlag{Name: "max-builds-per-repo", Usage: "builds of one repository that run at once (0: no bound)", EnvVars: env("max-builds-per-repo")},
 			&cli.PathFlag{Name: "tls-ca-key", Usage: "the forge CA's key: sign certificates for agents that join with the token, and renew them", EnvVars: env("tls-ca-key")},
 			&cli.PathFlag{Name: "join-token-file", Usage: "file holding the join token agents present to get their first certificate (forge certs join-token); read again at every join, so a new file rotates it", EnvVars: env("join-token-file")},
 			&cli.DurationFlag{Name: "agent-cert-ttl", Usage: "how long the certificates signed for agents are valid; agents renew at two thirds", Value: wire.DefaultAgentCertTTL, EnvVars: env("agent-cert-ttl")},
@@ -67,6 +71,15 @@ func coordinatorCommand() *cli.Command {
 			sandbox, err := sandboxFlags(c)
 			if err != nil {
 				return err
+			}
+			mode, err := coordinator.ParseApprovalMode(c.String("require-approval"))
+			if err != nil {
+				return err
+			}
+			for _, f := range []string{"max-builds", "max-builds-per-repo"} {
+				if c.Int(f) < 0 {
+					return fmt.Errorf("--%s %d: want 0 (no bound) or more", f, c.Int(f))
+				}
 			}
 			secret, err := readSecret(c.Path("webhook-secret-file"))
 			if err != nil {
@@ -101,7 +114,8 @@ func coordinatorCommand() *cli.Command {
 			defer stop()
 			log := newLogger(c)
 			cfg := daemon.Config{TLS: wire.ServerConfig(pool, pair), DataDir: c.Path("data"), Executor: exe,
-				AllowPorts: c.Bool("allow-ports"), Sandbox: sandbox, Logger: log, Access: access, Identity: identity}
+				AllowPorts: c.Bool("allow-ports"), Sandbox: sandbox, Logger: log, Access: access, Identity: identity,
+				RequireApproval: mode, MaxBuilds: c.Int("max-builds"), MaxBuildsPerRepo: c.Int("max-builds-per-repo")}
 			if identity.Signer == nil {
 				log.Warn("no CA key (--tls-ca-key): agents cannot join with a token nor renew; each needs a certificate from forge certs issue --role agent --node")
 			}

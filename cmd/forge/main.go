@@ -48,6 +48,7 @@ func newApp() *cli.App {
 			buildsCommand(),
 			logsCommand(),
 			cancelCommand(),
+			approveCommand(),
 			agentsCommand(),
 			versionCommand(),
 		},

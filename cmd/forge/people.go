@@ -133,6 +133,27 @@ func cancelCommand() *cli.Command {
 	}
 }
 
+func approveCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "approve",
+		Usage:     "let a build awaiting approval (a fork's or an outside contributor's pull request) run, at its commit only",
+		ArgsUsage: "ID",
+		Flags:     serverFlags(),
+		Action: func(c *cli.Context) error {
+			id, cl, err := buildAndClient(c)
+			if err != nil {
+				return err
+			}
+			b, err := cl.Approve(c.Context, id)
+			if err != nil {
+				return apiError(err, "approve "+id)
+			}
+			fmt.Fprintf(c.App.Writer, "approved %s (%s/%s at %s) by %s\n", b.ID, b.Owner, b.Repo, b.SHA, b.ApprovedBy)
+			return nil
+		},
+	}
+}
+
 // agentsFlags are the agents commands': the server, and either --token or
 // the admin token's file (these commands need a Forge admin).
 func agentsFlags() []cli.Flag {

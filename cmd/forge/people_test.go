@@ -64,6 +64,9 @@ func (noBuilds) Submit(context.Context, coordinator.Request) (*coordinator.Build
 }
 func (noBuilds) Cancel(context.Context, string, string) error { return coordinator.ErrNotRunning }
 func (noBuilds) CancelKey(context.Context, string, string)    {}
+func (noBuilds) Approve(context.Context, string, string) (*coordinator.Build, error) {
+	return nil, coordinator.ErrNotAwaiting
+}
 func (noBuilds) Wait(ctx context.Context, _ string) (*coordinator.Build, error) {
 	<-ctx.Done()
 	return nil, ctx.Err()
@@ -179,5 +182,68 @@ func TestAgentsCommands(t *testing.T) {
 	}
 	if got := hub.called(); len(got) != 4 {
 		t.Errorf("the hub was asked %q", got)
+	}
+}
+
+// approveBuilds approves, as the lifecycle does, only builds awaiting
+// approval.
+type approveBuilds struct {
+	noBuilds
+	st *store.Store
+}
+
+func (a approveBuilds) Approve(ctx context.Context, id, who string) (*coordinator.Build, error) {
+	return a.st.UpdateBuild(ctx, id, func(x *coordinator.Build) error {
+		if !x.AwaitingApproval() {
+			return coordinator.ErrNotAwaiting
+		}
+		x.ApprovedBy, x.Approved = who, time.Now()
+		return nil
+	})
+}
+
+// TestApproveCommand: forge approve ID lets a build awaiting approval run;
+// again, it says why not.
+func TestApproveCommand(t *testing.T) {
+	st, err := store.Open(":memory:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	b := &coordinator.Build{ID: "20260101T000000-abcdef", State: coordinator.Queued, Reason: coordinator.ReasonAwaitingApproval,
+		Created: time.Now(), Subject: coordinator.Subject{Owner: "octo", Repo: "hello", PullRequest: 3, SHA: strings.Repeat("a", 40),
+			Untrusted: true, NeedsApproval: true}}
+	if err := st.CreateBuild(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	const adminToken = "forge_admin_0123456789abcdef0123"
+	front, err := auth.New(auth.Config{Store: st, Key: bytes.Repeat([]byte{7}, 32), AdminToken: adminToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := web.New(web.Config{Builds: approveBuilds{st: st}, Store: st, Logs: noLogs{}, Agents: &hubFake{}, Auth: front})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api.Handler())
+	defer srv.Close()
+	if _, err := run(t, "approve", "--server", srv.URL, b.ID); err == nil || !strings.Contains(err.Error(), "approve "+b.ID) {
+		t.Errorf("approve without a token: %v", err)
+	}
+	out, err := run(t, "approve", "--server", srv.URL, "--token", adminToken, b.ID)
+	if err != nil || !strings.Contains(out, "approved "+b.ID+" (octo/hello at "+b.SHA+") by ") {
+		t.Errorf("approve: %q %v", out, err)
+	}
+	_, err = run(t, "approve", "--server", srv.URL, "--token", adminToken, b.ID)
+	if err == nil || !strings.Contains(err.Error(), "is not awaiting approval") || !strings.Contains(err.Error(), "approved it already") {
+		t.Errorf("approve twice: %v", err)
+	}
+	tlsArgs := []string{"--tls-ca", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "k.pem"}
+	if _, err := run(t, append([]string{"coordinator", "--require-approval", "forksies"}, tlsArgs...)...); err == nil || !strings.Contains(err.Error(), `--require-approval "forksies": want forks, all or none`) {
+		t.Errorf("coordinator --require-approval forksies: %v", err)
+	}
+	if _, err := run(t, append([]string{"coordinator", "--max-builds", "-1"}, tlsArgs...)...); err == nil || !strings.Contains(err.Error(), "--max-builds -1") {
+		t.Errorf("coordinator --max-builds -1: %v", err)
 	}
 }

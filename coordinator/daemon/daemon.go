@@ -60,7 +60,13 @@ type Config struct {
 	// Sandbox is what builds are allowed (the --build-* flags); zero
 	// fields take plan.DefaultSandbox's values.
 	Sandbox plan.Sandbox
-	Logger  *slog.Logger
+	// RequireApproval is which pull requests wait for approval
+	// (--require-approval; "" is coordinator.ApproveForks).
+	RequireApproval coordinator.ApprovalMode
+	// MaxBuilds and MaxBuildsPerRepo bound the builds that run at once
+	// (--max-builds, --max-builds-per-repo; 0: no bound).
+	MaxBuilds, MaxBuildsPerRepo int
+	Logger                      *slog.Logger
 	// Lifecycle settings; zero values take the lifecycle's defaults.
 	LandTimeout, AgentWait time.Duration
 	// GitHub, when set, takes webhooks and reports to GitHub; without it
@@ -199,6 +205,13 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	c.Builds = lifecycle.New(lifecycle.Config{Swarm: docker, Store: st, Logs: c.Logs, Agents: c.Agents, Executor: exe,
 		Instance: instance, Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts, Sandbox: cfg.Sandbox, Nodes: docker,
 		LandTimeout: cfg.LandTimeout, AgentWait: cfg.AgentWait,
+		MaxBuilds: cfg.MaxBuilds, MaxBuildsPerRepo: cfg.MaxBuildsPerRepo,
+		Resume: func(ctx context.Context, b *coordinator.Build) (coordinator.Request, error) {
+			if c.forge == nil {
+				return coordinator.Request{}, errors.New("no GitHub App configured to fetch its source from")
+			}
+			return c.forge.Resume(ctx, b)
+		},
 		OnChange: changes(c.reporter, cfg.OnChange),
 		OnDispatch: func(d time.Duration) {
 			c.Metrics.Dispatch.Observe(d.Seconds())
@@ -208,7 +221,8 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		}})
 	if cfg.GitHub != nil {
 		q := github.NewQueue(0)
-		c.forge = &github.Forge{App: cfg.GitHub.App, Builds: c.Builds, Reporter: c.reporter, Queue: q, Log: log.With("part", "github")}
+		c.forge = &github.Forge{App: cfg.GitHub.App, Builds: c.Builds, Reporter: c.reporter, Queue: q, Log: log.With("part", "github"),
+			RequireApproval: cfg.RequireApproval}
 		webhook = &github.Webhook{Secret: cfg.GitHub.Secret, Deliveries: st, Queue: q, Log: log.With("part", "webhook")}
 	}
 	front, err := frontDoor(cfg, st)

@@ -73,6 +73,9 @@ type Forge struct {
 	EventTimeout time.Duration
 	// MaxSource caps a source download (default DefaultMaxSource).
 	MaxSource int64
+	// RequireApproval is which pull requests wait for a person's approval
+	// (--require-approval); "" is coordinator.ApproveForks.
+	RequireApproval coordinator.ApprovalMode
 
 	once sync.Once
 }
@@ -308,11 +311,22 @@ func (f *Forge) build(ctx context.Context, ev Event, action string) error {
 		}
 		b.Action, b.Ref, b.Key = mapped, "refs/heads/"+ev.Branch, fmt.Sprintf("%s/%s@%s", ev.Owner, ev.Repo, ev.Branch)
 	}
-	if b.Fork {
-		// Secrets, once Forge has them, are withheld here: a pull
-		// request from a fork runs code its author controls
-		// (DESIGN §5), so its Request must carry none.
-		log.Info("pull request from a fork", "pr", ev.PullRequest)
+	if ev.Kind == KindPullRequest {
+		// A fork's head, or an author who is not an owner, member or
+		// collaborator, runs code nobody with write access vouched for
+		// (DESIGN §5): it is sandboxed, never gets secrets (the lifecycle
+		// checks, before launch), and may have to wait for approval.
+		b.Author = ev.Author
+		b.Untrusted = ev.Fork || !coordinator.TrustedAssociation(ev.Association)
+	}
+	mode := f.RequireApproval
+	if mode == "" {
+		mode = coordinator.ApproveForks
+	}
+	b.NeedsApproval = mode.NeedsApproval(b)
+	if b.Untrusted {
+		log.Info("untrusted pull request", "pr", ev.PullRequest, "fork", ev.Fork, "author", ev.Author,
+			"association", ev.Association, "needs_approval", b.NeedsApproval)
 	}
 	req := coordinator.Request{Subject: b, Config: cfg, ConfigText: string(data),
 		Source: f.source(inst, ev.Owner, ev.Repo, ev.SHA)}
@@ -324,6 +338,22 @@ func (f *Forge) build(ctx context.Context, ev Event, action string) error {
 	}
 	log.Info("build submitted", "build", nb.ID, "action", nb.Action, "key", nb.Key)
 	return nil
+}
+
+// Resume makes again the Request of a build recorded by an earlier
+// coordinator that never started (lifecycle.Config.Resume): its config
+// from the record, its source from GitHub at its SHA.
+func (f *Forge) Resume(ctx context.Context, b *coordinator.Build) (coordinator.Request, error) {
+	f.init()
+	if b.InstallationID == 0 {
+		return coordinator.Request{}, fmt.Errorf("build %s has no GitHub installation to fetch its source from", b.ID)
+	}
+	cfg, err := config.Parse(ConfigFile, []byte(b.Config))
+	if err != nil {
+		return coordinator.Request{}, fmt.Errorf("build %s: %w", b.ID, err)
+	}
+	return coordinator.Request{Subject: b.Subject, Config: cfg, ConfigText: b.Config,
+		Source: f.source(b.InstallationID, b.Owner, b.Repo, b.SHA)}, nil
 }
 
 // source fetches the tarball when the build's container is ready for it
@@ -374,7 +404,8 @@ func (r *Reporter) BuildChanged(b *coordinator.Build) {
 	var state, desc string
 	switch b.State {
 	case coordinator.Queued:
-		state, desc = StatePending, "queued"
+		// "awaiting approval", "queued: 3 ahead", or just queued.
+		state, desc = StatePending, or(b.Reason, "queued")
 	case coordinator.Running:
 		// Reported once per build: the lifecycle calls OnChange only when
 		// the state moves. The node is not known yet at this point.

@@ -120,7 +120,7 @@ func TestPullRequestBuild(t *testing.T) {
 	req := subs[0]
 	want := coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World", PullRequest: 2, Branch: "changes", SHA: prSHA,
 		Ref: "refs/pull/2/head", Action: "execute", CommitCount: 1, Trigger: "pull_request",
-		Key: "Codertocat/Hello-World#2", InstallationID: 1, Public: true}
+		Key: "Codertocat/Hello-World#2", InstallationID: 1, Public: true, Author: "Codertocat"}
 	if req.Subject != want {
 		t.Errorf("build\n got %+v\nwant %+v", req.Subject, want)
 	}
@@ -274,7 +274,14 @@ func TestBuildChangedStatuses(t *testing.T) {
 	b.State, b.ExitCode = coordinator.Success, &code
 	f.Reporter.BuildChanged(b)
 
-	want := []struct{ state, desc string }{{"pending", "queued"}, {"pending", "running"}, {"success", "passed"}}
+	b.State, b.ExitCode = coordinator.Queued, nil
+	b.Reason = coordinator.ReasonAwaitingApproval
+	f.Reporter.BuildChanged(b)
+	b.Reason = "queued: 3 ahead"
+	f.Reporter.BuildChanged(b)
+
+	want := []struct{ state, desc string }{{"pending", "queued"}, {"pending", "running"}, {"success", "passed"},
+		{"pending", "awaiting approval"}, {"pending", "queued: 3 ahead"}}
 	for _, w := range want {
 		s := fake.NextStatus(t, 10*time.Second)
 		if s.State != w.state || s.Description != w.desc || s.Context != "forge/execute" ||
@@ -345,5 +352,88 @@ func TestEndToEnd(t *testing.T) {
 	subs, _ := builds.get()
 	if len(subs) != 1 || subs[0].Subject.Key != "Codertocat/Hello-World#2" {
 		t.Errorf("submits %+v", subs)
+	}
+}
+
+// A pull request is untrusted from a fork, or by an author who is not an
+// owner, member or collaborator; pushes never are. --require-approval
+// says which wait.
+func TestPullRequestTrust(t *testing.T) {
+	for _, tc := range []struct {
+		name                 string
+		push                 bool
+		fork                 bool
+		assoc                string
+		mode                 coordinator.ApprovalMode
+		untrusted, needsAppr bool
+	}{
+		{name: "owner", assoc: "OWNER"},
+		{name: "member", assoc: "MEMBER"},
+		{name: "collaborator", assoc: "COLLABORATOR"},
+		{name: "contributor", assoc: "CONTRIBUTOR", untrusted: true, needsAppr: true},
+		{name: "first timer", assoc: "FIRST_TIME_CONTRIBUTOR", untrusted: true, needsAppr: true},
+		{name: "none", assoc: "NONE", untrusted: true, needsAppr: true},
+		{name: "no association", assoc: "", untrusted: true, needsAppr: true},
+		{name: "owner from a fork", fork: true, assoc: "OWNER", untrusted: true, needsAppr: true},
+		{name: "member, mode all", assoc: "MEMBER", mode: coordinator.ApproveAll, needsAppr: true},
+		{name: "fork, mode none", fork: true, assoc: "NONE", mode: coordinator.ApproveNone, untrusted: true},
+		{name: "push, mode all", push: true, mode: coordinator.ApproveAll},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, fake, builds := newForge(t)
+			f.RequireApproval = tc.mode
+			var ev Event
+			if tc.push {
+				ev = pushEvent(t)
+				fake.SetFile(repo, pushSHA, validConfig)
+			} else {
+				ev = prEvent("pull_request.opened.json", t)
+				ev.Fork, ev.Association = tc.fork, tc.assoc
+				fake.SetFile(repo, prSHA, validConfig)
+			}
+			if err := f.HandleEvent(context.Background(), ev); err != nil {
+				t.Fatal(err)
+			}
+			subs, _ := builds.get()
+			if len(subs) != 1 {
+				t.Fatalf("%d submits", len(subs))
+			}
+			s := subs[0].Subject
+			if s.Untrusted != tc.untrusted || s.NeedsApproval != tc.needsAppr {
+				t.Errorf("untrusted %v, needs approval %v; want %v, %v", s.Untrusted, s.NeedsApproval, tc.untrusted, tc.needsAppr)
+			}
+			if !tc.push && s.Author != "Codertocat" {
+				t.Errorf("author %q", s.Author)
+			}
+		})
+	}
+}
+
+// Resume makes the Request of a recorded build again: its config from
+// the record, its source fetched at its SHA when asked.
+func TestResume(t *testing.T) {
+	f, fake, _ := newForge(t)
+	fake.SetTarball(repo, prSHA, fakegithubtest.TarballEntries(t, goodTree...))
+	b := &coordinator.Build{ID: "b1", Config: validConfig, Subject: coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World",
+		SHA: prSHA, PullRequest: 2, InstallationID: 1, Untrusted: true, NeedsApproval: true}}
+	req, err := f.Resume(context.Background(), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.Subject != b.Subject || req.ConfigText != validConfig || req.Config == nil || req.Config.Image != "golang:1.22" {
+		t.Errorf("request %+v", req)
+	}
+	rc, _, err := req.Source(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	b.Config = badConfig
+	if _, err := f.Resume(context.Background(), b); err == nil || !strings.Contains(err.Error(), "timeot") {
+		t.Errorf("resume with a bad config: %v", err)
+	}
+	b.Config, b.InstallationID = validConfig, 0
+	if _, err := f.Resume(context.Background(), b); err == nil || !strings.Contains(err.Error(), "no GitHub installation") {
+		t.Errorf("resume without an installation: %v", err)
 	}
 }

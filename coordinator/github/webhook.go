@@ -66,6 +66,10 @@ type Event struct {
 	// Public: the payload says the repository is not private. A payload
 	// that does not say counts as private.
 	Public bool
+	// Author and Association: the pull request's user and its
+	// author_association (OWNER, MEMBER, COLLABORATOR, CONTRIBUTOR, NONE...);
+	// empty for pushes.
+	Author, Association string
 }
 
 // Queue carries events from the webhook handler to Forge's workers. It
@@ -375,6 +379,7 @@ func decodePullRequest(ev Event, p *gh.PullRequestEvent) (Event, bool, string, e
 		baseRepo = ev.Owner + "/" + ev.Repo
 	}
 	ev.Fork = headRepo == "" || !strings.EqualFold(headRepo, baseRepo)
+	ev.Author, ev.Association = pr.GetUser().GetLogin(), pr.GetAuthorAssociation()
 	if ev.Kind == KindPullRequest && !shaRE.MatchString(ev.SHA) {
 		return ev, false, "", fmt.Errorf("head sha %q is not a commit id", ev.SHA)
 	}

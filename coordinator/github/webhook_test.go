@@ -187,6 +187,7 @@ func TestEveryPayload(t *testing.T) {
 			if event == "pull_request" {
 				wantEv.PullRequest, wantEv.CommitCount = 2, 1
 				wantEv.Action = ev.Action
+				wantEv.Author, wantEv.Association = "Codertocat", "OWNER" // every example's
 			} else {
 				wantEv.CommitCount = 1
 			}

@@ -73,6 +73,13 @@ type Config struct {
 	OnChange func(b *coordinator.Build)
 	// OnDispatch, when set, is told how long create -> started took.
 	OnDispatch func(d time.Duration)
+	// MaxBuilds bounds the builds that run at once, MaxBuildsPerRepo those
+	// of one repository (0: no bound); the others stay queued, in order.
+	MaxBuilds, MaxBuildsPerRepo int
+	// Resume makes again the Request of a build an earlier coordinator
+	// recorded but never created (awaiting approval, or queued), once it
+	// may run. nil: such a build ends as error when it would start.
+	Resume func(ctx context.Context, b *coordinator.Build) (coordinator.Request, error)
 }
 
 // Nodes lists the swarm's nodes; *client.Client satisfies it.
@@ -92,6 +99,8 @@ type Runner struct {
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
 
+	adm *admission
+
 	mu   sync.Mutex
 	runs map[string]*run
 	kick chan struct{} // closed and replaced when a run starts or a build ends
@@ -102,6 +111,9 @@ type run struct {
 	ctx    context.Context // ends with the run; its cause says why
 	cancel context.CancelCauseFunc
 	done   chan struct{}
+	// approved is closed by Approve.
+	approved    chan struct{}
+	approveOnce sync.Once
 }
 
 // Cancelled is the cause of a run's context when the build was cancelled:
@@ -136,7 +148,8 @@ func New(cfg Config) *Runner {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Runner{cfg: cfg, log: log, since: time.Now().UTC(), runs: map[string]*run{}, kick: make(chan struct{})}
+	r := &Runner{cfg: cfg, log: log, since: time.Now().UTC(), runs: map[string]*run{}, kick: make(chan struct{}),
+		adm: newAdmission(cfg.MaxBuilds, cfg.MaxBuildsPerRepo)}
 	r.base, r.stop = context.WithCancel(context.Background())
 	return r
 }
@@ -165,6 +178,9 @@ func (r *Runner) Submit(ctx context.Context, req coordinator.Request) (*coordina
 	if b.Action == "" {
 		b.Action = config.DefaultAction
 	}
+	if b.NeedsApproval {
+		b.Reason = coordinator.ReasonAwaitingApproval
+	}
 	if err := r.cfg.Logs.Create(b.ID); err != nil {
 		return nil, err
 	}
@@ -176,7 +192,13 @@ func (r *Runner) Submit(ctx context.Context, req coordinator.Request) (*coordina
 		r.supersede(ctx, b.Key, b, "superseded by "+short(b.SHA))
 	}
 	queued := b.Clone()
-	r.start(b.ID, func(ctx context.Context) { r.execute(ctx, b, req) })
+	var t *ticket
+	if !b.AwaitingApproval() {
+		t = r.enter(b)
+	}
+	r.start(b.ID, func(ctx context.Context) {
+		r.admit(ctx, b, t, func(context.Context) (coordinator.Request, error) { return req, nil })
+	})
 	return queued, nil
 }
 
@@ -271,7 +293,7 @@ func (r *Runner) kicked() {
 // build id, with the run's context.
 func (r *Runner) start(id string, fn func(ctx context.Context)) {
 	ctx, cancel := context.WithCancelCause(r.base)
-	rn := &run{ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	rn := &run{ctx: ctx, cancel: cancel, done: make(chan struct{}), approved: make(chan struct{})}
 	r.mu.Lock()
 	r.runs[id] = rn
 	r.mu.Unlock()

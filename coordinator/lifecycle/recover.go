@@ -17,9 +17,10 @@ import (
 // Recover is called once at start-up, before new builds are submitted.
 // It matches swarm's build services with the records: services of builds
 // that are over or unknown are removed; builds that had started are
-// watched again (their agents re-attach and report the exit); builds that
-// had not started cannot be resumed, since their source is gone, and end
-// as error.
+// watched again (their agents re-attach and report the exit); builds
+// awaiting approval wait again, as do queued ones without a service when
+// Config.Resume can make their Request again; other builds that had not
+// started cannot be resumed, since their source is gone, and end as error.
 func (r *Runner) Recover(ctx context.Context) error {
 	svcs, err := r.cfg.Swarm.ServiceList(ctx, swarm.ServiceListOptions{Filters: filters.NewArgs(
 		filters.Arg("label", plan.LabelBuild), filters.Arg("label", coordinator.LabelCoordinator+"="+r.cfg.Instance))})
@@ -54,6 +55,15 @@ func (r *Runner) Recover(ctx context.Context) error {
 		}
 		svc, ok := byBuild[b.ID]
 		switch {
+		case !ok && b.State == coordinator.Queued && (b.AwaitingApproval() || r.cfg.Resume != nil):
+			// Never created: it waits again for its approval, then its
+			// place in the queue, with its Request made anew.
+			r.log.Info("a queued build waits again after a restart", "build", b.ID, "reason", b.Reason)
+			var t *ticket
+			if !b.AwaitingApproval() {
+				t = r.enter(b)
+			}
+			r.start(b.ID, func(ctx context.Context) { r.admit(ctx, b, t, r.resume(b)) })
 		case !ok:
 			r.finish(ctx, b, coordinator.Error, "lost in a coordinator restart: its service is gone", nil)
 		case b.Started.IsZero():
@@ -72,4 +82,18 @@ func (r *Runner) Recover(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// resume gives the Request of a build recorded by an earlier coordinator.
+func (r *Runner) resume(b *coordinator.Build) func(context.Context) (coordinator.Request, error) {
+	return func(ctx context.Context) (coordinator.Request, error) {
+		if r.cfg.Resume == nil {
+			return coordinator.Request{}, errors.New("the coordinator restarted before the build started and cannot fetch its source again; run it again")
+		}
+		req, err := r.cfg.Resume(ctx, b)
+		if err != nil {
+			return req, fmt.Errorf("resume after a restart: %w", err)
+		}
+		return req, nil
+	}
 }

@@ -17,7 +17,40 @@ import (
 	"github.com/forge-ci/forge/wire"
 )
 
-// execute is a build's whole life after it is queued: create, land,
+// admit takes a queued build to execute: it waits for the build's
+// approval when it needs one, then for its slot in the queue. t is its
+// place in the queue when it took one already (nil: it takes one once
+// approved). request gives the build's Request once it may run.
+func (r *Runner) admit(ctx context.Context, b *coordinator.Build, t *ticket, request func(context.Context) (coordinator.Request, error)) {
+	if b.AwaitingApproval() {
+		nb, err := r.awaitApproval(ctx, b)
+		if err != nil {
+			r.finishCause(ctx, b, err)
+			return
+		}
+		b = nb
+	}
+	req, err := request(ctx)
+	if err != nil {
+		if t != nil {
+			r.adm.leave(t)
+		}
+		r.finishCause(ctx, b, err)
+		return
+	}
+	if t == nil {
+		t = r.enter(b)
+	}
+	release, b, err := r.queue(ctx, b, t)
+	if err != nil {
+		r.finishCause(ctx, b, err)
+		return
+	}
+	defer release()
+	r.execute(ctx, b, req)
+}
+
+// execute is a build's whole life after it is admitted: create, land,
 // launch, await. ctx is the run's: its cause says why it ended.
 func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordinator.Request) {
 	// Agents may see the container before swarm's task list shows it.
@@ -32,6 +65,7 @@ func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordina
 	defer r.removeService(svc, b.ID)
 	b, err = r.update(ctx, b, func(x *coordinator.Build) {
 		x.State, x.ServiceID, x.ServiceName = coordinator.Running, svc.ID, svc.Name
+		x.Reason = "" // its place in the queue, or its approval, is past
 	})
 	if err != nil {
 		// Final already (cancelled meanwhile) or the store failed: the
@@ -87,7 +121,10 @@ func (r *Runner) create(ctx context.Context, b *coordinator.Build, req coordinat
 	}
 	labels[coordinator.LabelCoordinator] = r.cfg.Instance // Recover relies on it
 	pb := planOf(b)
-	opt := plan.Options{AllowPorts: r.cfg.AllowPorts, Node: req.Node, ExtraLabels: labels, Sandbox: r.cfg.Sandbox}
+	// An untrusted build (approved, or let run by --require-approval none)
+	// is planned sandboxed. Secrets, once Forge has them, are checked in
+	// launch, before the agent starts the build: never for b.Untrusted.
+	opt := plan.Options{AllowPorts: r.cfg.AllowPorts, Node: req.Node, ExtraLabels: labels, Sandbox: r.cfg.Sandbox, Untrusted: b.Untrusted}
 	if req.Node == "" && !r.cfg.Sandbox.BuildsOnManagers {
 		var err error
 		if opt.HasWorkers, err = r.hasWorkers(ctx); err != nil {
@@ -228,6 +265,8 @@ func (r *Runner) launch(ctx context.Context, b *coordinator.Build, spec []byte, 
 	if ctx.Err() != nil {
 		return context.Cause(ctx) // cancelled as the agent came: no launch
 	}
+	// The secrets check belongs here, before launch: a build whose
+	// Subject.Untrusted is set must never be given secrets.
 	lr := coordinator.LaunchRequest{BuildID: b.ID, ContainerID: b.ContainerID, Executor: r.cfg.Executor,
 		Spec: spec, Workdir: req.Config.Workdir}
 	if lr.Workdir == "" {

@@ -69,7 +69,7 @@ type Build struct {
 	Ref         string // e.g. refs/pull/7/head or refs/heads/main
 	Action      string // "execute" for PRs, the on.push action for pushes
 	CommitCount int
-	Fork        bool      // not used by the plan yet: no secrets exist to withhold
+	Fork        bool      // not used by the plan: Options.Untrusted says what a fork may do
 	Created     time.Time // used for the name's timestamp, UTC
 }
 

@@ -21,7 +21,8 @@ var ErrFinal = errors.New("build is final")
 const buildColumns = `id, owner, repo, pull_request, branch, sha, ref, action,
 	commit_count, fork, trigger_event, supersede_key, installation_id, config,
 	state, reason, exit_code, node_id, container_id, service_id, service_name,
-	created, started, finished, public`
+	created, started, finished, public,
+	author, untrusted, needs_approval, approved_by, approved`
 
 // updateBuildSQL sets every column but id (args[0] of buildArgs) and takes
 // the id last, for the WHERE.
@@ -44,11 +45,13 @@ func scanBuild(sc scanner) (*coordinator.Build, error) {
 		state                      string
 		exit                       sql.NullInt64
 		created, started, finished sql.NullInt64
+		approved                   sql.NullInt64
 	)
 	err := sc.Scan(&b.ID, &b.Owner, &b.Repo, &b.PullRequest, &b.Branch, &b.SHA, &b.Ref, &b.Action,
 		&b.CommitCount, &b.Fork, &b.Trigger, &b.Key, &b.InstallationID, &b.Config,
 		&state, &b.Reason, &exit, &b.NodeID, &b.ContainerID, &b.ServiceID, &b.ServiceName,
-		&created, &started, &finished, &b.Public)
+		&created, &started, &finished, &b.Public,
+		&b.Author, &b.Untrusted, &b.NeedsApproval, &b.ApprovedBy, &approved)
 	if err != nil {
 		return nil, err
 	}
@@ -58,6 +61,7 @@ func scanBuild(sc scanner) (*coordinator.Build, error) {
 		b.ExitCode = &e
 	}
 	b.Created, b.Started, b.Finished = goTime(created), goTime(started), goTime(finished)
+	b.Approved = goTime(approved)
 	return &b, nil
 }
 
@@ -72,11 +76,11 @@ func buildArgs(b *coordinator.Build) ([]any, error) {
 	if b.Created.IsZero() {
 		return nil, fmt.Errorf("build %s: no created time", b.ID)
 	}
-	var times [3]any
+	var times [4]any
 	for i, t := range []struct {
 		name string
 		t    time.Time
-	}{{"created", b.Created}, {"started", b.Started}, {"finished", b.Finished}} {
+	}{{"created", b.Created}, {"started", b.Started}, {"finished", b.Finished}, {"approved", b.Approved}} {
 		v, err := dbTime(t.name, t.t)
 		if err != nil {
 			return nil, fmt.Errorf("build %s: %w", b.ID, err)
@@ -90,7 +94,8 @@ func buildArgs(b *coordinator.Build) ([]any, error) {
 	return []any{b.ID, b.Owner, b.Repo, b.PullRequest, b.Branch, b.SHA, b.Ref, b.Action,
 		b.CommitCount, b.Fork, b.Trigger, b.Key, b.InstallationID, b.Config,
 		string(b.State), b.Reason, exit, b.NodeID, b.ContainerID, b.ServiceID, b.ServiceName,
-		times[0], times[1], times[2], b.Public}, nil
+		times[0], times[1], times[2], b.Public,
+		b.Author, b.Untrusted, b.NeedsApproval, b.ApprovedBy, times[3]}, nil
 }
 
 // CreateBuild stores a new build. An empty State becomes Queued, a zero
@@ -191,6 +196,7 @@ func (s *Store) UpdateBuild(ctx context.Context, id string, fn func(*coordinator
 	}
 	// What was stored is b, read back through the same conversions.
 	b.Created, b.Started, b.Finished = roundTime(b.Created), roundTime(b.Started), roundTime(b.Finished)
+	b.Approved = roundTime(b.Approved)
 	return b, nil
 }
 

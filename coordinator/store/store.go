@@ -263,6 +263,16 @@ var migrations = [][]string{
 			revoked_at INTEGER NOT NULL
 		)`,
 	},
+	// admission (issue 15): who opened a pull request, whether it is
+	// trusted, and its approval. Builds recorded before count as trusted
+	// and needing none: they were let run already.
+	{
+		`ALTER TABLE builds ADD COLUMN author TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE builds ADD COLUMN untrusted INTEGER NOT NULL DEFAULT 0`,
+		`ALTER TABLE builds ADD COLUMN needs_approval INTEGER NOT NULL DEFAULT 0`,
+		`ALTER TABLE builds ADD COLUMN approved_by TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE builds ADD COLUMN approved INTEGER`,
+	},
 }
 
 // migrate brings the schema up to date in one transaction per migration.

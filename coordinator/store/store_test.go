@@ -46,7 +46,12 @@ func fullBuild(id string) *Build {
 			Trigger:        "pull_request",
 			Key:            "forge-ci/forge#42",
 			InstallationID: 1234567890123,
+			Author:         "octocat",
+			Untrusted:      true,
+			NeedsApproval:  true,
 		},
+		ApprovedBy:  "maintainer",
+		Approved:    time.Date(2026, 11, 29, 13, 53, 3, 7, zone),
 		Config:      "image: golang:1.22\nexecute:\n  - go test ./...\n",
 		State:       Failure,
 		Reason:      "exit code 2 — ünïcode",
@@ -77,8 +82,11 @@ func equalBuild(t *testing.T, got, want *Build) {
 	if g.Started.IsZero() != w.Started.IsZero() || g.Finished.IsZero() != w.Finished.IsZero() {
 		t.Errorf("zero times differ")
 	}
-	g.Created, g.Started, g.Finished = time.Time{}, time.Time{}, time.Time{}
-	w.Created, w.Started, w.Finished = time.Time{}, time.Time{}, time.Time{}
+	if !g.Approved.Equal(w.Approved) || (!g.Approved.IsZero() && g.Approved.Location() != time.UTC) {
+		t.Errorf("approved %v, want %v in UTC", g.Approved, w.Approved)
+	}
+	g.Created, g.Started, g.Finished, g.Approved = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	w.Created, w.Started, w.Finished, w.Approved = time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	if !reflect.DeepEqual(g, w) {
 		t.Errorf("builds differ:\n got %+v\nwant %+v", g, w)
 	}

@@ -132,6 +132,16 @@ func (c *Client) Cancel(ctx context.Context, id string) error {
 	return nil
 }
 
+// Approve lets a build that awaits approval run, and returns it; a build
+// that does not await approval gives an *Error with status 409.
+func (c *Client) Approve(ctx context.Context, id string) (*BuildView, error) {
+	var b BuildView
+	if err := c.postJSON(ctx, "/api/builds/"+url.PathEscape(id)+"/approve", &b); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
 // Health is nil when the coordinator answers GET /healthz with ok.
 func (c *Client) Health(ctx context.Context) error {
 	resp, err := c.do(ctx, http.MethodGet, "/healthz", nil)

@@ -44,12 +44,13 @@ type pageData struct {
 	SignIn bool // GitHub sign-in is configured
 	CSRF   string
 
-	Builds    []*coordinator.Build
-	Build     *coordinator.Build
-	CanCancel bool
-	Tokens    []coordinator.APIToken
-	NewToken  string
-	Message   string
+	Builds     []*coordinator.Build
+	Build      *coordinator.Build
+	CanCancel  bool
+	CanApprove bool
+	Tokens     []coordinator.APIToken
+	NewToken   string
+	Message    string
 }
 
 func (a *API) data(p *auth.Principal, title string) *pageData {
@@ -103,6 +104,7 @@ func (a *API) buildPage(w http.ResponseWriter, r *http.Request, p *auth.Principa
 	d.Build = b
 	if !b.State.Final() && p.Kind != auth.Anonymous {
 		d.CanCancel = a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Write) == nil
+		d.CanApprove = d.CanCancel && b.AwaitingApproval()
 	}
 	a.render(w, http.StatusOK, "build", d)
 }
@@ -116,6 +118,23 @@ func (a *API) cancelForm(w http.ResponseWriter, r *http.Request, p *auth.Princip
 	}
 	if err := a.cancel(r.Context(), b, p); err != nil && !errors.Is(err, coordinator.ErrNotRunning) {
 		a.errorPage(w, r, http.StatusInternalServerError, err)
+		return
+	}
+	http.Redirect(w, r, "/builds/"+b.ID, http.StatusSeeOther)
+}
+
+// approveForm is the build page's approve button.
+func (a *API) approveForm(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
+	b := a.build(w, r, p, coordinator.Write, false)
+	if b == nil {
+		return
+	}
+	if _, err := a.cfg.Builds.Approve(r.Context(), b.ID, p.Name()); err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, coordinator.ErrNotAwaiting) {
+			code, err = http.StatusConflict, errors.New(notAwaitingMessage(r.Context(), a.cfg.Store, b))
+		}
+		a.errorPage(w, r, code, err)
 		return
 	}
 	http.Redirect(w, r, "/builds/"+b.ID, http.StatusSeeOther)

@@ -123,9 +123,11 @@ func (a *API) Routes() []Route {
 		{"GET /api/builds/{id}", Reader, a.api(a.getBuild)},
 		{"GET /api/builds/{id}/log", Reader, a.api(a.getLog)},
 		{"POST /api/builds/{id}/cancel", Writer, a.api(a.cancelBuild)},
+		{"POST /api/builds/{id}/approve", Writer, a.api(a.approveBuild)},
 		{"GET /{$}", Public, a.html(a.indexPage)},
 		{"GET /builds/{id}", Reader, a.html(a.buildPage)},
 		{"POST /builds/{id}/cancel", Writer, a.html(a.cancelForm)},
+		{"POST /builds/{id}/approve", Writer, a.html(a.approveForm)},
 
 		{"GET /api/agents", Admin, a.api(a.listAgents)},
 		{"POST /api/agents/{node}/revoke", Admin, a.api(a.revokeAgent)},
@@ -258,6 +260,13 @@ type BuildView struct {
 	Created     time.Time  `json:"created"`
 	Started     *time.Time `json:"started,omitempty"`
 	Finished    *time.Time `json:"finished,omitempty"`
+	Author      string     `json:"author,omitempty"`
+	Untrusted   bool       `json:"untrusted"`
+	// AwaitingApproval: the build waits for a person with write
+	// permission to approve it (POST /api/builds/{id}/approve).
+	AwaitingApproval bool       `json:"awaiting_approval"`
+	ApprovedBy       string     `json:"approved_by,omitempty"`
+	Approved         *time.Time `json:"approved,omitempty"`
 }
 
 func viewOf(b *coordinator.Build) BuildView {
@@ -270,7 +279,8 @@ func viewOf(b *coordinator.Build) BuildView {
 	return BuildView{ID: b.ID, Owner: b.Owner, Repo: b.Repo, PullRequest: b.PullRequest, Branch: b.Branch,
 		SHA: b.SHA, Ref: b.Ref, Action: b.Action, Trigger: b.Trigger, Fork: b.Fork, State: string(b.State),
 		Reason: b.Reason, ExitCode: b.ExitCode, NodeID: b.NodeID, ContainerID: b.ContainerID, Service: b.ServiceName,
-		Created: b.Created, Started: opt(b.Started), Finished: opt(b.Finished)}
+		Created: b.Created, Started: opt(b.Started), Finished: opt(b.Finished),
+		Author: b.Author, Untrusted: b.Untrusted, AwaitingApproval: b.AwaitingApproval(), ApprovedBy: b.ApprovedBy, Approved: opt(b.Approved)}
 }
 
 // logout ends a browser's session; one whose credential is bad already
@@ -448,6 +458,42 @@ func (a *API) cancelBuild(w http.ResponseWriter, r *http.Request, p *auth.Princi
 
 func (a *API) cancel(ctx context.Context, b *coordinator.Build, p *auth.Principal) error {
 	return a.cfg.Builds.Cancel(ctx, b.ID, "cancelled by "+p.Name())
+}
+
+// approveBuild lets a build that awaits approval run: 200 with the
+// build, 409 when it does not await approval.
+func (a *API) approveBuild(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
+	b := a.build(w, r, p, coordinator.Write, true)
+	if b == nil {
+		return
+	}
+	nb, err := a.cfg.Builds.Approve(r.Context(), b.ID, p.Name())
+	if err != nil {
+		if errors.Is(err, coordinator.ErrNotAwaiting) {
+			httpError(w, http.StatusConflict, "%s", notAwaitingMessage(r.Context(), a.cfg.Store, b))
+			return
+		}
+		httpError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	a.log.Info("build approved", "build", b.ID, "by", p.Name())
+	writeJSON(w, http.StatusOK, viewOf(nb))
+}
+
+// notAwaitingMessage says why b, just refused approval, does not await it.
+func notAwaitingMessage(ctx context.Context, st *store.Store, b *coordinator.Build) string {
+	if cur, err := st.Build(ctx, b.ID); err == nil {
+		b = cur
+	}
+	switch {
+	case b.ApprovedBy != "":
+		return fmt.Sprintf("build %s is not awaiting approval: %s approved it already", b.ID, b.ApprovedBy)
+	case b.State.Final():
+		return fmt.Sprintf("build %s is not awaiting approval: it is %s already", b.ID, b.State)
+	case !b.NeedsApproval:
+		return fmt.Sprintf("build %s is not awaiting approval: it needs none (it is %s)", b.ID, b.State)
+	}
+	return fmt.Sprintf("build %s is not awaiting approval", b.ID)
 }
 
 func (a *API) listAgents(w http.ResponseWriter, r *http.Request, p *auth.Principal) {

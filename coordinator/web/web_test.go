@@ -26,6 +26,15 @@ import (
 type fakeBuilds struct {
 	cancel func(ctx context.Context, id, reason string) error
 	wait   func(ctx context.Context, id string) (*coordinator.Build, error)
+	// approve: nil refuses every build as not awaiting approval.
+	approve func(ctx context.Context, id, who string) (*coordinator.Build, error)
+}
+
+func (f *fakeBuilds) Approve(ctx context.Context, id, who string) (*coordinator.Build, error) {
+	if f.approve == nil {
+		return nil, coordinator.ErrNotAwaiting
+	}
+	return f.approve(ctx, id, who)
 }
 
 func (f *fakeBuilds) Submit(context.Context, coordinator.Request) (*coordinator.Build, error) {
@@ -119,14 +128,15 @@ func newFakeAgentAdmin() *fakeAgentAdmin {
 }
 
 type apiEnv struct {
-	t       *testing.T
-	st      *store.Store
-	gh      *fakeGitHub
-	url     string
-	metrics string // the metrics listener's
-	mu      sync.Mutex
-	cancels []string
-	agents  *fakeAgentAdmin
+	t         *testing.T
+	st        *store.Store
+	gh        *fakeGitHub
+	url       string
+	metrics   string // the metrics listener's
+	mu        sync.Mutex
+	cancels   []string
+	approvals []string
+	agents    *fakeAgentAdmin
 }
 
 func newAPIEnv(t *testing.T, builds ...*coordinator.Build) *apiEnv {
@@ -166,6 +176,23 @@ func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator
 		wait: func(ctx context.Context, id string) (*coordinator.Build, error) {
 			<-ctx.Done()
 			return nil, ctx.Err()
+		},
+		// As the lifecycle's: only a build awaiting approval is approved.
+		approve: func(ctx context.Context, id, who string) (*coordinator.Build, error) {
+			b, err := st.UpdateBuild(ctx, id, func(x *coordinator.Build) error {
+				if !x.AwaitingApproval() {
+					return coordinator.ErrNotAwaiting
+				}
+				x.ApprovedBy, x.Approved = who, time.Now()
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+			e.mu.Lock()
+			e.approvals = append(e.approvals, id+"|"+who)
+			e.mu.Unlock()
+			return b, nil
 		},
 	}
 	lg := fakeLogs{}
