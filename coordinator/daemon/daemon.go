@@ -70,6 +70,17 @@ type Config struct {
 	Access Access
 	// Identity is how agents get and keep their certificates.
 	Identity Identity
+	// Bounds limit what the coordinator keeps (issue 15).
+	Bounds Bounds
+}
+
+// Bounds limit what the coordinator keeps; zero values bound nothing.
+type Bounds struct {
+	// MaxLogSize cuts each build's log past this many bytes
+	// (--max-log-size).
+	MaxLogSize int64
+	// Retain is how long final builds' logs are kept (--retain).
+	Retain time.Duration
 }
 
 // Identity configures the agents' certificates (DESIGN §7, PROTOCOL.md
@@ -171,7 +182,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 
-	c := &Coordinator{Store: st, Logs: &logs.Store{Dir: filepath.Join(cfg.DataDir, "logs")}, LocalNode: info.Swarm.NodeID, log: log}
+	c := &Coordinator{Store: st, Logs: &logs.Store{Dir: filepath.Join(cfg.DataDir, "logs"), MaxSize: cfg.Bounds.MaxLogSize}, LocalNode: info.Swarm.NodeID, log: log}
 	ac := agents.Config{TLS: cfg.TLS, Session: cfg.Session, Logs: c.Logs, Record: st, Builds: st, Revocations: st,
 		Log: log.With("part", "agents"), Verify: &agents.SwarmVerifier{Docker: docker, LocalNodeID: info.Swarm.NodeID}}
 	if id := cfg.Identity; id.Signer != nil {
