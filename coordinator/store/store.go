@@ -263,6 +263,13 @@ var migrations = [][]string{
 			revoked_at INTEGER NOT NULL
 		)`,
 	},
+	// 4: a bounded coordinator (issue 15): deliveries are also told apart
+	// by the SHA-256 of their body (hex), so a signed body re-sent under a
+	// new delivery id is refused. '' for deliveries recorded before.
+	{
+		`ALTER TABLE deliveries ADD COLUMN body_sha256 TEXT NOT NULL DEFAULT ''`,
+		`CREATE UNIQUE INDEX deliveries_body ON deliveries (body_sha256) WHERE body_sha256 <> ''`,
+	},
 }
 
 // migrate brings the schema up to date in one transaction per migration.
