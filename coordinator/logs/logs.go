@@ -45,6 +45,9 @@ type Store struct {
 
 	mu     sync.Mutex
 	builds map[string]*buildLog
+	usage  usage // guarded by mu
+
+	usageMu sync.Mutex // one count of the disk used at a time
 }
 
 type buildLog struct {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -46,5 +47,17 @@ func TestLogCutAtMaxSize(t *testing.T) {
 	// The shown command names it too; the line itself must not be there.
 	if strings.Contains(log, "\nafter the cut\n") {
 		t.Error("output after the cut was stored")
+	}
+	resp = admin(t, "GET", s.metrics+"/metrics")
+	raw, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var used int64
+	for _, l := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(l, "forge_logs_bytes "); ok {
+			used, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	if used < maxLog || used > 2*maxLog {
+		t.Errorf("forge_logs_bytes %d, want the cut log's size (about %d)", used, maxLog)
 	}
 }
