@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/forge-ci/forge/wire/wiretest"
 	"github.com/forge-ci/forge/wire"
+	"github.com/forge-ci/forge/wire/wiretest"
 )
 
 // An agent that opens one stream more than the bound, and sends nothing
