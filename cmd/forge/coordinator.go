@@ -7,10 +7,12 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	units "github.com/docker/go-units"
 	"github.com/urfave/cli/v2"
 
 	"github.com/forge-ci/forge/coordinator"
@@ -63,6 +65,8 @@ func coordinatorCommand() *cli.Command {
 			&cli.PathFlag{Name: "join-token-file", Usage: "file holding the join token agents present to get their first certificate (forge certs join-token); read again at every join, so a new file rotates it", EnvVars: env("join-token-file")},
 			&cli.DurationFlag{Name: "agent-cert-ttl", Usage: "how long the certificates signed for agents are valid; agents renew at two thirds", Value: wire.DefaultAgentCertTTL, EnvVars: env("agent-cert-ttl")},
 			&cli.BoolFlag{Name: "debug", Usage: "log more", EnvVars: env("debug")},
+			&cli.StringFlag{Name: "max-log-size", Usage: "cut each build's log past this size (64MiB, 1GiB); 0 keeps all", Value: "64MiB", EnvVars: env("max-log-size")},
+			&cli.StringFlag{Name: "retain", Usage: "delete final builds' logs older than this (90d, 720h); 0 keeps them forever", Value: "90d", EnvVars: env("retain")},
 		}, tlsFlags("coordinator")...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -101,6 +105,10 @@ func coordinatorCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			bounds, err := boundsFlags(c)
+			if err != nil {
+				return err
+			}
 			exe, err := readForgexec(c.Path("forgexec"))
 			if err != nil {
 				return err
@@ -116,6 +124,7 @@ func coordinatorCommand() *cli.Command {
 			cfg := daemon.Config{TLS: wire.ServerConfig(pool, pair), DataDir: c.Path("data"), Executor: exe,
 				AllowPorts: c.Bool("allow-ports"), Sandbox: sandbox, Logger: log, Access: access, Identity: identity,
 				RequireApproval: mode, MaxBuilds: c.Int("max-builds"), MaxBuildsPerRepo: c.Int("max-builds-per-repo")}
+			cfg.Bounds = bounds
 			if identity.Signer == nil {
 				log.Warn("no CA key (--tls-ca-key): agents cannot join with a token nor renew; each needs a certificate from forge certs issue --role agent --node")
 			}
@@ -338,4 +347,43 @@ func identityFlags(c *cli.Context) (daemon.Identity, error) {
 		id.JoinTokenFile = tokenFile
 	}
 	return id, nil
+}
+
+// boundsFlags reads --max-log-size and --retain.
+func boundsFlags(c *cli.Context) (daemon.Bounds, error) {
+	var b daemon.Bounds
+	if v := strings.TrimSpace(c.String("max-log-size")); v != "0" {
+		n, err := units.RAMInBytes(v)
+		if err != nil || n <= 0 {
+			return b, fmt.Errorf("--max-log-size %q: want a size such as 64MiB or 1GiB, or 0 for no limit", v)
+		}
+		b.MaxLogSize = n
+	}
+	d, err := parseRetain(c.String("retain"))
+	if err != nil {
+		return b, fmt.Errorf("--retain: %w", err)
+	}
+	b.Retain = d
+	return b, nil
+}
+
+// parseRetain reads a duration in days ("90d") or as Go writes it
+// ("720h"); "0" keeps forever.
+func parseRetain(v string) (time.Duration, error) {
+	v = strings.TrimSpace(v)
+	if v == "0" {
+		return 0, nil
+	}
+	if days, ok := strings.CutSuffix(v, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n <= 0 || n > 100*365 {
+			return 0, fmt.Errorf("%q: want a whole number of days such as 90d, or 0 to keep forever", v)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q: want a duration such as 90d or 720h, or 0 to keep forever", v)
+	}
+	return d, nil
 }

@@ -5,6 +5,7 @@ package agents
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -16,6 +17,7 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/forge-ci/forge/coordinator"
@@ -91,7 +93,15 @@ type Config struct {
 	// Record, when set, keeps a record of each agent bound to its node.
 	Record Recorder
 	Log    *slog.Logger
+	// MaxStreams bounds the streams an agent's session may have open at
+	// once (0: DefaultMaxStreams); past it the session is closed.
+	MaxStreams int
 }
+
+// DefaultMaxStreams is the streams an agent may have open at once: one log
+// stream per build it holds and a rare renew, so a node may run up to
+// about 250 builds at once; beyond that an agent is misbehaving.
+const DefaultMaxStreams = 256
 
 // Hub accepts agents' sessions on the agent listener and is the
 // coordinator's way to reach the agent of a node.
@@ -249,6 +259,8 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 	defer wg.Wait()
 	defer ys.Close() // runs before wg.Wait: stops the stream goroutines
 	wg.Go(func() { s.watchCert(ctx, ac) })
+	maxStreams := cmp.Or(s.cfg.MaxStreams, DefaultMaxStreams)
+	var open atomic.Int64 // streams being served
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -257,9 +269,18 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 			if err != nil {
 				return
 			}
+			if open.Add(1) > int64(maxStreams) {
+				// Each open stream holds a goroutine and buffers: an agent
+				// past the bound loses its session, others carry on.
+				log.Warn("agent session closed: too many open streams", "session", ac.info.SessionID, "max", maxStreams)
+				st.Close()
+				ys.Close()
+				return
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer open.Add(-1)
 				s.serveStream(ctx, ac, st)
 			}()
 		}

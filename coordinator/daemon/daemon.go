@@ -81,6 +81,17 @@ type Config struct {
 	Access Access
 	// Identity is how agents get and keep their certificates.
 	Identity Identity
+	// Bounds limit what the coordinator keeps (issue 15).
+	Bounds Bounds
+}
+
+// Bounds limit what the coordinator keeps; zero values bound nothing.
+type Bounds struct {
+	// MaxLogSize cuts each build's log past this many bytes
+	// (--max-log-size).
+	MaxLogSize int64
+	// Retain is how long final builds' logs are kept (--retain).
+	Retain time.Duration
 }
 
 // Identity configures the agents' certificates (DESIGN §7, PROTOCOL.md
@@ -136,6 +147,7 @@ type Coordinator struct {
 	LocalNode string // the swarm node the coordinator runs on
 
 	forge    *github.Forge // nil without GitHub
+	bounds   Bounds
 	reporter *github.Reporter
 	log      *slog.Logger
 	certs    []watchedCert
@@ -182,7 +194,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 
-	c := &Coordinator{Store: st, Logs: &logs.Store{Dir: filepath.Join(cfg.DataDir, "logs")}, LocalNode: info.Swarm.NodeID, log: log}
+	c := &Coordinator{Store: st, Logs: &logs.Store{Dir: filepath.Join(cfg.DataDir, "logs"), MaxSize: cfg.Bounds.MaxLogSize}, LocalNode: info.Swarm.NodeID, log: log, bounds: cfg.Bounds}
 	ac := agents.Config{TLS: cfg.TLS, Session: cfg.Session, Logs: c.Logs, Record: st, Builds: st, Revocations: st,
 		Log: log.With("part", "agents"), Verify: &agents.SwarmVerifier{Docker: docker, LocalNodeID: info.Swarm.NodeID}}
 	if id := cfg.Identity; id.Signer != nil {
@@ -195,6 +207,10 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	c.Metrics = web.NewMetrics(st, c.Agents)
 	c.certs = watchedCerts(cfg)
 	if err := c.Metrics.Certificates(c.certOf("CA"), c.certOf("coordinator")); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
+	if err := c.Metrics.LogsBytes(c.Logs.Usage); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
@@ -350,13 +366,14 @@ func (c *Coordinator) Serve(ctx context.Context, l Listeners) error {
 		wg.Go(func() { c.forge.Run(ctx) })
 	}
 	wg.Go(func() { c.watchExpiry(ctx) })
+	wg.Go(func() { c.retain(ctx) })
 	errs := make(chan error, 3)
 	wg.Go(func() {
 		errs <- c.Agents.Serve(ctx, l.Agents)
 		cancel()
 	})
 	serveHTTP := func(ln net.Listener, h http.Handler) {
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		srv := httpServer(h)
 		wg.Go(func() {
 			err := srv.Serve(ln)
 			if errors.Is(err, http.ErrServerClosed) {

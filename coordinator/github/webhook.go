@@ -1,6 +1,7 @@
 package github
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -14,10 +15,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	gh "github.com/google/go-github/v62/github"
+
+	"github.com/forge-ci/forge/coordinator/store"
 )
 
 // MaxBody is the largest webhook body accepted: GitHub's own cap on
@@ -26,10 +30,14 @@ const MaxBody = 25 << 20
 
 // DeliveryStore remembers webhook deliveries; *store.Store is one.
 type DeliveryStore interface {
-	// RecordDelivery reports whether the delivery id is seen for the
-	// first time, atomically.
-	RecordDelivery(ctx context.Context, id, event string, at time.Time) (first bool, err error)
+	// RecordDeliveryBody records the delivery by its id and the SHA-256 of
+	// its body (hex) and says, atomically, whether either was seen before.
+	RecordDeliveryBody(ctx context.Context, id, event, bodySHA256 string, at time.Time) (store.Seen, error)
 }
+
+// DefaultMaxReading is how many webhook bodies are read at once when
+// Webhook.MaxReading is 0.
+const DefaultMaxReading = 8
 
 // Kind is what an Event asks Forge to do.
 type Kind string
@@ -147,10 +155,12 @@ func (q *Queue) stop() []Event {
 // (GitHub API calls, Submit) to Forge's workers through Queue.
 //
 // Answers: 202 work was queued; 200 nothing to do (ping, installation,
-// other events and actions, a tag or deleted ref, a redelivery); 400
-// malformed; 401 bad or missing signature; 413 too large; 503 the queue is
-// full (with Retry-After; the delivery is not recorded, so a redelivery
-// is taken); 500 the delivery could not be recorded.
+// other events and actions, a tag or deleted ref, a redelivery, a body
+// already received under another delivery id: a replay); 400 malformed;
+// 401 bad or missing signature; 413 too large; 503 the queue is full or
+// MaxReading bodies are being read (with Retry-After; the delivery is not
+// recorded, so a redelivery is taken); 500 the delivery could not be
+// recorded.
 //
 // A push to a branch is answered 202 before .forge.yml is read: whether
 // the branch maps to an action is known only from the config at the
@@ -164,6 +174,12 @@ type Webhook struct {
 	Log        *slog.Logger
 	// Now is the clock for recorded deliveries; nil is time.Now.
 	Now func() time.Time
+	// MaxReading bounds the bodies read at once (0: DefaultMaxReading),
+	// so slow senders cannot hold many 25 MiB buffers.
+	MaxReading int
+
+	readingOnce sync.Once
+	reading     chan struct{}
 }
 
 var _ http.Handler = (*Webhook)(nil)
@@ -185,6 +201,16 @@ func (h *Webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// header says (chunked bodies have none).
 	if r.ContentLength > MaxBody {
 		reply(w, http.StatusRequestEntityTooLarge, "body over 25 MiB")
+		return
+	}
+	reading := h.readingSlots()
+	select {
+	case reading <- struct{}{}:
+		defer func() { <-reading }()
+	default:
+		h.log().Warn("webhook refused: too many bodies being read", "reading", cap(reading), "remote", r.RemoteAddr)
+		w.Header().Set("Retry-After", "10")
+		reply(w, http.StatusServiceUnavailable, "busy: too many webhook bodies being read, redeliver later")
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
@@ -238,19 +264,26 @@ func (h *Webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		now = h.Now
 	}
 	rctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-	first, err := h.Deliveries.RecordDelivery(rctx, delivery, name, now())
+	sum := sha256.Sum256(body)
+	seen, err := h.Deliveries.RecordDeliveryBody(rctx, delivery, name, hex.EncodeToString(sum[:]), now())
 	cancel()
-	if err != nil || !first {
+	if err != nil || seen != store.SeenFirst {
 		if work {
 			h.Queue.unreserve()
 		}
-		if err != nil {
+		switch {
+		case err != nil:
 			log.Error("record webhook delivery", "err", err)
 			reply(w, http.StatusInternalServerError, "cannot record the delivery")
-			return
+		case seen == store.SeenID:
+			log.Info("webhook redelivery ignored")
+			reply(w, http.StatusOK, "duplicate delivery")
+		default:
+			// Signed by the secret but already received under another id:
+			// a captured body sent again.
+			log.Warn("webhook replay ignored: this body was already received under another delivery id", "remote", r.RemoteAddr)
+			reply(w, http.StatusOK, "already received: the same body came under another delivery id; nothing is built")
 		}
-		log.Info("webhook redelivery ignored")
-		reply(w, http.StatusOK, "duplicate delivery")
 		return
 	}
 	if !work {
@@ -261,6 +294,16 @@ func (h *Webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Queue.put(ev)
 	log.Info("webhook queued", "kind", ev.Kind, "repo", ev.Owner+"/"+ev.Repo, "pr", ev.PullRequest, "branch", ev.Branch, "sha", ev.SHA)
 	reply(w, http.StatusAccepted, "queued")
+}
+
+// readingSlots is the semaphore of bodies being read (tests watch it).
+func (h *Webhook) readingSlots() chan struct{} {
+	h.readingOnce.Do(h.initReading)
+	return h.reading
+}
+
+func (h *Webhook) initReading() {
+	h.reading = make(chan struct{}, cmp.Or(h.MaxReading, DefaultMaxReading))
 }
 
 func reply(w http.ResponseWriter, code int, msg string) {

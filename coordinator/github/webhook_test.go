@@ -24,21 +24,25 @@ var testSecret = []byte("test secret")
 
 // memDeliveries is an in-memory DeliveryStore.
 type memDeliveries struct {
-	mu   sync.Mutex
-	seen map[string]string
+	mu     sync.Mutex
+	seen   map[string]string
+	bodies map[string]bool
 }
 
-func (m *memDeliveries) RecordDelivery(ctx context.Context, id, event string, at time.Time) (bool, error) {
+func (m *memDeliveries) RecordDeliveryBody(ctx context.Context, id, event, body string, at time.Time) (store.Seen, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.seen == nil {
-		m.seen = map[string]string{}
+		m.seen, m.bodies = map[string]string{}, map[string]bool{}
 	}
 	if _, ok := m.seen[id]; ok {
-		return false, nil
+		return store.SeenID, nil
 	}
-	m.seen[id] = event
-	return true, nil
+	if m.bodies[body] {
+		return store.SeenBody, nil
+	}
+	m.seen[id], m.bodies[body] = event, true
+	return store.SeenFirst, nil
 }
 
 // The coordinator's store is a DeliveryStore.
@@ -380,7 +384,8 @@ func TestFullQueue(t *testing.T) {
 	if w := post(h, "pull_request", body, "a"); w.Code != 202 {
 		t.Fatalf("first: %d", w.Code)
 	}
-	w := post(h, "pull_request", body, "b")
+	other := readPayload(t, "pull_request.synchronize.json")
+	w := post(h, "pull_request", other, "b")
 	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
 		t.Fatalf("full queue: %d, Retry-After %q; want 503 with Retry-After", w.Code, w.Header().Get("Retry-After"))
 	}
@@ -391,7 +396,7 @@ func TestFullQueue(t *testing.T) {
 	// The refused delivery was not recorded: once there is room, its
 	// redelivery is taken.
 	h.Queue.take(context.Background())
-	if w := post(h, "pull_request", body, "b"); w.Code != 202 {
+	if w := post(h, "pull_request", other, "b"); w.Code != 202 {
 		t.Errorf("redelivery after a 503: %d (%q), want 202", w.Code, w.Body.String())
 	}
 }
@@ -406,8 +411,8 @@ func TestStoppedQueueRefuses(t *testing.T) {
 
 type failingDeliveries struct{}
 
-func (failingDeliveries) RecordDelivery(context.Context, string, string, time.Time) (bool, error) {
-	return false, fmt.Errorf("disk full")
+func (failingDeliveries) RecordDeliveryBody(context.Context, string, string, string, time.Time) (store.Seen, error) {
+	return 0, fmt.Errorf("disk full")
 }
 
 func TestDeliveryStoreFailure(t *testing.T) {
@@ -453,4 +458,86 @@ func FuzzWebhook(f *testing.F) {
 			t.Fatalf("code %d (%q)", w.Code, w.Body.String())
 		}
 	})
+}
+
+// A signed body captured and sent again under a new delivery id builds
+// nothing: answered 200, nothing queued, nothing more recorded; GitHub's
+// redelivery (the same id) is answered as before.
+func TestReplayWithNewDeliveryID(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "forge.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	h := &Webhook{Secret: testSecret, Deliveries: st, Queue: NewQueue(4)}
+	body := readPayload(t, "pull_request.opened.json")
+	if w := post(h, "pull_request", body, "orig"); w.Code != 202 {
+		t.Fatalf("first delivery: %d %q", w.Code, w.Body.String())
+	}
+	for _, id := range []string{"replay-1", "replay-2"} {
+		w := post(h, "pull_request", body, id)
+		if w.Code != 200 || !strings.Contains(w.Body.String(), "already received") {
+			t.Errorf("replay as %s: %d %q, want 200 already received", id, w.Code, w.Body.String())
+		}
+	}
+	if w := post(h, "pull_request", body, "orig"); w.Code != 200 || !strings.Contains(w.Body.String(), "duplicate delivery") {
+		t.Errorf("redelivery: %d %q, want 200 duplicate delivery", w.Code, w.Body.String())
+	}
+	if n := h.Queue.Len(); n != 1 {
+		t.Errorf("%d events queued, want 1", n)
+	}
+	var n int
+	if err := st.DB().QueryRow(`SELECT count(*) FROM deliveries`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("%d deliveries recorded (%v), want 1: a replay records nothing", n, err)
+	}
+	// One byte more is another body: it is taken.
+	if w := post(h, "pull_request", append(body, ' '), "new"); w.Code != 202 {
+		t.Errorf("another body: %d %q, want 202", w.Code, w.Body.String())
+	}
+}
+
+// stallReader gives nothing until released: a sender that is slow to
+// send its body.
+type stallReader struct{ release chan struct{} }
+
+func (s stallReader) Read(p []byte) (int, error) {
+	<-s.release
+	return 0, io.EOF
+}
+
+// At most MaxReading bodies are read at once; one more is answered 503
+// with Retry-After, and nothing is recorded or queued for it. Once the
+// readers finish, deliveries are taken again.
+func TestBodiesReadAtOnceBounded(t *testing.T) {
+	h := newWebhook(8)
+	h.MaxReading = 2
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 2 {
+		r := httptest.NewRequest(http.MethodPost, "/webhook", stallReader{release})
+		r.ContentLength = -1
+		r.Header.Set("X-GitHub-Event", "ping")
+		r.Header.Set("X-GitHub-Delivery", fmt.Sprintf("slow-%d", i))
+		wg.Go(func() { h.ServeHTTP(httptest.NewRecorder(), r) })
+	}
+	body := readPayload(t, "pull_request.opened.json")
+	deadline := time.Now().Add(10 * time.Second)
+	for len(h.readingSlots()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the slow readers never started")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	w := post(h, "pull_request", body, "third")
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
+		t.Errorf("a third body at once: %d, Retry-After %q; want 503 with Retry-After", w.Code, w.Header().Get("Retry-After"))
+	}
+	if h.Queue.Len() != 0 || len(h.Deliveries.(*memDeliveries).seen) != 0 {
+		t.Errorf("the refused delivery left %d queued, %d recorded", h.Queue.Len(), len(h.Deliveries.(*memDeliveries).seen))
+	}
+	close(release)
+	wg.Wait()
+	if w := post(h, "pull_request", body, "third"); w.Code != 202 {
+		t.Errorf("after the readers finished: %d %q, want 202", w.Code, w.Body.String())
+	}
 }

@@ -30,18 +30,34 @@ import (
 // record cut short by a crash is dropped when the file is opened again.
 // The exit is kept beside it in <id>.exit, written once. A build's file
 // is open only while the build runs: from its first use until its exit.
+//
+// With MaxSize set, a build's output past MaxSize bytes (stdout and stderr
+// together) is cut: the store appends one note record (code 3) saying so
+// and drops the rest. It goes on taking the agent's frames and counts
+// their offsets as if it had stored them, so the live stream never sees a
+// gap and the exit is still recorded. After a restart the offsets are those
+// of the file (the cut point): an agent that resumes sends the tail again,
+// which is dropped the same way.
 type Store struct {
 	Dir string
+	// MaxSize bounds each build's stored output in bytes; 0 is no bound.
+	MaxSize int64
 
 	mu     sync.Mutex
 	builds map[string]*buildLog
+	usage  usage // guarded by mu
+
+	usageMu sync.Mutex // one count of the disk used at a time
 }
 
 type buildLog struct {
 	mu      sync.Mutex
 	f       *os.File
 	nextSeq uint64
-	off     [3]int64 // by stream code
+	off     [3]int64 // by stream code: what the agent has handed in
+	stored  int64    // output bytes in the file, both streams
+	cut     bool     // the note is written: further output is dropped
+	lastNL  bool     // the last stored byte is a newline (or none stored)
 	exit    *wire.Exit
 	changed chan struct{} // closed and replaced on every append or exit
 }
@@ -49,6 +65,9 @@ type buildLog struct {
 const (
 	recStdout byte = 1
 	recStderr byte = 2
+	// recNote is text from Forge itself (the cut line): shown with the
+	// output, counted in neither stream's offsets.
+	recNote   byte = 3
 	recHeader      = 5
 )
 
@@ -99,8 +118,18 @@ func (s *Store) open(id string) (*buildLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &buildLog{f: f, changed: make(chan struct{})}
-	good, err := scanRecords(f, func(code byte, data []byte) { b.off[code] += int64(len(data)) })
+	b := &buildLog{f: f, changed: make(chan struct{}), lastNL: true}
+	good, err := scanRecords(f, func(code byte, data []byte) {
+		if code == recNote {
+			b.cut = true
+			return
+		}
+		b.off[code] += int64(len(data))
+		b.stored += int64(len(data))
+		if len(data) > 0 {
+			b.lastNL = data[len(data)-1] == '\n'
+		}
+	})
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("read log of %s: %w", id, err)
@@ -167,7 +196,7 @@ func scanRecords(r io.Reader, fn func(code byte, data []byte)) (int64, error) {
 			return good, err
 		}
 		code, n := hdr[0], binary.BigEndian.Uint32(hdr[1:])
-		if (code != recStdout && code != recStderr) || n > wire.MaxLogChunk {
+		if (code != recStdout && code != recStderr && code != recNote) || n > wire.MaxLogChunk {
 			return good, nil // garbage from a torn write: the rest is dropped
 		}
 		data := make([]byte, n)
@@ -222,17 +251,64 @@ func (s *Store) Log(ctx context.Context, id string, l *wire.Log) error {
 	default:
 		data = data[have-l.Offset:]
 	}
-	rec := make([]byte, recHeader+len(data))
-	rec[0] = code
-	binary.BigEndian.PutUint32(rec[1:], uint32(len(data)))
-	copy(rec[recHeader:], data)
-	if _, err := b.f.Write(rec); err != nil {
+	if b.cut {
+		// Past the cap: taken and counted, not stored.
+		b.off[code] += int64(len(data))
+		b.nextSeq = max(b.nextSeq, l.Seq+1)
+		return nil
+	}
+	keep, cut := data, false
+	if s.MaxSize > 0 && b.stored+int64(len(data)) > s.MaxSize {
+		keep, cut = data[:max(s.MaxSize-b.stored, 0)], true
+	}
+	var recs []byte
+	if len(keep) > 0 {
+		recs = appendRecord(recs, code, keep)
+	}
+	if cut {
+		note := cutNote(s.MaxSize)
+		if len(keep) > 0 && keep[len(keep)-1] != '\n' || len(keep) == 0 && !b.lastNL {
+			note = "\n" + note
+		}
+		recs = appendRecord(recs, recNote, []byte(note))
+	}
+	// One write: a crash leaves at most a torn tail, dropped at open.
+	if _, err := b.f.Write(recs); err != nil {
 		return fmt.Errorf("append log of %s: %w", id, err)
 	}
 	b.off[code] += int64(len(data))
+	b.stored += int64(len(keep))
+	if len(keep) > 0 {
+		b.lastNL = keep[len(keep)-1] == '\n'
+	}
+	b.cut = cut
 	b.nextSeq = max(b.nextSeq, l.Seq+1)
 	b.notify()
 	return nil
+}
+
+func appendRecord(buf []byte, code byte, data []byte) []byte {
+	buf = append(buf, code, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(buf[len(buf)-4:], uint32(len(data)))
+	return append(buf, data...)
+}
+
+// cutNote is the line that ends a log cut at max bytes.
+func cutNote(max int64) string {
+	return fmt.Sprintf("forge: log cut at %s (--max-log-size); the build goes on\n", sizeText(max))
+}
+
+// sizeText writes n bytes in the largest binary unit that divides it.
+func sizeText(n int64) string {
+	for _, u := range []struct {
+		unit string
+		size int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d %s", n/u.size, u.unit)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // Exit records the build's exit, once: later ones are ignored. The

@@ -203,3 +203,69 @@ func TestStoreKeepsOnlyRunningBuildsOpen(t *testing.T) {
 		t.Errorf("%d builds open after reading finished ones, want 1", n)
 	}
 }
+
+// A build that prints past MaxSize: the log keeps MaxSize bytes and ends
+// with one cut line; later frames are taken (no gap, no error) and their
+// offsets counted, a restart resumes from the cut, and the exit is kept.
+func TestStoreCutsAtMaxSize(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := &Store{Dir: dir, MaxSize: 10}
+	if err := s.Create("big"); err != nil {
+		t.Fatal(err)
+	}
+	send := func(seq uint64, stream string, off int64, data string) {
+		t.Helper()
+		if err := s.Log(ctx, "big", &wire.Log{Seq: seq, Stream: stream, Offset: off, Data: []byte(data)}); err != nil {
+			t.Fatalf("log seq %d: %v", seq, err)
+		}
+	}
+	send(1, "stdout", 0, "12345\n")
+	send(2, "stderr", 0, "abcdef")         // straddles the cap: "abcd" is kept
+	send(3, "stdout", 6, "more\n")         // past the cap: dropped
+	send(4, "stderr", 6, "ghij")           // dropped
+	send(5, "stdout", 6, "more\nand more") // partly a repeat, rest dropped
+	want := "12345\nabcd\nforge: log cut at 10 bytes (--max-log-size); the build goes on\n"
+	if got := logOf(t, s, "big"); got != want {
+		t.Fatalf("log %q, want %q", got, want)
+	}
+	at, err := s.Attach(ctx, "n", &wire.Attach{BuildID: "big", ContainerID: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at.NextSeq != 6 || at.StdoutOffset != 19 || at.StderrOffset != 10 {
+		t.Fatalf("attach after the cut: %+v, want offsets as handed in (19, 10), next seq 6", at)
+	}
+	if err := s.Log(ctx, "big", &wire.Log{Seq: 6, Stream: "stdout", Offset: 40, Data: []byte("x")}); err == nil {
+		t.Error("a gap past the cut was taken")
+	}
+
+	// A restart: offsets fall back to the cut point; the agent's resent
+	// tail is dropped, and the log still ends with one cut line.
+	s.Close()
+	s = &Store{Dir: dir, MaxSize: 10}
+	defer s.Close()
+	at, err = s.Attach(ctx, "n", &wire.Attach{BuildID: "big", ContainerID: "c"})
+	if err != nil || at.StdoutOffset != 6 || at.StderrOffset != 4 {
+		t.Fatalf("attach after restart: %+v %v, want the stored offsets 6, 4", at, err)
+	}
+	send(at.NextSeq, "stdout", 6, "more\nand more")
+	send(at.NextSeq+1, "stderr", 4, "efghij")
+	if err := s.Exit(ctx, "big", &wire.Exit{ExitCode: 3, LastSeq: at.NextSeq + 1}); err != nil {
+		t.Fatal(err)
+	}
+	if x, err := s.Exited("big"); err != nil || x == nil || x.ExitCode != 3 {
+		t.Fatalf("exit %+v %v, want code 3", x, err)
+	}
+	if got := logOf(t, s, "big"); got != want {
+		t.Fatalf("log after restart %q, want %q", got, want)
+	}
+}
+
+func TestCutNoteSize(t *testing.T) {
+	for n, want := range map[int64]string{64 << 20: "64 MiB", 64 << 10: "64 KiB", 1 << 30: "1 GiB", 1000: "1000 bytes", 1536: "1536 bytes"} {
+		if got := sizeText(n); got != want {
+			t.Errorf("sizeText(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

@@ -263,7 +263,7 @@ var migrations = [][]string{
 			revoked_at INTEGER NOT NULL
 		)`,
 	},
-	// admission (issue 15): who opened a pull request, whether it is
+	// 4: admission (issue 15): who opened a pull request, whether it is
 	// trusted, and its approval. Builds recorded before count as trusted
 	// and needing none: they were let run already.
 	{
@@ -272,6 +272,13 @@ var migrations = [][]string{
 		`ALTER TABLE builds ADD COLUMN needs_approval INTEGER NOT NULL DEFAULT 0`,
 		`ALTER TABLE builds ADD COLUMN approved_by TEXT NOT NULL DEFAULT ''`,
 		`ALTER TABLE builds ADD COLUMN approved INTEGER`,
+	},
+	// 5: a bounded coordinator (issue 15): deliveries are also told apart
+	// by the SHA-256 of their body (hex), so a signed body re-sent under a
+	// new delivery id is refused. '' for deliveries recorded before.
+	{
+		`ALTER TABLE deliveries ADD COLUMN body_sha256 TEXT NOT NULL DEFAULT ''`,
+		`CREATE UNIQUE INDEX deliveries_body ON deliveries (body_sha256) WHERE body_sha256 <> ''`,
 	},
 }
 

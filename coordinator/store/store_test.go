@@ -693,3 +693,76 @@ func BenchmarkUpdateBuild(b *testing.B) {
 		}
 	}
 }
+
+// Deliveries are told apart by id and by body: a new id with a known body
+// is a replay, recorded nowhere; concurrent replays give one first.
+func TestDeliveryBodies(t *testing.T) {
+	s, _ := openTemp(t)
+	ctx := context.Background()
+	t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	rows := func() int {
+		var n int
+		if err := s.db.QueryRow(`SELECT count(*) FROM deliveries`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, c := range []struct {
+		id, body string
+		want     Seen
+	}{
+		{"d1", "aa", SeenFirst},
+		{"d1", "aa", SeenID},   // GitHub's redelivery
+		{"d2", "aa", SeenBody}, // the body again under a new id
+		{"d1", "bb", SeenID},   // an id is never taken twice
+		{"d3", "bb", SeenFirst},
+	} {
+		got, err := s.RecordDeliveryBody(ctx, c.id, "push", c.body, t0)
+		if err != nil || got != c.want {
+			t.Fatalf("%s %s: %v %v, want %v", c.id, c.body, got, err, c.want)
+		}
+	}
+	if n := rows(); n != 2 {
+		t.Fatalf("%d deliveries recorded, want 2 (d1, d3)", n)
+	}
+	if _, err := s.RecordDeliveryBody(ctx, "d4", "push", "", t0); err == nil {
+		t.Fatal("empty body hash accepted")
+	}
+	// Deliveries recorded by id alone (before migration 4) do not clash.
+	for _, id := range []string{"old1", "old2"} {
+		if f, err := s.RecordDelivery(ctx, id, "push", t0); err != nil || !f {
+			t.Fatalf("id-only delivery %s: %v %v", id, f, err)
+		}
+	}
+
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		firsts int
+	)
+	for i := range 50 {
+		wg.Go(func() {
+			got, err := s.RecordDeliveryBody(ctx, fmt.Sprintf("r%d", i), "push", "cc", t0.Add(time.Hour))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if got == SeenFirst {
+				mu.Lock()
+				firsts++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if firsts != 1 {
+		t.Fatalf("%d of 50 replays of one body were first, want 1", firsts)
+	}
+	// Pruning forgets the body with its delivery: after 7 days it is new.
+	if _, err := s.PruneDeliveries(ctx, t0.Add(30*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.RecordDeliveryBody(ctx, "d9", "push", "aa", t0.Add(2*time.Hour)); err != nil || got != SeenFirst {
+		t.Fatalf("a pruned body: %v %v, want first", got, err)
+	}
+}

@@ -102,3 +102,31 @@ func (m *Metrics) Handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	return mux
 }
+
+var logsBytesDesc = prometheus.NewDesc("forge_logs_bytes", "Disk used by the builds' logs, in bytes (counted at most every 30 s).", nil, nil)
+
+// LogsBytes registers forge_logs_bytes, read from usage when scraped (an
+// error shows as an invalid metric). Call it once.
+func (m *Metrics) LogsBytes(usage func() (int64, error)) error {
+	if err := m.Registry.Register(funcCollector{desc: logsBytesDesc, read: usage}); err != nil {
+		return fmt.Errorf("web: metric forge_logs_bytes: %w", err)
+	}
+	return nil
+}
+
+// funcCollector is a gauge read by a function that may fail.
+type funcCollector struct {
+	desc *prometheus.Desc
+	read func() (int64, error)
+}
+
+func (c funcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c funcCollector) Collect(ch chan<- prometheus.Metric) {
+	n, err := c.read()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n))
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/forge-ci/forge/coordinator/daemon"
+)
+
+// boundsOf parses args with the coordinator's own --max-log-size and
+// --retain flags.
+func boundsOf(t *testing.T, args ...string) (daemon.Bounds, error) {
+	t.Helper()
+	var flags []cli.Flag
+	for _, f := range coordinatorCommand().Flags {
+		if n := f.Names()[0]; n == "max-log-size" || n == "retain" {
+			flags = append(flags, f)
+		}
+	}
+	var got daemon.Bounds
+	var err error
+	app := &cli.App{Flags: flags, Action: func(c *cli.Context) error { got, err = boundsFlags(c); return nil }}
+	if rerr := app.Run(append([]string{"x"}, args...)); rerr != nil {
+		t.Fatal(rerr)
+	}
+	return got, err
+}
+
+func TestBoundsFlags(t *testing.T) {
+	b, err := boundsOf(t)
+	if err != nil || b.MaxLogSize != 64<<20 || b.Retain != 90*24*time.Hour {
+		t.Fatalf("defaults: %+v %v, want 64 MiB and 90 days", b, err)
+	}
+	b, err = boundsOf(t, "--max-log-size", "1GiB", "--retain", "720h")
+	if err != nil || b.MaxLogSize != 1<<30 || b.Retain != 720*time.Hour {
+		t.Fatalf("1GiB, 720h: %+v %v", b, err)
+	}
+	b, err = boundsOf(t, "--max-log-size", "0", "--retain", "0")
+	if err != nil || b.MaxLogSize != 0 || b.Retain != 0 {
+		t.Fatalf("0, 0: %+v %v, want no bounds", b, err)
+	}
+	for _, bad := range [][]string{
+		{"--max-log-size", "lots"}, {"--max-log-size", "-5MiB"},
+		{"--retain", "forever"}, {"--retain", "-1h"}, {"--retain", "1.5d"}, {"--retain", "0d"},
+	} {
+		if _, err := boundsOf(t, bad...); err == nil || !strings.Contains(err.Error(), bad[0]) {
+			t.Errorf("%v: %v, want an error naming %s", bad, err, bad[0])
+		}
+	}
+}
