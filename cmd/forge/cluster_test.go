@@ -223,7 +223,9 @@ func startClusterRigWith(t *testing.T, coordFlags []string, withAgents ...string
 		"--tls-ca", filepath.Join(r.certs, "ca.pem"), "--tls-cert", filepath.Join(r.certs, "coordinator.pem"),
 		"--tls-key", filepath.Join(r.certs, "coordinator-key.pem"),
 		"--github-app-id", strconv.Itoa(fakegithub.AppID), "--github-key-file", keyFile, "--github-api", r.fake.APIBase(),
-		"--tls-ca-key", filepath.Join(r.certs, "ca-key.pem"), "--join-token-file", filepath.Join(r.certs, "join-token")}
+		"--tls-ca-key", filepath.Join(r.certs, "ca-key.pem"), "--join-token-file", filepath.Join(r.certs, "join-token"),
+		// The tests pin builds to every node, the manager too.
+		"--builds-on-managers"}
 	r.coord = startProc(t, m, "forge coordinator on "+m.Hostname, []string{"DOCKER_HOST=" + m.Host}, append(args, coordFlags...)...)
 
 	ghUntil(t, 60*time.Second, "the coordinator's \"coordinator serving\" line", func() bool {
