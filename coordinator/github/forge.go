@@ -89,16 +89,72 @@ type Reporter struct {
 	// statuses without a link.
 	PublicURL string
 	Log       *slog.Logger
-	// StatusQueue bounds the statuses waiting to be sent (default 256);
-	// when it is full, new statuses are dropped with a warning rather
-	// than block a build.
+	// StatusQueue bounds the commits and contexts with a status waiting
+	// to be sent (default 256); past it, a status of yet another one is
+	// dropped with a warning rather than block a build. A newer status of
+	// one already waiting replaces it: GitHub shows only the latest, and a
+	// long build queue changes "queued: N ahead" often.
 	StatusQueue int
 	// StatusSenders send statuses concurrently (default 4). Statuses of
 	// one commit and context always go through the same sender, in order.
 	StatusSenders int
 
 	once    sync.Once
-	senders []chan statusUpdate
+	senders []*sender
+}
+
+// statusKey is what GitHub keeps one status of: a commit and a context.
+type statusKey struct{ owner, repo, sha, context string }
+
+// sender holds the statuses waiting for one sending goroutine: the latest
+// of each key, in the order the keys began to wait.
+type sender struct {
+	limit int
+	wake  chan struct{} // buffered 1: something waits
+
+	mu    sync.Mutex
+	order []statusKey
+	next  map[statusKey]statusUpdate
+}
+
+// put queues u, replacing a status of its key not sent yet; false when
+// the sender has limit keys waiting already.
+func (s *sender) put(u statusUpdate) bool {
+	k := statusKey{u.owner, u.repo, u.sha, u.context}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.next[k]; !ok {
+		if len(s.order) >= s.limit {
+			return false
+		}
+		s.order = append(s.order, k)
+	}
+	s.next[k] = u
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// pop takes the status that has waited longest.
+func (s *sender) pop() (statusUpdate, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.order) == 0 {
+		return statusUpdate{}, false
+	}
+	k := s.order[0]
+	s.order = s.order[1:]
+	u := s.next[k]
+	delete(s.next, k)
+	return u, true
+}
+
+func (s *sender) waiting() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.order)
 }
 
 // statusUpdate is one commit status to send.
@@ -137,9 +193,9 @@ func (r *Reporter) init() {
 			r.StatusSenders = 4
 		}
 		per := max(r.StatusQueue/r.StatusSenders, 1)
-		r.senders = make([]chan statusUpdate, r.StatusSenders)
+		r.senders = make([]*sender, r.StatusSenders)
 		for i := range r.senders {
-			r.senders[i] = make(chan statusUpdate, per)
+			r.senders[i] = &sender{limit: per, wake: make(chan struct{}, 1), next: map[statusKey]statusUpdate{}}
 		}
 	})
 }
@@ -176,13 +232,13 @@ func (f *Forge) Run(ctx context.Context) {
 func (r *Reporter) Run(ctx context.Context) {
 	r.init()
 	var wg sync.WaitGroup
-	for _, ch := range r.senders {
-		wg.Go(func() { r.send(ctx, ch) })
+	for _, s := range r.senders {
+		wg.Go(func() { r.send(ctx, s) })
 	}
 	<-ctx.Done()
 	wg.Wait()
-	for _, ch := range r.senders {
-		if n := len(ch); n > 0 {
+	for _, s := range r.senders {
+		if n := s.waiting(); n > 0 {
 			r.Log.Warn("statuses not sent at shutdown", "count", n)
 		}
 	}
@@ -439,26 +495,29 @@ func or(s, def string) string {
 }
 
 // status queues u without waiting. Updates of one commit and context go
-// to the same sender, so they are sent in the order they happened.
+// to the same sender, so the latest is the one sent last.
 func (r *Reporter) status(u statusUpdate) {
 	r.init()
 	h := fnv.New32a()
 	io.WriteString(h, u.owner+"/"+u.repo+"@"+u.sha+" "+u.context)
-	ch := r.senders[h.Sum32()%uint32(len(r.senders))]
-	select {
-	case ch <- u:
-	default:
+	if !r.senders[h.Sum32()%uint32(len(r.senders))].put(u) {
 		r.Log.Warn("status queue full; status dropped", "repo", u.owner+"/"+u.repo, "sha", u.sha,
 			"context", u.context, "state", u.state)
 	}
 }
 
-func (r *Reporter) send(ctx context.Context, ch <-chan statusUpdate) {
+func (r *Reporter) send(ctx context.Context, s *sender) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case u := <-ch:
+		case <-s.wake:
+		}
+		for ctx.Err() == nil {
+			u, ok := s.pop()
+			if !ok {
+				break
+			}
 			err := r.App.SetStatus(ctx, u.inst, u.owner, u.repo, u.sha, u.state, u.context, u.desc, u.to)
 			if err != nil && ctx.Err() == nil {
 				r.Log.Warn("commit status not set", "repo", u.owner+"/"+u.repo, "sha", u.sha,

@@ -3,6 +3,7 @@ package github
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -73,8 +74,8 @@ func newForge(t *testing.T) (*Forge, *fakegithubtest.Server, *fakeBuilds) {
 // pending counts the statuses queued and not yet taken by a sender.
 func (r *Reporter) pending() int {
 	n := 0
-	for _, ch := range r.senders {
-		n += len(ch)
+	for _, s := range r.senders {
+		n += s.waiting()
 	}
 	return n
 }
@@ -267,26 +268,25 @@ func TestBuildChangedStatuses(t *testing.T) {
 		Subject: coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World", SHA: prSHA, Action: "execute", InstallationID: 1},
 		State:   coordinator.Queued,
 	}
-	f.Reporter.BuildChanged(b)
-	b.State = coordinator.Running
-	f.Reporter.BuildChanged(b)
 	code := 0
-	b.State, b.ExitCode = coordinator.Success, &code
-	f.Reporter.BuildChanged(b)
-
-	b.State, b.ExitCode = coordinator.Queued, nil
-	b.Reason = coordinator.ReasonAwaitingApproval
-	f.Reporter.BuildChanged(b)
-	b.Reason = "queued: 3 ahead"
-	f.Reporter.BuildChanged(b)
-
-	want := []struct{ state, desc string }{{"pending", "queued"}, {"pending", "running"}, {"success", "passed"},
-		{"pending", "awaiting approval"}, {"pending", "queued: 3 ahead"}}
-	for _, w := range want {
+	// One change at a time: statuses of one commit and context waiting
+	// together collapse into the latest (TestStatusQueueKeepsTheLatest).
+	for _, step := range []struct {
+		change      func()
+		state, desc string
+	}{
+		{func() {}, "pending", "queued"},
+		{func() { b.State = coordinator.Running }, "pending", "running"},
+		{func() { b.State, b.ExitCode = coordinator.Success, &code }, "success", "passed"},
+		{func() { b.State, b.ExitCode, b.Reason = coordinator.Queued, nil, coordinator.ReasonAwaitingApproval }, "pending", "awaiting approval"},
+		{func() { b.Reason = "queued: 3 ahead" }, "pending", "queued: 3 ahead"},
+	} {
+		step.change()
+		f.Reporter.BuildChanged(b)
 		s := fake.NextStatus(t, 10*time.Second)
-		if s.State != w.state || s.Description != w.desc || s.Context != "forge/execute" ||
+		if s.State != step.state || s.Description != step.desc || s.Context != "forge/execute" ||
 			s.TargetURL != "https://forge.example.com/builds/20260101T000000-abcdef" || s.SHA != prSHA {
-			t.Errorf("status %+v, want %s %q", s, w.state, w.desc)
+			t.Errorf("status %+v, want %s %q", s, step.state, step.desc)
 		}
 	}
 
@@ -323,12 +323,33 @@ func TestBuildChangedSkipsLocalBuilds(t *testing.T) {
 func TestStatusQueueNeverBlocks(t *testing.T) {
 	f, _, _ := newForge(t)
 	f.Reporter.StatusQueue, f.Reporter.StatusSenders = 2, 1
-	b := &coordinator.Build{ID: "x", Subject: coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World", SHA: prSHA, InstallationID: 1}, State: coordinator.Queued}
-	for range 10 { // no Run: nothing drains the queue
-		f.Reporter.BuildChanged(b)
+	for i := range 10 { // ten commits; no Run: nothing drains the queue
+		f.Reporter.BuildChanged(&coordinator.Build{ID: "x", Subject: coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World",
+			SHA: fmt.Sprintf("%040d", i), InstallationID: 1}, State: coordinator.Queued})
 	}
 	if f.Reporter.pending() != 2 {
 		t.Errorf("%d statuses queued, want the queue's size, 2", f.Reporter.pending())
+	}
+}
+
+// A long build queue changes a waiting build's place often: only the
+// latest status of a commit and context waits, so its final status is
+// never dropped behind a pile of "queued: N ahead".
+func TestStatusQueueKeepsTheLatest(t *testing.T) {
+	f, _, _ := newForge(t)
+	f.Reporter.StatusQueue, f.Reporter.StatusSenders = 2, 1
+	b := &coordinator.Build{ID: "x", Subject: coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World", SHA: prSHA, InstallationID: 1}, State: coordinator.Queued}
+	for i := range 200 {
+		b.Reason = fmt.Sprintf("queued: %d ahead", 200-i)
+		f.Reporter.BuildChanged(b)
+	}
+	b.State, b.Reason = coordinator.Success, ""
+	f.Reporter.BuildChanged(b)
+	if n := f.Reporter.pending(); n != 1 {
+		t.Fatalf("%d statuses wait, want 1", n)
+	}
+	if u, _ := f.Reporter.senders[0].pop(); u.state != StateSuccess {
+		t.Errorf("the status waiting is %s %q, want success", u.state, u.desc)
 	}
 }
 
