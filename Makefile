@@ -83,7 +83,7 @@ test-deploy:
 # (docs/benchmarks.md): results in bench-results.json, then a table.
 # Needs the engine (swarm mode turned on if needed, left as found).
 .PHONY: bench
-BENCHFLAGS ?= -timeout 14m
+BENCHFLAGS ?= -timeout 30m
 bench: build
 	rm -f bench-results.json
 	FORGE_BENCH_OUT='$(CURDIR)/bench-results.json' FORGE_BENCH_FORGE='$(CURDIR)/$(BIN)/forge' \

@@ -51,3 +51,13 @@ func TestRecordMergesAndTableJudges(t *testing.T) {
 		t.Errorf("0.79 >= 0.8: %q", got)
 	}
 }
+
+func TestQueueRowsHaveTheIssuesTarget(t *testing.T) {
+	var out strings.Builder
+	Table(&out, map[string]any{"queue.slot_to_create_ms_p99": 120.0, "queue.baseline_slot_to_create_ms_p99": 40.0})
+	for _, want := range []string{"| queue.slot_to_create_ms_p99", "<= 100", "MISSES", "| queue.baseline_slot_to_create_ms_p99"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
