@@ -133,30 +133,51 @@ func (r *Runner) enter(b *coordinator.Build) *ticket {
 	return r.adm.enter(b.ID, b.Owner+"/"+b.Repo, b.Created)
 }
 
+// Places of builds this far back or further are written at most once per
+// noteEvery: every freed slot moves every waiting build up one, and
+// writing each move of a deep queue (a store write and a status each)
+// costs the builds that are starting (docs/benchmarks.md, queue.*).
+const (
+	exactPlaces = 10
+	noteEvery   = time.Second
+)
+
 // queue waits for b's slot (t), keeping b's Reason at its place in the queue
 // ("queued: 3 ahead") as that changes. It returns the release of the slot,
 // or ctx's cause when the build is cancelled or the coordinator stops
 // first (the build then leaves the queue at once).
 func (r *Runner) queue(ctx context.Context, b *coordinator.Build, t *ticket) (release func(), _ *coordinator.Build, _ error) {
 	reported := -1
+	var (
+		noted time.Time
+		later <-chan time.Time // a deep place waits to be written
+	)
 	for {
 		select {
 		case <-t.granted:
 			return func() { r.adm.leave(t) }, b, nil
 		case <-t.moved:
-			select {
-			case <-t.granted:
-				continue // started already: no place to report
-			default:
-			}
-			if ahead := r.adm.place(t); ahead != reported {
-				reported = ahead
-				b = r.note(ctx, b, fmt.Sprintf("queued: %d ahead", ahead))
-			}
+		case <-later:
+			later = nil
 		case <-ctx.Done():
 			r.adm.leave(t)
 			return nil, b, context.Cause(ctx)
 		}
+		select {
+		case <-t.granted:
+			continue // started already: no place to report
+		default:
+		}
+		ahead := r.adm.place(t)
+		if ahead == reported || later != nil && ahead >= exactPlaces {
+			continue
+		}
+		if wait := noteEvery - time.Since(noted); ahead >= exactPlaces && wait > 0 {
+			later = time.After(wait)
+			continue
+		}
+		reported, noted, later = ahead, time.Now(), nil
+		b = r.note(ctx, b, fmt.Sprintf("queued: %d ahead", ahead))
 	}
 }
 
