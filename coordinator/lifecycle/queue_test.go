@@ -107,6 +107,70 @@ func TestQueueMaxBuilds(t *testing.T) {
 	}
 }
 
+// A deep queue moves with every build that ends: a build 10 or more
+// places back writes its place at most once a second, and the last ten
+// places exactly, each once.
+func TestQueueDeepPlacesThrottled(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		notes []time.Time
+		last  string
+	)
+	e, rs, _ := queueEnv(t, func(c *Config) {
+		c.MaxBuilds = 1
+		rec := c.OnChange
+		c.OnChange = func(b *coordinator.Build) {
+			rec(b)
+			mu.Lock()
+			defer mu.Unlock()
+			if b.ID == last && b.State == coordinator.Queued && b.Reason != "" {
+				notes = append(notes, time.Now())
+			}
+		}
+	})
+	var ids []string
+	for i := range 30 {
+		id := e.submit(e.request(testSHA(byte(i)), "")).ID
+		ids = append(ids, id)
+		if i == 29 {
+			mu.Lock()
+			last = id
+			mu.Unlock()
+		}
+	}
+	for _, id := range ids {
+		e.waitStored(id, "build "+id+" to start", func(b *coordinator.Build) bool { return !b.Started.IsZero() })
+		e.ag.Report(id, "ok\n", &wire.Exit{ExitCode: 0})
+		if b := e.wait(id); b.State != coordinator.Success {
+			t.Fatalf("build %s: %s %q", id, b.State, b.Reason)
+		}
+	}
+	got := rs.of(ids[29])
+	var deep []int
+	for i, r := range got {
+		var n int
+		if _, err := fmt.Sscanf(r, "queued: %d ahead", &n); err == nil && n >= exactPlaces {
+			deep = append(deep, i)
+		}
+	}
+	var want []string
+	for n := exactPlaces - 1; n >= 0; n-- {
+		want = append(want, fmt.Sprintf("queued: %d ahead", n))
+	}
+	if tail := got[len(got)-len(want):]; !slices.Equal(tail, want) {
+		t.Errorf("the last ten places: %q, want %q", tail, want)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for k := 1; k < len(deep); k++ {
+		// notes has the reasons without the first, empty one.
+		if gap := notes[deep[k]-1].Sub(notes[deep[k-1]-1]); gap < noteEvery-50*time.Millisecond {
+			t.Errorf("places %q and %q written %v apart, want at least %v", got[deep[k-1]], got[deep[k]], gap, noteEvery)
+		}
+	}
+	t.Logf("the last build wrote %d places 10 or more back, of 19 moves: %q", len(deep), got)
+}
+
 // Cancel and supersede take a queued build out of the queue at once:
 // it ends without a service, and the builds behind it move up.
 func TestQueueCancelAndSupersede(t *testing.T) {
