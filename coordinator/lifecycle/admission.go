@@ -155,7 +155,7 @@ func (r *Runner) queue(ctx context.Context, b *coordinator.Build, t *ticket) (re
 	for {
 		select {
 		case <-t.granted:
-			return func() { r.adm.leave(t) }, b, nil
+			return sync.OnceFunc(func() { r.adm.leave(t) }), b, nil
 		case <-t.moved:
 		case <-later:
 			later = nil

@@ -47,12 +47,13 @@ func (r *Runner) admit(ctx context.Context, b *coordinator.Build, t *ticket, req
 		return
 	}
 	defer release()
-	r.execute(ctx, b, req)
+	r.execute(ctx, b, req, release)
 }
 
 // execute is a build's whole life after it is admitted: create, land,
-// launch, await. ctx is the run's: its cause says why it ended.
-func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordinator.Request) {
+// launch, await. ctx is the run's: its cause says why it ended. release
+// gives its slot in the queue back (once).
+func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordinator.Request, release func()) {
 	// Agents may see the container before swarm's task list shows it.
 	landings, stopLandings := r.cfg.Agents.Landings(b.ID)
 	defer stopLandings()
@@ -63,6 +64,9 @@ func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordina
 		return
 	}
 	defer r.removeService(svc, b.ID)
+	// The slot goes back as the build ends, before its service's removal,
+	// which a busy engine takes its time over (docs/benchmarks.md, queue).
+	defer release()
 	b, err = r.update(ctx, b, func(x *coordinator.Build) {
 		x.State, x.ServiceID, x.ServiceName = coordinator.Running, svc.ID, svc.Name
 		x.Reason = "" // its place in the queue, or its approval, is past
