@@ -160,45 +160,56 @@ func (t *timedSwarm) createdAt(build string) (time.Time, bool) {
 // startForge runs a coordinator (default session settings, no HTTP) and
 // one real agent against this engine.
 func (r *dispatchRig) startForge(b *testing.B) {
-	p := wiretest.MustPKI(b)
 	r.created = &timedSwarm{Client: r.cli, at: map[string]time.Time{}}
-	ctx := dockertest.Context(b, 30*time.Second)
-	srv, err := daemon.New(ctx, daemon.Config{TLS: p.ServerTLS(), DataDir: b.TempDir(), Executor: r.exe}, r.created)
+	r.srv, _ = startForge(b, wiretest.MustPKI(b), r.cli, r.node, r.created, daemon.Config{Executor: r.exe})
+}
+
+// startForge runs a coordinator of cfg (TLS from p, a data folder of its
+// own, no HTTP) on docker, and one real agent of node against cli, and
+// waits until the agent is bound. stop ends both, agent first; it may be
+// called again, and the benchmark's cleanup calls it too.
+func startForge(b *testing.B, p *wiretest.PKI, cli *client.Client, node string, docker daemon.Docker, cfg daemon.Config) (*daemon.Coordinator, func()) {
+	b.Helper()
+	cfg.TLS, cfg.DataDir = p.ServerTLS(), b.TempDir()
+	srv, err := daemon.New(dockertest.Context(b, 30*time.Second), cfg, docker)
 	if err != nil {
 		b.Fatal(err)
 	}
-	r.srv = srv
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		srv.Close()
 		b.Fatal(err)
 	}
-	sctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, daemon.Listeners{Agents: ln}) }()
-	b.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
+	sctx, sstop := context.WithCancel(context.Background())
+	sdone := make(chan error, 1)
+	go func() { sdone <- srv.Serve(sctx, daemon.Listeners{Agents: ln}) }()
+	stopSrv := sync.OnceFunc(func() {
+		sstop()
+		if err := <-sdone; err != nil {
 			b.Errorf("coordinator: %v", err)
 		}
 	})
-	a, err := agent.New(agent.Config{Coordinator: ln.Addr().String(), TLS: p.MustAgentTLS(b, r.node), Docker: r.cli})
+	b.Cleanup(stopSrv)
+	a, err := agent.New(agent.Config{Coordinator: ln.Addr().String(), TLS: p.MustAgentTLS(b, node), Docker: cli})
 	if err != nil {
 		b.Fatal(err)
 	}
 	actx, astop := context.WithCancel(context.Background())
 	adone := make(chan error, 1)
 	go func() { adone <- a.Run(actx) }()
-	b.Cleanup(func() {
+	stopAgent := sync.OnceFunc(func() {
 		astop()
 		if err := <-adone; err != nil {
 			b.Errorf("agent: %v", err)
 		}
 	})
+	b.Cleanup(stopAgent)
 	wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := srv.Agents.WaitAgent(wctx, r.node); err != nil {
+	if err := srv.Agents.WaitAgent(wctx, node); err != nil {
 		b.Fatal(err)
 	}
+	return srv, func() { stopAgent(); stopSrv() }
 }
 
 func (r *dispatchRig) config(b *testing.B, image string) *config.Config {

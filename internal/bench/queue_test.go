@@ -1,10 +1,8 @@
 package bench
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"sync"
 	"testing"
@@ -14,7 +12,6 @@ import (
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/client"
 
-	"github.com/forge-ci/forge/agent"
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/config"
 	"github.com/forge-ci/forge/coordinator/daemon"
@@ -251,51 +248,10 @@ func (r *queueRig) checkGone(b *testing.B, name string) {
 	}
 }
 
-// start runs a coordinator (default session settings, no HTTP) with
-// maxBuilds and one real agent against this engine, as
-// dispatchRig.startForge does; stop ends both and may be called again.
+// start runs a coordinator (no HTTP) with --max-builds maxBuilds and one
+// real agent against this engine (startForge); stop ends both and may be
+// called again.
 func (r *queueRig) start(b *testing.B, maxBuilds int, docker *timedSwarm, onChange func(*coordinator.Build)) (*daemon.Coordinator, func()) {
 	b.Helper()
-	ctx := dockertest.Context(b, 30*time.Second)
-	srv, err := daemon.New(ctx, daemon.Config{TLS: r.pki.ServerTLS(), DataDir: b.TempDir(), Executor: r.exe,
-		MaxBuilds: maxBuilds, OnChange: onChange}, docker)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		srv.Close()
-		b.Fatal(err)
-	}
-	sctx, sstop := context.WithCancel(context.Background())
-	sdone := make(chan error, 1)
-	go func() { sdone <- srv.Serve(sctx, daemon.Listeners{Agents: ln}) }()
-	stopSrv := sync.OnceFunc(func() {
-		sstop()
-		if err := <-sdone; err != nil {
-			b.Errorf("coordinator: %v", err)
-		}
-	})
-	b.Cleanup(stopSrv)
-	a, err := agent.New(agent.Config{Coordinator: ln.Addr().String(), TLS: r.pki.MustAgentTLS(b, r.node), Docker: r.cli})
-	if err != nil {
-		b.Fatal(err)
-	}
-	actx, astop := context.WithCancel(context.Background())
-	adone := make(chan error, 1)
-	go func() { adone <- a.Run(actx) }()
-	stopAgent := sync.OnceFunc(func() {
-		astop()
-		if err := <-adone; err != nil {
-			b.Errorf("agent: %v", err)
-		}
-	})
-	b.Cleanup(stopAgent)
-	stop := func() { stopAgent(); stopSrv() }
-	wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := srv.Agents.WaitAgent(wctx, r.node); err != nil {
-		b.Fatal(err)
-	}
-	return srv, stop
+	return startForge(b, r.pki, r.cli, r.node, docker, daemon.Config{Executor: r.exe, MaxBuilds: maxBuilds, OnChange: onChange})
 }
