@@ -52,6 +52,17 @@ const (
 	// MaxSpecSize is the largest build spec (the build.json contents) a
 	// Launch carries.
 	MaxSpecSize = 256 << 10
+
+	// MaxSecretSize is the largest value of one secret (a repository
+	// secret given to a build's commands).
+	MaxSecretSize = 64 << 10
+	// MaxSecretName is the longest secret name.
+	MaxSecretName = 128
+	// MaxSecrets and MaxSecretsTotal (names and values) bound the secrets
+	// of one Launch: base64 in JSON, with the largest spec, it stays
+	// under MaxFrameSize.
+	MaxSecrets      = 100
+	MaxSecretsTotal = 512 << 10
 )
 
 // Labels the coordinator puts on a build's service and container, and the

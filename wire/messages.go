@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"path"
 	"reflect"
 	"sort"
@@ -101,7 +102,24 @@ type Launch struct {
 	Spec        json.RawMessage `json:"spec"`        // build.json, at most MaxSpecSize
 	SourceSize  int64           `json:"source_size"` // raw tar bytes that follow; 0 = none
 	Workdir     string          `json:"workdir"`     // absolute; where the source is unpacked
+	// Secrets go into the container inside the archive, never into its
+	// configuration (PROTOCOL.md §5.6, §6.2). Empty for untrusted builds.
+	Secrets []Secret `json:"secrets,omitempty"`
 }
+
+// Secret is one repository secret a Launch carries to the build's
+// commands as an environment variable (PROTOCOL.md §5.6).
+type Secret struct {
+	Name  string      `json:"name"`
+	Value SecretValue `json:"value"` // base64 in JSON
+}
+
+// SecretValue is a secret's bytes. It prints as *** with every fmt verb,
+// so no log line or error that formats a Launch shows one.
+type SecretValue []byte
+
+// Format prints *** whatever the verb.
+func (SecretValue) Format(f fmt.State, _ rune) { io.WriteString(f, "***") }
 
 // LaunchReady accepts a Launch (PROTOCOL.md §5.7).
 type LaunchReady struct {
@@ -558,6 +576,35 @@ func (m Launch) Validate() error {
 	}
 	if m.SourceSize > 0 && m.Workdir == "" {
 		return invalid(TypeLaunch, "source without a workdir")
+	}
+	return checkSecrets(m.Secrets)
+}
+
+// checkSecrets applies PROTOCOL.md §5.6's rules to a Launch's secrets:
+// valid and distinct names, values of 1 to MaxSecretSize bytes without NUL
+// (an environment variable cannot hold one), at most MaxSecrets of them
+// and MaxSecretsTotal bytes in all.
+func checkSecrets(ss []Secret) error {
+	if len(ss) > MaxSecrets {
+		return invalid(TypeLaunch, "%d secrets, max %d", len(ss), MaxSecrets)
+	}
+	seen := make(map[string]bool, len(ss))
+	total := 0
+	for _, s := range ss {
+		if err := ValidSecretName(s.Name); err != nil {
+			return invalid(TypeLaunch, "secret: %v", err)
+		}
+		if seen[s.Name] {
+			return invalid(TypeLaunch, "secret %s given twice", s.Name)
+		}
+		seen[s.Name] = true
+		if err := ValidSecretValue(s.Value); err != nil {
+			return invalid(TypeLaunch, "secret %s: %v", s.Name, err)
+		}
+		total += len(s.Name) + len(s.Value)
+	}
+	if total > MaxSecretsTotal {
+		return invalid(TypeLaunch, "secrets hold %d bytes, max %d", total, MaxSecretsTotal)
 	}
 	return nil
 }
