@@ -95,18 +95,24 @@ const pollInterval = 20 * time.Millisecond
 // WaitLaunchable inspects the container until CheckLaunchable passes or
 // fails for good, or ctx ends. ErrNotFailedYet is the only reason to wait.
 func WaitLaunchable(ctx context.Context, d injector, id, buildID string) error {
+	_, err := waitLaunchable(ctx, d, id, buildID)
+	return err
+}
+
+// waitLaunchable is WaitLaunchable, with the inspect that passed.
+func waitLaunchable(ctx context.Context, d injector, id, buildID string) (container.InspectResponse, error) {
 	for {
 		c, err := d.ContainerInspect(ctx, id)
 		if err != nil {
-			return fmt.Errorf("inspect container %s: %w", id, err)
+			return c, fmt.Errorf("inspect container %s: %w", id, err)
 		}
 		err = CheckLaunchable(c, buildID)
 		if !errors.Is(err, ErrNotFailedYet) {
-			return err
+			return c, err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("container %s: %w: %w", id, err, ctx.Err())
+			return c, fmt.Errorf("container %s: %w: %w", id, err, ctx.Err())
 		case <-time.After(pollInterval):
 		}
 	}
@@ -115,8 +121,13 @@ func WaitLaunchable(ctx context.Context, d injector, id, buildID string) error {
 // Inject checks the container, puts p into it as one archive, and starts
 // it; the check comes first (PROTOCOL.md §6.2).
 func Inject(ctx context.Context, d injector, id, buildID string, p Payload) error {
-	if err := WaitLaunchable(ctx, d, id, buildID); err != nil {
+	c, err := waitLaunchable(ctx, d, id, buildID)
+	if err != nil {
 		return err
+	}
+	if p.Secrets != nil {
+		// Readable by the executor, which runs as the image's user.
+		p.Owner = ownerOf(c.Config.User)
 	}
 	pr, pw := io.Pipe()
 	written := make(chan error, 1)
@@ -125,7 +136,7 @@ func Inject(ctx context.Context, d injector, id, buildID string, p Payload) erro
 		pw.CloseWithError(err)
 		written <- err
 	}()
-	err := d.CopyToContainer(ctx, id, "/", pr, container.CopyToContainerOptions{})
+	err = d.CopyToContainer(ctx, id, "/", pr, container.CopyToContainerOptions{})
 	pr.CloseWithError(errCopyEnded) // stops the writer if the copy failed early
 	if werr := <-written; werr != nil && !errors.Is(werr, errCopyEnded) {
 		return fmt.Errorf("archive for %s: %w", id, werr)

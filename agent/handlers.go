@@ -13,6 +13,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 
+	"github.com/forge-ci/forge/forgexec"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -109,6 +110,17 @@ func (a *Agent) launch(ctx context.Context, s *session, c *wire.Codec, m *wire.L
 	p := Payload{
 		Executor: bytes.NewReader(exe), ExecutorSize: int64(len(exe)),
 		Spec: m.Spec, Workdir: m.Workdir,
+	}
+	if len(m.Secrets) > 0 {
+		// Only into the archive (PROTOCOL.md §6.2); the Launch, and with
+		// it the values, are dropped once it returns.
+		ss := make(map[string][]byte, len(m.Secrets))
+		for _, s := range m.Secrets {
+			ss[s.Name] = s.Value
+		}
+		if p.Secrets, err = forgexec.EncodeSecrets(ss); err != nil {
+			return wire.NewRefused(wire.RefusedBadRequest, "secrets: %v", err)
+		}
 	}
 	var src *io.LimitedReader
 	if m.SourceSize > 0 {
