@@ -209,7 +209,7 @@ func TestInjectSecrets(t *testing.T) {
 			cid := task.Status.ContainerStatus.ContainerID
 			err = Inject(ctx, cli, cid, buildID, Payload{
 				Executor: bytes.NewReader(exe), ExecutorSize: int64(len(exe)), Workdir: "/tmp/src",
-				Spec: buildSpecIn(t, buildID, "/tmp/src", `echo "got [$DEPLOY_TOKEN] as $(id -u)"`, "test ! -e /.forge/secrets.json"),
+				Spec:    buildSpecIn(t, buildID, "/tmp/src", `echo "got [$DEPLOY_TOKEN] as $(id -u)"`, "test ! -e /.forge/secrets.json"),
 				Secrets: file,
 			})
 			if err != nil {
