@@ -1,5 +1,6 @@
 // Package store keeps the coordinator's durable state in one SQLite file
-// under --data: builds, webhook deliveries and the agents seen (DESIGN.md §6).
+// under --data: builds, webhook deliveries, the agents seen, people and
+// repositories' secrets, sealed (DESIGN.md §6).
 // Logs and artifacts are files beside it and are not kept here.
 //
 // It uses modernc.org/sqlite, a pure Go SQLite, so that the forge binary
@@ -279,6 +280,20 @@ var migrations = [][]string{
 	{
 		`ALTER TABLE deliveries ADD COLUMN body_sha256 TEXT NOT NULL DEFAULT ''`,
 		`CREATE UNIQUE INDEX deliveries_body ON deliveries (body_sha256) WHERE body_sha256 <> ''`,
+	},
+	// 6: repository secrets (issue 16), sealed with the coordinator's
+	// --secrets-key-file bound to owner/repo/name (secrets.Keeper): the
+	// file never holds a value in clear.
+	{
+		`CREATE TABLE secrets (
+			owner      TEXT    NOT NULL COLLATE NOCASE,
+			repo       TEXT    NOT NULL COLLATE NOCASE,
+			name       TEXT    NOT NULL,
+			sealed     BLOB    NOT NULL,
+			updated    INTEGER NOT NULL,
+			updated_by TEXT    NOT NULL DEFAULT '',
+			PRIMARY KEY (owner, repo, name)
+		)`,
 	},
 }
 
