@@ -1,0 +1,198 @@
+package logs
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/internal/redact"
+	"github.com/forge-ci/forge/wire"
+)
+
+// A build's secrets are masked before its output is stored, so neither
+// the file nor anyone following the log ever sees a value (DESIGN §5).
+// The lifecycle gives the values (Mask) before the build starts and takes
+// them back (Forget) when it ends; each stream has a redact.Masker, which
+// may hold back the start of a value at the end of a chunk until the next
+// one, or the exit, says whether it is one.
+//
+// Masked output changes length, and what is held back is not stored yet,
+// so its records carry the stream's offset: after a restart the agent
+// sends again from there, and what was held is masked again.
+
+const (
+	// recInfo is Forge's own line about the build (the secrets withheld
+	// from an untrusted build): shown with the output, counted in neither
+	// stream's offsets, no cut.
+	recInfo byte = 4
+	// recMasked is masked output: the stream's code (1 byte), the
+	// stream's offset after it (8 bytes, big-endian), the text.
+	recMasked byte = 5
+	// maskedPrefix is recMasked's stream and offset.
+	maskedPrefix = 9
+	// maxMasked bounds a recMasked record: a chunk, what was held (less
+	// than a value), each byte as *** at worst.
+	maxMasked = maskedPrefix + 3*(wire.MaxLogChunk+wire.MaxSecretSize)
+)
+
+// validRecord tells whether a record header can be a whole record's.
+func validRecord(code byte, n uint32) bool {
+	switch code {
+	case recStdout, recStderr, recNote, recInfo:
+		return n <= wire.MaxLogChunk
+	case recMasked:
+		return n >= maskedPrefix && n <= maxMasked
+	}
+	return false
+}
+
+func appendMasked(buf []byte, code byte, end int64, text []byte) []byte {
+	buf = append(buf, recMasked, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(buf[len(buf)-4:], uint32(maskedPrefix+len(text)))
+	buf = append(buf, code)
+	buf = binary.BigEndian.AppendUint64(buf, uint64(end))
+	return append(buf, text...)
+}
+
+// maskedRecord reads a recMasked record's data. A stream code that is
+// not one reads as stdout's: the record was whole, so it is Forge's own.
+func maskedRecord(data []byte) (code byte, end int64, text []byte) {
+	code = data[0]
+	if code != recStderr {
+		code = recStdout
+	}
+	return code, int64(binary.BigEndian.Uint64(data[1:maskedPrefix])), data[maskedPrefix:]
+}
+
+// masks are the values of the builds whose output is masked, and the
+// builds that ended while masked. Guarded by Store.mu.
+type masks struct {
+	values map[string][][]byte
+	ended  map[string]bool
+}
+
+// attach gives an opened build log its maskers, or seals it.
+func (m *masks) attach(id string, b *buildLog) {
+	if vs := m.values[id]; vs != nil {
+		for _, code := range []byte{recStdout, recStderr} {
+			if b.mask[code] == nil {
+				b.mask[code] = redact.NewMasker(vs)
+			}
+		}
+	}
+	if m.ended[id] {
+		b.sealed = true
+	}
+}
+
+// forget drops the values of a build whose exit is recorded.
+func (m *masks) forget(id string) {
+	delete(m.values, id)
+	delete(m.ended, id)
+}
+
+// Mask has the build's output masked for values from now on; call it
+// before the build starts. No values, no masking.
+func (s *Store) Mask(id string, values [][]byte) {
+	if redact.NewMasker(values) == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.masks.values == nil {
+		s.masks.values = map[string][][]byte{}
+	}
+	s.masks.values[id] = values
+	if b := s.builds[id]; b != nil {
+		b.mu.Lock()
+		s.masks.attach(id, b)
+		b.mu.Unlock()
+	}
+}
+
+// Forget drops the values of a build that is over. Output of it that
+// still comes (from an agent that reports late) is refused from then on
+// when it was masked: it could no longer be.
+func (s *Store) Forget(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.masks.values[id]; !ok {
+		return
+	}
+	delete(s.masks.values, id)
+	if s.masks.ended == nil {
+		s.masks.ended = map[string]bool{}
+	}
+	s.masks.ended[id] = true
+	if b := s.builds[id]; b != nil {
+		b.mu.Lock()
+		b.sealed = true
+		b.mu.Unlock()
+	}
+}
+
+// Note adds a line of Forge's own to the build's log, before or among
+// its output (the secrets withheld from an untrusted build).
+func (s *Store) Note(id, line string) error {
+	if line == "" {
+		return nil
+	}
+	if len(line) > wire.MaxLogChunk {
+		return fmt.Errorf("note for %s: %d bytes, max %d", id, len(line), wire.MaxLogChunk)
+	}
+	if !buildIDPattern.MatchString(id) {
+		return fmt.Errorf("%w %q", coordinator.ErrUnknownBuild, id)
+	}
+	s.mu.Lock()
+	b := s.builds[id]
+	if b == nil {
+		// Not open (the build has not started): appended to the file as
+		// it is, while s.mu keeps open from reading it meanwhile, and
+		// not kept open for a build that may never start.
+		defer s.mu.Unlock()
+		if _, err := os.Stat(s.path(id, ".exit")); err == nil {
+			return fmt.Errorf("build %s has exited", id)
+		}
+		f, err := os.OpenFile(s.path(id, ".log"), os.O_WRONLY|os.O_APPEND, 0)
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%w %s", coordinator.ErrUnknownBuild, id)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = f.Write(appendRecord(nil, recInfo, []byte(line)))
+		return errors.Join(err, f.Close())
+	}
+	s.mu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.exit != nil || b.f == nil {
+		return fmt.Errorf("build %s has exited", id)
+	}
+	if !b.lastNL {
+		line = "\n" + line
+	}
+	if _, err := b.f.Write(appendRecord(nil, recInfo, []byte(line))); err != nil {
+		return fmt.Errorf("note in the log of %s: %w", id, err)
+	}
+	b.lastNL = line[len(line)-1] == '\n'
+	b.notify()
+	return nil
+}
+
+// flushMasks stores what each stream's masker held back, masked: the
+// stream has ended. b.mu is held.
+func (b *buildLog) flushMasks(limit int64) error {
+	for _, code := range []byte{recStdout, recStderr} {
+		m := b.mask[code]
+		if m == nil || m.Held() == 0 || b.cut || b.sealed {
+			continue
+		}
+		if err := b.append(limit, code, m.Flush(), b.off[code]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
