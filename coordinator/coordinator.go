@@ -242,6 +242,9 @@ type LaunchRequest struct {
 	Workdir              string
 	Source               io.Reader // tar stream of SourceSize bytes, or nil
 	SourceSize           int64
+	// Secrets go to the agent with the Launch and into the container's
+	// archive, never into its service spec; nil for untrusted builds.
+	Secrets map[string][]byte
 }
 
 // LaunchResult is what a Launch did.

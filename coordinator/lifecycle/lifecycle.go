@@ -27,9 +27,17 @@ import (
 )
 
 // Logs is where a build's output will go: the lifecycle makes the (empty)
-// log of each new build, so agents can attach to it (logs.Store).
+// log of each new build, so agents can attach to it (logs.Store), and
+// has a build's secrets masked in it.
 type Logs interface {
 	Create(buildID string) error
+	// Mask hides values in the build's output from now on; Forget drops
+	// them when the build is over, and Seal refuses its output for good.
+	Mask(buildID string, values [][]byte)
+	Forget(buildID string)
+	Seal(buildID string)
+	// Note adds a line of Forge's own to the build's log.
+	Note(buildID, line string) error
 }
 
 // Config is what a Runner needs; zero durations take the defaults.
@@ -80,6 +88,10 @@ type Config struct {
 	// recorded but never created (awaiting approval, or queued), once it
 	// may run. nil: such a build ends as error when it would start.
 	Resume func(ctx context.Context, b *coordinator.Build) (coordinator.Request, error)
+	// Secrets opens the repository secrets builds name in .forge.yml;
+	// nil: the coordinator has no secrets key, and a trusted build that
+	// names secrets ends as error saying so.
+	Secrets coordinator.Secrets
 }
 
 // Nodes lists the swarm's nodes; *client.Client satisfies it.
@@ -364,6 +376,7 @@ func (r *Runner) finish(ctx context.Context, b *coordinator.Build, st coordinato
 		}
 		return b
 	}
+	r.cfg.Logs.Forget(b.ID) // over: its secrets are dropped, and its log sealed
 	r.log.Info("build finished", "build", b.ID, "state", st, "reason", reason)
 	r.kicked()
 	return nb

@@ -70,6 +70,15 @@ func (r *Runner) Recover(ctx context.Context) error {
 			r.finish(ctx, b, coordinator.Error, "the coordinator restarted before the build started; run it again", nil)
 			r.removeService(svc, b.ID)
 		default:
+			// Before its agent can attach again (the agents are served
+			// after Recover): its output is masked from the first byte.
+			if err := r.remask(ctx, b); err != nil {
+				r.log.Warn("stopping a build whose secrets cannot be masked after a restart", "build", b.ID, "err", err)
+				r.cfg.Logs.Seal(b.ID)
+				r.finish(ctx, b, coordinator.Error, err.Error(), nil)
+				r.removeService(svc, b.ID)
+				continue
+			}
 			timeout := config.DefaultTimeout
 			if cfg, err := config.Parse(".forge.yml", []byte(b.Config)); err == nil {
 				timeout = cfg.Timeout

@@ -242,7 +242,7 @@ func (s *Store) Attach(ctx context.Context, nodeID string, a *wire.Attach) (*wir
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return &wire.Attached{NextSeq: max(b.nextSeq, 1), StdoutOffset: b.off[recStdout], StderrOffset: b.off[recStderr], Done: b.exit != nil}, nil
+	return &wire.Attached{NextSeq: max(b.nextSeq, 1), StdoutOffset: b.off[recStdout], StderrOffset: b.off[recStderr], Done: b.exit != nil || b.sealed}, nil
 }
 
 // Log stores one chunk. Output the store has already (an agent that

@@ -112,16 +112,25 @@ func (s *Store) Mask(id string, values [][]byte) {
 	}
 }
 
-// Forget drops the values of a build that is over. Output of it that
-// still comes (from an agent that reports late) is refused from then on
-// when it was masked: it could no longer be.
+// Forget drops the values of a build that is over. When it had any, its
+// log is sealed (Seal): output that still comes could no longer be
+// masked.
 func (s *Store) Forget(id string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.masks.values[id]; !ok {
-		return
-	}
+	_, masked := s.masks.values[id]
 	delete(s.masks.values, id)
+	s.mu.Unlock()
+	if masked {
+		s.Seal(id)
+	}
+}
+
+// Seal refuses any more output of a build (an agent that reports late),
+// and tells its agent, at its next attach, that the build is done: for a
+// build whose secrets cannot be masked (any more).
+func (s *Store) Seal(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.masks.ended == nil {
 		s.masks.ended = map[string]bool{}
 	}

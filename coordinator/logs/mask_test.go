@@ -173,6 +173,10 @@ func TestForgottenMasksRefuseOutput(t *testing.T) {
 			t.Errorf("%s: late output: %v", id, err)
 		}
 	}
+	// Its agent is told the build is done.
+	if at, err := s.Attach(context.Background(), "n", &wire.Attach{BuildID: "closed", ContainerID: "c"}); err != nil || !at.Done {
+		t.Errorf("attach to a sealed build: %+v %v", at, err)
+	}
 	noValueOnDisk(t, dir, secretValue)
 }
 
