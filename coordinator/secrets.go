@@ -36,8 +36,18 @@ var (
 	// ErrNoSecretsKey: secrets are disabled, as the coordinator has no
 	// key to seal them with.
 	ErrNoSecretsKey = errors.New("this coordinator has no secrets key (--secrets-key-file)")
-	// ErrBadSecret: a secret's name or value breaks the rules.
+	// ErrBadSecret: a secret's name or value breaks the rules (an error
+	// made by BadSecret, whose text says which).
 	ErrBadSecret = errors.New("invalid secret")
 	// ErrNoSecret: the repository has no secret of that name.
 	ErrNoSecret = errors.New("no such secret")
 )
+
+// BadSecret marks err, which names the problem, as ErrBadSecret without
+// adding to its text.
+func BadSecret(err error) error { return badSecret{err} }
+
+type badSecret struct{ error }
+
+func (badSecret) Is(target error) bool { return target == ErrBadSecret }
+func (b badSecret) Unwrap() error      { return b.error }

@@ -20,6 +20,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/daemon"
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/coordinator/plan"
+	"github.com/forge-ci/forge/coordinator/secrets"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -67,6 +68,7 @@ func coordinatorCommand() *cli.Command {
 			&cli.BoolFlag{Name: "debug", Usage: "log more", EnvVars: env("debug")},
 			&cli.StringFlag{Name: "max-log-size", Usage: "cut each build's log past this size (64MiB, 1GiB); 0 keeps all", Value: "64MiB", EnvVars: env("max-log-size")},
 			&cli.StringFlag{Name: "retain", Usage: "delete final builds' logs older than this (90d, 720h); 0 keeps them forever", Value: "90d", EnvVars: env("retain")},
+			&cli.PathFlag{Name: "secrets-key-file", Usage: "file holding the key that seals repositories' secrets: 64 hex characters (openssl rand -hex 32); without it secrets are disabled", EnvVars: env("secrets-key-file")},
 		}, tlsFlags("coordinator")...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -86,6 +88,10 @@ func coordinatorCommand() *cli.Command {
 				}
 			}
 			secret, err := readSecret(c.Path("webhook-secret-file"))
+			if err != nil {
+				return err
+			}
+			secretsKey, err := readSecretsKey(c.Path("secrets-key-file"))
 			if err != nil {
 				return err
 			}
@@ -124,9 +130,12 @@ func coordinatorCommand() *cli.Command {
 			cfg := daemon.Config{TLS: wire.ServerConfig(pool, pair), DataDir: c.Path("data"), Executor: exe,
 				AllowPorts: c.Bool("allow-ports"), Sandbox: sandbox, Logger: log, Access: access, Identity: identity,
 				RequireApproval: mode, MaxBuilds: c.Int("max-builds"), MaxBuildsPerRepo: c.Int("max-builds-per-repo")}
-			cfg.Bounds = bounds
+			cfg.Bounds, cfg.SecretsKey = bounds, secretsKey
 			if identity.Signer == nil {
 				log.Warn("no CA key (--tls-ca-key): agents cannot join with a token nor renew; each needs a certificate from forge certs issue --role agent --node")
+			}
+			if secretsKey == nil {
+				log.Warn("no secrets key (--secrets-key-file): secrets are disabled; builds that name secrets end as error")
 			}
 			if access.SignIn == nil {
 				log.Warn("sign-in with GitHub is not configured (--github-client-id, --github-client-secret-file): only public repositories' builds are shown, and only the admin token acts")
@@ -295,6 +304,24 @@ func readFileFlag(name, path string) (string, error) {
 		return "", fmt.Errorf("--%s %s is empty", name, path)
 	}
 	return s, nil
+}
+
+// readSecretsKey reads --secrets-key-file; nil without one (secrets are
+// disabled). A bad file is refused, naming the flag: a coordinator that
+// started with a wrong key could not open the secrets it sealed.
+func readSecretsKey(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--secrets-key-file: %w", err)
+	}
+	k, err := secrets.ParseKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("--secrets-key-file %s: %w", path, err)
+	}
+	return k, nil
 }
 
 // readSecret reads the webhook secret; the coordinator does not start

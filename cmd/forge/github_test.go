@@ -855,6 +855,8 @@ func TestCoordinatorRefusals(t *testing.T) {
 		{"short admin token", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--admin-token-file", secret)...), "--admin-token-file"},
 		{"empty admin token", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--admin-token-file", empty)...), "--admin-token-file"},
 		{"bad session key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--session-key-file", secret)...), "--session-key-file"},
+		{"bad secrets key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--secrets-key-file", secret)...), "--secrets-key-file " + secret + ": want 64 hex characters"},
+		{"missing secrets key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--secrets-key-file", filepath.Join(dir, "nope"))...), "--secrets-key-file"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out, err := run(t, c.args...)

@@ -30,6 +30,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/lifecycle"
 	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/coordinator/plan"
+	"github.com/forge-ci/forge/coordinator/secrets"
 	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/coordinator/web"
 	"github.com/forge-ci/forge/wire"
@@ -83,6 +84,10 @@ type Config struct {
 	Identity Identity
 	// Bounds limit what the coordinator keeps (issue 15).
 	Bounds Bounds
+	// SecretsKey seals repositories' secrets (--secrets-key-file,
+	// secrets.KeySize bytes); nil disables secrets: none can be set, and
+	// a trusted build that names some ends as error saying so.
+	SecretsKey []byte
 }
 
 // Bounds limit what the coordinator keeps; zero values bound nothing.
@@ -204,6 +209,15 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		}
 	}
 	c.Agents = agents.New(ac)
+	var keeper coordinator.Secrets // nil, not a nil *secrets.Keeper, without a key
+	if cfg.SecretsKey != nil {
+		k, err := secrets.New(cfg.SecretsKey, st)
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("coordinator: --secrets-key-file: %w", err)
+		}
+		keeper = k
+	}
 	c.Metrics = web.NewMetrics(st, c.Agents)
 	c.certs = watchedCerts(cfg)
 	if err := c.Metrics.Certificates(c.certOf("CA"), c.certOf("coordinator")); err != nil {
@@ -221,7 +235,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	c.Builds = lifecycle.New(lifecycle.Config{Swarm: docker, Store: st, Logs: c.Logs, Agents: c.Agents, Executor: exe,
 		Instance: instance, Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts, Sandbox: cfg.Sandbox, Nodes: docker,
 		LandTimeout: cfg.LandTimeout, AgentWait: cfg.AgentWait,
-		MaxBuilds: cfg.MaxBuilds, MaxBuildsPerRepo: cfg.MaxBuildsPerRepo,
+		MaxBuilds: cfg.MaxBuilds, MaxBuildsPerRepo: cfg.MaxBuildsPerRepo, Secrets: keeper,
 		Resume: func(ctx context.Context, b *coordinator.Build) (coordinator.Request, error) {
 			if c.forge == nil {
 				return coordinator.Request{}, errors.New("no GitHub App configured to fetch its source from")
@@ -247,7 +261,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	c.API, err = web.New(web.Config{Builds: c.Builds, Store: st, Logs: c.Logs, Agents: c.Agents, Webhook: webhook,
-		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web")})
+		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web"), Secrets: keeper})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)

@@ -100,10 +100,10 @@ func (k *Keeper) open(owner, repo, name string, sealed []byte) ([]byte, error) {
 // check refuses a bad repository, name or value, naming the problem.
 func check(owner, repo, name string) error {
 	if owner == "" || repo == "" || strings.ContainsAny(owner+repo, "/\x00") {
-		return fmt.Errorf("%w: repository %q/%q: want OWNER/REPO", coordinator.ErrBadSecret, owner, repo)
+		return coordinator.BadSecret(fmt.Errorf("repository %q: want OWNER/REPO", owner+"/"+repo))
 	}
 	if err := wire.ValidSecretName(name); err != nil {
-		return fmt.Errorf("%w: %v", coordinator.ErrBadSecret, err)
+		return coordinator.BadSecret(err)
 	}
 	return nil
 }
@@ -114,7 +114,7 @@ func (k *Keeper) Set(ctx context.Context, owner, repo, name string, value []byte
 		return err
 	}
 	if err := wire.ValidSecretValue(value); err != nil {
-		return fmt.Errorf("%w: %s: %v", coordinator.ErrBadSecret, name, err)
+		return coordinator.BadSecret(fmt.Errorf("secret %s: %v", name, err))
 	}
 	owner, repo = repoKey(owner, repo)
 	return k.store.PutSecret(ctx, coordinator.Secret{Owner: owner, Repo: repo, Name: name, Updated: k.now().UTC(), UpdatedBy: by},

@@ -51,6 +51,10 @@ type pageData struct {
 	Tokens     []coordinator.APIToken
 	NewToken   string
 	Message    string
+	// A repository's secrets page; CanSecrets: the build page links to it.
+	Owner, Repo string
+	Secrets     []coordinator.Secret
+	CanSecrets  bool
 }
 
 func (a *API) data(p *auth.Principal, title string) *pageData {
@@ -105,6 +109,9 @@ func (a *API) buildPage(w http.ResponseWriter, r *http.Request, p *auth.Principa
 	if !b.State.Final() && p.Kind != auth.Anonymous {
 		d.CanCancel = a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Write) == nil
 		d.CanApprove = d.CanCancel && b.AwaitingApproval()
+	}
+	if a.cfg.Secrets != nil && p.Kind != auth.Anonymous {
+		d.CanSecrets = a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Admin) == nil
 	}
 	a.render(w, http.StatusOK, "build", d)
 }

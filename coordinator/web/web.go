@@ -39,6 +39,9 @@ type Config struct {
 	// Metrics, when set, is served at GET /metrics to Forge admins (the
 	// metrics listener serves it to whoever reaches it).
 	Metrics http.Handler
+	// Secrets keeps repositories' secrets; nil: the coordinator has no
+	// secrets key, and the secrets routes answer 503.
+	Secrets coordinator.Secrets
 	// Log notes refusals of credentials; nil discards.
 	Log *slog.Logger
 }
@@ -99,6 +102,9 @@ const (
 	Admin   = "admin"   // a Forge admin
 	Person  = "person"  // a browser session or a personal token
 	Browser = "browser" // a browser session only
+	// RepoAdmin is the person's admin permission on the repository of the
+	// path (its secrets), or the admin token.
+	RepoAdmin = "repo-admin"
 )
 
 // Route is one of the edge's routes and who may use it.
@@ -141,6 +147,13 @@ func (a *API) Routes() []Route {
 		{"POST /tokens/{id}/revoke", Person, a.html(a.revokeTokenForm)},
 		{"GET /logout", Anyone, a.html(a.logoutPage)},
 		{"POST /logout", Anyone, hf(a.logout)},
+
+		{"GET /api/repos/{owner}/{repo}/secrets", RepoAdmin, a.api(a.listSecrets)},
+		{"PUT /api/repos/{owner}/{repo}/secrets/{name}", RepoAdmin, a.api(a.putSecret)},
+		{"DELETE /api/repos/{owner}/{repo}/secrets/{name}", RepoAdmin, a.api(a.deleteSecret)},
+		{"GET /repos/{owner}/{repo}/secrets", RepoAdmin, a.html(a.secretsPage)},
+		{"POST /repos/{owner}/{repo}/secrets", RepoAdmin, a.html(a.setSecretForm)},
+		{"POST /repos/{owner}/{repo}/secrets/{name}/delete", RepoAdmin, a.html(a.deleteSecretForm)},
 	}
 	if a.cfg.Webhook != nil {
 		rs = append(rs, Route{"POST /webhook", Anyone, a.cfg.Webhook})

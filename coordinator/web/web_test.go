@@ -19,6 +19,7 @@ import (
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/coordinator/auth"
+	"github.com/forge-ci/forge/coordinator/secrets"
 	"github.com/forge-ci/forge/coordinator/store"
 )
 
@@ -137,6 +138,7 @@ type apiEnv struct {
 	cancels   []string
 	approvals []string
 	agents    *fakeAgentAdmin
+	keeper    *secrets.Keeper
 }
 
 func newAPIEnv(t *testing.T, builds ...*coordinator.Build) *apiEnv {
@@ -215,7 +217,9 @@ func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator
 		t.Fatal(err)
 	}
 	m := NewMetrics(st, ag)
-	api, err := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, AgentAdmin: e.agents, Webhook: webhook, Auth: front, Metrics: m.Handler()})
+	e.keeper = newKeeper(t, st)
+	api, err := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, AgentAdmin: e.agents, Webhook: webhook, Auth: front, Metrics: m.Handler(),
+		Secrets: e.keeper})
 	if err != nil {
 		t.Fatal(err)
 	}
