@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/swarm"
+	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/forge-ci/forge/forgexec"
@@ -91,21 +93,7 @@ func TestInjectIntoSwarmTask(t *testing.T) {
 			if err != nil {
 				t.Fatalf("inject: %v", err)
 			}
-			waitC, errC := cli.ContainerWait(ctx, cid, container.WaitConditionNotRunning)
-			var code int64
-			select {
-			case r := <-waitC:
-				code = r.StatusCode
-			case err := <-errC:
-				t.Fatalf("wait: %v", err)
-			}
-			logs, err := cli.ContainerLogs(ctx, cid, container.LogsOptions{ShowStdout: true, ShowStderr: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var out bytes.Buffer
-			stdcopy.StdCopy(&out, &out, logs)
-			logs.Close()
+			code, out := runToExit(ctx, t, cli, cid)
 			t.Logf("exit %d, output:\n%s", code, out.String())
 			if int(code) != tc.wantCode {
 				t.Errorf("exit code %d, want %d", code, tc.wantCode)
@@ -215,21 +203,7 @@ func TestInjectSecrets(t *testing.T) {
 			if err != nil {
 				t.Fatalf("inject: %v", err)
 			}
-			waitC, errC := cli.ContainerWait(ctx, cid, container.WaitConditionNotRunning)
-			var code int64
-			select {
-			case r := <-waitC:
-				code = r.StatusCode
-			case err := <-errC:
-				t.Fatalf("wait: %v", err)
-			}
-			logs, err := cli.ContainerLogs(ctx, cid, container.LogsOptions{ShowStdout: true, ShowStderr: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var out bytes.Buffer
-			stdcopy.StdCopy(&out, &out, logs)
-			logs.Close()
+			code, out := runToExit(ctx, t, cli, cid)
 			uid := "0"
 			if user != "" {
 				uid = "1000"
@@ -262,4 +236,26 @@ func buildSpecIn(t *testing.T, buildID, workdir string, commands ...string) []by
 		t.Fatal(err)
 	}
 	return b
+}
+
+// runToExit waits for the container to stop and returns its exit code and
+// output.
+func runToExit(ctx context.Context, t *testing.T, cli *client.Client, cid string) (int64, *bytes.Buffer) {
+	t.Helper()
+	waitC, errC := cli.ContainerWait(ctx, cid, container.WaitConditionNotRunning)
+	var code int64
+	select {
+	case r := <-waitC:
+		code = r.StatusCode
+	case err := <-errC:
+		t.Fatalf("wait: %v", err)
+	}
+	logs, err := cli.ContainerLogs(ctx, cid, container.LogsOptions{ShowStdout: true, ShowStderr: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logs.Close()
+	var out bytes.Buffer
+	stdcopy.StdCopy(&out, &out, logs)
+	return code, &out
 }

@@ -78,13 +78,19 @@ func secretArgs(c *cli.Context, withName bool) (owner, repo, name string, err er
 	return owner, repo, name, nil
 }
 
-// secretsClient is agentsClient, for a caller who gave a credential: a
-// repository's secrets are nobody's business.
-func secretsClient(c *cli.Context) (*web.Client, error) {
-	if lineageString(c, "token") == "" && lineageString(c, "admin-token-file") == "" {
-		return nil, errors.New("these commands need admin permission on the repository: give --token (FORGE_TOKEN) or --admin-token-file")
+// secretsCall is a subcommand's arguments (secretArgs) and its client:
+// agentsClient's, for a caller who gave a credential (a repository's
+// secrets are nobody's business).
+func secretsCall(c *cli.Context, withName bool) (owner, repo, name string, cl *web.Client, err error) {
+	if owner, repo, name, err = secretArgs(c, withName); err != nil {
+		return
 	}
-	return agentsClient(c)
+	if lineageString(c, "token") == "" && lineageString(c, "admin-token-file") == "" {
+		err = errors.New("these commands need admin permission on the repository: give --token (FORGE_TOKEN) or --admin-token-file")
+		return
+	}
+	cl, err = agentsClient(c)
+	return
 }
 
 // secretsError is apiError for these commands, which need admin
@@ -97,11 +103,7 @@ func secretsError(err error, what string) error {
 }
 
 func setSecret(c *cli.Context) error {
-	owner, repo, name, err := secretArgs(c, true)
-	if err != nil {
-		return err
-	}
-	cl, err := secretsClient(c)
+	owner, repo, name, cl, err := secretsCall(c, true)
 	if err != nil {
 		return err
 	}
@@ -134,11 +136,7 @@ func setSecret(c *cli.Context) error {
 }
 
 func listSecrets(c *cli.Context) error {
-	owner, repo, _, err := secretArgs(c, false)
-	if err != nil {
-		return err
-	}
-	cl, err := secretsClient(c)
+	owner, repo, _, cl, err := secretsCall(c, false)
 	if err != nil {
 		return err
 	}
@@ -155,11 +153,7 @@ func listSecrets(c *cli.Context) error {
 }
 
 func deleteSecret(c *cli.Context) error {
-	owner, repo, name, err := secretArgs(c, true)
-	if err != nil {
-		return err
-	}
-	cl, err := secretsClient(c)
+	owner, repo, name, cl, err := secretsCall(c, true)
 	if err != nil {
 		return err
 	}

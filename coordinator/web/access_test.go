@@ -370,11 +370,8 @@ func expect(who, id string, perm coordinator.Permission, nobody, bad, person, br
 	switch who {
 	case Public:
 		return ok
-	case Reader, Writer:
-		need := coordinator.Read
-		if who == Writer {
-			need = coordinator.Write
-		}
+	case Reader, Writer, RepoAdmin:
+		need := map[string]coordinator.Permission{Reader: coordinator.Read, Writer: coordinator.Write, RepoAdmin: coordinator.Admin}[who]
 		switch {
 		case perm >= need:
 			return ok
@@ -388,16 +385,6 @@ func expect(who, id string, perm coordinator.Permission, nobody, bad, person, br
 		switch {
 		case admin:
 			return ok
-		case nobody:
-			return unauth
-		}
-		return is(http.StatusForbidden)
-	case RepoAdmin:
-		switch {
-		case perm >= coordinator.Admin:
-			return ok
-		case perm == coordinator.NoAccess:
-			return is(http.StatusNotFound)
 		case nobody:
 			return unauth
 		}

@@ -187,15 +187,20 @@ func (a *API) setSecretForm(w http.ResponseWriter, r *http.Request, p *auth.Prin
 		err = a.cfg.Secrets.Set(r.Context(), owner, repo, name, value, p.Name())
 	}
 	if err != nil {
-		code := http.StatusInternalServerError
-		if errors.Is(err, coordinator.ErrBadSecret) {
-			code = http.StatusBadRequest
-		}
-		a.errorPage(w, r, code, err)
+		a.secretErrorPage(w, r, err)
 		return
 	}
 	a.log.Info("secret set", "repo", owner+"/"+repo, "name", name, "by", p.Name())
 	a.secrets(w, r, p, "Secret "+name+" set.")
+}
+
+// secretErrorPage answers a form's failure: 400 for a bad name or value.
+func (a *API) secretErrorPage(w http.ResponseWriter, r *http.Request, err error) {
+	code := http.StatusInternalServerError
+	if errors.Is(err, coordinator.ErrBadSecret) {
+		code = http.StatusBadRequest
+	}
+	a.errorPage(w, r, code, err)
 }
 
 func (a *API) deleteSecretForm(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
@@ -205,11 +210,7 @@ func (a *API) deleteSecretForm(w http.ResponseWriter, r *http.Request, p *auth.P
 	}
 	name := r.PathValue("name")
 	if err := a.cfg.Secrets.Delete(r.Context(), owner, repo, name); err != nil && !errors.Is(err, coordinator.ErrNoSecret) {
-		code := http.StatusInternalServerError
-		if errors.Is(err, coordinator.ErrBadSecret) {
-			code = http.StatusBadRequest
-		}
-		a.errorPage(w, r, code, err)
+		a.secretErrorPage(w, r, err)
 		return
 	}
 	a.log.Info("secret deleted", "repo", owner+"/"+repo, "name", name, "by", p.Name())
