@@ -62,6 +62,11 @@ func secretArgs(c *cli.Context, withName bool) (owner, repo, name string, err er
 	if withName {
 		want, usage = 2, "OWNER/REPO NAME"
 	}
+	for _, a := range c.Args().Slice() {
+		if strings.HasPrefix(a, "-") {
+			return "", "", "", fmt.Errorf("%s: flags go before the arguments: forge secrets %s [--server URL] [--token T | --admin-token-file F] %s", a, c.Command.Name, usage)
+		}
+	}
 	if c.NArg() != want {
 		return "", "", "", fmt.Errorf("secrets %s takes %s", c.Command.Name, usage)
 	}

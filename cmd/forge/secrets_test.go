@@ -74,6 +74,7 @@ func TestSecretsCommands(t *testing.T) {
 		{value, append([]string{"secrets", "set"}, append(withFile, "acme/app", "lower")...), []string{`secret name "lower"`}, true},
 		{value, append([]string{"secrets", "set"}, append(withFile, "acme", "TOKEN")...), []string{"want OWNER/REPO"}, true},
 		{value, append([]string{"secrets", "set"}, append(withFile, "acme/app")...), []string{"OWNER/REPO NAME"}, true},
+		{value, []string{"secrets", "set", "acme/app", "DEPLOY_TOKEN", "--admin-token-file", tokenFile}, []string{"flags go before the arguments"}, true},
 		{"", append([]string{"secrets", "set"}, append(withFile, "acme/app", "DEPLOY_TOKEN")...), []string{"empty value", "standard input"}, true},
 		{strings.Repeat("x", 70000), append([]string{"secrets", "set"}, append(withFile, "acme/app", "DEPLOY_TOKEN")...), []string{"max 65536"}, true},
 		{value, []string{"secrets", "set", "--server", srv.URL, "--token", carolToken, "acme/app", "DEPLOY_TOKEN"}, []string{"no repository acme/app"}, true}, // carol may not see it
