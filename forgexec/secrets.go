@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"strings"
@@ -41,13 +42,27 @@ func TakeSecrets(path string) (map[string]string, error) {
 	if err := os.Remove(path); err != nil {
 		return nil, fmt.Errorf("remove the secrets file before the commands run: %w", err)
 	}
+	out, err := DecodeSecrets(raw)
+	if err != nil {
+		return nil, fmt.Errorf("secrets %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// DecodeSecrets reads a secrets file's content (EncodeSecrets): one JSON
+// object of name to base64 value, nothing after it, no name or value an
+// environment entry cannot hold.
+func DecodeSecrets(raw []byte) (map[string]string, error) {
 	var in map[string][]byte
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if err := dec.Decode(&in); err != nil {
-		return nil, fmt.Errorf("secrets %s: %w", path, err)
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("unexpected data after the JSON object")
 	}
 	if err := checkSecrets(in); err != nil {
-		return nil, fmt.Errorf("secrets %s: %w", path, err)
+		return nil, err
 	}
 	out := make(map[string]string, len(in))
 	for k, v := range in {

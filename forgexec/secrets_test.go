@@ -83,3 +83,38 @@ func TestRunSecrets(t *testing.T) {
 		t.Error("Run changed the spec's Env")
 	}
 }
+
+// FuzzDecodeSecrets: whatever the file holds, decoding does not panic,
+// and what it accepts is environment entries that encode back to the
+// same secrets.
+func FuzzDecodeSecrets(f *testing.F) {
+	for _, s := range []string{`{"A":"YQ=="}`, `{}`, `{"A":"YQBi"}`, `{"A=B":"eA=="}`, `{"A":"YQ=="} {}`, `null`, `{"":""}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		got, err := DecodeSecrets(raw)
+		if err != nil {
+			return
+		}
+		back := map[string][]byte{}
+		for k, v := range got {
+			if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
+				t.Fatalf("accepted %q=%q", k, v)
+			}
+			back[k] = []byte(v)
+		}
+		enc, err := EncodeSecrets(back)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := DecodeSecrets(enc)
+		if err != nil || len(again) != len(got) {
+			t.Fatalf("round trip: %v", err)
+		}
+		for k, v := range got {
+			if again[k] != v {
+				t.Fatalf("%s: %q, then %q", k, v, again[k])
+			}
+		}
+	})
+}

@@ -108,3 +108,34 @@ func TestMaskerAnyCuts(t *testing.T) {
 		}
 	}
 }
+
+// FuzzMasker: for any values and output, cut anywhere, the masker never
+// panics, holds back less than the longest value, and gives what masking
+// the output whole gives.
+func FuzzMasker(f *testing.F) {
+	f.Add([]byte("s3cret\x00other"), []byte("token=s3cret other\n"), []byte{3, 9})
+	f.Add([]byte("aa\x00a"), []byte("aaaaa"), []byte{1, 1, 1})
+	f.Add([]byte("line-one\nline-two"), []byte("x line-two y"), []byte{4})
+	f.Fuzz(func(t *testing.T, values, text, cutsAt []byte) {
+		if len(values) > 4096 || len(text) > 1<<16 {
+			return
+		}
+		vs := bytes.Split(values, []byte{0})
+		m := NewMasker(vs)
+		if m == nil {
+			return
+		}
+		whole := maskAll(t, m, string(text), nil)
+		var cuts []int
+		c := 0
+		for _, step := range cutsAt {
+			if c += int(step); c >= len(text) {
+				break
+			}
+			cuts = append(cuts, c)
+		}
+		if got := maskAll(t, NewMasker(vs), string(text), cuts); got != whole {
+			t.Fatalf("values %q, text %q cut at %v: %q, whole %q", vs, text, cuts, got, whole)
+		}
+	})
+}
