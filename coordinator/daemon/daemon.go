@@ -247,7 +247,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	c.API, err = web.New(web.Config{Builds: c.Builds, Store: st, Logs: c.Logs, Agents: c.Agents, Webhook: webhook,
-		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web")})
+		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web"), Retain: cfg.Bounds.Retain})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)
