@@ -277,7 +277,7 @@ func (r *pathsReader) write(h *tar.Header, tr *tar.Reader) error {
 		room := r.max - r.cw.n - headerCost(out) - 1024 - 511
 		if out.Size > room {
 			out.Size = max(room, 0)
-			out.PAXRecords = map[string]string{CutRecord: strconv.FormatInt(h.Size, 10)}
+			out.PAXRecords = map[string]string{safetar.CutRecord: strconv.FormatInt(h.Size, 10)}
 			r.res.Cut = true
 			r.stopped = fmt.Sprintf("the size bound (%s) is reached", sizeText(r.max))
 			r.note("%s: cut at %s of %s: %s", safetar.Quote(h.Name), sizeText(out.Size), sizeText(h.Size), r.stopped)
@@ -309,10 +309,6 @@ func (r *pathsReader) write(h *tar.Header, tr *tar.Reader) error {
 	}
 	return nil
 }
-
-// CutRecord is the PAX record that marks a file cut at the size bound; its
-// value is the file's original size.
-const CutRecord = "FORGE.cut"
 
 // headerCost is a bound on the bytes a header takes in the archive: its
 // block, and a PAX header (a block and its records) for long names, large

@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/docker/docker/api/types/container"
+
+	"github.com/forge-ci/forge/internal/safetar"
 )
 
 // readPaths runs ReadPaths on fs with root /forge/src and returns the
@@ -252,7 +254,7 @@ func TestReadPathsCut(t *testing.T) {
 	const max = 1 << 20
 	hdrs, bodies, res := readPaths(t, fs, max, "report.xml", "big", "out")
 	h := hdrs["big/huge.bin"]
-	if h == nil || h.PAXRecords[CutRecord] != strconv.Itoa(2<<20) || int64(len(bodies["big/huge.bin"])) != h.Size {
+	if h == nil || h.PAXRecords[safetar.CutRecord] != strconv.Itoa(2<<20) || int64(len(bodies["big/huge.bin"])) != h.Size {
 		t.Fatalf("big/huge.bin: %+v", h)
 	}
 	if h.Size < max-8<<10 || !res.Cut {

@@ -23,6 +23,10 @@ const (
 	MaxEntries = 100_000
 )
 
+// CutRecord is the PAX record that marks a file cut at a size bound; its
+// value is the file's original size in bytes (PROTOCOL.md §6.5).
+const CutRecord = "FORGE.cut"
+
 // ErrUnsafe is the cause of every refusal of Name and Checker.Check.
 var ErrUnsafe = errors.New("unsafe archive entry")
 
@@ -70,7 +74,8 @@ func Inside(name, target string) (string, bool) {
 // a file kept before it and nothing is written through a link or a file.
 // The zero value is ready.
 type Checker struct {
-	kept map[string]byte // clean name -> type flag
+	kept    map[string]byte // clean name -> type flag
+	refused map[string]bool // clean names left out that are not folders
 }
 
 // Check says why h may not be kept, or "" when it may, having cleaned
@@ -88,8 +93,17 @@ func (c *Checker) Check(h *tar.Header) string {
 	}
 	h.Name = name
 	if c.kept == nil {
-		c.kept = map[string]byte{}
+		c.kept, c.refused = map[string]byte{}, map[string]bool{}
 	}
+	why := c.check(h)
+	if why != "" && h.Typeflag != tar.TypeDir {
+		c.refused[name] = true
+	}
+	return why
+}
+
+func (c *Checker) check(h *tar.Header) string {
+	name := h.Name
 	if len(c.kept) >= MaxEntries {
 		return fmt.Sprintf("more than %d entries", MaxEntries)
 	}
@@ -99,8 +113,15 @@ func (c *Checker) Check(h *tar.Header) string {
 	// Nothing is written under a link or a file: extracting it would go
 	// where the link points, or fail.
 	for p := path.Dir(name); p != "."; p = path.Dir(p) {
-		if t, ok := c.kept[p]; ok && t != tar.TypeDir {
+		if t, ok := c.kept[p]; ok && t != tar.TypeDir || c.refused[p] {
 			return fmt.Sprintf("its parent %s is not a folder", p)
+		}
+	}
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			// Its holes would be written out as zeros: a few bytes of
+			// archive could fill a disk.
+			return "a sparse file"
 		}
 	}
 	switch h.Typeflag {

@@ -74,6 +74,8 @@ func TestChecker(t *testing.T) {
 		{tar.Header{Name: "p", Typeflag: tar.TypeFifo}, "a FIFO"},
 		{tar.Header{Name: "g", Typeflag: tar.TypeXGlobalHeader}, "neither a file"},
 		{tar.Header{Name: "neg", Typeflag: tar.TypeReg, Size: -1}, "negative size"},
+		{tar.Header{Name: "holes", Typeflag: tar.TypeReg, Size: 1 << 40, PAXRecords: map[string]string{"GNU.sparse.map": "0,1"}}, "a sparse file"},
+		{tar.Header{Name: "oldholes", Typeflag: tar.TypeGNUSparse, Size: 1 << 40}, "neither a file"},
 	} {
 		h := tc.h
 		why := c.Check(&h)
