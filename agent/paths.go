@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/go-units"
 
 	"github.com/forge-ci/forge/internal/safetar"
 	"github.com/forge-ci/forge/wire"
@@ -471,19 +472,5 @@ func (s *scanReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// sizeText writes n bytes in the largest binary unit that keeps it short.
-func sizeText(n int64) string {
-	switch {
-	case n >= 1<<30 && n%(1<<30) == 0:
-		return fmt.Sprintf("%d GiB", n>>30)
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d bytes", n)
-}
+// sizeText writes n bytes in binary units (1GiB, 1.5KiB).
+func sizeText(n int64) string { return units.BytesSize(float64(n)) }

@@ -263,7 +263,7 @@ func TestReadPathsCut(t *testing.T) {
 	if string(bodies["report.xml"]) != "<report/>\n" || hdrs["out/a.txt"] != nil {
 		t.Errorf("entries %s: want report.xml whole, nothing of out", names(hdrs))
 	}
-	if !noted(res, "big/huge.bin: cut at", "of 2 MiB") || !noted(res, "out: not looked for", "size bound (1 MiB)") {
+	if !noted(res, "big/huge.bin: cut at", "of 2MiB") || !noted(res, "out: not looked for", "size bound (1MiB)") {
 		t.Errorf("notes %q", res.Notes)
 	}
 	if fs.read > max+(256<<10) {
@@ -290,7 +290,7 @@ func TestReadPathsCutTwoGiB(t *testing.T) {
 	if !res.Cut || res.Size != cw.n || res.Size > max || res.Bytes < max-(16<<10) || res.Files != 2 {
 		t.Errorf("result %+v, %d bytes written; want cut near %d", res, cw.n, max)
 	}
-	if !noted(res, "huge.bin: cut at", "of 2 GiB") {
+	if !noted(res, "huge.bin: cut at", "of 2GiB") {
 		t.Errorf("notes %q", res.Notes)
 	}
 }
