@@ -27,7 +27,7 @@ const artifactsConfig = testConfigText + "artifacts: [coverage.out, 'dist/*']\n"
 // on node-a in container c-a.
 func artifactsEnv(t *testing.T, opts ...func(*Config)) (*runnerEnv, *artifacts.Store) {
 	store := &artifacts.Store{Dir: filepath.Join(t.TempDir(), "artifacts")}
-	e := newRunnerEnv(t, append([]func(*Config){func(c *Config) { c.Artifacts, c.MaxArtifactsSize = store, 64 << 10 }}, opts...)...)
+	e := newRunnerEnv(t, append([]func(*Config){func(c *Config) { c.Artifacts, c.MaxArtifactsSize = store, 64<<10 }}, opts...)...)
 	e.sw.Tasks = func(*buildsim.Service, int) []swarm.Task { return []swarm.Task{buildsim.TaskAssigned("node-a")} }
 	e.sw.OnCreate = func(s *buildsim.Service) {
 		e.ag.Landed("node-a", wire.Landed{BuildID: s.BuildID, ContainerID: "c-a", Created: time.Now()})
