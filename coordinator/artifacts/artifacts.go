@@ -274,6 +274,15 @@ func (s *Store) Open(buildID, name string) (*os.File, Entry, error) {
 	return f, e, nil
 }
 
+// WriteEmptyTarGz writes a gzipped tar with no entries.
+func WriteEmptyTarGz(w io.Writer) error {
+	zw := gzip.NewWriter(w)
+	if err := tar.NewWriter(zw).Close(); err != nil {
+		return err
+	}
+	return zw.Close()
+}
+
 // WriteTarGz writes all of the build's artifacts to w as one gzipped tar:
 // files, and symbolic links as links. A build without artifacts gives an
 // empty archive.
