@@ -29,7 +29,7 @@ var templateFS embed.FS
 var staticFS embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
-	"ago": func(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" },
+	"ago":         func(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" },
 	"artifactURL": artifactURL,
 	"size":        func(n int64) string { return units.BytesSize(float64(n)) },
 	"when": func(t time.Time) string {
