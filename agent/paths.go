@@ -54,6 +54,10 @@ type PathsResult struct {
 	Notes []string // what was skipped or cut, one line each
 }
 
+// errLinkOnTheWay: a folder on the way to a path is a symbolic link,
+// which the engine would follow.
+var errLinkOnTheWay = errors.New("links are not followed")
+
 // errScanned stops a read of the engine's archive that passed the scan
 // bound.
 var errScanned = errors.New("scan bound reached")
@@ -140,7 +144,7 @@ func (r *pathsReader) pattern(p string) error {
 			r.note("%s matches nothing", safetar.Quote(p))
 			return nil
 		}
-		if errors.Is(err, safetar.ErrUnsafe) {
+		if errors.Is(err, errLinkOnTheWay) {
 			r.note("%s: skipped: %v", safetar.Quote(p), err)
 			return nil
 		}
@@ -334,7 +338,7 @@ func (r *pathsReader) walkable(dir string) error {
 			case err != nil && !errdefs.IsNotFound(err):
 				err = fmt.Errorf("stat %s in container %s: %w", at, r.id, err)
 			case err == nil && st.Mode&os.ModeSymlink != 0:
-				err = fmt.Errorf("%w: %s is a symbolic link (to %s); links are not followed", safetar.ErrUnsafe, at, safetar.Quote(st.LinkTarget))
+				err = fmt.Errorf("%s is a symbolic link (to %s); %w", at, safetar.Quote(st.LinkTarget), errLinkOnTheWay)
 			case err == nil && !st.Mode.IsDir():
 				err = fmt.Errorf("%w: %s is not a folder", errdefs.ErrNotFound, at)
 			}
