@@ -3,7 +3,6 @@ package artifacts
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"io"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forge-ci/forge/coordinator/artifacts/artifactstest"
 	"github.com/forge-ci/forge/internal/safetar"
 )
 
@@ -215,26 +215,7 @@ func TestWriteTarGz(t *testing.T) {
 	if err := s.WriteTarGz("b1", &buf); err != nil {
 		t.Fatal(err)
 	}
-	zr, err := gzip.NewReader(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	got := map[string]string{}
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(tr)
-		got[h.Name] = string(b)
-		if h.Typeflag == tar.TypeSymlink {
-			got[h.Name] = "-> " + h.Linkname
-		}
-	}
+	got := artifactstest.Unpack(t, &buf)
 	want := map[string]string{"big.bin": "cut here", "dist/app": "\x7fELF app", "dist/same": "\x7fELF app",
 		"dist/latest": "-> app", "dist/chain": "-> latest"}
 	if len(got) != len(want) {

@@ -3,15 +3,14 @@ package web
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/artifacts/artifactstest"
 	"github.com/forge-ci/forge/internal/safetar"
 )
 
@@ -98,24 +97,8 @@ func TestArtifactsAccess(t *testing.T) {
 	if status != 200 || hdr.Get("Content-Type") != "application/gzip" {
 		t.Fatalf("tar.gz: %d %q", status, hdr.Get("Content-Type"))
 	}
-	zr, err := gzip.NewReader(strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	got := map[string]string{}
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(tr)
-		got[h.Name] = string(b) + h.Linkname
-	}
-	if len(got) != 5 || got["dist/report.txt"] != "report of priv\n" || got["dist/latest"] != "app.bin" {
+	got := artifactstest.Unpack(t, strings.NewReader(body))
+	if len(got) != 5 || got["dist/report.txt"] != "report of priv\n" || got["dist/latest"] != "-> app.bin" {
 		t.Errorf("tar.gz: %q", got)
 	}
 

@@ -17,7 +17,7 @@
   s.textContent = b.state; s.className = b.state;
   const c = document.getElementById("cancel");
   if (c) c.remove();
-  await showArtifacts(id);
+  try { await showArtifacts(id); } catch (e) { /* the list stays as the page came */ }
   pre.dataset.done = "1";
 })();
 
