@@ -129,6 +129,9 @@ func (r *pathsReader) pattern(p string) error {
 		lit++
 	}
 	base := strings.Join(comps[:lit], "/")
+	if pat == "." {
+		base = "" // the root whole
+	}
 	// The engine follows every symbolic link on the way to the path it
 	// archives, out of the folder if it leads there: none may be a link.
 	// The last one is archived as itself when the whole pattern is

@@ -191,6 +191,26 @@ func TestReadPathsRefusesEscapes(t *testing.T) {
 	}
 }
 
+// TestReadPathsWholeRoot: "." is the work directory whole, by the same
+// rules.
+func TestReadPathsWholeRoot(t *testing.T) {
+	hdrs, bodies, res := readPaths(t, buildFS(), 1<<20, ".")
+	if string(bodies["report.xml"]) != "<report/>\n" || string(bodies["out/sub/c.txt"]) != "charlie\n" || hdrs["hard/b"].Typeflag != tar.TypeLink {
+		t.Errorf("entries %s", names(hdrs))
+	}
+	for _, name := range []string{"src/report.xml", "leak", "etcdir"} {
+		if hdrs[name] != nil {
+			t.Errorf("%s in the archive", name)
+		}
+	}
+	if h := hdrs["inside"]; h == nil || h.Typeflag != tar.TypeSymlink || h.Linkname != "out" {
+		t.Errorf("inside: %+v, want the link to out kept as a link", h)
+	}
+	if !noted(res, "leak: skipped") || !noted(res, "etcdir: skipped") {
+		t.Errorf("notes %q", res.Notes)
+	}
+}
+
 // TestReadPathsHardLinks: a hard link to a file kept before it stays a
 // link; one to a file no pattern matches is read as a file of its own.
 func TestReadPathsHardLinks(t *testing.T) {

@@ -37,6 +37,9 @@ func (s *Hub) Artifacts(ctx context.Context, nodeID string, req coordinator.Arti
 	}
 	blob := wire.BlobReader(c.Stream(), h.Size)
 	if err := put(blob); err != nil {
+		// The rest is read all the same (PROTOCOL.md §4.2), at most
+		// max_bytes: the agent's send then ends now, not at its deadline.
+		io.Copy(io.Discard, blob)
 		return h.Notes, fmt.Errorf("artifacts of %s on %s: %w", req.BuildID, nodeID, err)
 	}
 	// What the archive reader left (padding after its end): read, so the
