@@ -14,6 +14,11 @@ import (
 // §6.5): put reads the tar, which is untrusted and at most req.MaxBytes.
 // A refusal comes back as a *wire.RefusedError.
 func (s *Hub) Artifacts(ctx context.Context, nodeID string, req coordinator.ArtifactsRequest, put func(io.Reader) error) ([]string, error) {
+	// Only the node and container the build was launched on, as for its
+	// log (PROTOCOL.md §6.4).
+	if err := s.bound(ctx, nodeID, &wire.Attach{BuildID: req.BuildID, ContainerID: req.ContainerID}); err != nil {
+		return nil, fmt.Errorf("artifacts of %s: %w", req.BuildID, err)
+	}
 	st, err := s.open(ctx, nodeID)
 	if err != nil {
 		return nil, err

@@ -14,10 +14,10 @@ import (
 	"github.com/forge-ci/forge/wire/wiretest"
 )
 
-// TestHubArtifacts: the hub asks the agent of the node it is told, and no
-// other, with the request it is given; put reads exactly the announced
-// bytes; a header over max_bytes is refused unread; a refusal and a
-// missing agent are errors.
+// TestHubArtifacts: the hub asks the agent of the node the build was
+// launched on, for its container, and no other, with the request it is
+// given; put reads exactly the announced bytes; a header over max_bytes
+// is refused unread; a refusal is an error.
 func TestHubArtifacts(t *testing.T) {
 	p := wiretest.MustPKI(t)
 	s, addr, _ := serveHub(t, Config{TLS: p.ServerTLS(), Builds: startedOn("n1"),
@@ -111,7 +111,25 @@ func TestHubArtifacts(t *testing.T) {
 	}
 	<-got
 
-	if _, err := s.Artifacts(ctx, "n3", req, func(io.Reader) error { return nil }); !errors.Is(err, coordinator.ErrNoAgent) {
+	// Builds b1, b2... started on n1 in c1, c2...: asking another node,
+	// or for another container, is refused before anything is sent.
+	for _, tc := range []struct {
+		node string
+		req  coordinator.ArtifactsRequest
+	}{
+		{"n2", req},
+		{"n1", coordinator.ArtifactsRequest{BuildID: "b1", ContainerID: "c2", Workdir: "/forge/src", Paths: []string{"a"}, MaxBytes: 1}},
+	} {
+		if _, err := s.Artifacts(ctx, tc.node, tc.req, func(io.Reader) error { return nil }); !errors.Is(err, errNotBound) {
+			t.Errorf("%s %+v: %v, want refused as not bound", tc.node, tc.req, err)
+		}
+	}
+	select {
+	case m := <-got:
+		t.Errorf("asked %+v", m)
+	default:
+	}
+	if _, err := s.Artifacts(ctx, "n3", coordinator.ArtifactsRequest{BuildID: "b3", ContainerID: "c3"}, func(io.Reader) error { return nil }); !errors.Is(err, errNotBound) {
 		t.Errorf("no agent: %v", err)
 	}
 	select {

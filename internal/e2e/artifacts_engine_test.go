@@ -206,3 +206,34 @@ func tarGz(t *testing.T, s *server, id string) map[string]string {
 	defer resp.Body.Close()
 	return artifactstest.Unpack(t, resp.Body)
 }
+
+// TestArtifactsAfterRestart: a build that ends while its coordinator is
+// away has its artifacts collected by the next coordinator on the same
+// data, from the node the record says it was launched on.
+func TestArtifactsAfterRestart(t *testing.T) {
+	e := newEnv(t)
+	data := t.TempDir()
+	s1 := startServer(t, e, data, "")
+	startAgent(t, e.pki, s1.agents, nil, nil)
+	id := dockertest.ID(t)
+	dockertest.Cleanup(t, e.cli, id)
+	yml := "image: " + e.image + "\nexecute: ['sleep 2; echo made after the restart > out.txt']\nartifacts: [out.txt]\n"
+	b := s1.submit(t, e, yml, id)
+	waitStarted(t, s1, b.ID)
+	s1.stop()
+
+	s2 := startServer(t, e, data, s1.agents)
+	final, err := s2.srv.Builds.Wait(dockertest.Context(t, 2*time.Minute), b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final.State != coordinator.Success {
+		t.Fatalf("after the restart: %s (%s)", final.State, final.Reason)
+	}
+	if got := download(t, s2, b.ID, "out.txt"); string(got) != "made after the restart\n" {
+		t.Errorf("out.txt: %q", got)
+	}
+	if log := buildLog(t, s2, b.ID); !strings.Contains(log, "forge: artifacts: 1 file (23B) stored") {
+		t.Errorf("log:\n%s", log)
+	}
+}
