@@ -25,6 +25,7 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/artifacts"
 	"github.com/forge-ci/forge/coordinator/auth"
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/coordinator/lifecycle"
@@ -90,8 +91,12 @@ type Bounds struct {
 	// MaxLogSize cuts each build's log past this many bytes
 	// (--max-log-size).
 	MaxLogSize int64
-	// Retain is how long final builds' logs are kept (--retain).
+	// Retain is how long final builds' logs and artifacts are kept
+	// (--retain).
 	Retain time.Duration
+	// MaxArtifactsSize bounds each build's artifacts
+	// (--max-artifacts-size; 0: lifecycle.DefaultMaxArtifactsSize).
+	MaxArtifactsSize int64
 }
 
 // Identity configures the agents' certificates (DESIGN §7, PROTOCOL.md
@@ -140,6 +145,7 @@ type GitHub struct {
 type Coordinator struct {
 	Store     *store.Store
 	Logs      *logs.Store
+	Artifacts *artifacts.Store
 	Agents    *agents.Hub
 	Builds    *lifecycle.Runner
 	Metrics   *web.Metrics
@@ -195,6 +201,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	}
 
 	c := &Coordinator{Store: st, Logs: &logs.Store{Dir: filepath.Join(cfg.DataDir, "logs"), MaxSize: cfg.Bounds.MaxLogSize}, LocalNode: info.Swarm.NodeID, log: log, bounds: cfg.Bounds}
+	c.Artifacts = &artifacts.Store{Dir: filepath.Join(cfg.DataDir, "artifacts")}
 	ac := agents.Config{TLS: cfg.TLS, Session: cfg.Session, Logs: c.Logs, Record: st, Builds: st, Revocations: st,
 		Log: log.With("part", "agents"), Verify: &agents.SwarmVerifier{Docker: docker, LocalNodeID: info.Swarm.NodeID}}
 	if id := cfg.Identity; id.Signer != nil {
@@ -222,6 +229,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		Instance: instance, Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts, Sandbox: cfg.Sandbox, Nodes: docker,
 		LandTimeout: cfg.LandTimeout, AgentWait: cfg.AgentWait,
 		MaxBuilds: cfg.MaxBuilds, MaxBuildsPerRepo: cfg.MaxBuildsPerRepo,
+		Artifacts: c.Artifacts, MaxArtifactsSize: cfg.Bounds.MaxArtifactsSize,
 		Resume: func(ctx context.Context, b *coordinator.Build) (coordinator.Request, error) {
 			if c.forge == nil {
 				return coordinator.Request{}, errors.New("no GitHub App configured to fetch its source from")
@@ -247,7 +255,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	c.API, err = web.New(web.Config{Builds: c.Builds, Store: st, Logs: c.Logs, Agents: c.Agents, Webhook: webhook,
-		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web"), Retain: cfg.Bounds.Retain})
+		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web"), Retain: cfg.Bounds.Retain, Artifacts: c.Artifacts})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)

@@ -59,7 +59,8 @@ type buildLog struct {
 	cut     bool     // the note is written: further output is dropped
 	lastNL  bool     // the last stored byte is a newline (or none stored)
 	exit    *wire.Exit
-	changed chan struct{} // closed and replaced on every append or exit
+	holds   int           // Hold calls not released: the log is not over at the exit
+	changed chan struct{} // closed and replaced on every append, exit or release
 }
 
 const (
@@ -67,7 +68,10 @@ const (
 	recStderr byte = 2
 	// recNote is text from Forge itself (the cut line): shown with the
 	// output, counted in neither stream's offsets.
-	recNote   byte = 3
+	recNote byte = 3
+	// recForge is a note of Forge's that is not the cut (Note): shown the
+	// same way, and it leaves the output's cap alone.
+	recForge  byte = 4
 	recHeader      = 5
 )
 
@@ -120,8 +124,12 @@ func (s *Store) open(id string) (*buildLog, error) {
 	}
 	b := &buildLog{f: f, changed: make(chan struct{}), lastNL: true}
 	good, err := scanRecords(f, func(code byte, data []byte) {
-		if code == recNote {
+		switch code {
+		case recNote:
 			b.cut = true
+			return
+		case recForge:
+			b.lastNL = true
 			return
 		}
 		b.off[code] += int64(len(data))
@@ -165,15 +173,19 @@ func (s *Store) open(id string) (*buildLog, error) {
 	return b, nil
 }
 
-// release closes a build's file once its exit is recorded.
+// release closes a build's file once its exit is recorded, unless a Hold
+// keeps it open for notes.
 func (s *Store) release(id string, b *buildLog) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.holds > 0 {
+		return nil
+	}
 	if s.builds[id] == b {
 		delete(s.builds, id)
 	}
-	s.mu.Unlock()
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.f == nil {
 		return nil
 	}
@@ -196,7 +208,7 @@ func scanRecords(r io.Reader, fn func(code byte, data []byte)) (int64, error) {
 			return good, err
 		}
 		code, n := hdr[0], binary.BigEndian.Uint32(hdr[1:])
-		if (code != recStdout && code != recStderr && code != recNote) || n > wire.MaxLogChunk {
+		if (code != recStdout && code != recStderr && code != recNote && code != recForge) || n > wire.MaxLogChunk {
 			return good, nil // garbage from a torn write: the rest is dropped
 		}
 		data := make([]byte, n)
@@ -391,9 +403,9 @@ func (s *Store) Follow(ctx context.Context, id string, w io.Writer, follow bool)
 	}
 	defer f.Close()
 	var pos int64
-	for {
+	for done := false; ; {
 		b.mu.Lock()
-		changed, exited := b.changed, b.exit != nil
+		changed, over := b.changed, b.exit != nil && b.holds == 0
 		b.mu.Unlock()
 		// Read the whole records written so far.
 		var werr error
@@ -412,12 +424,17 @@ func (s *Store) Follow(ctx context.Context, id string, w io.Writer, follow bool)
 		if fl, ok := w.(interface{ Flush() }); ok && n > 0 {
 			fl.Flush()
 		}
-		if !follow || exited {
+		if !follow || over {
 			return nil
+		}
+		if done {
+			return ctx.Err()
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			// Once more: what was written as the follower was told to
+			// stop (the build's last notes) is still shown.
+			done = true
 		case <-changed:
 		}
 	}
@@ -429,7 +446,9 @@ func (s *Store) Close() error {
 	defer s.mu.Unlock()
 	var errs []error
 	for id, b := range s.builds {
-		errs = append(errs, b.f.Close())
+		if b.f != nil { // nil: exited, kept for a Hold
+			errs = append(errs, b.f.Close())
+		}
 		delete(s.builds, id)
 	}
 	return errors.Join(errs...)

@@ -44,6 +44,9 @@ type Config struct {
 	// Retain is how long final builds' logs are kept (--retain; 0:
 	// forever): a log gone after it says so rather than "unknown".
 	Retain time.Duration
+	// Artifacts is where builds' artifacts are read; nil: builds have
+	// none.
+	Artifacts Artifacts
 }
 
 // Logs is where build output is read (logs.Store).
@@ -89,6 +92,9 @@ func New(cfg Config) (*API, error) {
 	if cfg.AgentAdmin == nil {
 		cfg.AgentAdmin, _ = cfg.Agents.(AgentAdmin)
 	}
+	if cfg.Artifacts == nil {
+		cfg.Artifacts = noArtifacts{}
+	}
 	return &API{cfg: cfg, auth: cfg.Auth, log: log}, nil
 }
 
@@ -127,6 +133,9 @@ func (a *API) Routes() []Route {
 		{"GET /api/builds/{id}/log", Reader, a.api(a.getLog)},
 		{"POST /api/builds/{id}/cancel", Writer, a.api(a.cancelBuild)},
 		{"POST /api/builds/{id}/approve", Writer, a.api(a.approveBuild)},
+		{"GET /api/builds/{id}/artifacts", Reader, a.api(a.listArtifacts)},
+		{"GET /api/builds/{id}/artifacts/{path...}", Reader, a.api(a.getArtifact)},
+		{"GET /api/builds/{id}/artifacts.tar.gz", Reader, a.api(a.getArtifactsTarGz)},
 		{"GET /{$}", Public, a.html(a.indexPage)},
 		{"GET /builds/{id}", Reader, a.html(a.buildPage)},
 		{"POST /builds/{id}/cancel", Writer, a.html(a.cancelForm)},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/artifacts"
 	"github.com/forge-ci/forge/coordinator/auth"
 	"github.com/forge-ci/forge/coordinator/store"
 )
@@ -138,6 +139,7 @@ type apiEnv struct {
 	approvals []string
 	agents    *fakeAgentAdmin
 	logs      fakeLogs
+	arts      *artifacts.Store // every build's: testArtifacts
 }
 
 func newAPIEnv(t *testing.T, builds ...*coordinator.Build) *apiEnv {
@@ -154,9 +156,12 @@ func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	e := &apiEnv{t: t, st: st}
+	e := &apiEnv{t: t, st: st, arts: &artifacts.Store{Dir: t.TempDir()}}
 	for _, b := range builds {
 		if err := st.CreateBuild(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.arts.Put(b.ID, bytes.NewReader(testArtifacts(t, b.ID)), 1<<20); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -217,7 +222,7 @@ func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator
 	}
 	m := NewMetrics(st, ag)
 	api, err := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, AgentAdmin: e.agents, Webhook: webhook, Auth: front, Metrics: m.Handler(),
-		Retain: 90 * 24 * time.Hour})
+		Retain: 90 * 24 * time.Hour, Artifacts: e.arts})
 	if err != nil {
 		t.Fatal(err)
 	}
