@@ -42,9 +42,14 @@ func (a *Agent) handle(ctx context.Context, s *session, st *wire.Stream) {
 		st.SetDeadline(time.Now().Add(time.Duration(m.GraceSeconds)*time.Second + cancelExtra))
 		reply = a.cancel(ctx, m)
 	case *wire.ArtifactsRequest:
-		reply = wire.NewRefused(wire.RefusedBadRequest, "artifacts are not supported by this agent yet")
+		a.log.Debug("artifacts request received", "build", m.BuildID, "container", m.ContainerID)
+		st.SetDeadline(time.Now().Add(wire.ArtifactsTimeout(m.MaxBytes)))
+		reply = a.artifacts(ctx, c, m)
 	default:
 		reply = wire.NewRefused(wire.RefusedBadRequest, "the agent does not serve %q requests", msg.MessageType())
+	}
+	if reply == nil {
+		return // the conversation is over (artifacts sent)
 	}
 	if r, ok := reply.(*wire.Refused); ok {
 		a.log.Warn("request refused", "type", msg.MessageType(), "code", r.Code, "message", r.Message)
@@ -72,7 +77,7 @@ func refusal(err error) *wire.Refused {
 	switch {
 	case errdefs.IsNotFound(err):
 		code = wire.RefusedNotFound
-	case errors.Is(err, ErrNotForge), errors.Is(err, ErrWrongBuild), errors.Is(err, ErrAlreadyRan):
+	case errors.Is(err, ErrNotForge), errors.Is(err, ErrWrongBuild), errors.Is(err, ErrAlreadyRan), errors.Is(err, ErrNotStopped):
 		code = wire.RefusedForbidden
 	case errors.Is(err, ErrUnsafePath):
 		code = wire.RefusedBadRequest // the coordinator's source, not this node, is at fault
@@ -159,10 +164,8 @@ func (a *Agent) cancel(ctx context.Context, m *wire.Cancel) wire.Message {
 	if err != nil {
 		return refusal(err)
 	}
-	if got := in.Config.Labels[LabelBuild]; got == "" {
-		return refusal(ErrNotForge)
-	} else if got != m.BuildID {
-		return refusal(fmt.Errorf("%w: label %s=%s, cancel is for %s", ErrWrongBuild, LabelBuild, got, m.BuildID))
+	if err := checkBuild(in, m.BuildID, "cancel"); err != nil {
+		return refusal(err)
 	}
 	grace := max(m.GraceSeconds, 0)
 	if err := a.cfg.Docker.ContainerStop(ctx, m.ContainerID, container.StopOptions{Timeout: &grace}); err != nil {

@@ -188,13 +188,15 @@ type ExitAck struct{}
 type ArtifactsRequest struct {
 	BuildID     string   `json:"build_id"`
 	ContainerID string   `json:"container_id"`
+	Workdir     string   `json:"workdir"`   // absolute; what paths are relative to, and the folder links must stay in
 	Paths       []string `json:"paths"`     // paths or globs relative to the work directory
 	MaxBytes    int64    `json:"max_bytes"` // the largest tar accepted
 }
 
 // ArtifactsHeader precedes the artifacts' tar (PROTOCOL.md §5.18).
 type ArtifactsHeader struct {
-	Size int64 `json:"size"` // raw tar bytes that follow
+	Size  int64    `json:"size"`  // raw tar bytes that follow
+	Notes []string `json:"notes"` // what was skipped or cut, for the build's log
 }
 
 // Join asks for an agent's first certificate, on a session without a
@@ -656,13 +658,20 @@ func (m Log) Validate() error {
 	return nil
 }
 
-// Validate checks the ids, the paths and the size bound.
+// Validate checks the ids, the work directory, the paths and the size
+// bound.
 func (m ArtifactsRequest) Validate() error {
 	if err := requireIDs(TypeArtifactsRequest, m.BuildID, m.ContainerID); err != nil {
 		return err
 	}
+	if !path.IsAbs(m.Workdir) {
+		return invalid(TypeArtifactsRequest, "workdir %q is not absolute", m.Workdir)
+	}
 	if len(m.Paths) == 0 {
 		return invalid(TypeArtifactsRequest, "no paths")
+	}
+	if len(m.Paths) > MaxArtifactPaths {
+		return invalid(TypeArtifactsRequest, "%d paths, max %d", len(m.Paths), MaxArtifactPaths)
 	}
 	for _, p := range m.Paths {
 		if p == "" {
@@ -675,10 +684,18 @@ func (m ArtifactsRequest) Validate() error {
 	return nil
 }
 
-// Validate checks the size.
+// Validate checks the size and the notes' number and length.
 func (m ArtifactsHeader) Validate() error {
 	if m.Size < 0 {
 		return invalid(TypeArtifactsHeader, "negative size %d", m.Size)
+	}
+	if len(m.Notes) > MaxArtifactNotes {
+		return invalid(TypeArtifactsHeader, "%d notes, max %d", len(m.Notes), MaxArtifactNotes)
+	}
+	for _, n := range m.Notes {
+		if len(n) > MaxNoteSize {
+			return invalid(TypeArtifactsHeader, "a note of %d bytes, max %d", len(n), MaxNoteSize)
+		}
 	}
 	return nil
 }

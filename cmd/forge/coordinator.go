@@ -67,7 +67,8 @@ func coordinatorCommand() *cli.Command {
 			&cli.DurationFlag{Name: "agent-cert-ttl", Usage: "how long the certificates signed for agents are valid; agents renew at two thirds", Value: wire.DefaultAgentCertTTL, EnvVars: env("agent-cert-ttl")},
 			&cli.BoolFlag{Name: "debug", Usage: "log more", EnvVars: env("debug")},
 			&cli.StringFlag{Name: "max-log-size", Usage: "cut each build's log past this size (64MiB, 1GiB); 0 keeps all", Value: "64MiB", EnvVars: env("max-log-size")},
-			&cli.StringFlag{Name: "retain", Usage: "delete final builds' logs older than this (90d, 720h); 0 keeps them forever", Value: "90d", EnvVars: env("retain")},
+			&cli.StringFlag{Name: "retain", Usage: "delete final builds' logs and artifacts older than this (90d, 720h); 0 keeps them forever", Value: "90d", EnvVars: env("retain")},
+			&cli.StringFlag{Name: "max-artifacts-size", Usage: "most bytes of artifacts kept per build (1GiB, 256MiB); the file that passes it is cut", Value: "1GiB", EnvVars: env("max-artifacts-size")},
 			&cli.PathFlag{Name: "secrets-key-file", Usage: "file holding the key that seals repositories' secrets: 64 hex characters (openssl rand -hex 32); without it secrets are disabled", EnvVars: env("secrets-key-file")},
 		}, tlsFlags("coordinator")...),
 		Action: func(c *cli.Context) error {
@@ -376,7 +377,7 @@ func identityFlags(c *cli.Context) (daemon.Identity, error) {
 	return id, nil
 }
 
-// boundsFlags reads --max-log-size and --retain.
+// boundsFlags reads --max-log-size, --retain and --max-artifacts-size.
 func boundsFlags(c *cli.Context) (daemon.Bounds, error) {
 	var b daemon.Bounds
 	if v := strings.TrimSpace(c.String("max-log-size")); v != "0" {
@@ -391,6 +392,12 @@ func boundsFlags(c *cli.Context) (daemon.Bounds, error) {
 		return b, fmt.Errorf("--retain: %w", err)
 	}
 	b.Retain = d
+	v := strings.TrimSpace(c.String("max-artifacts-size"))
+	n, err := units.RAMInBytes(v)
+	if err != nil || n <= 0 {
+		return b, fmt.Errorf("--max-artifacts-size %q: want a size such as 1GiB or 256MiB", v)
+	}
+	b.MaxArtifactsSize = n
 	return b, nil
 }
 

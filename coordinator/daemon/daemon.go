@@ -25,6 +25,7 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/artifacts"
 	"github.com/forge-ci/forge/coordinator/auth"
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/coordinator/lifecycle"
@@ -95,8 +96,12 @@ type Bounds struct {
 	// MaxLogSize cuts each build's log past this many bytes
 	// (--max-log-size).
 	MaxLogSize int64
-	// Retain is how long final builds' logs are kept (--retain).
+	// Retain is how long final builds' logs and artifacts are kept
+	// (--retain).
 	Retain time.Duration
+	// MaxArtifactsSize bounds each build's artifacts
+	// (--max-artifacts-size; 0: lifecycle.DefaultMaxArtifactsSize).
+	MaxArtifactsSize int64
 }
 
 // Identity configures the agents' certificates (DESIGN §7, PROTOCOL.md
@@ -145,6 +150,7 @@ type GitHub struct {
 type Coordinator struct {
 	Store     *store.Store
 	Logs      *logs.Store
+	Artifacts *artifacts.Store
 	Agents    *agents.Hub
 	Builds    *lifecycle.Runner
 	Metrics   *web.Metrics
@@ -200,6 +206,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	}
 
 	c := &Coordinator{Store: st, Logs: &logs.Store{Dir: filepath.Join(cfg.DataDir, "logs"), MaxSize: cfg.Bounds.MaxLogSize}, LocalNode: info.Swarm.NodeID, log: log, bounds: cfg.Bounds}
+	c.Artifacts = &artifacts.Store{Dir: filepath.Join(cfg.DataDir, "artifacts")}
 	ac := agents.Config{TLS: cfg.TLS, Session: cfg.Session, Logs: c.Logs, Record: st, Builds: st, Revocations: st,
 		Log: log.With("part", "agents"), Verify: &agents.SwarmVerifier{Docker: docker, LocalNodeID: info.Swarm.NodeID}}
 	if id := cfg.Identity; id.Signer != nil {
@@ -236,6 +243,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		Instance: instance, Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts, Sandbox: cfg.Sandbox, Nodes: docker,
 		LandTimeout: cfg.LandTimeout, AgentWait: cfg.AgentWait,
 		MaxBuilds: cfg.MaxBuilds, MaxBuildsPerRepo: cfg.MaxBuildsPerRepo, Secrets: keeper,
+		Artifacts: c.Artifacts, MaxArtifactsSize: cfg.Bounds.MaxArtifactsSize,
 		Resume: func(ctx context.Context, b *coordinator.Build) (coordinator.Request, error) {
 			if c.forge == nil {
 				return coordinator.Request{}, errors.New("no GitHub App configured to fetch its source from")
@@ -261,7 +269,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	c.API, err = web.New(web.Config{Builds: c.Builds, Store: st, Logs: c.Logs, Agents: c.Agents, Webhook: webhook,
-		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web"), Secrets: keeper})
+		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web"), Retain: cfg.Bounds.Retain, Artifacts: c.Artifacts, Secrets: keeper})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)

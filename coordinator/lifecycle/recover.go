@@ -79,14 +79,16 @@ func (r *Runner) Recover(ctx context.Context) error {
 				r.removeService(svc, b.ID)
 				continue
 			}
-			timeout := config.DefaultTimeout
+			timeout, w := config.DefaultTimeout, wanted{}
 			if cfg, err := config.Parse(".forge.yml", []byte(b.Config)); err == nil {
-				timeout = cfg.Timeout
+				timeout, w = cfg.Timeout, wantedOf(cfg)
 			}
 			r.log.Info("watching a build again after a restart", "build", b.ID, "node", b.NodeID)
 			r.start(b.ID, func(ctx context.Context) {
 				defer r.removeService(svc, b.ID)
-				r.await(ctx, b, timeout, b.Started)
+				releaseLog := r.holdLog(b.ID, w)
+				defer releaseLog()
+				r.await(ctx, b, timeout, b.Started, w, releaseLog)
 			})
 		}
 	}

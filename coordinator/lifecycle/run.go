@@ -93,6 +93,9 @@ func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordina
 	b, _ = r.update(ctx, b, func(x *coordinator.Build) { x.NodeID, x.ContainerID = node, cid })
 	b.NodeID, b.ContainerID = node, cid // even if the record failed: launch goes there
 
+	// Before the launch: a short build may exit before await begins.
+	releaseLog := r.holdLog(b.ID, wantedOf(req.Config))
+	defer releaseLog()
 	if err := r.launch(ctx, b, execSpec, req, sec); err != nil {
 		r.finishCause(ctx, b, err)
 		return
@@ -103,7 +106,7 @@ func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordina
 	}
 	b, _ = r.update(ctx, b, func(x *coordinator.Build) { x.Started = started.UTC() })
 	b.Started = started.UTC()
-	r.await(ctx, b, req.Config.Timeout, started)
+	r.await(ctx, b, req.Config.Timeout, started, wantedOf(req.Config), releaseLog)
 }
 
 // finishCause ends a build that failed before it started: with the cancel
@@ -301,9 +304,11 @@ func (r *Runner) launch(ctx context.Context, b *coordinator.Build, spec []byte, 
 }
 
 // await waits for the build's exit, enforcing its timeout and honouring
-// a cancel, then records the result. A build the coordinator stops
-// watching (shutdown) is left as it is, for Recover.
-func (r *Runner) await(ctx context.Context, b *coordinator.Build, timeout time.Duration, started time.Time) {
+// a cancel, then collects its artifacts (w) and records the result. A
+// build the coordinator stops watching (shutdown) is left as it is, for
+// Recover. releaseLog ends the log's hold (holdLog), before the build is
+// final.
+func (r *Runner) await(ctx context.Context, b *coordinator.Build, timeout time.Duration, started time.Time, w wanted, releaseLog func()) {
 	if timeout <= 0 {
 		timeout = config.DefaultTimeout
 	}
@@ -324,9 +329,19 @@ func (r *Runner) await(ctx context.Context, b *coordinator.Build, timeout time.D
 	var reason string
 	select {
 	case x, ok := <-exits:
-		if ok {
-			r.exited(ctx, b, x, timeout)
+		if !ok {
+			return
 		}
+		// After the action, pass or fail, and before the service (and
+		// its container) is removed.
+		if r.collects(w) && x.Error == "" {
+			r.collect(ctx, b, w)
+			if r.base.Err() != nil {
+				return // shutting down: after the restart, Recover collects again
+			}
+		}
+		releaseLog()
+		r.exited(ctx, b, x, timeout)
 		return
 	case <-ctx.Done():
 		if reason = cancelReason(ctx); reason == "" {

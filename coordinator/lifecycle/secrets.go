@@ -53,7 +53,7 @@ func (r *Runner) secretsOf(ctx context.Context, b *coordinator.Build, req coordi
 // an untrusted build are named.
 func (r *Runner) giveSecrets(b *coordinator.Build, sec buildSecrets) error {
 	if len(sec.withheld) > 0 {
-		line := fmt.Sprintf("forge: secrets withheld from this untrusted build (a fork's or an outside contributor's pull request): %s\n",
+		line := fmt.Sprintf("secrets withheld from this untrusted build (a fork's or an outside contributor's pull request): %s\n",
 			strings.Join(sec.withheld, ", "))
 		if err := r.cfg.Logs.Note(b.ID, line); err != nil {
 			return fmt.Errorf("log the secrets withheld: %w", err)

@@ -32,9 +32,8 @@ import (
 // The exit is kept beside it in <id>.exit, written once. A build's file
 // is open only while the build runs: from its first use until its exit.
 //
-// Forge's own lines (code 4) and output masked for a build's secrets
-// (code 5, which also carries its stream and that stream's offset) are
-// described in mask.go.
+// Output masked for a build's secrets (code 5, which also carries its
+// stream and that stream's offset) is described in mask.go.
 //
 // With MaxSize set, a build's output past MaxSize bytes (stdout and stderr
 // together) is cut: the store appends one note record (code 3) saying so
@@ -65,7 +64,8 @@ type buildLog struct {
 	cut     bool     // the note is written: further output is dropped
 	lastNL  bool     // the last stored byte is a newline (or none stored)
 	exit    *wire.Exit
-	changed chan struct{} // closed and replaced on every append or exit
+	holds   int           // Hold calls not released: the log is not over at the exit
+	changed chan struct{} // closed and replaced on every append, exit or release
 	// mask hides the build's secrets in each stream (by code) before it
 	// is stored; nil for a build without secrets (mask.go).
 	mask [3]*redact.Masker
@@ -79,7 +79,10 @@ const (
 	recStderr byte = 2
 	// recNote is text from Forge itself (the cut line): shown with the
 	// output, counted in neither stream's offsets.
-	recNote   byte = 3
+	recNote byte = 3
+	// recForge is a note of Forge's that is not the cut (Note): shown the
+	// same way, and it leaves the output's cap alone.
+	recForge  byte = 4
 	recHeader      = 5
 )
 
@@ -136,7 +139,8 @@ func (s *Store) open(id string) (*buildLog, error) {
 		case recNote:
 			b.cut = true
 			return
-		case recInfo:
+		case recForge:
+			b.lastNL = true
 			return
 		case recMasked:
 			// The stream's offset is the record's: masking changed
@@ -188,15 +192,19 @@ func (s *Store) open(id string) (*buildLog, error) {
 	return b, nil
 }
 
-// release closes a build's file once its exit is recorded.
+// release closes a build's file once its exit is recorded, unless a Hold
+// keeps it open for notes.
 func (s *Store) release(id string, b *buildLog) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.holds > 0 {
+		return nil
+	}
 	if s.builds[id] == b {
 		delete(s.builds, id)
 	}
-	s.mu.Unlock()
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.f == nil {
 		return nil
 	}
@@ -448,9 +456,9 @@ func (s *Store) Follow(ctx context.Context, id string, w io.Writer, follow bool)
 	}
 	defer f.Close()
 	var pos int64
-	for {
+	for done := false; ; {
 		b.mu.Lock()
-		changed, exited := b.changed, b.exit != nil
+		changed, over := b.changed, b.exit != nil && b.holds == 0
 		b.mu.Unlock()
 		// Read the whole records written so far.
 		var werr error
@@ -472,12 +480,17 @@ func (s *Store) Follow(ctx context.Context, id string, w io.Writer, follow bool)
 		if fl, ok := w.(interface{ Flush() }); ok && n > 0 {
 			fl.Flush()
 		}
-		if !follow || exited {
+		if !follow || over {
 			return nil
+		}
+		if done {
+			return ctx.Err()
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			// Once more: what was written as the follower was told to
+			// stop (the build's last notes) is still shown.
+			done = true
 		case <-changed:
 		}
 	}
@@ -489,7 +502,9 @@ func (s *Store) Close() error {
 	defer s.mu.Unlock()
 	var errs []error
 	for id, b := range s.builds {
-		errs = append(errs, b.f.Close())
+		if b.f != nil { // nil: exited, kept for a Hold
+			errs = append(errs, b.f.Close())
+		}
 		delete(s.builds, id)
 	}
 	return errors.Join(errs...)

@@ -2,11 +2,7 @@ package logs
 
 import (
 	"encoding/binary"
-	"errors"
-	"fmt"
-	"os"
 
-	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/internal/redact"
 	"github.com/forge-ci/forge/wire"
 )
@@ -18,15 +14,14 @@ import (
 // may hold back the start of a value at the end of a chunk until the next
 // one, or the exit, says whether it is one.
 //
+// Forge's own lines (the secrets withheld from an untrusted build) are
+// notes (Note, notes.go).
+//
 // Masked output changes length, and what is held back is not stored yet,
 // so its records carry the stream's offset: after a restart the agent
 // sends again from there, and what was held is masked again.
 
 const (
-	// recInfo is Forge's own line about the build (the secrets withheld
-	// from an untrusted build): shown with the output, counted in neither
-	// stream's offsets, no cut.
-	recInfo byte = 4
 	// recMasked is masked output: the stream's code (1 byte), the
 	// stream's offset after it (8 bytes, big-endian), the text.
 	recMasked byte = 5
@@ -40,7 +35,7 @@ const (
 // validRecord tells whether a record header can be a whole record's.
 func validRecord(code byte, n uint32) bool {
 	switch code {
-	case recStdout, recStderr, recNote, recInfo:
+	case recStdout, recStderr, recNote, recForge:
 		return n <= wire.MaxLogChunk
 	case recMasked:
 		return n >= maskedPrefix && n <= maxMasked
@@ -140,55 +135,6 @@ func (s *Store) Seal(id string) {
 		b.sealed = true
 		b.mu.Unlock()
 	}
-}
-
-// Note adds a line of Forge's own to the build's log, before or among
-// its output (the secrets withheld from an untrusted build).
-func (s *Store) Note(id, line string) error {
-	if line == "" {
-		return nil
-	}
-	if len(line) > wire.MaxLogChunk {
-		return fmt.Errorf("note for %s: %d bytes, max %d", id, len(line), wire.MaxLogChunk)
-	}
-	if !buildIDPattern.MatchString(id) {
-		return fmt.Errorf("%w %q", coordinator.ErrUnknownBuild, id)
-	}
-	s.mu.Lock()
-	b := s.builds[id]
-	if b == nil {
-		// Not open (the build has not started): appended to the file as
-		// it is, while s.mu keeps open from reading it meanwhile, and
-		// not kept open for a build that may never start.
-		defer s.mu.Unlock()
-		if _, err := os.Stat(s.path(id, ".exit")); err == nil {
-			return fmt.Errorf("build %s has exited", id)
-		}
-		f, err := os.OpenFile(s.path(id, ".log"), os.O_WRONLY|os.O_APPEND, 0)
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%w %s", coordinator.ErrUnknownBuild, id)
-		}
-		if err != nil {
-			return err
-		}
-		_, err = f.Write(appendRecord(nil, recInfo, []byte(line)))
-		return errors.Join(err, f.Close())
-	}
-	s.mu.Unlock()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.exit != nil || b.f == nil {
-		return fmt.Errorf("build %s has exited", id)
-	}
-	if !b.lastNL {
-		line = "\n" + line
-	}
-	if _, err := b.f.Write(appendRecord(nil, recInfo, []byte(line))); err != nil {
-		return fmt.Errorf("note in the log of %s: %w", id, err)
-	}
-	b.lastNL = line[len(line)-1] == '\n'
-	b.notify()
-	return nil
 }
 
 // flushMasks stores what each stream's masker held back, masked: the

@@ -180,38 +180,6 @@ func TestForgottenMasksRefuseOutput(t *testing.T) {
 	noValueOnDisk(t, dir, secretValue)
 }
 
-// Forge's notes show among the output, and count in no stream's offset.
-func TestNote(t *testing.T) {
-	s := &Store{Dir: t.TempDir()}
-	defer s.Close()
-	if err := s.Create("b1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Note("b1", "forge: withheld A\n"); err != nil {
-		t.Fatal(err)
-	}
-	l := newLogger(t, s, "b1")
-	l.send(wire.StreamStdout, "out")
-	if err := s.Note("b1", "forge: again\n"); err != nil {
-		t.Fatal(err)
-	}
-	l.send(wire.StreamStdout, "put\n")
-	at, _ := s.Attach(context.Background(), "n", &wire.Attach{BuildID: "b1", ContainerID: "c"})
-	if at.StdoutOffset != int64(len("output\n")) {
-		t.Errorf("offset %d", at.StdoutOffset)
-	}
-	l.exit()
-	if got, want := logOf(t, s, "b1"), "forge: withheld A\nout\nforge: again\nput\n"; got != want {
-		t.Errorf("log %q, want %q", got, want)
-	}
-	if err := s.Note("b1", "late\n"); err == nil {
-		t.Error("a note after the exit")
-	}
-	if err := s.Note("nope", "x\n"); err == nil {
-		t.Error("a note for an unknown build")
-	}
-}
-
 // The cut at MaxSize counts masked output.
 func TestMaskedLogCut(t *testing.T) {
 	s := &Store{Dir: t.TempDir(), MaxSize: 10}
@@ -230,7 +198,7 @@ func TestMaskedLogCut(t *testing.T) {
 }
 
 func TestValidRecord(t *testing.T) {
-	if validRecord(recMasked, maskedPrefix-1) || !validRecord(recMasked, maskedPrefix) || validRecord(recInfo, wire.MaxLogChunk+1) || validRecord(9, 1) {
+	if validRecord(recMasked, maskedPrefix-1) || !validRecord(recMasked, maskedPrefix) || validRecord(recForge, wire.MaxLogChunk+1) || validRecord(9, 1) {
 		t.Error("record bounds")
 	}
 }

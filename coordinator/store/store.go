@@ -45,6 +45,11 @@ var ErrExists = errors.New("already exists")
 type Store struct {
 	db   *sql.DB
 	path string
+
+	// Statements of the hottest calls, prepared once on the one
+	// connection: parsing them each time was a third of UpdateBuild's CPU
+	// (docs/benchmarks.md, queue.*).
+	buildByID, updateBuild *sql.Stmt
 }
 
 // pragmas applied by the driver to every connection it opens.
@@ -86,6 +91,10 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	if err := s.prepare(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
@@ -146,6 +155,15 @@ func (s *Store) checkJournal(ctx context.Context) error {
 func (s *Store) DB() *sql.DB { return s.db }
 
 // Close closes the database. Calls after Close fail.
+// prepare makes the Store's prepared statements, after the migrations.
+func (s *Store) prepare(ctx context.Context) (err error) {
+	if s.buildByID, err = s.db.PrepareContext(ctx, `SELECT `+buildColumns+` FROM builds WHERE id = ?`); err != nil {
+		return err
+	}
+	s.updateBuild, err = s.db.PrepareContext(ctx, updateBuildSQL)
+	return err
+}
+
 func (s *Store) Close() error {
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close %s: %w", s.path, err)

@@ -246,7 +246,7 @@ func TestRoutesAsREADME(t *testing.T) {
 
 	routes := readmeRoutes(t)
 	api, _ := New(Config{Builds: &fakeBuilds{}, Store: e.st, Logs: fakeLogs{}, Agents: fakeAgents{}, Auth: mustAuth(t, e),
-		Webhook: http.NotFoundHandler(), Metrics: http.NotFoundHandler(), Secrets: e.keeper})
+		Webhook: http.NotFoundHandler(), Metrics: http.NotFoundHandler(), Artifacts: e.arts, Secrets: e.keeper})
 	served := map[string]string{}
 	for _, r := range api.Routes() {
 		served[r.Pattern] = r.Who
@@ -274,6 +274,7 @@ func TestRoutesAsREADME(t *testing.T) {
 				p := strings.ReplaceAll(path, "{id}", id)
 				p = strings.ReplaceAll(p, "{file}", "forge.css")
 				p = strings.ReplaceAll(p, "{node}", "n1")
+				p = strings.ReplaceAll(p, "{path...}", "dist/report.txt")
 				// A repository's routes: the repository of build id.
 				p = strings.ReplaceAll(p, "{owner}/{repo}", map[string]string{"pub": "acme/open", "priv": "acme/secret"}[id])
 				p = strings.ReplaceAll(p, "{name}", "WALK")

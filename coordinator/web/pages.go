@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/docker/go-units"
+
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/auth"
 	"github.com/forge-ci/forge/coordinator/store"
@@ -27,7 +29,9 @@ var templateFS embed.FS
 var staticFS embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
-	"ago": func(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" },
+	"ago":         func(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" },
+	"artifactURL": artifactURL,
+	"size":        func(n int64) string { return units.BytesSize(float64(n)) },
 	"when": func(t time.Time) string {
 		if t.IsZero() {
 			return "never"
@@ -48,6 +52,7 @@ type pageData struct {
 	Build      *coordinator.Build
 	CanCancel  bool
 	CanApprove bool
+	Artifacts  []ArtifactView // of a final build
 	Tokens     []coordinator.APIToken
 	NewToken   string
 	Message    string
@@ -109,6 +114,14 @@ func (a *API) buildPage(w http.ResponseWriter, r *http.Request, p *auth.Principa
 	if !b.State.Final() && p.Kind != auth.Anonymous {
 		d.CanCancel = a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Write) == nil
 		d.CanApprove = d.CanCancel && b.AwaitingApproval()
+	}
+	if b.State.Final() {
+		// A running build's come with its end: the page's script asks.
+		list, err := a.cfg.Artifacts.List(b.ID)
+		if err != nil {
+			a.log.Warn("artifacts of the build page", "build", b.ID, "err", err)
+		}
+		d.Artifacts = artifactViews(list)
 	}
 	if a.cfg.Secrets != nil && p.Kind != auth.Anonymous {
 		d.CanSecrets = a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Admin) == nil

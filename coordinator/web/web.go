@@ -44,6 +44,12 @@ type Config struct {
 	Secrets coordinator.Secrets
 	// Log notes refusals of credentials; nil discards.
 	Log *slog.Logger
+	// Retain is how long final builds' logs are kept (--retain; 0:
+	// forever): a log gone after it says so rather than "unknown".
+	Retain time.Duration
+	// Artifacts is where builds' artifacts are read; nil: builds have
+	// none.
+	Artifacts Artifacts
 }
 
 // Logs is where build output is read (logs.Store).
@@ -89,6 +95,9 @@ func New(cfg Config) (*API, error) {
 	if cfg.AgentAdmin == nil {
 		cfg.AgentAdmin, _ = cfg.Agents.(AgentAdmin)
 	}
+	if cfg.Artifacts == nil {
+		cfg.Artifacts = noArtifacts{}
+	}
 	return &API{cfg: cfg, auth: cfg.Auth, log: log}, nil
 }
 
@@ -130,6 +139,9 @@ func (a *API) Routes() []Route {
 		{"GET /api/builds/{id}/log", Reader, a.api(a.getLog)},
 		{"POST /api/builds/{id}/cancel", Writer, a.api(a.cancelBuild)},
 		{"POST /api/builds/{id}/approve", Writer, a.api(a.approveBuild)},
+		{"GET /api/builds/{id}/artifacts", Reader, a.api(a.listArtifacts)},
+		{"GET /api/builds/{id}/artifacts/{path...}", Reader, a.api(a.getArtifact)},
+		{"GET /api/builds/{id}/artifacts.tar.gz", Reader, a.api(a.getArtifactsTarGz)},
 		{"GET /{$}", Public, a.html(a.indexPage)},
 		{"GET /builds/{id}", Reader, a.html(a.buildPage)},
 		{"POST /builds/{id}/cancel", Writer, a.html(a.cancelForm)},
@@ -440,9 +452,36 @@ func (a *API) getLog(w http.ResponseWriter, r *http.Request, p *auth.Principal) 
 		}()
 	}
 	err := a.cfg.Logs.Follow(ctx, b.ID, fw, follow)
-	if err != nil && !errors.Is(err, context.Canceled) {
+	switch {
+	case err == nil, errors.Is(err, context.Canceled):
+	case errors.Is(err, coordinator.ErrUnknownBuild) && a.pruned(b):
+		fmt.Fprintf(fw, "[forge: this build's log was deleted by retention: logs are kept %s after a build ends (--retain)]\n", days(a.cfg.Retain))
+	case errors.Is(err, coordinator.ErrUnknownBuild) && b.State.Final():
+		why := string(b.State)
+		if b.Reason != "" {
+			why += ": " + b.Reason
+		}
+		fmt.Fprintf(fw, "[forge: no log was recorded for this build, which ended as %s]\n", why)
+	default:
 		fmt.Fprintf(fw, "\n[forge: log unavailable: %v]\n", redact.Error(err))
 	}
+}
+
+// pruned says whether retention may have deleted b's log.
+func (a *API) pruned(b *coordinator.Build) bool {
+	return a.cfg.Retain > 0 && b.State.Final() && !b.Finished.IsZero() && time.Since(b.Finished) > a.cfg.Retain
+}
+
+// days writes d in days when it is whole days ("90 days"), else as Go does.
+func days(d time.Duration) string {
+	const day = 24 * time.Hour
+	if d%day == 0 {
+		if d == day {
+			return "1 day"
+		}
+		return fmt.Sprintf("%d days", d/day)
+	}
+	return d.String()
 }
 
 type flushWriter struct {
