@@ -15,8 +15,9 @@ import (
 	"github.com/forge-ci/forge/internal/redact"
 )
 
-// pages are the HTML templates. Build output never goes through them:
-// the build page's script fetches the log as text and sets textContent.
+// pages are the HTML templates. Build output goes through them only as
+// text in runs that renderLine made (html/template escapes it); the build
+// page's script adds what follows with textContent, never as HTML.
 // Scripts and styles are files under /static/, so the pages' CSP allows
 // no inline script.
 //
@@ -27,7 +28,8 @@ var templateFS embed.FS
 var staticFS embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
-	"ago": func(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" },
+	"ago":   func(t time.Time) string { return duration(time.Since(t)) + " ago" },
+	"short": func(sha string) string { return sha[:min(len(sha), 7)] },
 	"when": func(t time.Time) string {
 		if t.IsZero() {
 			return "never"
@@ -44,8 +46,10 @@ type pageData struct {
 	SignIn bool // GitHub sign-in is configured
 	CSRF   string
 
-	Builds     []*coordinator.Build
+	List       *listView // the builds page
 	Build      *coordinator.Build
+	BP         *buildView  // the build page's log, steps and times
+	Agents     *agentsView // the agents page
 	CanCancel  bool
 	CanApprove bool
 	Tokens     []coordinator.APIToken
@@ -78,35 +82,6 @@ func (a *API) errorPage(w http.ResponseWriter, r *http.Request, code int, err er
 	d := a.data(p, http.StatusText(code))
 	d.Message = redact.String(err.Error())
 	a.render(w, code, "error", d)
-}
-
-func (a *API) indexPage(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
-	if err := a.auth.NeedSignIn(p, true); err != nil {
-		a.refuse(w, r, err, false)
-		return
-	}
-	bs, err := a.visible(r.Context(), p, store.ListOptions{Limit: 100})
-	if err != nil {
-		a.refuse(w, r, err, false)
-		return
-	}
-	d := a.data(p, "Builds")
-	d.Builds = bs
-	a.render(w, http.StatusOK, "index", d)
-}
-
-func (a *API) buildPage(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
-	b := a.build(w, r, p, coordinator.Read, false)
-	if b == nil {
-		return
-	}
-	d := a.data(p, "Build "+b.ID)
-	d.Build = b
-	if !b.State.Final() && p.Kind != auth.Anonymous {
-		d.CanCancel = a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Write) == nil
-		d.CanApprove = d.CanCancel && b.AwaitingApproval()
-	}
-	a.render(w, http.StatusOK, "build", d)
 }
 
 // cancelForm is the build page's cancel button, for browsers without
