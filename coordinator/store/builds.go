@@ -230,8 +230,9 @@ type ListOptions struct {
 	// NoPullRequest keeps builds of no pull request (pushes, forge run,
 	// the API): a branch's badge is not a fork's pull request's.
 	NoPullRequest bool
-	// Final keeps only builds that are over (success, failure, error).
-	Final bool
+	// States keeps builds in any of these states (and in State, when
+	// set too).
+	States []coordinator.State
 }
 
 const (
@@ -284,8 +285,14 @@ func (s *Store) ListBuilds(ctx context.Context, o ListOptions) ([]*coordinator.B
 	case o.NoPullRequest:
 		where = append(where, "pull_request = 0")
 	}
-	if o.Final {
-		where, args = append(where, "state IN (?, ?, ?)"), append(args, string(coordinator.Success), string(coordinator.Failure), string(coordinator.Error))
+	if len(o.States) > 0 {
+		for _, st := range o.States {
+			if !st.Valid() {
+				return nil, fmt.Errorf("store: list builds: unknown state %q", st)
+			}
+			args = append(args, string(st))
+		}
+		where = append(where, "state IN (?"+strings.Repeat(", ?", len(o.States)-1)+")")
 	}
 	if o.Before != "" {
 		// Resolve the cursor first so that a bad one is an error rather

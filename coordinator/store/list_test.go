@@ -10,7 +10,7 @@ import (
 )
 
 // TestListBuildsByRef: the build list's filters by branch, pull request,
-// pushes only and final state, alone, together and with the cursor.
+// pushes only and a set of states, alone, together and with the cursor.
 func TestListBuildsByRef(t *testing.T) {
 	s, _ := openTemp(t)
 	ctx := context.Background()
@@ -47,16 +47,18 @@ func TestListBuildsByRef(t *testing.T) {
 	check("pull request", ListOptions{PullRequest: 7}, "r4", "r2")
 	check("branch and pull request", ListOptions{Branch: "feature", PullRequest: 7}, "r4")
 	check("no pull request", ListOptions{NoPullRequest: true}, "p6", "p3", "p1", "p0")
-	check("final", ListOptions{Final: true}, "p6", "r4", "r2", "p1", "p0")
-	// What a branch's badge asks: its newest final build of no pull request.
-	check("badge", ListOptions{Owner: "acme", Repo: "web", Branch: "main", NoPullRequest: true, Final: true, Limit: 1}, "p1")
-	check("state beats final", ListOptions{Final: true, State: Running})
+	check("states", ListOptions{States: []State{Success, Error}}, "p6", "r4", "r2", "p0")
+	// What a branch's badge asks: its newest passed or failed build of no
+	// pull request.
+	check("badge", ListOptions{Owner: "acme", Repo: "web", Branch: "main", NoPullRequest: true, States: []State{Success, Failure}, Limit: 1}, "p1")
+	check("state and states", ListOptions{States: []State{Success, Failure}, State: Running})
 	check("cursor", ListOptions{Branch: "main", Before: "r2"}, "p1", "p0")
 	check("unknown branch", ListOptions{Branch: "nope"})
 
 	for name, o := range map[string]ListOptions{
 		"negative pull request":         {PullRequest: -1},
 		"pull request and none at once": {PullRequest: 7, NoPullRequest: true},
+		"unknown state in states":       {States: []State{Success, "done"}},
 	} {
 		if got, err := s.ListBuilds(ctx, o); err == nil {
 			t.Errorf("%s: no error, %v", name, ids(got))

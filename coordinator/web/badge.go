@@ -18,16 +18,18 @@ var (
 	badgeLooks = map[coordinator.State]badgeLook{
 		coordinator.Success: {"passing", "#2da44e"},
 		coordinator.Failure: {"failing", "#cf222e"},
-		coordinator.Error:   {"error", "#bf5d00"},
 	}
 	badgeNone = badgeLook{"no builds", "#6e7781"}
 )
 
-// badge serves GET /badge/{owner}/{repo}.svg?branch=B: the state of the
-// newest finished build of the branch (pushes, runs and API builds: a
-// pull request, maybe a fork's, does not speak for a branch), or of any
-// branch without ?branch. A repository Forge never built, and a private
-// one the requester may not read, get the same 404.
+// badge serves GET /badge/{owner}/{repo}.svg?branch=B: whether the
+// newest build of the branch that passed or failed passed (pushes, runs
+// and API builds: a pull request, maybe a fork's, does not speak for a
+// branch), or of any branch without ?branch. A build that ended in error
+// (cancelled, superseded, timed out, an infrastructure fault) says
+// nothing of the code and leaves the badge as it was. A repository Forge
+// never built, and a private one the requester may not read, get the
+// same 404.
 func (a *API) badge(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
 	w.Header().Set("Cache-Control", "no-cache, max-age=0") // GitHub's image proxy keeps it otherwise
 	owner, repo := r.PathValue("owner"), r.PathValue("repo")
@@ -63,7 +65,7 @@ func (a *API) badge(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
 		return
 	}
 	last, err := a.cfg.Store.ListBuilds(ctx, store.ListOptions{Owner: owner, Repo: repo, Branch: r.URL.Query().Get("branch"),
-		NoPullRequest: true, Final: true, Limit: 1})
+		NoPullRequest: true, States: []coordinator.State{coordinator.Success, coordinator.Failure}, Limit: 1})
 	if err != nil {
 		httpError(w, http.StatusInternalServerError, "%v", err)
 		return

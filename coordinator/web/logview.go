@@ -41,6 +41,8 @@ type logView struct {
 // starts in the log.
 type step struct {
 	Cmd    string
+	First  string // the command's first line
+	More   bool   // the command has more lines
 	Marker string // the first line of "+ <command>"
 	Setup  bool
 	Line   int    // the marker's line; 0 until it ran
@@ -53,8 +55,8 @@ func stepsOf(cfg *config.Config, action string) []step {
 	var out []step
 	add := func(cmds []string, setup bool) {
 		for _, c := range cmds {
-			first, _, _ := strings.Cut(c, "\n")
-			out = append(out, step{Cmd: c, Marker: "+ " + first, Setup: setup, State: "pending"})
+			first, rest, _ := strings.Cut(c, "\n")
+			out = append(out, step{Cmd: c, First: first, More: strings.TrimSpace(rest) != "", Marker: "+ " + first, Setup: setup, State: "pending"})
 		}
 	}
 	add(cfg.Setup, true)

@@ -38,6 +38,14 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	},
 }).ParseFS(templateFS, "templates/*.html"))
 
+// favicon answers the browsers that ask /favicon.ico whatever the page
+// names (an SVG image opened on its own, for one).
+func favicon(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "image/svg+xml")
+	w.Header().Set("Cache-Control", "max-age=86400")
+	http.ServeFileFS(w, r, staticFS, "static/favicon.svg")
+}
+
 // pageData is what every page gets: who is looking, and the CSRF token
 // its forms send back.
 type pageData struct {

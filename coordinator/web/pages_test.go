@@ -65,7 +65,7 @@ func TestBuildPageLog(t *testing.T) {
 	// The steps as forgexec marked them: setup and make test ran, make
 	// test failed (the build failed), the deploy never started. A
 	// command of several lines is known by its first.
-	steps := regexp.MustCompile(`<li class="step (\w+)" data-marker="([^"]*)">.*?<a class="goto"( href="#L\d+")?>`).FindAllStringSubmatch(page, -1)
+	steps := regexp.MustCompile(`<li class="step (\w+)" data-marker="([^"]*)">.*?<a class="goto"( href="#L\d+")?[ >]`).FindAllStringSubmatch(page, -1)
 	want := [][3]string{{"done", "&#43; echo setup", ` href="#L1"`}, {"failed", "&#43; make test", ` href="#L3"`}, {"skipped", "&#43; ./deploy.sh \\", ""}}
 	if len(steps) != len(want) {
 		t.Fatalf("steps: %q", steps)
@@ -220,8 +220,9 @@ func TestBadge(t *testing.T) {
 		mk("w2", "widgets", "main", 0, coordinator.Success, 2, true),
 		mk("w3", "widgets", "main", 7, coordinator.Failure, 3, true), // a pull request from main: not the branch's
 		mk("w4", "widgets", "main", 0, coordinator.Running, 4, true), // not finished
-		mk("w5", "widgets", "dev", 0, coordinator.Error, 5, true),
-		mk("s1", "secret", "main", 0, coordinator.Failure, 6, false))
+		mk("w5", "widgets", "dev", 0, coordinator.Failure, 5, true),
+		mk("w6", "widgets", "dev", 0, coordinator.Error, 6, true), // cancelled, say: says nothing of the code
+		mk("s1", "secret", "main", 0, coordinator.Failure, 7, false))
 	e.gh.set("alice", "acme/secret", coordinator.Read)
 	alice, bob := e.signIn("alice"), e.signIn("bob")
 
@@ -231,9 +232,9 @@ func TestBadge(t *testing.T) {
 		state string
 	}{
 		{nobody, "/badge/acme/widgets.svg?branch=main", "passing"},
-		{nobody, "/badge/acme/widgets.svg?branch=dev", "error"},
+		{nobody, "/badge/acme/widgets.svg?branch=dev", "failing"},
 		{nobody, "/badge/acme/widgets.svg?branch=gone", "no builds"},
-		{nobody, "/badge/acme/widgets.svg", "error"}, // any branch
+		{nobody, "/badge/acme/widgets.svg", "failing"}, // any branch
 		{alice, "/badge/acme/secret.svg?branch=main", "failing"},
 		{&caller{name: "admin", bearer: adminToken}, "/badge/acme/secret.svg?branch=main", "failing"},
 	} {

@@ -121,6 +121,7 @@ func (a *API) Routes() []Route {
 		{"GET /login", Anyone, hf(a.auth.Login)},
 		{"GET " + auth.CallbackPath, Anyone, hf(a.auth.Callback)},
 		{"GET /static/{file}", Anyone, http.FileServerFS(staticFS)},
+		{"GET /favicon.ico", Anyone, hf(favicon)},
 
 		{"GET /api/builds", Public, a.api(a.listBuilds)},
 		{"GET /api/builds/{id}", Reader, a.api(a.getBuild)},

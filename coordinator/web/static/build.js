@@ -217,10 +217,14 @@
     }
   }
 
-  if (location.hash) {
-    const el = document.getElementById(location.hash.slice(1));
+  // A line's link highlights its line, also when only the hash changes.
+  function highlight() {
+    document.querySelectorAll("#log .ll.hl").forEach((el) => el.classList.remove("hl"));
+    const el = location.hash.startsWith("#L") && document.getElementById(location.hash.slice(1));
     if (el) el.classList.add("hl");
   }
+  window.addEventListener("hashchange", highlight);
+  highlight();
   if (!final) {
     const timer = setInterval(() => { tick(); if (final) clearInterval(timer); }, 1000);
     follow();
