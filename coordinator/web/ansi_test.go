@@ -1,44 +1,49 @@
 package web
 
 import (
+	"encoding/hex"
+	"encoding/json"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
 	"unicode/utf8"
 )
 
+// ansiCase is one line of testdata/ansi.json: a line of output (in, or
+// hex for bytes that are not UTF-8) and the runs a page shows of it,
+// [text, class]. The browser test (internal/e2e) gives the same cases to
+// static/ansi.js, so the server's and the live page's parsers agree.
+type ansiCase struct {
+	Name string      `json:"name"`
+	In   string      `json:"in"`
+	Hex  string      `json:"hex"`
+	Want [][2]string `json:"want"`
+}
+
 func TestRenderLine(t *testing.T) {
-	for _, c := range []struct {
-		name, in string
-		want     []segment
-	}{
-		{"plain", "hello <b>&amp;</b>", []segment{{"hello <b>&amp;</b>", ""}}},
-		{"colour and reset", "\x1b[31mred\x1b[0m plain", []segment{{"red", "ansi-f1"}, {" plain", ""}}},
-		{"bold bright", "\x1b[1;92mok\x1b[22m!", []segment{{"ok", "ansi-f10 ansi-bold"}, {"!", "ansi-f10"}}},
-		{"background and default", "\x1b[44;37mx\x1b[39my\x1b[49mz", []segment{{"x", "ansi-f7 ansi-b4"}, {"y", "ansi-b4"}, {"z", ""}}},
-		{"empty SGR resets", "\x1b[3;4mi\x1b[mn", []segment{{"i", "ansi-italic ansi-underline"}, {"n", ""}}},
-		{"256 colours", "\x1b[38;5;9ma\x1b[38;5;200mb\x1b[48;5;2mc", []segment{{"a", "ansi-f9"}, {"b", "ansi-f9"}, {"c", "ansi-f9 ansi-b2"}}},
-		{"truecolor dropped, what follows kept", "\x1b[38;2;255;0;0;1mx", []segment{{"x", "ansi-bold"}}},
-		{"colon sub-parameters", "\x1b[38:5:3mx", []segment{{"x", "ansi-f3"}}},
-		{"cursor moves dropped", "a\x1b[2Kb\x1b[1A\x1b[10;20Hc\x1b[?25ld", []segment{{"abcd", ""}}},
-		{"title dropped", "\x1b]0;evil title\x07text", []segment{{"text", ""}}},
-		{"hyperlink: the text stays, the link goes", "\x1b]8;;javascript:alert(1)\x1b\\click\x1b]8;;\x1b\\", []segment{{"click", ""}}},
-		{"charset and keypad", "\x1b(Ba\x1b=b\x1b7c", []segment{{"abc", ""}}},
-		{"carriage return redraws", "10%\r50%\r100%", []segment{{"100%", ""}}},
-		{"carriage return keeps the style", "\x1b[32m10%\r\x1b[1m100%", []segment{{"100%", "ansi-f2 ansi-bold"}}},
-		{"CRLF", "done\r", []segment{{"done", ""}}},
-		{"erase after return: blank, as on a terminal", "progress\r\x1b[K", nil},
-		{"controls dropped, tab kept", "a\x00b\x07c\x08d\te\x7ff", []segment{{"abcd\tef", ""}}},
-		{"C1 controls dropped", "a\u009bb\u0085c", []segment{{"abc", ""}}},
-		{"invalid UTF-8", "ok \xff\xfe bad \xc3", []segment{{"ok \ufffd\ufffd bad \ufffd", ""}}},
-		{"unfinished CSI", "a\x1b[31", []segment{{"a", ""}}},
-		{"unfinished OSC", "a\x1b]0;title", []segment{{"a", ""}}},
-		{"lone ESC", "a\x1b", []segment{{"a", ""}}},
-		{"CSI with a bad byte", "a\x1b[31\x01b", []segment{{"ab", ""}}},
-	} {
-		got, _, cut := renderLine([]byte(c.in), plainStyle)
-		if !reflect.DeepEqual(got, c.want) || cut != 0 {
-			t.Errorf("%s: renderLine(%q)\n got %q (cut %d)\nwant %q", c.name, c.in, got, cut, c.want)
+	raw, err := os.ReadFile("testdata/ansi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cases []ansiCase
+	if err := json.Unmarshal(raw, &cases); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		in := []byte(c.In)
+		if c.Hex != "" {
+			if in, err = hex.DecodeString(c.Hex); err != nil {
+				t.Fatalf("%s: %v", c.Name, err)
+			}
+		}
+		segs, _, cut := renderLine(in, plainStyle)
+		got := [][2]string{}
+		for _, s := range segs {
+			got = append(got, [2]string{s.Text, s.Class})
+		}
+		if !reflect.DeepEqual(got, c.Want) && !(len(got) == 0 && len(c.Want) == 0) || cut != 0 {
+			t.Errorf("%s: renderLine(%q)\n got %q (cut %d)\nwant %q", c.Name, in, got, cut, c.Want)
 		}
 	}
 }

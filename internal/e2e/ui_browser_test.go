@@ -312,6 +312,10 @@ func TestBrowserUI(t *testing.T) {
 	shoot(t, alice, shots, "build")
 	con.check(t, "the running build")
 
+	// The live page's parser gives what the server's gives, case by case
+	// (coordinator/web/testdata/ansi.json), and bounds a line alike.
+	checkANSI(t, alice)
+
 	// A line's link.
 	var target string
 	step(t, alice, 20*time.Second, "a line's link", chromedp.Navigate(s.http+"/builds/"+live.ID+"#L3"),
@@ -377,6 +381,43 @@ func TestBrowserUI(t *testing.T) {
 		resp.Body.Close()
 	}
 	con.check(t, "the badge")
+}
+
+// checkANSI runs static/ansi.js on the cases coordinator/web's
+// TestRenderLine gives renderLine, on the page open in ctx.
+func checkANSI(t *testing.T, ctx context.Context) {
+	t.Helper()
+	raw, err := os.ReadFile("../../coordinator/web/testdata/ansi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []struct {
+		Name      string
+		Got, Want [][2]string
+		Cut       int
+	}
+	step(t, ctx, 10*time.Second, "ForgeANSI on the cases", chromedp.Evaluate(`(`+string(raw)+`).map(c => {
+		const line = c.hex ? new TextDecoder().decode(Uint8Array.from(c.hex.match(/../g), h => parseInt(h, 16))) : c.in;
+		const r = ForgeANSI.renderLine(line, ForgeANSI.plain());
+		return {name: c.name, got: r.segs.map(s => [s.text, s.cls]), want: c.want, cut: r.cut};
+	})`, &got))
+	if len(got) < 20 {
+		t.Fatalf("only %d cases", len(got))
+	}
+	for _, c := range got {
+		if fmt.Sprint(c.Got) != fmt.Sprint(c.Want) || c.Cut != 0 {
+			t.Errorf("ForgeANSI, %s: %q (cut %d), want %q", c.Name, c.Got, c.Cut, c.Want)
+		}
+	}
+	var long []int
+	step(t, ctx, 10*time.Second, "ForgeANSI on a long line", chromedp.Evaluate(`(() => {
+		const r = ForgeANSI.renderLine("é".repeat(ForgeANSI.maxLineRunes + 5), ForgeANSI.plain());
+		const ten = ForgeANSI.renderLine("x".repeat(10000), ForgeANSI.plain());
+		return [r.segs[0].text.length, r.cut, ten.segs[0].text.length, ten.cut, ForgeANSI.maxLineRunes];
+	})()`, &long))
+	if len(long) != 5 || long[0] != long[4] || long[1] != 5 || long[2] != 10000 || long[3] != 0 || long[4] != 32<<10 {
+		t.Errorf("ForgeANSI's bound on a line: %v", long)
+	}
 }
 
 // waitPage polls cond on the page, again on the next page when a form's
