@@ -19,9 +19,14 @@ import (
 
 // TestMain runs the benchmarks, or, when the scale benchmark re-executes
 // this test binary with envChild set, the agents' side of that benchmark
-// in a process of its own (so the coordinator's memory is measured alone).
+// in a process of its own (so the coordinator's memory is measured alone);
+// with envChild "followers", the log benchmark's followers.
 func TestMain(m *testing.M) {
-	if os.Getenv(envChild) != "" {
+	switch os.Getenv(envChild) {
+	case "":
+	case "followers":
+		os.Exit(runFollowersChild())
+	default:
 		os.Exit(runAgentsChild())
 	}
 	if os.Getenv(EnvOut) != "" {
