@@ -118,10 +118,10 @@ var (
 // jsFits: the page needs no sideways scrolling.
 const jsFits = `document.documentElement.scrollWidth <= window.innerWidth + 1`
 
-// liveScript is a build that writes coloured lines for half a minute,
-// and every ten lines what a page must show only as text: markup, invalid
-// UTF-8, carriage returns, cursor moves and a title, a 10,000-character
-// line.
+// liveScript is a build that writes coloured lines for a minute, and
+// every ten lines after the first 20 (which the page sees arrive) what a
+// page must show only as text: markup, invalid UTF-8, carriage returns,
+// cursor moves and a title, a 10,000-character line.
 const liveScript = `image: %s
 setup:
   - echo preparing
@@ -132,7 +132,7 @@ execute:
     while [ $i -lt 150 ]; do
       i=$((i+1))
       printf '\033[3%%dmline %%d in colour %%d\033[0m\n' $((i %% 7 + 1)) $i $((i %% 7 + 1))
-      if [ $((i %% 10)) = 5 ]; then
+      if [ $i -gt 20 ] && [ $((i %% 10)) = 5 ]; then
         printf 'bad \377\376 utf8 <script>alert(1)</script><img src=x onerror=alert(2)>\n'
         printf '10%%%%\r50%%%%\r100%%%%\n'
         printf '\033[2J\033[H\033[5;5Hmoved \033]0;title\007done\n'
@@ -251,51 +251,6 @@ func TestBrowserUI(t *testing.T) {
 		t.Errorf("a live line: %q in %q, want a colour of its own", lineText, colour)
 	}
 
-	// Bad output, live and as rendered on the server: text, never HTML.
-	step(t, alice, 40*time.Second, "bad output comes live",
-		chromedp.Poll(`Array.from(`+jsLive+`).some(t => t.nextElementSibling.textContent.startsWith("bad "))`, nil,
-			chromedp.WithPollingTimeout(35*time.Second)))
-	var bad struct {
-		Elements, Long          int
-		Bad, Progress, Moved    []string
-		LiveBad, LiveLong, Runs int
-	}
-	step(t, alice, 10*time.Second, "read the bad output", chromedp.Evaluate(`(() => {
-		const lines = Array.from(document.querySelectorAll("#log .ll"));
-		const text = l => l.querySelector(".lc").textContent;
-		const live = l => l.querySelector(".lt").textContent !== "";
-		return {
-			elements: document.querySelectorAll("#log script, #log img, #log b, #log a:not(.ln)").length,
-			bad: lines.map(text).filter(t => t.startsWith("bad ")),
-			progress: lines.map(text).filter(t => t.endsWith("%")),
-			moved: lines.map(text).filter(t => t.startsWith("moved")),
-			long: lines.map(text).filter(t => /^0+$/.test(t)).map(t => t.length).reduce((a, b) => Math.max(a, b), 0),
-			livebad: lines.filter(l => live(l) && text(l).startsWith("bad ")).length,
-			livelong: lines.filter(l => live(l) && /^0{10000}$/.test(text(l))).length,
-			runs: document.querySelectorAll("#log .lc span").length,
-		};
-	})()`, &bad))
-	if bad.Elements != 0 {
-		t.Errorf("the log made %d elements of its text", bad.Elements)
-	}
-	for _, l := range bad.Bad {
-		if l != "bad \ufffd\ufffd utf8 <script>alert(1)</script><img src=x onerror=alert(2)>" {
-			t.Errorf("bad line shown as %q", l)
-		}
-	}
-	for _, l := range bad.Progress {
-		if l != "100%" {
-			t.Errorf("a redrawn line shown as %q", l)
-		}
-	}
-	for _, l := range bad.Moved {
-		if l != "moved done" {
-			t.Errorf("cursor moves shown as %q", l)
-		}
-	}
-	if len(bad.Bad) == 0 || len(bad.Progress) == 0 || len(bad.Moved) == 0 || bad.Long != 10000 || bad.LiveBad == 0 || bad.LiveLong == 0 || bad.Runs == 0 {
-		t.Errorf("bad output: %+v", bad)
-	}
 	// The steps as forgexec marks them: the loop runs, the others are done.
 	var steps []string
 	step(t, alice, 10*time.Second, "the steps", chromedp.Evaluate(`Array.from(document.querySelectorAll("#steps li"), li => li.className + " " + (li.querySelector("a.goto").getAttribute("href") || ""))`, &steps))
@@ -308,9 +263,19 @@ func TestBrowserUI(t *testing.T) {
 	if elapsed1 == elapsed2 || !strings.HasSuffix(elapsed2, "s") {
 		t.Errorf("elapsed: %q then %q", elapsed1, elapsed2)
 	}
-	step(t, alice, 10*time.Second, "to the top", chromedp.Evaluate(`window.scrollTo(0, 0)`, nil))
+	step(t, alice, 10*time.Second, "the top of a taller page", chromedp.EmulateViewport(1280, 1150), chromedp.Evaluate(`window.scrollTo(0, 0)`, nil))
 	shoot(t, alice, shots, "build")
+	step(t, alice, 10*time.Second, "a desktop again", desktop)
 	con.check(t, "the running build")
+
+	// Bad output, live and as rendered on the server: text, never HTML.
+	step(t, alice, 60*time.Second, "bad output comes live",
+		chromedp.Poll(`Array.from(`+jsLive+`).some(t => /^0{10000}$/.test(t.nextElementSibling.textContent))`, nil,
+			chromedp.WithPollingTimeout(55*time.Second)))
+	checkBad(t, alice, "live", true)
+	step(t, alice, 20*time.Second, "reload", chromedp.Reload(), chromedp.WaitVisible("#log", chromedp.ByQuery))
+	checkBad(t, alice, "rendered by the server", false)
+	con.check(t, "bad output")
 
 	// The live page's parser gives what the server's gives, case by case
 	// (coordinator/web/testdata/ansi.json), and bounds a line alike.
@@ -381,6 +346,56 @@ func TestBrowserUI(t *testing.T) {
 		resp.Body.Close()
 	}
 	con.check(t, "the badge")
+}
+
+// checkBad reads the build page's log for liveScript's bad output and
+// checks that it is all text, shown as a terminal would: where says which
+// rendering; live, that some of it arrived while the page was open (and
+// so went through static/ansi.js rather than the server).
+func checkBad(t *testing.T, ctx context.Context, where string, live bool) {
+	t.Helper()
+	var bad struct {
+		Elements, Long, Runs int
+		Bad, Progress, Moved []string
+		LiveBad, LiveLong    int
+	}
+	step(t, ctx, 10*time.Second, "read the bad output "+where, chromedp.Evaluate(`(() => {
+		const lines = Array.from(document.querySelectorAll("#log .ll"));
+		const text = l => l.querySelector(".lc").textContent;
+		const live = l => l.querySelector(".lt").textContent !== "";
+		return {
+			elements: document.querySelectorAll("#log script, #log img, #log b, #log a:not(.ln)").length,
+			bad: lines.map(text).filter(t => t.startsWith("bad ")),
+			progress: lines.map(text).filter(t => t.endsWith("%")),
+			moved: lines.map(text).filter(t => t.startsWith("moved")),
+			long: lines.map(text).filter(t => /^0+$/.test(t)).map(t => t.length).reduce((a, b) => Math.max(a, b), 0),
+			livebad: lines.filter(l => live(l) && text(l).startsWith("bad ")).length,
+			livelong: lines.filter(l => live(l) && /^0{10000}$/.test(text(l))).length,
+			runs: document.querySelectorAll("#log .lc span").length,
+		};
+	})()`, &bad))
+	if bad.Elements != 0 {
+		t.Errorf("%s: the log made %d elements of its text", where, bad.Elements)
+	}
+	for _, l := range bad.Bad {
+		if l != "bad \ufffd\ufffd utf8 <script>alert(1)</script><img src=x onerror=alert(2)>" {
+			t.Errorf("%s: a bad line shown as %q", where, l)
+		}
+	}
+	for _, l := range bad.Progress {
+		if l != "100%" {
+			t.Errorf("%s: a redrawn line shown as %q", where, l)
+		}
+	}
+	for _, l := range bad.Moved {
+		if l != "moved done" {
+			t.Errorf("%s: cursor moves shown as %q", where, l)
+		}
+	}
+	if len(bad.Bad) == 0 || len(bad.Progress) == 0 || len(bad.Moved) == 0 || bad.Long != 10000 || bad.Runs == 0 ||
+		live != (bad.LiveBad > 0 && bad.LiveLong > 0) || !live && bad.LiveBad+bad.LiveLong > 0 {
+		t.Errorf("%s: bad output: %+v", where, bad)
+	}
 }
 
 // checkANSI runs static/ansi.js on the cases coordinator/web's

@@ -127,6 +127,7 @@
     });
     if (open) paint(open);
     log.append(frag);
+    tick(); // the elapsed time agrees with the newest line's
     if (atEnd && !location.hash) window.scrollTo(0, document.documentElement.scrollHeight);
   }
 
