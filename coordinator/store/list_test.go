@@ -33,16 +33,7 @@ func TestListBuildsByRef(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	check := func(name string, o ListOptions, want ...string) {
-		t.Helper()
-		got, err := s.ListBuilds(ctx, o)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		if g := ids(got); len(g) != len(want) || (len(g) > 0 && !reflect.DeepEqual(g, want)) {
-			t.Errorf("%s:\n got %v\nwant %v", name, g, want)
-		}
-	}
+	check := func(name string, o ListOptions, want ...string) { t.Helper(); checkList(t, s, name, o, want...) }
 	check("branch", ListOptions{Branch: "main"}, "p3", "r2", "p1", "p0")
 	check("pull request", ListOptions{PullRequest: 7}, "r4", "r2")
 	check("branch and pull request", ListOptions{Branch: "feature", PullRequest: 7}, "r4")
@@ -63,5 +54,17 @@ func TestListBuildsByRef(t *testing.T) {
 		if got, err := s.ListBuilds(ctx, o); err == nil {
 			t.Errorf("%s: no error, %v", name, ids(got))
 		}
+	}
+}
+
+// checkList fails t unless listing o gives the builds want, in order.
+func checkList(t *testing.T, s *Store, name string, o ListOptions, want ...string) {
+	t.Helper()
+	got, err := s.ListBuilds(context.Background(), o)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	if g := ids(got); len(g) != len(want) || (len(g) > 0 && !reflect.DeepEqual(g, want)) {
+		t.Errorf("%s:\n got %v\nwant %v", name, g, want)
 	}
 }

@@ -46,26 +46,39 @@ func listQuery(q url.Values) (store.ListOptions, *listView, error) {
 	} else {
 		o.Repo = v.Repo
 	}
-	if v.PR != "" {
-		n, err := strconv.Atoi(strings.TrimPrefix(v.PR, "#"))
-		if err != nil || n < 1 {
-			return o, v, fmt.Errorf("pr %q: want a pull request's number", v.PR)
-		}
-		o.PullRequest = n
+	pr, limit, err := listNumbers(q, "pr", o.State)
+	if err != nil {
+		return o, v, err
 	}
-	if o.State != "" && !o.State.Valid() {
-		return o, v, fmt.Errorf("state %q: want one of queued, running, success, failure, error", v.State)
-	}
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 {
-			return o, v, fmt.Errorf("limit %q: want a positive number", l)
-		}
-		o.Limit = store.ClampLimit(n)
+	o.PullRequest = pr
+	if limit > 0 {
+		o.Limit = store.ClampLimit(limit)
 	}
 	v.Filtered = v.Repo != "" || v.Branch != "" || v.PR != "" || v.State != ""
 	v.Live = v.Before == ""
 	return o, v, nil
+}
+
+// listNumbers reads what the builds page and GET /api/builds check alike:
+// the pull request (in the parameter prName) and the limit, positive
+// numbers or absent (0), and the state filter.
+func listNumbers(q url.Values, prName string, st coordinator.State) (pr, limit int, err error) {
+	number := func(name, want string) int {
+		s := strings.TrimPrefix(strings.TrimSpace(q.Get(name)), "#")
+		if s == "" || err != nil {
+			return 0
+		}
+		n, aerr := strconv.Atoi(s)
+		if aerr != nil || n < 1 {
+			err = fmt.Errorf("%s %q: want %s", name, q.Get(name), want)
+		}
+		return n
+	}
+	pr, limit = number(prName, "a pull request's number"), number("limit", "a positive number")
+	if err == nil && st != "" && !st.Valid() {
+		err = fmt.Errorf("state %q: want one of queued, running, success, failure, error", st)
+	}
+	return pr, limit, err
 }
 
 // url is the builds page with v's filters, limit and before.

@@ -313,25 +313,10 @@ func (a *API) listBuilds(w http.ResponseWriter, r *http.Request, p *auth.Princip
 	q := r.URL.Query()
 	o := store.ListOptions{Owner: q.Get("owner"), Repo: q.Get("repo"), State: coordinator.State(q.Get("state")), Before: q.Get("before"),
 		Branch: q.Get("branch")}
-	if pr := q.Get("pull_request"); pr != "" {
-		n, err := strconv.Atoi(pr)
-		if err != nil || n < 1 {
-			httpError(w, http.StatusBadRequest, "pull_request %q: want a pull request's number", pr)
-			return
-		}
-		o.PullRequest = n
-	}
-	if o.State != "" && !o.State.Valid() {
-		httpError(w, http.StatusBadRequest, "state %q: want one of queued, running, success, failure, error", o.State)
+	var err error
+	if o.PullRequest, o.Limit, err = listNumbers(q, "pull_request", o.State); err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
 		return
-	}
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 {
-			httpError(w, http.StatusBadRequest, "limit %q: want a positive number", l)
-			return
-		}
-		o.Limit = n
 	}
 	bs, err := a.visible(r.Context(), p, o)
 	switch {

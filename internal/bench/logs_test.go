@@ -93,24 +93,15 @@ func BenchmarkLogFollow(b *testing.B) {
 	if _, err := raiseNoFile(); err != nil {
 		b.Logf("raise the open-file limit: %v", err)
 	}
-	cli := dockertest.Client(b)
-	dockertest.Swarm(b, cli)
-	ctx := dockertest.Context(b, 30*time.Second)
-	info, err := cli.Info(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	runID := dockertest.ID(b)
-	dockertest.Cleanup(b, cli, runID)
-	image := dockertest.EnsureBusybox(b, cli)
+	cli, node, runID, image := benchEngine(b)
 	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, stop := startForgeHTTP(b, wiretest.MustPKI(b), cli, info.Swarm.NodeID, cli,
+	srv, stop := startForgeHTTP(b, wiretest.MustPKI(b), cli, node, cli,
 		daemon.Config{Executor: dockertest.Forgexec(b), Access: daemon.Access{AdminToken: benchToken}}, httpLn)
 	defer stop()
-	r := &logRig{cli: cli, srv: srv, node: info.Swarm.NodeID, runID: runID, image: image, base: "http://" + httpLn.Addr().String()}
+	r := &logRig{cli: cli, srv: srv, node: node, runID: runID, image: image, base: "http://" + httpLn.Addr().String()}
 
 	page, engine := r.latency(b, lines)
 	const skip = 5 // the first lines: readers and the agent's log pump settle
@@ -329,22 +320,18 @@ type followersChild struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	out   *bufio.Scanner
-	done  chan error
+	done  chan struct{}
+	err   error
 }
 
 type followerStats struct{ min, max int }
 
 func startFollowers(b *testing.B, url string, n int) *followersChild {
 	b.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^$", "-test.bench=^$")
-	cmd.Env = append(os.Environ(), envChild+"=followers", envFollowURL+"="+url, envFollowN+"="+strconv.Itoa(n),
-		envFollowToken+"="+benchToken, EnvOut+"=")
+	cmd := childCommand(b, "followers", envFollowURL+"="+url, envFollowN+"="+strconv.Itoa(n), envFollowToken+"="+benchToken)
 	cmd.Stderr = os.Stderr
-	c := &followersChild{cmd: cmd, done: make(chan error, 1)}
+	c := &followersChild{cmd: cmd, done: make(chan struct{})}
+	var err error
 	if c.stdin, err = cmd.StdinPipe(); err != nil {
 		b.Fatal(err)
 	}
@@ -356,7 +343,7 @@ func startFollowers(b *testing.B, url string, n int) *followersChild {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	go func() { c.done <- cmd.Wait() }()
+	go func() { c.err = cmd.Wait(); close(c.done) }()
 	if line := c.line(b, time.Minute); line != "ready" {
 		c.stop(b)
 		b.Fatalf("followers: %q, want ready", line)
@@ -399,20 +386,8 @@ func (c *followersChild) mark(b *testing.B) followerStats {
 
 // stop closes the child's standard input, its signal to stop, and waits.
 func (c *followersChild) stop(b *testing.B) {
-	if c.stdin == nil {
-		return
-	}
-	c.stdin.Close()
-	c.stdin = nil
-	select {
-	case err := <-c.done:
-		if err != nil {
-			b.Errorf("followers' process: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		c.cmd.Process.Signal(syscall.SIGKILL)
-		<-c.done
-		b.Errorf("followers' process did not stop; killed")
+	if stopChild(b, "followers'", c.cmd, &c.stdin, c.done) && c.err != nil {
+		b.Errorf("followers' process: %v", c.err)
 	}
 }
 
@@ -422,13 +397,9 @@ func (c *followersChild) stop(b *testing.B) {
 // it prints the fewest and the most lines a follower read since the
 // previous one; it stops when standard input ends.
 func runFollowersChild() int {
-	n, err := strconv.Atoi(os.Getenv(envFollowN))
-	if err != nil || n <= 0 {
-		fmt.Fprintln(os.Stderr, "followers: bad", envFollowN)
+	n := childStart("followers", envFollowN)
+	if n == 0 {
 		return 2
-	}
-	if _, err := raiseNoFile(); err != nil {
-		fmt.Fprintln(os.Stderr, "followers: raise open-file limit:", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
