@@ -179,7 +179,7 @@ func TestBuildsPageFilters(t *testing.T) {
 	}
 	_, _, page := e.do("GET", "/?repo=acme/widgets&limit=2")
 	for _, want := range []string{`value="acme/widgets"`, `href="/?before=a4&amp;limit=2&amp;repo=acme%2Fwidgets"`, `data-live="1"`,
-		`<td class="wide">octocat</td>`, `<td>1m 23s</td><td class="wide">h1</td>`, `<code title="0123456789abcdef0123456789abcdef01234567">0123456</code>`} {
+		`<td class="wide" data-label="by">octocat</td>`, `<td data-label="ran">1m 23s</td><td class="wide" data-label="on">h1</td>`, `<code title="0123456789abcdef0123456789abcdef01234567">0123456</code>`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the page lacks %q", want)
 		}
@@ -311,8 +311,8 @@ func TestAgentsPage(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("dave: %d %s", status, page)
 	}
-	for _, want := range []string{`<code title="n1">n1</code>`, "<td>h1</td>", "<td>v <small>(protocol 0)</small></td>", "<td>20.10</td>",
-		`<td class="warn" title="2026-01-02 00:00 UTC · serial 0a1b2c">expired`, `<td>1 <a href="/builds/r1">r1</a></td>`,
+	for _, want := range []string{`<code title="n1">n1</code>`, "<td>h1</td>", `<td data-label="agent">v <small>(protocol 0)</small></td>`, `<td data-label="engine">20.10</td>`,
+		`<td class="warn" data-label="certificate expires" title="2026-01-02 00:00 UTC · serial 0a1b2c">expired`, `<td data-label="builds running">1 <a href="/builds/r1">r1</a></td>`,
 		`id="agents-gone"`, "old-host", `<b class="error">revoked</b>`, `id="nav-agents"`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the agents page lacks %q", want)
