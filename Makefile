@@ -43,6 +43,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzPut$$' -fuzztime $(FUZZTIME_PUT) ./coordinator/artifacts/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSecrets$$' -fuzztime $(FUZZTIME) ./forgexec/
 	$(GO) test -run '^$$' -fuzz '^FuzzMasker$$' -fuzztime $(FUZZTIME) ./internal/redact/
+	$(GO) test -run '^$$' -fuzz '^FuzzRenderLine$$' -fuzztime $(FUZZTIME) ./coordinator/web/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

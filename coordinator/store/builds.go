@@ -223,6 +223,16 @@ type ListOptions struct {
 	State       coordinator.State
 	Before      string // build id cursor: only builds older than this one
 	PublicOnly  bool   // only public repositories' builds
+	// Branch and PullRequest (> 0) filter by the build's branch (a pull
+	// request's is its head branch) and pull request number.
+	Branch      string
+	PullRequest int
+	// NoPullRequest keeps builds of no pull request (pushes, forge run,
+	// the API): a branch's badge is not a fork's pull request's.
+	NoPullRequest bool
+	// States keeps builds in any of these states (and in State, when
+	// set too).
+	States []coordinator.State
 }
 
 const (
@@ -261,6 +271,28 @@ func (s *Store) ListBuilds(ctx context.Context, o ListOptions) ([]*coordinator.B
 	}
 	if o.PublicOnly {
 		where = append(where, "public = 1")
+	}
+	if o.Branch != "" {
+		where, args = append(where, "branch = ?"), append(args, o.Branch)
+	}
+	switch {
+	case o.PullRequest < 0:
+		return nil, fmt.Errorf("store: list builds: pull request %d: want a positive number", o.PullRequest)
+	case o.PullRequest > 0 && o.NoPullRequest:
+		return nil, fmt.Errorf("store: list builds: pull request %d and no pull request at once", o.PullRequest)
+	case o.PullRequest > 0:
+		where, args = append(where, "pull_request = ?"), append(args, o.PullRequest)
+	case o.NoPullRequest:
+		where = append(where, "pull_request = 0")
+	}
+	if len(o.States) > 0 {
+		for _, st := range o.States {
+			if !st.Valid() {
+				return nil, fmt.Errorf("store: list builds: unknown state %q", st)
+			}
+			args = append(args, string(st))
+		}
+		where = append(where, "state IN (?"+strings.Repeat(", ?", len(o.States)-1)+")")
 	}
 	if o.Before != "" {
 		// Resolve the cursor first so that a bad one is an error rather

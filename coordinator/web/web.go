@@ -133,6 +133,7 @@ func (a *API) Routes() []Route {
 		{"GET /login", Anyone, hf(a.auth.Login)},
 		{"GET " + auth.CallbackPath, Anyone, hf(a.auth.Callback)},
 		{"GET /static/{file}", Anyone, http.FileServerFS(staticFS)},
+		{"GET /favicon.ico", Anyone, hf(favicon)},
 
 		{"GET /api/builds", Public, a.api(a.listBuilds)},
 		{"GET /api/builds/{id}", Reader, a.api(a.getBuild)},
@@ -150,6 +151,8 @@ func (a *API) Routes() []Route {
 		{"GET /api/agents", Admin, a.api(a.listAgents)},
 		{"POST /api/agents/{node}/revoke", Admin, a.api(a.revokeAgent)},
 		{"POST /api/agents/{node}/allow", Admin, a.api(a.allowAgent)},
+		{"GET /agents", Admin, a.html(a.agentsPage)},
+		{"GET /badge/{owner}/{repo}", Public, a.api(a.badge)},
 
 		{"GET /api/tokens", Person, a.api(a.listTokens)},
 		{"POST /api/tokens", Browser, a.api(a.createToken)},
@@ -330,14 +333,12 @@ func (a *API) listBuilds(w http.ResponseWriter, r *http.Request, p *auth.Princip
 		return
 	}
 	q := r.URL.Query()
-	o := store.ListOptions{Owner: q.Get("owner"), Repo: q.Get("repo"), State: coordinator.State(q.Get("state")), Before: q.Get("before")}
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 {
-			httpError(w, http.StatusBadRequest, "limit %q: want a positive number", l)
-			return
-		}
-		o.Limit = n
+	o := store.ListOptions{Owner: q.Get("owner"), Repo: q.Get("repo"), State: coordinator.State(q.Get("state")), Before: q.Get("before"),
+		Branch: q.Get("branch")}
+	var err error
+	if o.PullRequest, o.Limit, err = listNumbers(q, "pull_request", o.State); err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
+		return
 	}
 	bs, err := a.visible(r.Context(), p, o)
 	switch {
@@ -451,20 +452,41 @@ func (a *API) getLog(w http.ResponseWriter, r *http.Request, p *auth.Principal) 
 			cancel()
 		}()
 	}
-	err := a.cfg.Logs.Follow(ctx, b.ID, fw, follow)
+	var out io.Writer = fw
+	if off := r.URL.Query().Get("offset"); off != "" {
+		// The build page holds the log up to offset already.
+		n, err := strconv.ParseInt(off, 10, 64)
+		if err != nil || n < 0 {
+			httpError(w, http.StatusBadRequest, "offset %q: want a number of bytes", off)
+			return
+		}
+		out = &skipWriter{w: fw, skip: n}
+	}
+	err := a.cfg.Logs.Follow(ctx, b.ID, out, follow)
+	if note := a.logMissing(b, err); note != "" {
+		lead := "\n" // after whatever output came before the failure
+		if errors.Is(err, coordinator.ErrUnknownBuild) && (a.pruned(b) || b.State.Final()) {
+			lead = ""
+		}
+		fmt.Fprintf(fw, "%s[forge: %s]\n", lead, note)
+	}
+}
+
+// logMissing says why Follow gave err for b's log; "" when it did not fail.
+func (a *API) logMissing(b *coordinator.Build, err error) string {
 	switch {
 	case err == nil, errors.Is(err, context.Canceled):
+		return ""
 	case errors.Is(err, coordinator.ErrUnknownBuild) && a.pruned(b):
-		fmt.Fprintf(fw, "[forge: this build's log was deleted by retention: logs are kept %s after a build ends (--retain)]\n", days(a.cfg.Retain))
+		return fmt.Sprintf("this build's log was deleted by retention: logs are kept %s after a build ends (--retain)", days(a.cfg.Retain))
 	case errors.Is(err, coordinator.ErrUnknownBuild) && b.State.Final():
 		why := string(b.State)
 		if b.Reason != "" {
 			why += ": " + b.Reason
 		}
-		fmt.Fprintf(fw, "[forge: no log was recorded for this build, which ended as %s]\n", why)
-	default:
-		fmt.Fprintf(fw, "\n[forge: log unavailable: %v]\n", redact.Error(err))
+		return fmt.Sprintf("no log was recorded for this build, which ended as %s", why)
 	}
+	return fmt.Sprintf("log unavailable: %v", redact.Error(err))
 }
 
 // pruned says whether retention may have deleted b's log.
@@ -491,6 +513,27 @@ type flushWriter struct {
 
 func (f *flushWriter) Write(p []byte) (int, error) { return f.w.Write(p) }
 func (f *flushWriter) Flush()                      { f.rc.Flush() }
+
+// skipWriter drops the first skip bytes written through it.
+type skipWriter struct {
+	w    *flushWriter
+	skip int64
+}
+
+func (s *skipWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	d := min(s.skip, int64(n))
+	s.skip -= d
+	if int(d) == n {
+		return n, nil
+	}
+	if _, err := s.w.Write(p[d:]); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+func (s *skipWriter) Flush() { s.w.Flush() }
 
 func (a *API) cancelBuild(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
 	b := a.build(w, r, p, coordinator.Write, true)

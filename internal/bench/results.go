@@ -187,6 +187,16 @@ var Rows = []Target{
 	{Key: "agent.rss_peak_mib"},
 	{Key: "agent.rss_anon_mib"},
 	{Key: "agent.rss_file_mib"},
+	{Key: "log.line_to_page_ms_p50"},
+	{Key: "log.line_to_page_ms_p99", Max: 250},
+	{Key: "log.engine_ms_p50"},
+	{Key: "log.engine_ms_p99"},
+	{Key: "log.lines"},
+	{Key: "log.followers"},
+	{Key: "log.followers_cpu_ms_per_s"},
+	{Key: "log.follower_baseline_cpu_ms_per_s"},
+	{Key: "log.follower_cpu_us_per_line"},
+	{Key: "log.load_lines_per_s"},
 }
 
 // Check says whether v meets t: "holds", "MISSES", or "" when t sets no

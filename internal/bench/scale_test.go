@@ -458,15 +458,10 @@ type agentsChild struct {
 
 func startAgentsChild(b *testing.B, addr string, n int, certs string) *agentsChild {
 	b.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^$", "-test.bench=^$")
-	cmd.Env = append(os.Environ(), envChild+"=agents", envChildAddr+"="+addr,
-		envChildN+"="+strconv.Itoa(n), envChildCerts+"="+certs, EnvOut+"=")
+	cmd := childCommand(b, "agents", envChildAddr+"="+addr, envChildN+"="+strconv.Itoa(n), envChildCerts+"="+certs)
 	c := &agentsChild{cmd: cmd, out: &syncbuf.Buffer{Max: childOutputMax}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = c.out, c.out
+	var err error
 	if c.stdin, err = cmd.StdinPipe(); err != nil {
 		b.Fatal(err)
 	}
@@ -496,29 +491,15 @@ func (c *agentsChild) output() string {
 
 // stop closes the child's standard input, its signal to stop, and waits.
 func (c *agentsChild) stop(b *testing.B) {
-	if c.stdin != nil {
-		c.stdin.Close()
-		c.stdin = nil
-	}
-	select {
-	case <-c.done:
-	case <-time.After(30 * time.Second):
-		c.cmd.Process.Signal(syscall.SIGKILL)
-		<-c.done
-		b.Errorf("agents' process did not stop; killed")
-	}
+	stopChild(b, "agents'", c.cmd, &c.stdin, c.done)
 }
 
 // runAgentsChild runs the agents: envChildN agents with fake Dockers, node
 // ids nodeName(i), all dialling envChildAddr, until standard input ends.
 func runAgentsChild() int {
-	n, err := strconv.Atoi(os.Getenv(envChildN))
-	if err != nil || n <= 0 {
-		fmt.Fprintln(os.Stderr, "agents: bad", envChildN)
+	n := childStart("agents", envChildN)
+	if n == 0 {
 		return 2
-	}
-	if _, err := raiseNoFile(); err != nil {
-		fmt.Fprintln(os.Stderr, "agents: raise open-file limit:", err)
 	}
 	dir := os.Getenv(envChildCerts)
 	pool, err := wire.LoadCAPool(filepath.Join(dir, "ca.pem"))
