@@ -332,4 +332,3 @@ func statusContext(action string) string {
 	}
 	return "forge/" + action
 }
-
