@@ -301,4 +301,8 @@ var (
 	// expired or forged, or a person's GitHub authorisation that GitHub no
 	// longer takes.
 	ErrBadCredential = errors.New("the credential was refused")
+	// ErrNotRerunnable: a build cannot be re-run: it did not come from
+	// GitHub, or its commit has no valid .forge.yml with its action any
+	// more. The error wrapping it says which.
+	ErrNotRerunnable = errors.New("the build cannot be re-run")
 )

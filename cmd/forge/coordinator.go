@@ -67,6 +67,7 @@ func coordinatorCommand() *cli.Command {
 			&cli.BoolFlag{Name: "debug", Usage: "log more", EnvVars: env("debug")},
 			&cli.StringFlag{Name: "max-log-size", Usage: "cut each build's log past this size (64MiB, 1GiB); 0 keeps all", Value: "64MiB", EnvVars: env("max-log-size")},
 			&cli.StringFlag{Name: "retain", Usage: "delete final builds' logs older than this (90d, 720h); 0 keeps them forever", Value: "90d", EnvVars: env("retain")},
+			&cli.BoolFlag{Name: "github-statuses", Usage: "report builds to GitHub as commit statuses even where the App may write checks (check runs)", EnvVars: env("github-statuses")},
 		}, tlsFlags("coordinator")...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -134,7 +135,8 @@ func coordinatorCommand() *cli.Command {
 			if app == nil {
 				log.Warn("no GitHub App configured (--github-app-id, --github-key-file): webhooks are answered 503 and no builds come from GitHub; forge run and the API work")
 			} else {
-				cfg.GitHub = &daemon.GitHub{App: app, Secret: secret, PublicURL: c.String("public-url")}
+				cfg.GitHub = &daemon.GitHub{App: app, Secret: secret, PublicURL: c.String("public-url"),
+					AppID: c.Int64("github-app-id"), Statuses: c.Bool("github-statuses")}
 			}
 			srv, err := daemon.New(ctx, cfg, docker)
 			if err != nil {

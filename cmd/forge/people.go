@@ -154,6 +154,31 @@ func approveCommand() *cli.Command {
 	}
 }
 
+func rerunCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rerun",
+		Usage:     "build a build's commit and action again (a new build, linked to it)",
+		ArgsUsage: "ID",
+		Flags:     serverFlags(),
+		Action: func(c *cli.Context) error {
+			id, cl, err := buildAndClient(c)
+			if err != nil {
+				return err
+			}
+			b, err := cl.Rerun(c.Context, id)
+			if err != nil {
+				return apiError(err, "rerun "+id)
+			}
+			state := b.State
+			if b.AwaitingApproval {
+				state = "awaiting approval"
+			}
+			fmt.Fprintf(c.App.Writer, "re-running %s as %s (%s/%s at %s, %s): %s\n", id, b.ID, b.Owner, b.Repo, b.SHA, b.Action, state)
+			return nil
+		},
+	}
+}
+
 // agentsFlags are the agents commands': the server, and either --token or
 // the admin token's file (these commands need a Forge admin).
 func agentsFlags() []cli.Flag {

@@ -16,15 +16,17 @@ import (
 // `forge rerun ID` each start a new build of the same SHA and action,
 // linked to the build it re-runs.
 
+// Why a build cannot be re-run; each is a coordinator.ErrNotRerunnable,
+// and so is an invalid .forge.yml's error from Rerun.
 var (
-	// ErrNotRerunnable: the build did not come from GitHub (forge run),
+	// ErrNotFromGitHub: the build did not come from GitHub (forge run),
 	// so there is no source to fetch again.
-	ErrNotRerunnable = errors.New("the build did not come from GitHub: there is nothing to fetch its source from")
+	ErrNotFromGitHub = fmt.Errorf("%w: it did not come from GitHub, which has its source", coordinator.ErrNotRerunnable)
 	// ErrNoConfig: the commit has no .forge.yml (any more).
-	ErrNoConfig = errors.New("no " + ConfigFile)
+	ErrNoConfig = fmt.Errorf("%w: no %s", coordinator.ErrNotRerunnable, ConfigFile)
 	// ErrNoAction: the commit's .forge.yml has no action of that name
 	// (any more).
-	ErrNoAction = errors.New("no such action")
+	ErrNoAction = fmt.Errorf("%w: no such action", coordinator.ErrNotRerunnable)
 )
 
 // Records is what Forge reads of its builds to re-run them
@@ -45,11 +47,11 @@ var _ Records = (*store.Store)(nil)
 // trusted as b was: an untrusted one waits for approval again. A commit
 // whose .forge.yml is gone or invalid, or lacks the action now, gets an
 // error report on GitHub, and Rerun an error that says so (ErrNoConfig,
-// ErrNoAction, a *config.Error).
+// ErrNoAction, a *config.Error; all coordinator.ErrNotRerunnable).
 func (f *Forge) Rerun(ctx context.Context, b *coordinator.Build, who string) (*coordinator.Build, error) {
 	f.init()
 	if b.InstallationID == 0 {
-		return nil, fmt.Errorf("re-run build %s: %w", b.ID, ErrNotRerunnable)
+		return nil, fmt.Errorf("re-run build %s: %w", b.ID, ErrNotFromGitHub)
 	}
 	inst, owner, repo, sha := b.InstallationID, b.Owner, b.Repo, b.SHA
 	data, found, err := f.App.Config(ctx, inst, owner, repo, sha)
@@ -59,7 +61,7 @@ func (f *Forge) Rerun(ctx context.Context, b *coordinator.Build, who string) (*c
 	}
 	if !found {
 		f.Reporter.Problem(inst, owner, repo, sha, b.Action, noConfig(sha))
-		return nil, fmt.Errorf("re-run build %s: %w: the repository has no %s at %s any more", b.ID, ErrNoConfig, ConfigFile, short(sha))
+		return nil, fmt.Errorf("re-run build %s: %w at %s: the repository has none there any more", b.ID, ErrNoConfig, short(sha))
 	}
 	var cfg *config.Config
 	if err == nil {
@@ -67,7 +69,7 @@ func (f *Forge) Rerun(ctx context.Context, b *coordinator.Build, who string) (*c
 	}
 	if err != nil {
 		f.Reporter.Problem(inst, owner, repo, sha, b.Action, invalidConfig(err))
-		return nil, fmt.Errorf("re-run build %s: %w", b.ID, err)
+		return nil, fmt.Errorf("re-run build %s: %w: %w", b.ID, coordinator.ErrNotRerunnable, err)
 	}
 	if _, ok := cfg.Actions[b.Action]; !ok {
 		msg := fmt.Sprintf("nothing to re-run: %s at %s has no action %q", ConfigFile, short(sha), b.Action)
@@ -148,9 +150,8 @@ func (f *Forge) rerunEvent(ctx context.Context, ev Event) error {
 	var errs []error
 	for _, b := range olds {
 		nb, err := f.Rerun(ctx, b, ev.Sender)
-		var cerr *config.Error
 		switch {
-		case errors.Is(err, ErrNoConfig), errors.Is(err, ErrNoAction), errors.As(err, &cerr):
+		case errors.Is(err, coordinator.ErrNotRerunnable):
 			// Reported to GitHub already: the event's work is done.
 			f.Log.Info("re-run refused", "delivery", ev.Delivery, "build", b.ID, "err", err)
 		case err != nil:

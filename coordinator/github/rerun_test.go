@@ -154,7 +154,7 @@ func TestRerun(t *testing.T) {
 	// Not from GitHub: nothing to fetch.
 	local := checkBuild("local", coordinator.Success)
 	local.InstallationID = 0
-	if _, err := e.f.Rerun(context.Background(), local, "alice"); !errors.Is(err, ErrNotRerunnable) {
+	if _, err := e.f.Rerun(context.Background(), local, "alice"); !errors.Is(err, ErrNotFromGitHub) || !errors.Is(err, coordinator.ErrNotRerunnable) {
 		t.Errorf("re-run of a local build: %v", err)
 	}
 }
@@ -190,7 +190,7 @@ func TestRerunWithoutConfig(t *testing.T) {
 	old := checkBuild("old", coordinator.Success)
 	e.record(old)
 	_, err := e.f.Rerun(context.Background(), old, "alice")
-	if !errors.Is(err, ErrNoConfig) || !strings.Contains(err.Error(), "no .forge.yml at ec26c3e") {
+	if !errors.Is(err, ErrNoConfig) || !errors.Is(err, coordinator.ErrNotRerunnable) || !strings.Contains(err.Error(), "no .forge.yml at ec26c3e") {
 		t.Errorf("no .forge.yml: %v", err)
 	}
 	if s := e.fake.NextStatus(t, 10*time.Second); s.State != "error" || s.Context != "forge/execute" ||
@@ -199,7 +199,7 @@ func TestRerunWithoutConfig(t *testing.T) {
 	}
 	e.fake.SetFile(repo, prSHA, badConfig)
 	var cerr *config.Error
-	if _, err := e.f.Rerun(context.Background(), old, "alice"); !errors.As(err, &cerr) || cerr.Line != 3 {
+	if _, err := e.f.Rerun(context.Background(), old, "alice"); !errors.As(err, &cerr) || cerr.Line != 3 || !errors.Is(err, coordinator.ErrNotRerunnable) {
 		t.Errorf("invalid .forge.yml: %v", err)
 	}
 	if s := e.fake.NextStatus(t, 10*time.Second); s.State != "error" || !strings.Contains(s.Description, "timeot") {

@@ -136,7 +136,26 @@ type apiEnv struct {
 	mu        sync.Mutex
 	cancels   []string
 	approvals []string
+	reruns    []string // "id|who" of the builds re-run
 	agents    *fakeAgentAdmin
+}
+
+// rerunner re-runs as github.Forge does, as far as the store sees it: a
+// new build of the same commit, linked to the old one. A build "local"
+// (not from GitHub) cannot be.
+type rerunner struct{ e *apiEnv }
+
+func (r rerunner) Rerun(ctx context.Context, b *coordinator.Build, who string) (*coordinator.Build, error) {
+	if b.InstallationID == 0 {
+		return nil, fmt.Errorf("re-run build %s: %w: it did not come from GitHub", b.ID, coordinator.ErrNotRerunnable)
+	}
+	r.e.mu.Lock()
+	r.e.reruns = append(r.e.reruns, b.ID+"|"+who)
+	n := len(r.e.reruns)
+	r.e.mu.Unlock()
+	nb := &coordinator.Build{ID: fmt.Sprintf("%s-rerun%d", b.ID, n), Subject: b.Subject, State: coordinator.Queued}
+	nb.RerunOf, nb.RerunBy = b.ID, who
+	return nb, r.e.st.CreateBuild(ctx, nb)
 }
 
 func newAPIEnv(t *testing.T, builds ...*coordinator.Build) *apiEnv {
@@ -215,7 +234,8 @@ func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator
 		t.Fatal(err)
 	}
 	m := NewMetrics(st, ag)
-	api, err := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, AgentAdmin: e.agents, Webhook: webhook, Auth: front, Metrics: m.Handler()})
+	api, err := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, AgentAdmin: e.agents, Webhook: webhook, Auth: front, Metrics: m.Handler(),
+		Reruns: rerunner{e}})
 	if err != nil {
 		t.Fatal(err)
 	}
