@@ -130,8 +130,17 @@ func TestCheckRunLife(t *testing.T) {
 	if strings.Contains(text, "line 1") || strings.Count(text, "filler") > TailLines {
 		t.Errorf("more than the last %d lines:\n%s", TailLines, text)
 	}
-	if got, _ := e.st.LatestCheckRun(context.Background(), "b1"); got == nil || got.ID != cr.ID || got.Status != "completed" {
-		t.Errorf("recorded %+v", got)
+	// Recorded once GitHub took it: wait for the sender's write.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, _ := e.st.LatestCheckRun(context.Background(), "b1")
+		if got != nil && got.ID == cr.ID && got.Status == "completed" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("recorded %+v", got)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	if s := e.fake.Statuses(); len(s) != 0 {
 		t.Errorf("commit statuses set too: %+v", s)
