@@ -77,7 +77,9 @@ func (r *Reporter) checkRunOf(ctx context.Context, b *coordinator.Build) CheckRu
 	}
 	c.Conclusion, c.Title = conclusion(b)
 	c.Summary = finalSummary(b, build)
-	if r.Logs != nil {
+	// Only a log whose exit is recorded is whole (and not held open by
+	// reading it); a build that never started has none.
+	if r.Logs != nil && !b.Started.IsZero() && b.ExitCode != nil {
 		if tail := r.tail(ctx, b.ID); tail != "" {
 			c.Text = fmt.Sprintf("The last lines of the log (all of it on [the build's page](%s)):\n\n%s", or(link, "#"), fence(tail))
 			if link == "" {
