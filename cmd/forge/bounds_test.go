@@ -10,13 +10,13 @@ import (
 	"github.com/forge-ci/forge/coordinator/daemon"
 )
 
-// boundsOf parses args with the coordinator's own --max-log-size and
-// --retain flags.
+// boundsOf parses args with the coordinator's own --max-log-size,
+// --retain and --max-artifacts-size flags.
 func boundsOf(t *testing.T, args ...string) (daemon.Bounds, error) {
 	t.Helper()
 	var flags []cli.Flag
 	for _, f := range coordinatorCommand().Flags {
-		if n := f.Names()[0]; n == "max-log-size" || n == "retain" {
+		if n := f.Names()[0]; n == "max-log-size" || n == "retain" || n == "max-artifacts-size" {
 			flags = append(flags, f)
 		}
 	}
@@ -31,8 +31,12 @@ func boundsOf(t *testing.T, args ...string) (daemon.Bounds, error) {
 
 func TestBoundsFlags(t *testing.T) {
 	b, err := boundsOf(t)
-	if err != nil || b.MaxLogSize != 64<<20 || b.Retain != 90*24*time.Hour {
-		t.Fatalf("defaults: %+v %v, want 64 MiB and 90 days", b, err)
+	if err != nil || b.MaxLogSize != 64<<20 || b.Retain != 90*24*time.Hour || b.MaxArtifactsSize != 1<<30 {
+		t.Fatalf("defaults: %+v %v, want 64 MiB, 90 days and 1 GiB", b, err)
+	}
+	b, err = boundsOf(t, "--max-artifacts-size", "256m")
+	if err != nil || b.MaxArtifactsSize != 256<<20 {
+		t.Fatalf("256m: %+v %v", b, err)
 	}
 	b, err = boundsOf(t, "--max-log-size", "1GiB", "--retain", "720h")
 	if err != nil || b.MaxLogSize != 1<<30 || b.Retain != 720*time.Hour {
@@ -45,6 +49,7 @@ func TestBoundsFlags(t *testing.T) {
 	for _, bad := range [][]string{
 		{"--max-log-size", "lots"}, {"--max-log-size", "-5MiB"},
 		{"--retain", "forever"}, {"--retain", "-1h"}, {"--retain", "1.5d"}, {"--retain", "0d"},
+		{"--max-artifacts-size", "0"}, {"--max-artifacts-size", "big"}, {"--max-artifacts-size", "-1GiB"},
 	} {
 		if _, err := boundsOf(t, bad...); err == nil || !strings.Contains(err.Error(), bad[0]) {
 			t.Errorf("%v: %v, want an error naming %s", bad, err, bad[0])

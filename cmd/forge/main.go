@@ -52,6 +52,7 @@ func newApp() *cli.App {
 			rerunCommand(),
 			agentsCommand(),
 			versionCommand(),
+			secretsCommand(),
 		},
 	}
 }

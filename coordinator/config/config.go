@@ -27,6 +27,7 @@
 //	resources: {cpus: 2, memory: 4GiB}
 //	constraints: ["node.labels.ci==true"]
 //	ports: ["8000:8000"]
+//	secrets: [DEPLOY_TOKEN]     # or per action: {deploy: [DEPLOY_TOKEN]}
 //
 // # Rules beyond the design
 //
@@ -61,6 +62,12 @@
 //   - Action names match [a-z][a-z0-9_-]* and are at most 63 characters:
 //     they appear in commit-status contexts (forge/<action>), labels and
 //     FORGE_ACTION.
+//   - secrets is a list of names, which every action gets, or a mapping of
+//     action to such a list, for a secret only one action needs (a
+//     deploy token kept from the pull requests' execute). Names match
+//     [A-Z_][A-Z0-9_]*, at most 128 characters, appear once per list, are
+//     not CI or FORGE_* and are not also in environment; the actions
+//     named must exist.
 package config
 
 import "time"
@@ -119,6 +126,21 @@ type Config struct {
 	// Ports are published ports; whether they are allowed is the
 	// coordinator's decision (--allow-ports), not the parser's.
 	Ports []Port
+	// Secrets are repository secrets that every action's commands get as
+	// environment variables (`secrets: [NAME, ...]`); ActionSecrets those
+	// of each action (`secrets: {deploy: [NAME]}`). At most one is set.
+	// Untrusted builds never get them.
+	Secrets       []string            `json:",omitempty"`
+	ActionSecrets map[string][]string `json:",omitempty"`
+}
+
+// SecretsFor lists the secrets a build of action gets, in the file's
+// order; nil when none.
+func (c *Config) SecretsFor(action string) []string {
+	if c.ActionSecrets != nil {
+		return c.ActionSecrets[action]
+	}
+	return c.Secrets
 }
 
 // Resources are the CPU and memory a build may use. Zero means unset.
@@ -142,5 +164,5 @@ type Port struct {
 // reservedKeys are the top-level keys that are not actions.
 var reservedKeys = []string{
 	"image", "environment", "setup", "on", "artifacts", "timeout",
-	"workdir", "resources", "constraints", "ports",
+	"workdir", "resources", "constraints", "ports", "secrets",
 }

@@ -293,6 +293,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 	var (
 		haveImage, haveExecute bool
 		rules                  []pushRule
+		secrets                *yaml.Node // checked once the actions and environment are known
 		// declared holds every action key, even one whose commands are
 		// invalid, so that on.push does not also report it as missing.
 		declared = map[string]bool{}
@@ -325,6 +326,8 @@ func (p *parser) config(root *yaml.Node) *Config {
 			cfg.Constraints = p.constraints(v)
 		case "ports":
 			cfg.Ports = p.ports(v)
+		case "secrets":
+			secrets = v
 		case DefaultAction:
 			haveExecute = true
 			declared[e.key] = true
@@ -359,6 +362,9 @@ func (p *parser) config(root *yaml.Node) *Config {
 			cfg.OnPush = map[string]string{}
 		}
 		cfg.OnPush[r.branch] = r.action
+	}
+	if secrets != nil {
+		cfg.Secrets, cfg.ActionSecrets = p.secrets(secrets, declared, cfg.Environment)
 	}
 	if !haveImage {
 		p.errAt(nil, "", "image is required")

@@ -138,7 +138,7 @@ func (s *Store) CreateBuild(ctx context.Context, b *coordinator.Build) error {
 
 // Build returns the build with that id, or ErrNotFound (wrapped).
 func (s *Store) Build(ctx context.Context, id string) (*coordinator.Build, error) {
-	b, err := scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildColumns+` FROM builds WHERE id = ?`, id))
+	b, err := scanBuild(s.buildByID.QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("store: build %s: %w", id, ErrNotFound)
 	}
@@ -166,7 +166,7 @@ func (s *Store) UpdateBuild(ctx context.Context, id string, fn func(*coordinator
 	}
 	defer tx.Rollback() // no-op after Commit
 
-	old, err := scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildColumns+` FROM builds WHERE id = ?`, id))
+	old, err := scanBuild(tx.StmtContext(ctx, s.buildByID).QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("store: update build %s: %w", id, ErrNotFound)
 	}
@@ -191,7 +191,7 @@ func (s *Store) UpdateBuild(ctx context.Context, id string, fn func(*coordinator
 	if err != nil {
 		return nil, fmt.Errorf("store: update build: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, updateBuildSQL, append(args[1:], id)...); err != nil {
+	if _, err := tx.StmtContext(ctx, s.updateBuild).ExecContext(ctx, append(args[1:], id)...); err != nil {
 		return nil, fmt.Errorf("store: update build %s: %w", id, err)
 	}
 	if err := tx.Commit(); err != nil {

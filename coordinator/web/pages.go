@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/docker/go-units"
+
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/auth"
 	"github.com/forge-ci/forge/coordinator/store"
@@ -27,7 +29,9 @@ var templateFS embed.FS
 var staticFS embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
-	"ago": func(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" },
+	"ago":         func(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" },
+	"artifactURL": artifactURL,
+	"size":        func(n int64) string { return units.BytesSize(float64(n)) },
 	"when": func(t time.Time) string {
 		if t.IsZero() {
 			return "never"
@@ -49,10 +53,15 @@ type pageData struct {
 	CanCancel  bool
 	CanApprove bool
 	CanRerun   bool
-	Reruns     []string // builds that re-run Build
+	Reruns     []string       // builds that re-run Build
+	Artifacts  []ArtifactView // of a final build
 	Tokens     []coordinator.APIToken
 	NewToken   string
 	Message    string
+	// A repository's secrets page; CanSecrets: the build page links to it.
+	Owner, Repo string
+	Secrets     []coordinator.Secret
+	CanSecrets  bool
 }
 
 func (a *API) data(p *auth.Principal, title string) *pageData {
@@ -114,6 +123,17 @@ func (a *API) buildPage(w http.ResponseWriter, r *http.Request, p *auth.Principa
 		d.CanApprove = d.CanCancel && b.AwaitingApproval()
 		// A build from GitHub, once over: its commit is built again.
 		d.CanRerun = b.State.Final() && b.InstallationID != 0 && a.cfg.Reruns != nil
+	}
+	if b.State.Final() {
+		// A running build's come with its end: the page's script asks.
+		list, err := a.cfg.Artifacts.List(b.ID)
+		if err != nil {
+			a.log.Warn("artifacts of the build page", "build", b.ID, "err", err)
+		}
+		d.Artifacts = artifactViews(list)
+	}
+	if a.cfg.Secrets != nil && p.Kind != auth.Anonymous {
+		d.CanSecrets = a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Admin) == nil
 	}
 	a.render(w, http.StatusOK, "build", d)
 }

@@ -39,8 +39,17 @@ type Config struct {
 	// Metrics, when set, is served at GET /metrics to Forge admins (the
 	// metrics listener serves it to whoever reaches it).
 	Metrics http.Handler
+	// Secrets keeps repositories' secrets; nil: the coordinator has no
+	// secrets key, and the secrets routes answer 503.
+	Secrets coordinator.Secrets
 	// Log notes refusals of credentials; nil discards.
 	Log *slog.Logger
+	// Retain is how long final builds' logs are kept (--retain; 0:
+	// forever): a log gone after it says so rather than "unknown".
+	Retain time.Duration
+	// Artifacts is where builds' artifacts are read; nil: builds have
+	// none.
+	Artifacts Artifacts
 	// Reruns re-runs builds (github.Forge); nil: the re-run routes answer
 	// 501 (no GitHub App to fetch sources from).
 	Reruns Rerunner
@@ -96,6 +105,9 @@ func New(cfg Config) (*API, error) {
 	if cfg.AgentAdmin == nil {
 		cfg.AgentAdmin, _ = cfg.Agents.(AgentAdmin)
 	}
+	if cfg.Artifacts == nil {
+		cfg.Artifacts = noArtifacts{}
+	}
 	return &API{cfg: cfg, auth: cfg.Auth, log: log}, nil
 }
 
@@ -109,6 +121,9 @@ const (
 	Admin   = "admin"   // a Forge admin
 	Person  = "person"  // a browser session or a personal token
 	Browser = "browser" // a browser session only
+	// RepoAdmin is the person's admin permission on the repository of the
+	// path (its secrets), or the admin token.
+	RepoAdmin = "repo-admin"
 )
 
 // Route is one of the edge's routes and who may use it.
@@ -135,6 +150,9 @@ func (a *API) Routes() []Route {
 		{"POST /api/builds/{id}/cancel", Writer, a.api(a.cancelBuild)},
 		{"POST /api/builds/{id}/approve", Writer, a.api(a.approveBuild)},
 		{"POST /api/builds/{id}/rerun", Writer, a.api(a.rerunBuild)},
+		{"GET /api/builds/{id}/artifacts", Reader, a.api(a.listArtifacts)},
+		{"GET /api/builds/{id}/artifacts/{path...}", Reader, a.api(a.getArtifact)},
+		{"GET /api/builds/{id}/artifacts.tar.gz", Reader, a.api(a.getArtifactsTarGz)},
 		{"GET /{$}", Public, a.html(a.indexPage)},
 		{"GET /builds/{id}", Reader, a.html(a.buildPage)},
 		{"POST /builds/{id}/cancel", Writer, a.html(a.cancelForm)},
@@ -153,6 +171,13 @@ func (a *API) Routes() []Route {
 		{"POST /tokens/{id}/revoke", Person, a.html(a.revokeTokenForm)},
 		{"GET /logout", Anyone, a.html(a.logoutPage)},
 		{"POST /logout", Anyone, hf(a.logout)},
+
+		{"GET /api/repos/{owner}/{repo}/secrets", RepoAdmin, a.api(a.listSecrets)},
+		{"PUT /api/repos/{owner}/{repo}/secrets/{name}", RepoAdmin, a.api(a.putSecret)},
+		{"DELETE /api/repos/{owner}/{repo}/secrets/{name}", RepoAdmin, a.api(a.deleteSecret)},
+		{"GET /repos/{owner}/{repo}/secrets", RepoAdmin, a.html(a.secretsPage)},
+		{"POST /repos/{owner}/{repo}/secrets", RepoAdmin, a.html(a.setSecretForm)},
+		{"POST /repos/{owner}/{repo}/secrets/{name}/delete", RepoAdmin, a.html(a.deleteSecretForm)},
 	}
 	if a.cfg.Webhook != nil {
 		rs = append(rs, Route{"POST /webhook", Anyone, a.cfg.Webhook})
@@ -456,9 +481,36 @@ func (a *API) getLog(w http.ResponseWriter, r *http.Request, p *auth.Principal) 
 		}()
 	}
 	err := a.cfg.Logs.Follow(ctx, b.ID, fw, follow)
-	if err != nil && !errors.Is(err, context.Canceled) {
+	switch {
+	case err == nil, errors.Is(err, context.Canceled):
+	case errors.Is(err, coordinator.ErrUnknownBuild) && a.pruned(b):
+		fmt.Fprintf(fw, "[forge: this build's log was deleted by retention: logs are kept %s after a build ends (--retain)]\n", days(a.cfg.Retain))
+	case errors.Is(err, coordinator.ErrUnknownBuild) && b.State.Final():
+		why := string(b.State)
+		if b.Reason != "" {
+			why += ": " + b.Reason
+		}
+		fmt.Fprintf(fw, "[forge: no log was recorded for this build, which ended as %s]\n", why)
+	default:
 		fmt.Fprintf(fw, "\n[forge: log unavailable: %v]\n", redact.Error(err))
 	}
+}
+
+// pruned says whether retention may have deleted b's log.
+func (a *API) pruned(b *coordinator.Build) bool {
+	return a.cfg.Retain > 0 && b.State.Final() && !b.Finished.IsZero() && time.Since(b.Finished) > a.cfg.Retain
+}
+
+// days writes d in days when it is whole days ("90 days"), else as Go does.
+func days(d time.Duration) string {
+	const day = 24 * time.Hour
+	if d%day == 0 {
+		if d == day {
+			return "1 day"
+		}
+		return fmt.Sprintf("%d days", d/day)
+	}
+	return d.String()
 }
 
 type flushWriter struct {

@@ -169,6 +169,7 @@ func (r *queueRig) mode(b *testing.B, name string, n, inFlight, maxBuilds int, t
 	watch.mu.Unlock()
 
 	ids := make([]string, 0, n)
+	stopProfile := startCPUProfile(b, "queue-"+name+".cpu")
 	cpu0, t0 := rusage(), time.Now()
 	if !throttle {
 		for i := range n {
@@ -204,6 +205,7 @@ func (r *queueRig) mode(b *testing.B, name string, n, inFlight, maxBuilds int, t
 		}
 	}
 	res := queueResult{wall: time.Since(t0), cpu: rusage() - cpu0}
+	stopProfile()
 	stop()
 
 	var creates, finals []time.Time

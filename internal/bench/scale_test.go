@@ -249,29 +249,41 @@ func (c *agentsChild) startProfiles(b *testing.B) func() {
 	if dir == "" {
 		return func() {}
 	}
-	f, err := os.Create(filepath.Join(dir, "coordinator.cpu"))
-	if err != nil {
-		b.Fatal(err)
-	}
 	runtime.SetBlockProfileRate(int(time.Microsecond))
 	runtime.SetMutexProfileFraction(1)
-	if err := pprof.StartCPUProfile(f); err != nil {
-		b.Logf("no coordinator profile: %v", err) // go test -cpuprofile is on
-		f.Close()
-		f = nil
-	}
+	stopCPU := startCPUProfile(b, "coordinator.cpu")
 	c.cmd.Process.Signal(syscall.SIGUSR1)
 	return func() {
-		if f != nil {
-			pprof.StopCPUProfile()
-			f.Close()
-		}
+		stopCPU()
 		writeProfile(b, "block", "coordinator.block")
 		writeProfile(b, "mutex", "coordinator.mutex")
 		runtime.SetBlockProfileRate(0)
 		runtime.SetMutexProfileFraction(0)
 		c.cmd.Process.Signal(syscall.SIGUSR2)
 		testwait.Pause(b, 200*time.Millisecond)
+	}
+}
+
+// startCPUProfile, when FORGE_BENCH_PROFILE_DIR is set, records this
+// process's CPU profile into file there until the returned function is
+// called.
+func startCPUProfile(b *testing.B, file string) func() {
+	dir := os.Getenv(envProfileDir)
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, file))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Logf("no CPU profile %s: %v", file, err) // go test -cpuprofile is on
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }
 
