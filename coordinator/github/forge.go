@@ -238,7 +238,7 @@ func (f *Forge) build(ctx context.Context, ev Event, action string) error {
 		// so the error goes on the pull-request context, forge/execute,
 		// for pushes too: the author learns of it either way.
 		log.Info("invalid "+ConfigFile, "err", err)
-		f.Reporter.Problem(inst, ev.Owner, ev.Repo, ev.SHA, config.DefaultAction, invalidConfig(err))
+		f.Reporter.reportProblem(inst, ev.Owner, ev.Repo, ev.SHA, config.DefaultAction, invalidConfig(err))
 		return nil
 	}
 	b := coordinator.Subject{Owner: ev.Owner, Repo: ev.Repo, Branch: ev.Branch, SHA: ev.SHA, Action: action,
@@ -274,7 +274,7 @@ func (f *Forge) build(ctx context.Context, ev Event, action string) error {
 		Source: f.source(inst, ev.Owner, ev.Repo, ev.SHA)}
 	nb, err := f.Builds.Submit(ctx, req)
 	if err != nil {
-		f.Reporter.Problem(inst, ev.Owner, ev.Repo, ev.SHA, b.Action, notQueued)
+		f.Reporter.reportProblem(inst, ev.Owner, ev.Repo, ev.SHA, b.Action, notQueued)
 		return fmt.Errorf("submit build of %s/%s@%s: %w", ev.Owner, ev.Repo, ev.SHA, err)
 	}
 	log.Info("build submitted", "build", nb.ID, "action", nb.Action, "key", nb.Key)

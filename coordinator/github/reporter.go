@@ -17,7 +17,7 @@ import (
 
 // Reporter turns build changes into check runs, where the installation
 // may write checks, or commit statuses (DESIGN §3, "Reports to GitHub").
-// Set the fields, then call Run; BuildChanged and Problem may be called
+// Set the fields, then call Run; BuildChanged may be called
 // before Run (reports wait in the queue).
 type Reporter struct {
 	App GitHub
@@ -192,10 +192,10 @@ func (r *Reporter) BuildChanged(b *coordinator.Build) {
 	r.queue(report{inst: b.InstallationID, owner: b.Owner, repo: b.Repo, sha: b.SHA, action: b.Action, build: b.Clone()})
 }
 
-// Problem queues the report of a commit that gets no build for action:
+// reportProblem queues the report of a commit that gets no build for action:
 // an error status, or a failed check run (annotated when p is a config
 // error). It returns at once.
-func (r *Reporter) Problem(inst int64, owner, repo, sha, action string, p problem) {
+func (r *Reporter) reportProblem(inst int64, owner, repo, sha, action string, p problem) {
 	r.queue(report{inst: inst, owner: owner, repo: repo, sha: sha, action: action, problem: p})
 }
 

@@ -60,7 +60,7 @@ func (f *Forge) Rerun(ctx context.Context, b *coordinator.Build, who string) (*c
 		return nil, fmt.Errorf("re-run build %s: %w", b.ID, err)
 	}
 	if !found {
-		f.Reporter.Problem(inst, owner, repo, sha, b.Action, noConfig(sha))
+		f.Reporter.reportProblem(inst, owner, repo, sha, b.Action, noConfig(sha))
 		return nil, fmt.Errorf("re-run build %s: %w at %s: the repository has none there any more", b.ID, ErrNoConfig, short(sha))
 	}
 	var cfg *config.Config
@@ -68,12 +68,12 @@ func (f *Forge) Rerun(ctx context.Context, b *coordinator.Build, who string) (*c
 		cfg, err = config.Parse(ConfigFile, data)
 	}
 	if err != nil {
-		f.Reporter.Problem(inst, owner, repo, sha, b.Action, invalidConfig(err))
+		f.Reporter.reportProblem(inst, owner, repo, sha, b.Action, invalidConfig(err))
 		return nil, fmt.Errorf("re-run build %s: %w: %w", b.ID, coordinator.ErrNotRerunnable, err)
 	}
 	if _, ok := cfg.Actions[b.Action]; !ok {
 		msg := fmt.Sprintf("nothing to re-run: %s at %s has no action %q", ConfigFile, short(sha), b.Action)
-		f.Reporter.Problem(inst, owner, repo, sha, b.Action, problem{desc: msg, title: "No action " + b.Action,
+		f.Reporter.reportProblem(inst, owner, repo, sha, b.Action, problem{desc: msg, title: "No action " + b.Action,
 			summary: "Forge cannot re-run this commit: " + mdEscape(msg) + "."})
 		return nil, fmt.Errorf("re-run build %s: %w: %s", b.ID, ErrNoAction, msg)
 	}
@@ -88,7 +88,7 @@ func (f *Forge) Rerun(ctx context.Context, b *coordinator.Build, who string) (*c
 	nb, err := f.Builds.Submit(ctx, coordinator.Request{Subject: s, Config: cfg, ConfigText: string(data),
 		Source: f.source(inst, owner, repo, sha)})
 	if err != nil {
-		f.Reporter.Problem(inst, owner, repo, sha, b.Action, notQueued)
+		f.Reporter.reportProblem(inst, owner, repo, sha, b.Action, notQueued)
 		return nil, fmt.Errorf("re-run build %s: %w", b.ID, err)
 	}
 	f.Log.Info("re-run submitted", "build", nb.ID, "rerun_of", b.ID, "by", who, "repo", owner+"/"+repo, "sha", sha,
