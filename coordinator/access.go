@@ -9,7 +9,7 @@ type Permission int
 const (
 	NoAccess Permission = iota // may not know the build exists
 	Read                       // see builds and logs
-	Write                      // cancel (approve and re-run later)
+	Write                      // cancel, approve and re-run
 	Admin                      // the repository's secrets
 )
 

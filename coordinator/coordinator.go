@@ -81,6 +81,9 @@ type Subject struct {
 	// NeedsApproval: the build waits, queued with ReasonAwaitingApproval,
 	// until a person with write permission approves it (--require-approval).
 	NeedsApproval bool
+	// RerunOf is the build this one runs again (same SHA and action), ""
+	// when it is no re-run; RerunBy is who asked (a GitHub login).
+	RerunOf, RerunBy string
 }
 
 // Build is the record of one build: its subject and what became of it.
@@ -102,7 +105,20 @@ type Build struct {
 	// and when; empty until then. The approval is for this build (its SHA).
 	ApprovedBy string
 	Approved   time.Time
+	// Ending says why a build ended as Error when that is one of the
+	// Endings GitHub tells apart (a check run's conclusion); "" otherwise.
+	Ending Ending
 }
+
+// Ending is why a build ended as Error, for reports that distinguish it
+// (Reason says it in words for people).
+type Ending string
+
+const (
+	EndCancelled  Ending = "cancelled"  // by a person, or its pull request closed
+	EndSuperseded Ending = "superseded" // a newer build of its key replaced it
+	EndTimedOut   Ending = "timed_out"  // it ran past its timeout
+)
 
 // ReasonAwaitingApproval is the Reason of a queued build that waits for a
 // person's approval.
@@ -311,4 +327,8 @@ var (
 	// expired or forged, or a person's GitHub authorisation that GitHub no
 	// longer takes.
 	ErrBadCredential = errors.New("the credential was refused")
+	// ErrNotRerunnable: a build cannot be re-run: it did not come from
+	// GitHub, or its commit has no valid .forge.yml with its action any
+	// more. The error wrapping it says which.
+	ErrNotRerunnable = errors.New("the build cannot be re-run")
 )

@@ -208,8 +208,9 @@ func (u *up) report(ctx context.Context) error {
 	u.say("  certificates    %s (the join token agents join with: %s)", state+"/certs", state+"/certs/"+JoinTokenFile)
 	u.say("  settings        %s", state+"/"+envFile)
 	if u.s.GitHubAppID == "" {
-		u.say("next: create a GitHub App with that webhook URL and secret (permissions: contents read,")
-		u.say("      commit statuses write, pull requests read; events: pull request, push), install it, then")
+		u.say("next: create a GitHub App with that webhook URL and secret (permissions: checks write,")
+		u.say("      contents read, commit statuses write, pull requests read; events: check run, check suite,")
+		u.say("      pull request, push), install it, then")
 		u.say("      make up FORGE_GITHUB_APP_ID=<App id> FORGE_GITHUB_KEY_FILE=<the App's private key .pem>")
 		u.say("      Until then the coordinator answers webhooks 503.")
 	} else {
@@ -219,7 +220,7 @@ func (u *up) report(ctx context.Context) error {
 		u.say("Sign-in with GitHub: OAuth client %s; its callback URL must be %s/login/callback.", u.s.GitHubClientID, base)
 	}
 	if u.s.PublicURL == "" {
-		u.say("set FORGE_PUBLIC_URL (e.g. https://forge.example.com) for links in commit statuses")
+		u.say("set FORGE_PUBLIC_URL (e.g. https://forge.example.com) for links in check runs and commit statuses")
 	}
 	u.say("stop: make down (make down PURGE=1 also deletes the secrets, the data volume and %s)", state)
 	return nil

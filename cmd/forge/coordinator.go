@@ -70,6 +70,7 @@ func coordinatorCommand() *cli.Command {
 			&cli.StringFlag{Name: "retain", Usage: "delete final builds' logs and artifacts older than this (90d, 720h); 0 keeps them forever", Value: "90d", EnvVars: env("retain")},
 			&cli.StringFlag{Name: "max-artifacts-size", Usage: "most bytes of artifacts kept per build (1GiB, 256MiB); the file that passes it is cut", Value: "1GiB", EnvVars: env("max-artifacts-size")},
 			&cli.PathFlag{Name: "secrets-key-file", Usage: "file holding the key that seals repositories' secrets: 64 hex characters (openssl rand -hex 32); without it secrets are disabled", EnvVars: env("secrets-key-file")},
+			&cli.BoolFlag{Name: "github-statuses", Usage: "report builds to GitHub as commit statuses even where the App may write checks (check runs)", EnvVars: env("github-statuses")},
 		}, tlsFlags("coordinator")...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -144,7 +145,8 @@ func coordinatorCommand() *cli.Command {
 			if app == nil {
 				log.Warn("no GitHub App configured (--github-app-id, --github-key-file): webhooks are answered 503 and no builds come from GitHub; forge run and the API work")
 			} else {
-				cfg.GitHub = &daemon.GitHub{App: app, Secret: secret, PublicURL: c.String("public-url")}
+				cfg.GitHub = &daemon.GitHub{App: app, Secret: secret, PublicURL: c.String("public-url"),
+					AppID: c.Int64("github-app-id"), Statuses: c.Bool("github-statuses")}
 			}
 			srv, err := daemon.New(ctx, cfg, docker)
 			if err != nil {

@@ -49,6 +49,7 @@ func newApp() *cli.App {
 			logsCommand(),
 			cancelCommand(),
 			approveCommand(),
+			rerunCommand(),
 			agentsCommand(),
 			versionCommand(),
 			secretsCommand(),

@@ -113,10 +113,12 @@ func logsCommand() *cli.Command {
 	}
 }
 
-func cancelCommand() *cli.Command {
+// buildCommand is a people's command on one build, ID: do acts on it
+// through the API, and names it in its errors as what (e.g. "cancel ID").
+func buildCommand(name, usage string, do func(c *cli.Context, cl *web.Client, id string) (string, error)) *cli.Command {
 	return &cli.Command{
-		Name:      "cancel",
-		Usage:     "cancel a queued or running build",
+		Name:      name,
+		Usage:     usage,
 		ArgsUsage: "ID",
 		Flags:     serverFlags(),
 		Action: func(c *cli.Context) error {
@@ -124,34 +126,46 @@ func cancelCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if err := cl.Cancel(c.Context, id); err != nil {
-				return apiError(err, "cancel "+id)
+			out, err := do(c, cl, id)
+			if err != nil {
+				return apiError(err, name+" "+id)
 			}
-			fmt.Fprintf(c.App.Writer, "cancelling %s\n", id)
+			fmt.Fprintln(c.App.Writer, out)
 			return nil
 		},
 	}
 }
 
+func cancelCommand() *cli.Command {
+	return buildCommand("cancel", "cancel a queued or running build", func(c *cli.Context, cl *web.Client, id string) (string, error) {
+		return "cancelling " + id, cl.Cancel(c.Context, id)
+	})
+}
+
 func approveCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "approve",
-		Usage:     "let a build awaiting approval (a fork's or an outside contributor's pull request) run, at its commit only",
-		ArgsUsage: "ID",
-		Flags:     serverFlags(),
-		Action: func(c *cli.Context) error {
-			id, cl, err := buildAndClient(c)
-			if err != nil {
-				return err
-			}
+	return buildCommand("approve", "let a build awaiting approval (a fork's or an outside contributor's pull request) run, at its commit only",
+		func(c *cli.Context, cl *web.Client, id string) (string, error) {
 			b, err := cl.Approve(c.Context, id)
 			if err != nil {
-				return apiError(err, "approve "+id)
+				return "", err
 			}
-			fmt.Fprintf(c.App.Writer, "approved %s (%s/%s at %s) by %s\n", b.ID, b.Owner, b.Repo, b.SHA, b.ApprovedBy)
-			return nil
-		},
-	}
+			return fmt.Sprintf("approved %s (%s/%s at %s) by %s", b.ID, b.Owner, b.Repo, b.SHA, b.ApprovedBy), nil
+		})
+}
+
+func rerunCommand() *cli.Command {
+	return buildCommand("rerun", "build a build's commit and action again (a new build, linked to it)",
+		func(c *cli.Context, cl *web.Client, id string) (string, error) {
+			b, err := cl.Rerun(c.Context, id)
+			if err != nil {
+				return "", err
+			}
+			state := b.State
+			if b.AwaitingApproval {
+				state = "awaiting approval"
+			}
+			return fmt.Sprintf("re-running %s as %s (%s/%s at %s, %s): %s", id, b.ID, b.Owner, b.Repo, b.SHA, b.Action, state), nil
+		})
 }
 
 // agentsFlags are the agents commands': the server, and either --token or

@@ -143,7 +143,13 @@ type Access struct {
 type GitHub struct {
 	App       github.GitHub
 	Secret    []byte // the webhook secret
-	PublicURL string // base of the links in statuses
+	PublicURL string // base of the links in check runs and statuses
+	// AppID is the App's id: GitHub's re-runs of other apps' check runs
+	// are ignored. 0 takes every app's.
+	AppID int64
+	// Statuses reports with commit statuses even where the App may write
+	// checks (--github-statuses).
+	Statuses bool
 }
 
 // Coordinator is a whole coordinator.
@@ -237,7 +243,8 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	}
 	var webhook http.Handler = noApp{}
 	if cfg.GitHub != nil {
-		c.reporter = &github.Reporter{App: cfg.GitHub.App, PublicURL: cfg.GitHub.PublicURL, Log: log.With("part", "github")}
+		c.reporter = &github.Reporter{App: cfg.GitHub.App, PublicURL: cfg.GitHub.PublicURL, Log: log.With("part", "github"),
+			Checks: st, Logs: c.Logs, Statuses: cfg.GitHub.Statuses}
 	}
 	c.Builds = lifecycle.New(lifecycle.Config{Swarm: docker, Store: st, Logs: c.Logs, Agents: c.Agents, Executor: exe,
 		Instance: instance, Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts, Sandbox: cfg.Sandbox, Nodes: docker,
@@ -260,16 +267,22 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	if cfg.GitHub != nil {
 		q := github.NewQueue(0)
 		c.forge = &github.Forge{App: cfg.GitHub.App, Builds: c.Builds, Reporter: c.reporter, Queue: q, Log: log.With("part", "github"),
-			RequireApproval: cfg.RequireApproval}
-		webhook = &github.Webhook{Secret: cfg.GitHub.Secret, Deliveries: st, Queue: q, Log: log.With("part", "webhook")}
+			RequireApproval: cfg.RequireApproval, Records: st}
+		webhook = &github.Webhook{Secret: cfg.GitHub.Secret, Deliveries: st, Queue: q, Log: log.With("part", "webhook"),
+			AppID: cfg.GitHub.AppID, Records: st}
 	}
 	front, err := frontDoor(cfg, st)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
+	var reruns web.Rerunner // none without GitHub, where sources come from
+	if c.forge != nil {
+		reruns = c.forge
+	}
 	c.API, err = web.New(web.Config{Builds: c.Builds, Store: st, Logs: c.Logs, Agents: c.Agents, Webhook: webhook,
-		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web"), Retain: cfg.Bounds.Retain, Artifacts: c.Artifacts, Secrets: keeper})
+		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web"), Retain: cfg.Bounds.Retain, Artifacts: c.Artifacts, Secrets: keeper,
+		Reruns: reruns})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)
@@ -315,8 +328,8 @@ func SessionKey(path string) ([]byte, error) {
 	return k, nil
 }
 
-// changes is the lifecycle's OnChange: GitHub's statuses, then the
-// caller's own.
+// changes is the lifecycle's OnChange: GitHub's check runs or statuses,
+// then the caller's own.
 func changes(r *github.Reporter, also func(*coordinator.Build)) func(*coordinator.Build) {
 	return func(b *coordinator.Build) {
 		if r != nil {

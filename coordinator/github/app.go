@@ -82,6 +82,8 @@ type App struct {
 type installation struct {
 	client   *gh.Client   // API calls, authenticated as the installation
 	download *http.Client // the archive download; credentials only for the API host
+	token    *ghinstallation.Transport
+	perms    *perms // what its latest token may do
 }
 
 // NewApp returns the GitHub App appID, authenticating with the PEM
@@ -173,7 +175,8 @@ func (a *App) installation(id int64) (*installation, error) {
 	// token refresh writes fields of the AppsTransport it was made from,
 	// under the installation's lock only, so sharing one between
 	// installations would be a data race.
-	atr := ghinstallation.NewAppsTransportFromPrivateKey(a.tr, a.id, a.key)
+	p := &perms{}
+	atr := ghinstallation.NewAppsTransportFromPrivateKey(&tokenWatch{rt: a.tr, perms: p}, a.id, a.key)
 	atr.BaseURL = a.tokenBase()
 	itr := ghinstallation.NewFromAppsTransport(atr, id)
 	itr.BaseURL = a.tokenBase()
@@ -183,6 +186,8 @@ func (a *App) installation(id int64) (*installation, error) {
 	}
 	client.UserAgent = userAgent
 	in := &installation{
+		token:    itr,
+		perms:    p,
 		client:   client,
 		download: &http.Client{Transport: &apiHostOnly{scheme: a.base.Scheme, host: a.base.Host, auth: itr, plain: a.tr}},
 	}

@@ -1,13 +1,14 @@
 // Package github is Forge's GitHub side (DESIGN §2.1-2.3, §2.8, §3): the
 // webhook handler, the GitHub App client, and the glue that turns events
-// into builds and build changes into commit statuses.
+// into builds (re-runs included) and build changes into check runs or
+// commit statuses.
 //
 // The pieces and their goroutines:
 //
 //	POST /webhook -> Webhook (answers at once) -> Queue -> Forge workers
 //	    -> App (installation token, .forge.yml) -> Builds.Submit
-//	lifecycle OnChange -> Reporter.BuildChanged -> status queue -> status senders
-//	    -> App.SetStatus (retried)
+//	lifecycle OnChange -> Reporter.BuildChanged -> report queue -> senders
+//	    -> App.CreateCheckRun, UpdateCheckRun or SetStatus (retried)
 //
 // Forge.Run owns the workers, Reporter.Run the senders; coordinator/daemon
 // wires them.
@@ -21,8 +22,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -36,6 +35,9 @@ type GitHub interface {
 	Config(ctx context.Context, inst int64, owner, repo, sha string) (data []byte, found bool, err error)
 	Source(ctx context.Context, inst int64, owner, repo, sha string, maxBytes int64) (path string, size int64, err error)
 	SetStatus(ctx context.Context, inst int64, owner, repo, sha, state, statusContext, description, targetURL string) error
+	ChecksAllowed(ctx context.Context, inst int64) (bool, error)
+	CreateCheckRun(ctx context.Context, inst int64, owner, repo string, c CheckRun) (int64, error)
+	UpdateCheckRun(ctx context.Context, inst int64, owner, repo string, id int64, c CheckRun) error
 }
 
 // Builds is what Forge asks of the lifecycle (coordinator.Builds).
@@ -61,7 +63,7 @@ const (
 type Forge struct {
 	App    GitHub
 	Builds Builds
-	// Reporter sends the statuses of configs that cannot build.
+	// Reporter reports the configs that cannot build.
 	Reporter *Reporter
 	// Queue is where the Webhook puts events; nil: Run starts no workers.
 	Queue *Queue
@@ -76,92 +78,11 @@ type Forge struct {
 	// RequireApproval is which pull requests wait for a person's approval
 	// (--require-approval); "" is coordinator.ApproveForks.
 	RequireApproval coordinator.ApprovalMode
+	// Records are the builds, for re-runs; nil: GitHub's re-runs are not
+	// taken, and re-runs keep no supersede key.
+	Records Records
 
 	once sync.Once
-}
-
-// Reporter turns build changes into commit statuses. Set the fields,
-// then call Run; BuildChanged may be called before Run (statuses wait in
-// the queue).
-type Reporter struct {
-	App GitHub
-	// PublicURL is the base of target_url links (--public-url); "" sends
-	// statuses without a link.
-	PublicURL string
-	Log       *slog.Logger
-	// StatusQueue bounds the commits and contexts with a status waiting
-	// to be sent (default 256); past it, a status of yet another one is
-	// dropped with a warning rather than block a build. A newer status of
-	// one already waiting replaces it: GitHub shows only the latest, and a
-	// long build queue changes "queued: N ahead" often.
-	StatusQueue int
-	// StatusSenders send statuses concurrently (default 4). Statuses of
-	// one commit and context always go through the same sender, in order.
-	StatusSenders int
-
-	once    sync.Once
-	senders []*sender
-}
-
-// statusKey is what GitHub keeps one status of: a commit and a context.
-type statusKey struct{ owner, repo, sha, context string }
-
-// sender holds the statuses waiting for one sending goroutine: the latest
-// of each key, in the order the keys began to wait.
-type sender struct {
-	limit int
-	wake  chan struct{} // buffered 1: something waits
-
-	mu    sync.Mutex
-	order []statusKey
-	next  map[statusKey]statusUpdate
-}
-
-// put queues u, replacing a status of its key not sent yet; false when
-// the sender has limit keys waiting already.
-func (s *sender) put(u statusUpdate) bool {
-	k := statusKey{u.owner, u.repo, u.sha, u.context}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.next[k]; !ok {
-		if len(s.order) >= s.limit {
-			return false
-		}
-		s.order = append(s.order, k)
-	}
-	s.next[k] = u
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-	return true
-}
-
-// pop takes the status that has waited longest.
-func (s *sender) pop() (statusUpdate, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.order) == 0 {
-		return statusUpdate{}, false
-	}
-	k := s.order[0]
-	s.order = s.order[1:]
-	u := s.next[k]
-	delete(s.next, k)
-	return u, true
-}
-
-func (s *sender) waiting() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.order)
-}
-
-// statusUpdate is one commit status to send.
-type statusUpdate struct {
-	inst                     int64
-	owner, repo, sha         string
-	state, context, desc, to string
 }
 
 func (f *Forge) init() {
@@ -177,25 +98,6 @@ func (f *Forge) init() {
 		}
 		if f.MaxSource <= 0 {
 			f.MaxSource = DefaultMaxSource
-		}
-	})
-}
-
-func (r *Reporter) init() {
-	r.once.Do(func() {
-		if r.Log == nil {
-			r.Log = slog.New(slog.DiscardHandler)
-		}
-		if r.StatusQueue <= 0 {
-			r.StatusQueue = 256
-		}
-		if r.StatusSenders <= 0 {
-			r.StatusSenders = 4
-		}
-		per := max(r.StatusQueue/r.StatusSenders, 1)
-		r.senders = make([]*sender, r.StatusSenders)
-		for i := range r.senders {
-			r.senders[i] = &sender{limit: per, wake: make(chan struct{}, 1), next: map[statusKey]statusUpdate{}}
 		}
 	})
 }
@@ -225,23 +127,6 @@ func (f *Forge) Run(ctx context.Context) {
 		}
 	}
 	wg.Wait()
-}
-
-// Run sends queued statuses until ctx ends, then returns once its senders
-// have stopped.
-func (r *Reporter) Run(ctx context.Context) {
-	r.init()
-	var wg sync.WaitGroup
-	for _, s := range r.senders {
-		wg.Go(func() { r.send(ctx, s) })
-	}
-	<-ctx.Done()
-	wg.Wait()
-	for _, s := range r.senders {
-		if n := s.waiting(); n > 0 {
-			r.Log.Warn("statuses not sent at shutdown", "count", n)
-		}
-	}
 }
 
 // route hands each queued event to the worker of its key.
@@ -299,8 +184,8 @@ func (f *Forge) handle(ctx context.Context, ev Event) {
 }
 
 // HandleEvent does what an event asks (the workers call it): build a pull
-// request's head, cancel a closed pull request's builds, or build a
-// pushed branch that .forge.yml maps to an action. A repository without
+// request's head, cancel a closed pull request's builds, build a pushed
+// branch that .forge.yml maps to an action, or re-run builds. A repository without
 // .forge.yml gets nothing; an invalid one gets an error status and no
 // build.
 func (f *Forge) HandleEvent(ctx context.Context, ev Event) error {
@@ -316,6 +201,8 @@ func (f *Forge) HandleEvent(ctx context.Context, ev Event) error {
 			return nil // tags and deleted refs never become events
 		}
 		return f.build(ctx, ev, "")
+	case KindRerunCheckRun, KindRerunCheckSuite:
+		return f.rerunEvent(ctx, ev)
 	}
 	return fmt.Errorf("event of unknown kind %q", ev.Kind)
 }
@@ -351,8 +238,7 @@ func (f *Forge) build(ctx context.Context, ev Event, action string) error {
 		// so the error goes on the pull-request context, forge/execute,
 		// for pushes too: the author learns of it either way.
 		log.Info("invalid "+ConfigFile, "err", err)
-		f.Reporter.status(statusUpdate{inst: inst, owner: ev.Owner, repo: ev.Repo, sha: ev.SHA, state: StateError,
-			context: statusContext(config.DefaultAction), desc: config.Summary(err, MaxDescription)})
+		f.Reporter.reportProblem(inst, ev.Owner, ev.Repo, ev.SHA, config.DefaultAction, invalidConfig(err))
 		return nil
 	}
 	b := coordinator.Subject{Owner: ev.Owner, Repo: ev.Repo, Branch: ev.Branch, SHA: ev.SHA, Action: action,
@@ -388,8 +274,7 @@ func (f *Forge) build(ctx context.Context, ev Event, action string) error {
 		Source: f.source(inst, ev.Owner, ev.Repo, ev.SHA)}
 	nb, err := f.Builds.Submit(ctx, req)
 	if err != nil {
-		f.Reporter.status(statusUpdate{inst: inst, owner: ev.Owner, repo: ev.Repo, sha: ev.SHA, state: StateError,
-			context: statusContext(b.Action), desc: "Forge could not queue the build; see the coordinator's log"})
+		f.Reporter.reportProblem(inst, ev.Owner, ev.Repo, ev.SHA, b.Action, notQueued)
 		return fmt.Errorf("submit build of %s/%s@%s: %w", ev.Owner, ev.Repo, ev.SHA, err)
 	}
 	log.Info("build submitted", "build", nb.ID, "action", nb.Action, "key", nb.Key)
@@ -446,83 +331,4 @@ func statusContext(action string) string {
 		action = config.DefaultAction
 	}
 	return "forge/" + action
-}
-
-// BuildChanged is the lifecycle's OnChange: it queues the commit status of
-// the build's new state (queued and running are pending, then success,
-// failure or error with the reason) and returns at once. Builds without a
-// GitHub installation (forge run) get none.
-func (r *Reporter) BuildChanged(b *coordinator.Build) {
-	if b == nil || b.InstallationID == 0 || b.SHA == "" || b.Owner == "" || b.Repo == "" {
-		return
-	}
-	r.init()
-	var state, desc string
-	switch b.State {
-	case coordinator.Queued:
-		// "awaiting approval", "queued: 3 ahead", or just queued.
-		state, desc = StatePending, or(b.Reason, "queued")
-	case coordinator.Running:
-		// Reported once per build: the lifecycle calls OnChange only when
-		// the state moves. The node is not known yet at this point.
-		state, desc = StatePending, "running"
-	case coordinator.Success:
-		state, desc = StateSuccess, or(b.Reason, "passed")
-	case coordinator.Failure:
-		d := "failed"
-		if b.ExitCode != nil {
-			d = "exit code " + strconv.Itoa(*b.ExitCode)
-		}
-		state, desc = StateFailure, or(b.Reason, d)
-	case coordinator.Error:
-		state, desc = StateError, or(b.Reason, "error")
-	default:
-		return
-	}
-	to := ""
-	if r.PublicURL != "" && b.ID != "" {
-		to = strings.TrimRight(r.PublicURL, "/") + "/builds/" + b.ID
-	}
-	r.status(statusUpdate{inst: b.InstallationID, owner: b.Owner, repo: b.Repo, sha: b.SHA, state: state,
-		context: statusContext(b.Action), desc: desc, to: to})
-}
-
-func or(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
-}
-
-// status queues u without waiting. Updates of one commit and context go
-// to the same sender, so the latest is the one sent last.
-func (r *Reporter) status(u statusUpdate) {
-	r.init()
-	h := fnv.New32a()
-	io.WriteString(h, u.owner+"/"+u.repo+"@"+u.sha+" "+u.context)
-	if !r.senders[h.Sum32()%uint32(len(r.senders))].put(u) {
-		r.Log.Warn("status queue full; status dropped", "repo", u.owner+"/"+u.repo, "sha", u.sha,
-			"context", u.context, "state", u.state)
-	}
-}
-
-func (r *Reporter) send(ctx context.Context, s *sender) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.wake:
-		}
-		for ctx.Err() == nil {
-			u, ok := s.pop()
-			if !ok {
-				break
-			}
-			err := r.App.SetStatus(ctx, u.inst, u.owner, u.repo, u.sha, u.state, u.context, u.desc, u.to)
-			if err != nil && ctx.Err() == nil {
-				r.Log.Warn("commit status not set", "repo", u.owner+"/"+u.repo, "sha", u.sha,
-					"context", u.context, "state", u.state, "err", err)
-			}
-		}
-	}
 }

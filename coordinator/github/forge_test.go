@@ -348,8 +348,8 @@ func TestStatusQueueKeepsTheLatest(t *testing.T) {
 	if n := f.Reporter.pending(); n != 1 {
 		t.Fatalf("%d statuses wait, want 1", n)
 	}
-	if u, _ := f.Reporter.senders[0].pop(); u.state != StateSuccess {
-		t.Errorf("the status waiting is %s %q, want success", u.state, u.desc)
+	if u, _ := f.Reporter.senders[0].pop(); u.build == nil || u.build.State != coordinator.Success {
+		t.Errorf("the report waiting is %+v, want the build's success", u.build)
 	}
 }
 

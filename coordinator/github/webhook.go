@@ -51,6 +51,12 @@ const (
 	// KindPush builds a pushed branch when .forge.yml maps it to an
 	// action (on.push).
 	KindPush Kind = "push"
+	// KindRerunCheckRun re-runs the build of a check run (check_run
+	// rerequested: GitHub's "Re-run").
+	KindRerunCheckRun Kind = "rerun_check_run"
+	// KindRerunCheckSuite re-runs the builds of a commit (check_suite
+	// rerequested: "Re-run all checks").
+	KindRerunCheckSuite Kind = "rerun_check_suite"
 )
 
 // Event is a webhook delivery reduced to the values Forge acts on. It
@@ -78,6 +84,11 @@ type Event struct {
 	// author_association (OWNER, MEMBER, COLLABORATOR, CONTRIBUTOR, NONE...);
 	// empty for pushes.
 	Author, Association string
+	// Of a re-run: the check run (KindRerunCheckRun), the app that made
+	// the check run or suite, and who asked (the payload's sender).
+	CheckRunID int64
+	App        int64
+	Sender     string
 }
 
 // Queue carries events from the webhook handler to Forge's workers. It
@@ -172,6 +183,12 @@ type Webhook struct {
 	Deliveries DeliveryStore
 	Queue      *Queue
 	Log        *slog.Logger
+	// AppID, when set, is Forge's GitHub App: a re-run of another app's
+	// check run or suite is nothing to do (200).
+	AppID int64
+	// Records, when set, tells whether Forge made the check run (or built
+	// the commit) a re-run names: if not, it is nothing to do (200).
+	Records Records
 	// Now is the clock for recorded deliveries; nil is time.Now.
 	Now func() time.Time
 	// MaxReading bounds the bodies read at once (0: DefaultMaxReading),
@@ -249,6 +266,15 @@ func (h *Webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ev.Delivery = delivery
 	log := h.log().With("delivery", delivery, "event", name, "action", ev.Action)
+	if work {
+		var err error
+		if note, err = h.foreign(r.Context(), ev); err != nil {
+			log.Error("look up the builds a re-run names", "err", err)
+			reply(w, http.StatusInternalServerError, "cannot look up the builds to re-run")
+			return
+		}
+		work = note == ""
+	}
 
 	// A queue place is reserved before the delivery is recorded: a full
 	// queue then leaves no record behind, and GitHub's redelivery (or
@@ -294,6 +320,35 @@ func (h *Webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Queue.put(ev)
 	log.Info("webhook queued", "kind", ev.Kind, "repo", ev.Owner+"/"+ev.Repo, "pr", ev.PullRequest, "branch", ev.Branch, "sha", ev.SHA)
 	reply(w, http.StatusAccepted, "queued")
+}
+
+// foreign says why a re-run event names nothing of Forge's ("" when it
+// does, or is no re-run): a check run or suite of another app, a check run
+// Forge did not make, a commit Forge never built.
+func (h *Webhook) foreign(ctx context.Context, ev Event) (string, error) {
+	if ev.Kind != KindRerunCheckRun && ev.Kind != KindRerunCheckSuite {
+		return "", nil
+	}
+	if h.AppID != 0 && ev.App != h.AppID {
+		return fmt.Sprintf("ignored: a re-run for another GitHub App (%d)", ev.App), nil
+	}
+	if h.Records == nil {
+		return "", nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if ev.Kind == KindRerunCheckRun {
+		_, err := h.Records.CheckRun(ctx, ev.Owner, ev.Repo, ev.CheckRunID)
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Sprintf("ignored: Forge did not make check run %d", ev.CheckRunID), nil
+		}
+		return "", err
+	}
+	bs, err := h.Records.CommitBuilds(ctx, ev.Owner, ev.Repo, ev.SHA)
+	if err == nil && len(bs) == 0 {
+		return "ignored: Forge never built " + ev.SHA, nil
+	}
+	return "", err
 }
 
 // readingSlots is the semaphore of bodies being read (tests watch it).
@@ -385,6 +440,8 @@ func Decode(name string, body []byte) (ev Event, work bool, note string, err err
 			return ev, false, "", err
 		}
 		return decodePush(ev, p.(*gh.PushEvent))
+	case "check_run", "check_suite":
+		return decodeCheck(ev, body)
 	}
 	return ev, false, "ignored: event " + name, nil
 }

@@ -430,7 +430,8 @@ func TestDeliveryStoreFailure(t *testing.T) {
 
 func FuzzWebhook(f *testing.F) {
 	files, _ := filepath.Glob(filepath.Join(payloadDir, "*.json"))
-	for _, p := range files {
+	checks, _ := filepath.Glob(filepath.Join(checkPayloadDir, "*.json"))
+	for _, p := range append(files, checks...) {
 		b, err := os.ReadFile(p)
 		if err == nil {
 			event, _, _ := strings.Cut(filepath.Base(p), ".")
@@ -451,7 +452,8 @@ func FuzzWebhook(f *testing.F) {
 			}
 		case 202:
 			ev, _ := h.Queue.take(context.Background())
-			if checkRepo(ev.Owner, ev.Repo) != nil || (ev.Kind != KindPullRequestClosed && !shaRE.MatchString(ev.SHA)) {
+			if checkRepo(ev.Owner, ev.Repo) != nil || (ev.Kind != KindPullRequestClosed && !shaRE.MatchString(ev.SHA)) ||
+				(ev.Kind == KindRerunCheckRun && ev.CheckRunID <= 0) {
 				t.Fatalf("queued an event with unchecked values: %+v", ev)
 			}
 		default:

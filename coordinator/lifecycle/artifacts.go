@@ -97,9 +97,10 @@ func (r *Runner) collect(ctx context.Context, b *coordinator.Build, w wanted) {
 	for _, n := range stored.Refused {
 		say("%s: refused by the coordinator", plain(n))
 	}
+	why, stopped := cancelled(ctx)
 	switch {
-	case err != nil && cancelReason(ctx) != "":
-		say("not collected: %s", cancelReason(ctx))
+	case err != nil && stopped:
+		say("not collected: %s", why.Reason)
 	case err != nil:
 		r.log.Warn("collect artifacts", "build", b.ID, "node", b.NodeID, "err", err)
 		say("not collected: %s", redact.Error(err))

@@ -35,7 +35,7 @@ func TestRunnerCancelRunning(t *testing.T) {
 	}
 	b := e.wait(q.ID)
 	svc := e.mustService(q.ID)
-	checkBuild(t, b, want{state: coordinator.Error, reason: "cancelled by alice", exit: intPtr(143),
+	checkBuild(t, b, want{state: coordinator.Error, reason: "cancelled by alice", ending: coordinator.EndCancelled, exit: intPtr(143),
 		node: "node-a", container: "c-" + svc.ID, serviceName: svc.Spec.Name, serviceID: svc.ID})
 	e.checkChanges(q.ID, coordinator.Queued, coordinator.Running, coordinator.Error)
 	e.checkRemovedOnce(svc)
@@ -61,7 +61,7 @@ func TestRunnerCancelLanding(t *testing.T) {
 	}
 	b := e.wait(q.ID)
 	svc := e.mustService(q.ID)
-	checkBuild(t, b, want{state: coordinator.Error, reason: "cancelled by bob",
+	checkBuild(t, b, want{state: coordinator.Error, reason: "cancelled by bob", ending: coordinator.EndCancelled,
 		serviceName: svc.Spec.Name, serviceID: svc.ID})
 	e.checkChanges(q.ID, coordinator.Queued, coordinator.Running, coordinator.Error)
 	e.checkRemovedOnce(svc)
@@ -187,7 +187,7 @@ func TestRunnerSupersede(t *testing.T) {
 
 			ga := e.wait(a.ID)
 			sa := e.mustService(a.ID)
-			wa := want{state: coordinator.Error, reason: "superseded by bbbbbbb", serviceName: sa.Spec.Name, serviceID: sa.ID}
+			wa := want{state: coordinator.Error, reason: "superseded by bbbbbbb", ending: coordinator.EndSuperseded, serviceName: sa.Spec.Name, serviceID: sa.ID}
 			if running {
 				wa.exit, wa.node, wa.container = intPtr(143), "node-a", "c-"+sa.ID
 			}
@@ -288,11 +288,11 @@ func TestRunnerCancelKey(t *testing.T) {
 	e.r.CancelKey(ctx, "octo/hello#7", "pull request closed")
 	ga := e.wait(a.ID)
 	sa := e.mustService(a.ID)
-	checkBuild(t, ga, want{state: coordinator.Error, reason: "pull request closed", exit: intPtr(143),
+	checkBuild(t, ga, want{state: coordinator.Error, reason: "pull request closed", ending: coordinator.EndCancelled, exit: intPtr(143),
 		node: "node-a", container: "c-" + sa.ID, serviceName: sa.Spec.Name, serviceID: sa.ID})
 	e.checkRemovedOnce(sa)
 	gorph := e.wait(orphan.ID)
-	checkBuild(t, gorph, want{state: coordinator.Error, reason: "pull request closed"})
+	checkBuild(t, gorph, want{state: coordinator.Error, reason: "pull request closed", ending: coordinator.EndCancelled})
 	e.checkChanges(orphan.ID, coordinator.Error)
 
 	// The other key's build goes on, and finishes normally.
@@ -330,7 +330,7 @@ func TestRunnerCancelKeyWhileSubmitting(t *testing.T) {
 	e.sw.Tasks = buildsim.LandsOn("node-a")
 	q := e.submit(e.request(testSHA('a'), "octo/hello#7"))
 	b := e.wait(q.ID)
-	checkBuild(t, b, want{state: coordinator.Error, reason: "pull request closed"})
+	checkBuild(t, b, want{state: coordinator.Error, reason: "pull request closed", ending: coordinator.EndCancelled})
 	e.checkChanges(q.ID, coordinator.Queued, coordinator.Error)
 	if ls := e.ag.LaunchCalls(); len(ls) != 0 {
 		t.Errorf("launched a cancelled build: %+v", ls)

@@ -207,6 +207,7 @@ type want struct {
 	container   string
 	serviceName string
 	serviceID   string
+	ending      coordinator.Ending
 }
 
 func intPtr(i int) *int { return &i }
@@ -240,6 +241,9 @@ func checkBuild(t *testing.T, b *coordinator.Build, w want) {
 	}
 	if b.ServiceID != w.serviceID {
 		t.Errorf("service id %q, want %q", b.ServiceID, w.serviceID)
+	}
+	if b.Ending != w.ending {
+		t.Errorf("ending %q, want %q", b.Ending, w.ending)
 	}
 	if b.State.Final() && b.Finished.IsZero() {
 		t.Error("final build has no Finished time")

@@ -138,10 +138,13 @@ type run struct {
 }
 
 // Cancelled is the cause of a run's context when the build was cancelled:
-// the build ends as error with this reason.
-type Cancelled string
+// the build ends as error with Reason, and Ending says how it was cancelled.
+type Cancelled struct {
+	Reason string
+	Ending coordinator.Ending
+}
 
-func (c Cancelled) Error() string { return string(c) }
+func (c Cancelled) Error() string { return c.Reason }
 
 const (
 	maxNameTries   = 5                   // service names tried when swarm says one is taken
@@ -213,7 +216,7 @@ func (r *Runner) Submit(ctx context.Context, req coordinator.Request) (*coordina
 	}
 	r.changed(b)
 	if b.Key != "" {
-		r.supersede(ctx, b.Key, b, "superseded by "+short(b.SHA))
+		r.supersede(ctx, b.Key, b, Cancelled{"superseded by " + short(b.SHA), coordinator.EndSuperseded})
 	}
 	queued := b.Clone()
 	var t *ticket
@@ -236,7 +239,7 @@ func short(sha string) string {
 // supersede cancels the active builds of key that are older than keep
 // (all of them when keep is nil). Only older ones: two builds of one key
 // submitted at once must not cancel each other.
-func (r *Runner) supersede(ctx context.Context, key string, keep *coordinator.Build, reason string) {
+func (r *Runner) supersede(ctx context.Context, key string, keep *coordinator.Build, why Cancelled) {
 	olds, err := r.cfg.Store.ActiveByKey(ctx, key)
 	if err != nil {
 		r.log.Error("find builds to supersede", "key", key, "err", err)
@@ -244,24 +247,28 @@ func (r *Runner) supersede(ctx context.Context, key string, keep *coordinator.Bu
 	}
 	for _, o := range olds {
 		if keep == nil || o.Created.Before(keep.Created) || (o.Created.Equal(keep.Created) && o.ID < keep.ID) {
-			r.Cancel(ctx, o.ID, reason)
+			r.cancel(ctx, o.ID, why)
 		}
 	}
 }
 
 // CancelKey implements coordinator.Builds.
 func (r *Runner) CancelKey(ctx context.Context, key, reason string) {
-	r.supersede(ctx, key, nil, reason)
+	r.supersede(ctx, key, nil, Cancelled{reason, coordinator.EndCancelled})
 }
 
 // Cancel implements coordinator.Builds. It returns at once; the build's
 // goroutine does the work. The first reason wins.
 func (r *Runner) Cancel(ctx context.Context, id, reason string) error {
+	return r.cancel(ctx, id, Cancelled{reason, coordinator.EndCancelled})
+}
+
+func (r *Runner) cancel(ctx context.Context, id string, why Cancelled) error {
 	r.mu.Lock()
 	rn := r.runs[id]
 	r.mu.Unlock()
 	if rn != nil {
-		rn.cancel(Cancelled(reason))
+		rn.cancel(why)
 		return nil
 	}
 	b, err := r.cfg.Store.Build(ctx, id)
@@ -272,7 +279,7 @@ func (r *Runner) Cancel(ctx context.Context, id, reason string) error {
 		return fmt.Errorf("%w: %s is %s", coordinator.ErrNotRunning, id, b.State)
 	}
 	// Recorded as active but watched by nobody (a restart lost it).
-	r.finish(ctx, b, coordinator.Error, reason, nil)
+	r.finishAs(ctx, b, coordinator.Error, why.Ending, why.Reason, nil)
 	return nil
 }
 
@@ -336,14 +343,12 @@ func (r *Runner) start(id string, fn func(ctx context.Context)) {
 	}()
 }
 
-// cancelReason is the reason the build of ctx was cancelled, or "" when it
-// was not (the context is live, or the coordinator is shutting down).
-func cancelReason(ctx context.Context) string {
+// cancelled is why the build of ctx was cancelled, and false when it was
+// not (the context is live, or the coordinator is shutting down).
+func cancelled(ctx context.Context) (Cancelled, bool) {
 	var c Cancelled
-	if errors.As(context.Cause(ctx), &c) {
-		return string(c)
-	}
-	return ""
+	ok := errors.As(context.Cause(ctx), &c)
+	return c, ok
 }
 
 func (r *Runner) changed(b *coordinator.Build) {
@@ -378,9 +383,14 @@ func (r *Runner) update(ctx context.Context, b *coordinator.Build, fn func(*coor
 // finish records a final state, once. The reason is shown to people and
 // sent to GitHub: secrets in it (a signed link's query) are taken out.
 func (r *Runner) finish(ctx context.Context, b *coordinator.Build, st coordinator.State, reason string, code *int) *coordinator.Build {
+	return r.finishAs(ctx, b, st, "", reason, code)
+}
+
+// finishAs is finish with the Ending of a build that ends as error.
+func (r *Runner) finishAs(ctx context.Context, b *coordinator.Build, st coordinator.State, end coordinator.Ending, reason string, code *int) *coordinator.Build {
 	reason = redact.String(reason)
 	nb, err := r.update(ctx, b, func(x *coordinator.Build) {
-		x.State, x.Reason, x.ExitCode, x.Finished = st, reason, code, time.Now().UTC()
+		x.State, x.Reason, x.ExitCode, x.Finished, x.Ending = st, reason, code, time.Now().UTC(), end
 	})
 	if err != nil {
 		if !errors.Is(err, store.ErrFinal) {

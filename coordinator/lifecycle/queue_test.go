@@ -197,9 +197,9 @@ func TestQueueCancelAndSupersede(t *testing.T) {
 	if err := e.r.Cancel(context.Background(), other.ID, "cancelled by alice"); err != nil {
 		t.Fatal(err)
 	}
-	checkBuild(t, e.wait(other.ID), want{state: coordinator.Error, reason: "cancelled by alice"})
+	checkBuild(t, e.wait(other.ID), want{state: coordinator.Error, reason: "cancelled by alice", ending: coordinator.EndCancelled})
 	newer := e.submit(e.request(testSHA('d'), "octo/hello#7"))
-	checkBuild(t, e.wait(old.ID), want{state: coordinator.Error, reason: "superseded by ddddddd"})
+	checkBuild(t, e.wait(old.ID), want{state: coordinator.Error, reason: "superseded by ddddddd", ending: coordinator.EndSuperseded})
 	e.waitStored(newer.ID, "its place", func(b *coordinator.Build) bool { return b.Reason == "queued: 0 ahead" })
 	for _, id := range []string{old.ID, other.ID} {
 		if e.sw.Service(id) != nil {
@@ -309,9 +309,9 @@ func TestApprovalCancelAndSupersede(t *testing.T) {
 	if err := e.r.Cancel(context.Background(), c.ID, "cancelled by alice"); err != nil {
 		t.Fatal(err)
 	}
-	checkBuild(t, e.wait(c.ID), want{state: coordinator.Error, reason: "cancelled by alice"})
+	checkBuild(t, e.wait(c.ID), want{state: coordinator.Error, reason: "cancelled by alice", ending: coordinator.EndCancelled})
 	b := e.submit(untrustedRequest(e, testSHA('b'), "octo/hello#7"))
-	checkBuild(t, e.wait(a.ID), want{state: coordinator.Error, reason: "superseded by bbbbbbb"})
+	checkBuild(t, e.wait(a.ID), want{state: coordinator.Error, reason: "superseded by bbbbbbb", ending: coordinator.EndSuperseded})
 	if nb := e.stored(b.ID); !nb.AwaitingApproval() {
 		t.Errorf("the new push: %s %q, want awaiting approval", nb.State, nb.Reason)
 	}

@@ -203,7 +203,7 @@ func TestRunnerRecoverLeavesOwnBuilds(t *testing.T) {
 	if err := e.r.Cancel(context.Background(), q.ID, "done"); err != nil {
 		t.Fatal(err)
 	}
-	checkBuild(t, e.wait(q.ID), want{state: coordinator.Error, reason: "done", serviceName: svc.Spec.Name, serviceID: svc.ID})
+	checkBuild(t, e.wait(q.ID), want{state: coordinator.Error, reason: "done", ending: coordinator.EndCancelled, serviceName: svc.Spec.Name, serviceID: svc.ID})
 	e.checkRemovedOnce(svc)
 }
 

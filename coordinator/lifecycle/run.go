@@ -113,9 +113,9 @@ func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordina
 // reason when it was cancelled, with err otherwise; not at all when the
 // coordinator is shutting down (Recover finishes it after the restart).
 func (r *Runner) finishCause(ctx context.Context, b *coordinator.Build, err error) {
-	switch why := cancelReason(ctx); {
-	case why != "":
-		r.finish(ctx, b, coordinator.Error, why, nil)
+	switch why, ok := cancelled(ctx); {
+	case ok:
+		r.finishAs(ctx, b, coordinator.Error, why.Ending, why.Reason, nil)
 	case ctx.Err() == nil:
 		r.finish(ctx, b, coordinator.Error, err.Error(), nil)
 	}
@@ -326,7 +326,7 @@ func (r *Runner) await(ctx context.Context, b *coordinator.Build, timeout time.D
 	// only catches a build whose executor cannot.
 	deadline := time.NewTimer(time.Until(started.Add(timeout + timeoutGrace)))
 	defer deadline.Stop()
-	var reason string
+	var why Cancelled
 	select {
 	case x, ok := <-exits:
 		if !ok {
@@ -344,19 +344,21 @@ func (r *Runner) await(ctx context.Context, b *coordinator.Build, timeout time.D
 		r.exited(ctx, b, x, timeout)
 		return
 	case <-ctx.Done():
-		if reason = cancelReason(ctx); reason == "" {
+		var ok bool
+		if why, ok = cancelled(ctx); !ok {
 			return // the coordinator stops; the build goes on and is recovered
 		}
 	case <-deadline.C:
-		reason = fmt.Sprintf("timed out after %v", timeout)
+		why = Cancelled{fmt.Sprintf("timed out after %v", timeout), coordinator.EndTimedOut}
 	}
-	r.stopBuild(b, reason, exits)
+	r.stopBuild(b, why, exits)
 }
 
 // stopBuild has the agent stop a build that is cancelled or overdue, and
-// records it as error with reason and whatever exit code is known.
-func (r *Runner) stopBuild(b *coordinator.Build, reason string, exits <-chan wire.Exit) {
+// records it as error with why's reason and whatever exit code is known.
+func (r *Runner) stopBuild(b *coordinator.Build, why Cancelled, exits <-chan wire.Exit) {
 	ctx := r.base
+	reason := why.Reason
 	r.log.Info("stopping build", "build", b.ID, "reason", reason)
 	cctx, ccancel := context.WithTimeout(ctx, r.cfg.CancelGrace+requestTimeout)
 	stopped, err := r.cfg.Agents.Cancel(cctx, b.NodeID, b.ID, b.ContainerID, r.cfg.CancelGrace)
@@ -381,7 +383,7 @@ func (r *Runner) stopBuild(b *coordinator.Build, reason string, exits <-chan wir
 		default:
 			reason += fmt.Sprintf("; node %s has no agent connected to confirm the stop", b.NodeID)
 		}
-		r.finish(ctx, b, coordinator.Error, reason, code)
+		r.finishAs(ctx, b, coordinator.Error, why.Ending, reason, code)
 		return
 	}
 	if err != nil {
@@ -404,7 +406,7 @@ func (r *Runner) stopBuild(b *coordinator.Build, reason string, exits <-chan wir
 	case <-ctx.Done():
 		return
 	}
-	r.finish(ctx, b, coordinator.Error, reason, code)
+	r.finishAs(ctx, b, coordinator.Error, why.Ending, reason, code)
 }
 
 // exited records a build's reported exit.
@@ -416,7 +418,7 @@ func (r *Runner) exited(ctx context.Context, b *coordinator.Build, x wire.Exit, 
 	case code == 0:
 		r.finish(ctx, b, coordinator.Success, "", &code)
 	case code == forgexec.ExitTimeout:
-		r.finish(ctx, b, coordinator.Error, fmt.Sprintf("timed out after %v", timeout), &code)
+		r.finishAs(ctx, b, coordinator.Error, coordinator.EndTimedOut, fmt.Sprintf("timed out after %v", timeout), &code)
 	default:
 		r.finish(ctx, b, coordinator.Failure, fmt.Sprintf("exit code %d", code), &code)
 	}

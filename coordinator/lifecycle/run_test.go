@@ -391,11 +391,12 @@ func TestRunnerExitCodes(t *testing.T) {
 		state  coordinator.State
 		reason string
 		code   *int
+		ending coordinator.Ending
 	}{
-		{"pass", wire.Exit{ExitCode: 0}, coordinator.Success, "", intPtr(0)},
-		{"fail", wire.Exit{ExitCode: 3}, coordinator.Failure, "exit code 3", intPtr(3)},
-		{"executor timeout", wire.Exit{ExitCode: forgexec.ExitTimeout}, coordinator.Error, "timed out after 30m0s", intPtr(124)},
-		{"agent fault", wire.Exit{ExitCode: -1, Error: "container vanished"}, coordinator.Error, "container vanished", nil},
+		{"pass", wire.Exit{ExitCode: 0}, coordinator.Success, "", intPtr(0), ""},
+		{"fail", wire.Exit{ExitCode: 3}, coordinator.Failure, "exit code 3", intPtr(3), ""},
+		{"executor timeout", wire.Exit{ExitCode: forgexec.ExitTimeout}, coordinator.Error, "timed out after 30m0s", intPtr(124), coordinator.EndTimedOut},
+		{"agent fault", wire.Exit{ExitCode: -1, Error: "container vanished"}, coordinator.Error, "container vanished", nil, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newRunnerEnv(t)
@@ -404,7 +405,7 @@ func TestRunnerExitCodes(t *testing.T) {
 			q := e.submit(e.request(testSHA('4'), ""))
 			b := e.wait(q.ID)
 			svc := e.mustService(q.ID)
-			checkBuild(t, b, want{state: tc.state, reason: tc.reason, exit: tc.code,
+			checkBuild(t, b, want{state: tc.state, reason: tc.reason, exit: tc.code, ending: tc.ending,
 				node: "node-a", container: "c-" + svc.ID, serviceName: svc.Spec.Name, serviceID: svc.ID})
 			e.checkChanges(q.ID, coordinator.Queued, coordinator.Running, tc.state)
 			e.checkRemovedOnce(svc)

@@ -35,7 +35,7 @@ func TestRunnerTimeoutLeavesExecutorItsGrace(t *testing.T) {
 	e.ag.Report(q.ID, "", &wire.Exit{ExitCode: forgexec.ExitTimeout})
 	b = e.wait(q.ID)
 	svc := e.mustService(q.ID)
-	checkBuild(t, b, want{state: coordinator.Error, reason: "timed out after 100ms", exit: intPtr(124),
+	checkBuild(t, b, want{state: coordinator.Error, reason: "timed out after 100ms", ending: coordinator.EndTimedOut, exit: intPtr(124),
 		node: "node-a", container: "c-" + svc.ID, serviceName: svc.Spec.Name, serviceID: svc.ID})
 	e.checkRemovedOnce(svc)
 }
@@ -72,7 +72,7 @@ func TestRunnerTimeoutEnforcedByCoordinator(t *testing.T) {
 	id := "20260101T000000-t1meot"
 	e.recoverOverdue(id, testSHA('6'), "node-a", "c-a", "svc-t")
 	got := e.wait(id)
-	checkBuild(t, got, want{state: coordinator.Error, reason: "timed out after 1s", exit: intPtr(143),
+	checkBuild(t, got, want{state: coordinator.Error, reason: "timed out after 1s", ending: coordinator.EndTimedOut, exit: intPtr(143),
 		node: "node-a", container: "c-a", serviceName: "forge-svc-t", serviceID: "svc-t"})
 	e.checkChanges(id, coordinator.Error)
 	if c := e.ag.CancelCalls(); len(c) != 1 || c[0] != (buildsim.CancelCall{Node: "node-a", Build: id, Container: "c-a", Grace: testCancelGrace}) {
@@ -121,8 +121,8 @@ func TestRunnerTimeoutWithoutAgent(t *testing.T) {
 	e.recoverOverdue(id, testSHA('7'), "node-c", "c-c", "svc-n")
 	got := e.wait(id)
 	checkBuild(t, got, want{state: coordinator.Error,
-		reason: "timed out after 1s; node node-c has no agent connected to confirm the stop",
-		node:   "node-c", container: "c-c", serviceName: "forge-svc-n", serviceID: "svc-n"})
+		reason: "timed out after 1s; node node-c has no agent connected to confirm the stop", ending: coordinator.EndTimedOut,
+		node: "node-c", container: "c-c", serviceName: "forge-svc-n", serviceID: "svc-n"})
 	if d := time.Since(began); d > exitWait/2 {
 		t.Errorf("took %v: waited for an exit no agent can send", d)
 	}

@@ -313,6 +313,30 @@ var migrations = [][]string{
 			PRIMARY KEY (owner, repo, name)
 		)`,
 	},
+	// 7: GitHub check runs and re-runs (issue 17).
+	// A build may re-run another (rerun_of, and who asked), and records
+	// why it ended as error when GitHub tells it apart (ending). Each check
+	// run Forge creates is kept with its build, so that its updates go to
+	// it and a "Re-run" of it on GitHub finds the build.
+	{
+		`ALTER TABLE builds ADD COLUMN rerun_of TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE builds ADD COLUMN rerun_by TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE builds ADD COLUMN ending TEXT NOT NULL DEFAULT ''`,
+		`CREATE INDEX builds_rerun_of ON builds (rerun_of) WHERE rerun_of <> ''`,
+		// A check_suite "rerequested" names a commit: its builds.
+		`CREATE INDEX builds_commit ON builds (owner, repo, sha)`,
+		// id is GitHub's check run id. status is the last one sent:
+		// a completed check run is not reopened, a new one is made.
+		`CREATE TABLE check_runs (
+			id       INTEGER NOT NULL PRIMARY KEY,
+			build_id TEXT    NOT NULL,
+			owner    TEXT    NOT NULL,
+			repo     TEXT    NOT NULL,
+			status   TEXT    NOT NULL,
+			created  INTEGER NOT NULL
+		)`,
+		`CREATE INDEX check_runs_build ON check_runs (build_id, created)`,
+	},
 }
 
 // migrate brings the schema up to date in one transaction per migration.

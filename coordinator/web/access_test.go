@@ -209,6 +209,7 @@ func TestRoutesAsREADME(t *testing.T) {
 	pub.Repo = "open"
 	priv := build("priv", coordinator.Running, now.Add(time.Second))
 	priv.Repo, priv.Public = "secret", false
+	pub.InstallationID, priv.InstallationID = 1, 1 // from GitHub: they may be re-run
 	e := newAPIEnv(t, pub, priv)
 	e.gh.set("alice", "acme/secret", coordinator.Read)
 	e.gh.set("bob", "acme/secret", coordinator.Write)
@@ -297,7 +298,8 @@ func TestRoutesAsREADME(t *testing.T) {
 				if strings.Contains(pattern, "tokens/{id}") || (pattern == "POST /logout" && k.browser) {
 					continue // a token's id, and signing out, are tried in their own tests
 				}
-				cancels, approvals, agentCalls := len(e.cancels), len(e.approvals), len(e.agents.called())
+				cancels, approvals, agentCalls, reruns := len(e.cancels), len(e.approvals), len(e.agents.called()), len(e.reruns)
+				stored := e.buildCount()
 				secretsBefore := secretRows(t, e.st)
 				status, _, got := e.call(k.c, method, p, body)
 				if status == http.StatusConflict && strings.HasSuffix(pattern, "/approve") {
@@ -317,6 +319,9 @@ func TestRoutesAsREADME(t *testing.T) {
 				}
 				if status >= 400 && len(e.cancels) != cancels {
 					t.Errorf("%s %s as %s: refused with %d, yet a build was cancelled", method, p, k.c.name, status)
+				}
+				if status >= 400 && (len(e.reruns) != reruns || e.buildCount() != stored) {
+					t.Errorf("%s %s as %s: refused with %d, yet a build was re-run", method, p, k.c.name, status)
 				}
 				if n := secretRows(t, e.st); status >= 400 && n != secretsBefore {
 					t.Errorf("%s %s as %s: refused with %d, yet the secrets changed (%d rows, %d before)", method, p, k.c.name, status, n, secretsBefore)

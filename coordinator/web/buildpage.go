@@ -33,9 +33,16 @@ func (a *API) buildPage(w http.ResponseWriter, r *http.Request, p *auth.Principa
 	}
 	d := a.data(p, "Build "+b.ID)
 	d.Build = b
-	if !b.State.Final() && p.Kind != auth.Anonymous {
-		d.CanCancel = a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Write) == nil
+	var err error
+	if d.Reruns, err = a.cfg.Store.Reruns(r.Context(), b.ID); err != nil {
+		a.errorPage(w, r, http.StatusInternalServerError, err)
+		return
+	}
+	if p.Kind != auth.Anonymous && a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Write) == nil {
+		d.CanCancel = !b.State.Final()
 		d.CanApprove = d.CanCancel && b.AwaitingApproval()
+		// A build from GitHub, once over: its commit is built again.
+		d.CanRerun = b.State.Final() && b.InstallationID != 0 && a.cfg.Reruns != nil
 	}
 	if b.State.Final() {
 		// A running build's come with its end: the page's script asks.

@@ -15,7 +15,7 @@ import (
 )
 
 // Client speaks the API that API serves: the people's commands (forge
-// builds, logs, cancel, agents [revoke|allow]) use it.
+// builds, logs, cancel, approve, rerun, agents [revoke|allow]) use it.
 type Client struct {
 	base  *url.URL
 	token string
@@ -137,6 +137,16 @@ func (c *Client) Cancel(ctx context.Context, id string) error {
 func (c *Client) Approve(ctx context.Context, id string) (*BuildView, error) {
 	var b BuildView
 	if err := c.postJSON(ctx, "/api/builds/"+url.PathEscape(id)+"/approve", &b); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// Rerun starts a new build of the build's commit and action, and returns
+// it; a build that cannot be re-run gives an *Error (422) saying why.
+func (c *Client) Rerun(ctx context.Context, id string) (*BuildView, error) {
+	var b BuildView
+	if err := c.postJSON(ctx, "/api/builds/"+url.PathEscape(id)+"/rerun", &b); err != nil {
 		return nil, err
 	}
 	return &b, nil

@@ -64,6 +64,8 @@ type pageData struct {
 	Agents     *agentsView // the agents page
 	CanCancel  bool
 	CanApprove bool
+	CanRerun   bool
+	Reruns     []string       // builds that re-run Build
 	Artifacts  []ArtifactView // of a final build
 	Tokens     []coordinator.APIToken
 	NewToken   string

@@ -50,6 +50,16 @@ type Config struct {
 	// Artifacts is where builds' artifacts are read; nil: builds have
 	// none.
 	Artifacts Artifacts
+	// Reruns re-runs builds (github.Forge); nil: the re-run routes answer
+	// 501 (no GitHub App to fetch sources from).
+	Reruns Rerunner
+}
+
+// Rerunner starts a new build of a build's SHA and action, linked to it,
+// for who; a build that cannot be re-run gives an error wrapping
+// coordinator.ErrNotRerunnable that says why.
+type Rerunner interface {
+	Rerun(ctx context.Context, b *coordinator.Build, who string) (*coordinator.Build, error)
 }
 
 // Logs is where build output is read (logs.Store).
@@ -140,6 +150,7 @@ func (a *API) Routes() []Route {
 		{"GET /api/builds/{id}/log", Reader, a.api(a.getLog)},
 		{"POST /api/builds/{id}/cancel", Writer, a.api(a.cancelBuild)},
 		{"POST /api/builds/{id}/approve", Writer, a.api(a.approveBuild)},
+		{"POST /api/builds/{id}/rerun", Writer, a.api(a.rerunBuild)},
 		{"GET /api/builds/{id}/artifacts", Reader, a.api(a.listArtifacts)},
 		{"GET /api/builds/{id}/artifacts/{path...}", Reader, a.api(a.getArtifact)},
 		{"GET /api/builds/{id}/artifacts.tar.gz", Reader, a.api(a.getArtifactsTarGz)},
@@ -147,6 +158,7 @@ func (a *API) Routes() []Route {
 		{"GET /builds/{id}", Reader, a.html(a.buildPage)},
 		{"POST /builds/{id}/cancel", Writer, a.html(a.cancelForm)},
 		{"POST /builds/{id}/approve", Writer, a.html(a.approveForm)},
+		{"POST /builds/{id}/rerun", Writer, a.html(a.rerunForm)},
 
 		{"GET /api/agents", Admin, a.api(a.listAgents)},
 		{"POST /api/agents/{node}/revoke", Admin, a.api(a.revokeAgent)},
@@ -295,6 +307,14 @@ type BuildView struct {
 	AwaitingApproval bool       `json:"awaiting_approval"`
 	ApprovedBy       string     `json:"approved_by,omitempty"`
 	Approved         *time.Time `json:"approved,omitempty"`
+	// Ending says why an error ended (cancelled, superseded, timed_out).
+	Ending string `json:"ending,omitempty"`
+	// RerunOf is the build this one re-runs, and RerunBy who asked;
+	// Reruns (GET /api/builds/{id} only) the builds that re-run this one,
+	// oldest first.
+	RerunOf string   `json:"rerun_of,omitempty"`
+	RerunBy string   `json:"rerun_by,omitempty"`
+	Reruns  []string `json:"reruns,omitempty"`
 }
 
 func viewOf(b *coordinator.Build) BuildView {
@@ -308,7 +328,8 @@ func viewOf(b *coordinator.Build) BuildView {
 		SHA: b.SHA, Ref: b.Ref, Action: b.Action, Trigger: b.Trigger, Fork: b.Fork, State: string(b.State),
 		Reason: b.Reason, ExitCode: b.ExitCode, NodeID: b.NodeID, ContainerID: b.ContainerID, Service: b.ServiceName,
 		Created: b.Created, Started: opt(b.Started), Finished: opt(b.Finished),
-		Author: b.Author, Untrusted: b.Untrusted, AwaitingApproval: b.AwaitingApproval(), ApprovedBy: b.ApprovedBy, Approved: opt(b.Approved)}
+		Author: b.Author, Untrusted: b.Untrusted, AwaitingApproval: b.AwaitingApproval(), ApprovedBy: b.ApprovedBy, Approved: opt(b.Approved),
+		Ending: string(b.Ending), RerunOf: b.RerunOf, RerunBy: b.RerunBy}
 }
 
 // logout ends a browser's session; one whose credential is bad already
@@ -424,9 +445,17 @@ func (a *API) build(w http.ResponseWriter, r *http.Request, p *auth.Principal, n
 }
 
 func (a *API) getBuild(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
-	if b := a.build(w, r, p, coordinator.Read, true); b != nil {
-		writeJSON(w, http.StatusOK, viewOf(b))
+	b := a.build(w, r, p, coordinator.Read, true)
+	if b == nil {
+		return
 	}
+	v := viewOf(b)
+	var err error
+	if v.Reruns, err = a.cfg.Store.Reruns(r.Context(), b.ID); err != nil {
+		httpError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 // getLog writes the build's output as plain text; with ?follow=1 it

@@ -138,10 +138,29 @@ type apiEnv struct {
 	mu        sync.Mutex
 	cancels   []string
 	approvals []string
+	reruns    []string // "id|who" of the builds re-run
 	agents    *fakeAgentAdmin
 	logs      fakeLogs
 	arts      *artifacts.Store // every build's: testArtifacts
 	keeper    *secrets.Keeper
+}
+
+// rerunner re-runs as github.Forge does, as far as the store sees it: a
+// new build of the same commit, linked to the old one. A build "local"
+// (not from GitHub) cannot be.
+type rerunner struct{ e *apiEnv }
+
+func (r rerunner) Rerun(ctx context.Context, b *coordinator.Build, who string) (*coordinator.Build, error) {
+	if b.InstallationID == 0 {
+		return nil, fmt.Errorf("re-run build %s: %w: it did not come from GitHub", b.ID, coordinator.ErrNotRerunnable)
+	}
+	r.e.mu.Lock()
+	r.e.reruns = append(r.e.reruns, b.ID+"|"+who)
+	n := len(r.e.reruns)
+	r.e.mu.Unlock()
+	nb := &coordinator.Build{ID: fmt.Sprintf("%s-rerun%d", b.ID, n), Subject: b.Subject, State: coordinator.Queued}
+	nb.RerunOf, nb.RerunBy = b.ID, who
+	return nb, r.e.st.CreateBuild(ctx, nb)
 }
 
 func newAPIEnv(t *testing.T, builds ...*coordinator.Build) *apiEnv {
@@ -225,7 +244,7 @@ func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator
 	m := NewMetrics(st, ag)
 	e.keeper = newKeeper(t, st)
 	api, err := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, AgentAdmin: e.agents, Webhook: webhook, Auth: front, Metrics: m.Handler(),
-		Retain: 90 * 24 * time.Hour, Artifacts: e.arts, Secrets: e.keeper})
+		Retain: 90 * 24 * time.Hour, Artifacts: e.arts, Secrets: e.keeper, Reruns: rerunner{e}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,8 +35,13 @@
 // unknown or expired (a reloaded callback), a revoked user token's 401, a
 // private repository's 404.
 //
+// It serves the Checks API's check runs (checks.go) to installations whose
+// tokens carry checks: write (SetPermissions, GrantChecks; by default
+// they carry statuses: write only, as an app made for commit statuses).
+//
 // Under /_fake/ it tells a client in another process what happened: GET
-// /_fake/statuses lists the commit statuses posted, in order, and GET
+// /_fake/statuses lists the commit statuses posted, in order, GET
+// /_fake/check-runs the check runs with their requests, and GET
 // /_fake/requests every request and the refused ones. Tests in this
 // process use fakegithubtest, which serves it on loopback for a test.
 package fakegithub
@@ -57,6 +62,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"path"
 	"sort"
@@ -125,6 +131,12 @@ type Server struct {
 	posted        chan struct{} // closed and replaced at every status
 	statusFail    int           // the next N status posts fail
 	statusFailHow string
+	tokenPerms    map[string]map[string]string // token -> its permissions
+	instPerms     map[int64]map[string]string  // installation -> its tokens' permissions
+	checkRuns     []*CheckRun
+	nextCheckRun  int64
+	checkFail     int // the next N check-run requests fail
+	checkFailHow  string
 	requests      []string
 	refused       []string
 	holds         []*Hold
@@ -146,6 +158,7 @@ func New(opts Options) *Server {
 	f := &Server{opts: opts, mux: http.NewServeMux(), tokenCalls: map[int64]int{}, tokens: map[string]int64{},
 		installations: map[string]int64{ExampleRepo: ExampleInstallation}, files: map[string]string{},
 		tarballs: map[string][]byte{}, posted: make(chan struct{}),
+		tokenPerms: map[string]map[string]string{}, instPerms: map[int64]map[string]string{},
 		now: time.Now, users: map[string]int64{}, perms: map[string]string{}, private: map[string]bool{},
 		codes: map[string]oauthCode{}, userTokens: map[string]userToken{}}
 	f.mux.HandleFunc("POST /api/v3/app/installations/{id}/access_tokens", f.accessToken)
@@ -154,6 +167,8 @@ func New(opts Options) *Server {
 	f.mux.HandleFunc("GET /api/v3/repos/{o}/{r}/tarball/{sha}", f.tarball)
 	f.mux.HandleFunc("GET /codeload/{o}/{r}/legacy.tar.gz/{sha}", f.codeload)
 	f.mux.HandleFunc("POST /api/v3/repos/{o}/{r}/statuses/{sha}", f.status)
+	f.mux.HandleFunc("POST /api/v3/repos/{o}/{r}/check-runs", f.createCheckRun)
+	f.mux.HandleFunc("PATCH /api/v3/repos/{o}/{r}/check-runs/{id}", f.updateCheckRun)
 	f.mux.HandleFunc("GET /api/v3/repos/{o}/{r}", f.repository)
 	f.mux.HandleFunc("GET /api/v3/user", f.user)
 	f.mux.HandleFunc("GET /login/oauth/authorize", f.authorize)
@@ -164,6 +179,9 @@ func New(opts Options) *Server {
 	f.mux.HandleFunc("GET /favicon.ico", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	f.mux.HandleFunc("GET /_fake/statuses", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, append([]Status{}, f.Statuses()...))
+	})
+	f.mux.HandleFunc("GET /_fake/check-runs", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, f.CheckRuns())
 	})
 	f.mux.HandleFunc("GET /_fake/requests", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string][]string{"requests": f.Requests(), "refused": f.Refused()})
@@ -258,6 +276,13 @@ func (f *Server) SetFile(repo, sha, text string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.files[repo+"@"+sha] = text
+}
+
+// RemoveFile takes the .forge.yml of repo at commit sha away again.
+func (f *Server) RemoveFile(repo, sha string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.files, repo+"@"+sha)
 }
 
 // SetTarball sets the source archive (gzip tar, see Tarball) of repo at
@@ -449,6 +474,12 @@ func (f *Server) checkToken(w http.ResponseWriter, r *http.Request) (int64, bool
 	return inst, true
 }
 
+// tokenOf is the installation token a request carries, "" for none.
+func tokenOf(r *http.Request) string {
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "token ")
+	return tok
+}
+
 func (f *Server) accessToken(w http.ResponseWriter, r *http.Request) {
 	if !f.appOnly(w, r) {
 		return
@@ -462,10 +493,12 @@ func (f *Server) accessToken(w http.ResponseWriter, r *http.Request) {
 	f.tokenCalls[inst]++
 	tok := fmt.Sprintf("ghs_%d_%d", inst, f.tokenCalls[inst])
 	f.tokens[tok] = inst
+	perms := maps.Clone(f.permissionsOf(inst))
+	f.tokenPerms[tok] = perms
 	f.mu.Unlock()
 	writeJSON(w, http.StatusCreated, map[string]any{"token": tok,
 		"expires_at":           time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
-		"permissions":          map[string]string{"contents": "read", "metadata": "read", "statuses": "write"},
+		"permissions":          perms,
 		"repository_selection": "selected"})
 }
 
@@ -565,9 +598,26 @@ func (f *Server) codeload(w http.ResponseWriter, r *http.Request) {
 	w.Write(tgz)
 }
 
+// writeFailure answers as GitHub does when it fails, how: "502" (the
+// default: an HTML 502 Bad Gateway), "abuse" (a secondary rate limit, 403
+// with Retry-After: 1) or "422" (Validation Failed).
+func writeFailure(w http.ResponseWriter, how string) {
+	switch how {
+	case "abuse":
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusForbidden, map[string]string{"message": "You have exceeded a secondary rate limit.",
+			"documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"})
+	case "422":
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"message": "Validation Failed"})
+	default:
+		w.WriteHeader(http.StatusBadGateway)
+		io.WriteString(w, "<html>502 Bad Gateway</html>")
+	}
+}
+
 func (f *Server) status(w http.ResponseWriter, r *http.Request) {
 	inst, ok := f.checkToken(w, r)
-	if !ok {
+	if !ok || !f.tokenMay(w, r, "statuses", "https://docs.github.com/rest/commits/statuses#create-a-commit-status") {
 		return
 	}
 	f.mu.Lock()
@@ -575,17 +625,7 @@ func (f *Server) status(w http.ResponseWriter, r *http.Request) {
 		f.statusFail--
 		how := f.statusFailHow
 		f.mu.Unlock()
-		switch how {
-		case "abuse":
-			w.Header().Set("Retry-After", "1")
-			writeJSON(w, http.StatusForbidden, map[string]string{"message": "You have exceeded a secondary rate limit.",
-				"documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"})
-		case "422":
-			writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"message": "Validation Failed"})
-		default:
-			w.WriteHeader(http.StatusBadGateway)
-			io.WriteString(w, "<html>502 Bad Gateway</html>")
-		}
+		writeFailure(w, how)
 		return
 	}
 	f.mu.Unlock()
