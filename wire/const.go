@@ -85,6 +85,8 @@ const (
 	TypeJoin             = "join"
 	TypeRenew            = "renew"
 	TypeIssued           = "issued"
+	TypeCacheSave        = "cache_save"
+	TypeCacheSaved       = "cache_saved"
 )
 
 // Codes of a Refused message; what each means is in PROTOCOL.md §5.3.

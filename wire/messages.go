@@ -32,6 +32,9 @@ type Hello struct {
 	Hostname      string `json:"hostname"`       // node host name, for people
 	AgentVersion  string `json:"agent_version"`  // forge version of the agent
 	EngineVersion string `json:"engine_version"` // Docker Engine version of the node
+	// Features names what this agent can do beyond protocol 1's base
+	// (FeatureCache); optional, so older peers ignore it.
+	Features []string `json:"features,omitempty"`
 }
 
 // Welcome accepts a session (PROTOCOL.md §5.2).
@@ -101,6 +104,9 @@ type Launch struct {
 	Spec        json.RawMessage `json:"spec"`        // build.json, at most MaxSpecSize
 	SourceSize  int64           `json:"source_size"` // raw tar bytes that follow; 0 = none
 	Workdir     string          `json:"workdir"`     // absolute; where the source is unpacked
+	// Cache, optional, restores and saves the build's cache
+	// (PROTOCOL.md §6.8); sent only to agents with FeatureCache.
+	Cache *LaunchCache `json:"cache,omitempty"`
 }
 
 // LaunchReady accepts a Launch (PROTOCOL.md §5.7).
@@ -220,6 +226,8 @@ func (ArtifactsHeader) MessageType() string  { return TypeArtifactsHeader }
 func (Join) MessageType() string             { return TypeJoin }
 func (Renew) MessageType() string            { return TypeRenew }
 func (Issued) MessageType() string           { return TypeIssued }
+func (CacheSave) MessageType() string        { return TypeCacheSave }
+func (CacheSaved) MessageType() string       { return TypeCacheSaved }
 
 // registry maps each type name to its struct type. It is the one list of
 // messages this version understands.
@@ -231,6 +239,7 @@ var registry = func() map[string]reflect.Type {
 		Attach{}, Attached{}, Log{}, LogAck{}, Exit{}, ExitAck{},
 		ArtifactsRequest{}, ArtifactsHeader{},
 		Join{}, Renew{}, Issued{},
+		CacheSave{}, CacheSaved{},
 	} {
 		if _, dup := m[p.MessageType()]; dup {
 			panic("wire: message type registered twice: " + p.MessageType())
@@ -558,6 +567,9 @@ func (m Launch) Validate() error {
 	}
 	if m.SourceSize > 0 && m.Workdir == "" {
 		return invalid(TypeLaunch, "source without a workdir")
+	}
+	if m.Cache != nil {
+		return m.Cache.validate()
 	}
 	return nil
 }
