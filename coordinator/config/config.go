@@ -27,6 +27,9 @@
 //	resources: {cpus: 2, memory: 4GiB}
 //	constraints: ["node.labels.ci==true"]
 //	ports: ["8000:8000"]
+//	cache:                      # kept between builds of the repository
+//	  paths: [/root/.cache/go-build, node_modules]
+//	  key: '{{ hashFiles "go.sum" }}'
 //
 // # Rules beyond the design
 //
@@ -119,6 +122,8 @@ type Config struct {
 	// Ports are published ports; whether they are allowed is the
 	// coordinator's decision (--allow-ports), not the parser's.
 	Ports []Port
+	// Cache is kept between builds of the repository; nil when none.
+	Cache *Cache `json:",omitempty"`
 }
 
 // Resources are the CPU and memory a build may use. Zero means unset.
@@ -142,5 +147,5 @@ type Port struct {
 // reservedKeys are the top-level keys that are not actions.
 var reservedKeys = []string{
 	"image", "environment", "setup", "on", "artifacts", "timeout",
-	"workdir", "resources", "constraints", "ports",
+	"workdir", "resources", "constraints", "ports", "cache",
 }

@@ -293,6 +293,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 	var (
 		haveImage, haveExecute bool
 		rules                  []pushRule
+		cacheNodes             []*yaml.Node
 		// declared holds every action key, even one whose commands are
 		// invalid, so that on.push does not also report it as missing.
 		declared = map[string]bool{}
@@ -325,6 +326,8 @@ func (p *parser) config(root *yaml.Node) *Config {
 			cfg.Constraints = p.constraints(v)
 		case "ports":
 			cfg.Ports = p.ports(v)
+		case "cache":
+			cfg.Cache, cacheNodes = p.cache(v)
 		case DefaultAction:
 			haveExecute = true
 			declared[e.key] = true
@@ -360,6 +363,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 		}
 		cfg.OnPush[r.branch] = r.action
 	}
+	p.checkCache(cacheNodes, cfg.Cache, cfg.Workdir)
 	if !haveImage {
 		p.errAt(nil, "", "image is required")
 	}
