@@ -81,6 +81,10 @@ type Subject struct {
 	// NeedsApproval: the build waits, queued with ReasonAwaitingApproval,
 	// until a person with write permission approves it (--require-approval).
 	NeedsApproval bool
+	// BaseBranch is a pull request's base branch, DefaultBranch the
+	// repository's; "" when not known. They widen what caches a build
+	// reads (CacheScopes).
+	BaseBranch, DefaultBranch string
 }
 
 // Build is the record of one build: its subject and what became of it.
@@ -242,6 +246,7 @@ type LaunchRequest struct {
 	Workdir              string
 	Source               io.Reader // tar stream of SourceSize bytes, or nil
 	SourceSize           int64
+	Cache                *CacheLaunch // nil: no cache
 }
 
 // LaunchResult is what a Launch did.

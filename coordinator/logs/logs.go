@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 
 	"github.com/forge-ci/forge/coordinator"
@@ -67,7 +68,10 @@ const (
 	recStderr byte = 2
 	// recNote is text from Forge itself (the cut line): shown with the
 	// output, counted in neither stream's offsets.
-	recNote   byte = 3
+	recNote byte = 3
+	// recInfo is a line from Forge about the build (what cache it got):
+	// shown with the output, counted nowhere, cuts nothing.
+	recInfo   byte = 4
 	recHeader      = 5
 )
 
@@ -120,8 +124,11 @@ func (s *Store) open(id string) (*buildLog, error) {
 	}
 	b := &buildLog{f: f, changed: make(chan struct{}), lastNL: true}
 	good, err := scanRecords(f, func(code byte, data []byte) {
-		if code == recNote {
+		switch code {
+		case recNote:
 			b.cut = true
+			return
+		case recInfo:
 			return
 		}
 		b.off[code] += int64(len(data))
@@ -196,7 +203,7 @@ func scanRecords(r io.Reader, fn func(code byte, data []byte)) (int64, error) {
 			return good, err
 		}
 		code, n := hdr[0], binary.BigEndian.Uint32(hdr[1:])
-		if (code != recStdout && code != recStderr && code != recNote) || n > wire.MaxLogChunk {
+		if (code != recStdout && code != recStderr && code != recNote && code != recInfo) || n > wire.MaxLogChunk {
 			return good, nil // garbage from a torn write: the rest is dropped
 		}
 		data := make([]byte, n)
@@ -433,4 +440,34 @@ func (s *Store) Close() error {
 		delete(s.builds, id)
 	}
 	return errors.Join(errs...)
+}
+
+// Note adds a line from Forge itself to a build's log ("forge: " and a
+// newline are added), between the output already stored and what comes
+// next. It is counted in neither output stream, so agents' offsets are
+// unchanged, and not against MaxSize. Only while the build runs: after its
+// exit the log is closed.
+func (s *Store) Note(id, line string) error {
+	b, err := s.open(id)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.exit != nil || b.f == nil {
+		return fmt.Errorf("build %s has exited; its log takes no more notes", id)
+	}
+	text := "forge: " + strings.TrimRight(line, "\n") + "\n"
+	if !b.lastNL {
+		text = "\n" + text
+	}
+	if len(text) > wire.MaxLogChunk {
+		text = text[:wire.MaxLogChunk-1] + "\n"
+	}
+	if _, err := b.f.Write(appendRecord(nil, recInfo, []byte(text))); err != nil {
+		return fmt.Errorf("append log of %s: %w", id, err)
+	}
+	b.lastNL = true
+	b.notify()
+	return nil
 }

@@ -22,7 +22,8 @@ const buildColumns = `id, owner, repo, pull_request, branch, sha, ref, action,
 	commit_count, fork, trigger_event, supersede_key, installation_id, config,
 	state, reason, exit_code, node_id, container_id, service_id, service_name,
 	created, started, finished, public,
-	author, untrusted, needs_approval, approved_by, approved`
+	author, untrusted, needs_approval, approved_by, approved,
+	base_branch, default_branch`
 
 // updateBuildSQL sets every column but id (args[0] of buildArgs) and takes
 // the id last, for the WHERE.
@@ -51,7 +52,8 @@ func scanBuild(sc scanner) (*coordinator.Build, error) {
 		&b.CommitCount, &b.Fork, &b.Trigger, &b.Key, &b.InstallationID, &b.Config,
 		&state, &b.Reason, &exit, &b.NodeID, &b.ContainerID, &b.ServiceID, &b.ServiceName,
 		&created, &started, &finished, &b.Public,
-		&b.Author, &b.Untrusted, &b.NeedsApproval, &b.ApprovedBy, &approved)
+		&b.Author, &b.Untrusted, &b.NeedsApproval, &b.ApprovedBy, &approved,
+		&b.BaseBranch, &b.DefaultBranch)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +97,8 @@ func buildArgs(b *coordinator.Build) ([]any, error) {
 		b.CommitCount, b.Fork, b.Trigger, b.Key, b.InstallationID, b.Config,
 		string(b.State), b.Reason, exit, b.NodeID, b.ContainerID, b.ServiceID, b.ServiceName,
 		times[0], times[1], times[2], b.Public,
-		b.Author, b.Untrusted, b.NeedsApproval, b.ApprovedBy, times[3]}, nil
+		b.Author, b.Untrusted, b.NeedsApproval, b.ApprovedBy, times[3],
+		b.BaseBranch, b.DefaultBranch}, nil
 }
 
 // CreateBuild stores a new build. An empty State becomes Queued, a zero
