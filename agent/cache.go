@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/docker/go-units"
 
 	"github.com/forge-ci/forge/wire"
 )
@@ -146,12 +147,16 @@ func (a *Agent) sendCache(ctx context.Context, s *session, b heldBuild, r io.Rea
 	if err := c.Send(&wire.CacheSave{BuildID: b.buildID, ContainerID: b.containerID, Size: size, Notes: notes}); err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
+	var saved *wire.CacheSaved
 	if size > 0 {
-		if err := c.SendBlob(r, size); err != nil {
-			return fmt.Errorf("cache: %w", err)
+		_, err = wire.Expect[*wire.CacheReady](c)
+		if err == nil {
+			err = c.SendBlob(r, size)
 		}
 	}
-	saved, err := wire.Expect[*wire.CacheSaved](c)
+	if err == nil {
+		saved, err = wire.Expect[*wire.CacheSaved](c)
+	}
 	var refused *wire.RefusedError
 	switch {
 	case errors.As(err, &refused):
@@ -302,16 +307,5 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// sizeText writes n bytes for people: 10 GiB, 512 MiB, 3.5 KiB.
-func sizeText(n int64) string {
-	units := []string{"bytes", "KiB", "MiB", "GiB", "TiB"}
-	f, u := float64(n), 0
-	for f >= 1024 && u < len(units)-1 {
-		f /= 1024
-		u++
-	}
-	if u == 0 {
-		return fmt.Sprintf("%d bytes", n)
-	}
-	return strings.TrimSuffix(strings.TrimSuffix(fmt.Sprintf("%.1f", f), "0"), ".") + " " + units[u]
-}
+// sizeText writes n bytes for people: 10GiB, 12.5MiB, 500B.
+func sizeText(n int64) string { return units.BytesSize(float64(n)) }

@@ -209,7 +209,7 @@ func TestCollectCacheOverBound(t *testing.T) {
 	big := tarOfEntries(t, []entry{{h: tar.Header{Name: "go-build/big", Typeflag: tar.TypeReg}, body: strings.Repeat("x", 64<<10)}})
 	d := &fakedocker.Docker{CopyFromContainerFn: containerFiles(map[string][]byte{"/root/.cache/go-build": big}, nil)}
 	_, _, err := collectCache(context.Background(), d, "c1", []string{"/root/.cache/go-build"}, 32<<10, io.Discard)
-	if err == nil || !strings.Contains(err.Error(), "over the bound of 32 KiB (--cache-size)") {
+	if err == nil || !strings.Contains(err.Error(), "over the bound of 32KiB (--cache-size)") {
 		t.Errorf("got %v, want an error naming the 32 KiB bound", err)
 	}
 	// The engine failing is an error too, not a note.

@@ -363,8 +363,10 @@ func (c *testCoord) serveStream(cs *coordSession, st *wire.Stream) {
 		c.serveRenew(cs, codec, m)
 	case *wire.CacheSave:
 		var buf bytes.Buffer
-		if err := codec.RecvBlob(&buf, m.Size); err != nil {
-			return
+		if m.Size > 0 {
+			if codec.Send(&wire.CacheReady{}) != nil || codec.RecvBlob(&buf, m.Size) != nil {
+				return
+			}
 		}
 		c.mu.Lock()
 		b := c.build(m.BuildID)

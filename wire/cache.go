@@ -51,6 +51,10 @@ type CacheSave struct {
 	Notes []string `json:"notes,omitempty"`
 }
 
+// CacheReady lets the agent send a CacheSave's bytes (PROTOCOL.md §5.24):
+// the coordinator takes them.
+type CacheReady struct{}
+
 // CacheSaved answers CacheSave (PROTOCOL.md §5.23).
 type CacheSaved struct {
 	// Digest is the stored tar's "sha256:<hex>"; "" when nothing was

@@ -86,6 +86,7 @@ const (
 	TypeRenew            = "renew"
 	TypeIssued           = "issued"
 	TypeCacheSave        = "cache_save"
+	TypeCacheReady       = "cache_ready"
 	TypeCacheSaved       = "cache_saved"
 )
 

@@ -227,6 +227,7 @@ func (Join) MessageType() string             { return TypeJoin }
 func (Renew) MessageType() string            { return TypeRenew }
 func (Issued) MessageType() string           { return TypeIssued }
 func (CacheSave) MessageType() string        { return TypeCacheSave }
+func (CacheReady) MessageType() string       { return TypeCacheReady }
 func (CacheSaved) MessageType() string       { return TypeCacheSaved }
 
 // registry maps each type name to its struct type. It is the one list of
@@ -239,7 +240,7 @@ var registry = func() map[string]reflect.Type {
 		Attach{}, Attached{}, Log{}, LogAck{}, Exit{}, ExitAck{},
 		ArtifactsRequest{}, ArtifactsHeader{},
 		Join{}, Renew{}, Issued{},
-		CacheSave{}, CacheSaved{},
+		CacheSave{}, CacheReady{}, CacheSaved{},
 	} {
 		if _, dup := m[p.MessageType()]; dup {
 			panic("wire: message type registered twice: " + p.MessageType())

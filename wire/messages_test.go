@@ -47,6 +47,7 @@ func sampleMessages() []Message {
 		&Renew{CSR: []byte{0x30, 0x82, 2}},
 		&Issued{Certificate: []byte{0x30, 0x82, 3}},
 		&CacheSave{BuildID: "b1", ContainerID: "c1", Size: 10240, Notes: []string{"cache: /root/.npm does not exist; not saved"}},
+		&CacheReady{},
 		&CacheSaved{Digest: "sha256:" + strings.Repeat("cd", 32), Size: 10240},
 	}
 }
@@ -98,7 +99,7 @@ func TestTypeNames(t *testing.T) {
 		"log": Log{}, "log_ack": LogAck{}, "exit": Exit{}, "exit_ack": ExitAck{},
 		"artifacts_request": ArtifactsRequest{}, "artifacts_header": ArtifactsHeader{},
 		"join": Join{}, "renew": Renew{}, "issued": Issued{},
-		"cache_save": CacheSave{}, "cache_saved": CacheSaved{},
+		"cache_save": CacheSave{}, "cache_ready": CacheReady{}, "cache_saved": CacheSaved{},
 	}
 	if len(want) != len(registry) {
 		t.Fatalf("registry has %d types, test knows %d", len(registry), len(want))

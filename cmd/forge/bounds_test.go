@@ -10,13 +10,13 @@ import (
 	"github.com/forge-ci/forge/coordinator/daemon"
 )
 
-// boundsOf parses args with the coordinator's own --max-log-size and
-// --retain flags.
+// boundsOf parses args with the coordinator's own --max-log-size,
+// --retain and --cache-size flags.
 func boundsOf(t *testing.T, args ...string) (daemon.Bounds, error) {
 	t.Helper()
 	var flags []cli.Flag
 	for _, f := range coordinatorCommand().Flags {
-		if n := f.Names()[0]; n == "max-log-size" || n == "retain" {
+		if n := f.Names()[0]; n == "max-log-size" || n == "retain" || n == "cache-size" {
 			flags = append(flags, f)
 		}
 	}
@@ -31,8 +31,14 @@ func boundsOf(t *testing.T, args ...string) (daemon.Bounds, error) {
 
 func TestBoundsFlags(t *testing.T) {
 	b, err := boundsOf(t)
-	if err != nil || b.MaxLogSize != 64<<20 || b.Retain != 90*24*time.Hour {
-		t.Fatalf("defaults: %+v %v, want 64 MiB and 90 days", b, err)
+	if err != nil || b.MaxLogSize != 64<<20 || b.Retain != 90*24*time.Hour || b.CacheSize != 10<<30 {
+		t.Fatalf("defaults: %+v %v, want 64 MiB, 90 days and 10 GiB of caches", b, err)
+	}
+	if b, err = boundsOf(t, "--cache-size", "500m"); err != nil || b.CacheSize != 500<<20 {
+		t.Fatalf("--cache-size 500m: %+v %v", b, err)
+	}
+	if b, err = boundsOf(t, "--cache-size", "0"); err != nil || b.CacheSize >= 0 {
+		t.Fatalf("--cache-size 0: %+v %v, want caches off (negative)", b, err)
 	}
 	b, err = boundsOf(t, "--max-log-size", "1GiB", "--retain", "720h")
 	if err != nil || b.MaxLogSize != 1<<30 || b.Retain != 720*time.Hour {
@@ -45,6 +51,7 @@ func TestBoundsFlags(t *testing.T) {
 	for _, bad := range [][]string{
 		{"--max-log-size", "lots"}, {"--max-log-size", "-5MiB"},
 		{"--retain", "forever"}, {"--retain", "-1h"}, {"--retain", "1.5d"}, {"--retain", "0d"},
+		{"--cache-size", "huge"}, {"--cache-size", "-1GiB"}, {"--cache-size", ""},
 	} {
 		if _, err := boundsOf(t, bad...); err == nil || !strings.Contains(err.Error(), bad[0]) {
 			t.Errorf("%v: %v, want an error naming %s", bad, err, bad[0])

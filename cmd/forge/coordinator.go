@@ -67,6 +67,7 @@ func coordinatorCommand() *cli.Command {
 			&cli.BoolFlag{Name: "debug", Usage: "log more", EnvVars: env("debug")},
 			&cli.StringFlag{Name: "max-log-size", Usage: "cut each build's log past this size (64MiB, 1GiB); 0 keeps all", Value: "64MiB", EnvVars: env("max-log-size")},
 			&cli.StringFlag{Name: "retain", Usage: "delete final builds' logs older than this (90d, 720h); 0 keeps them forever", Value: "90d", EnvVars: env("retain")},
+			&cli.StringFlag{Name: "cache-size", Usage: "bound of the builds' caches kept under --data, all repositories together (10GiB, 500MiB); the least recently used go first; 0 keeps none", Value: "10GiB", EnvVars: env("cache-size")},
 		}, tlsFlags("coordinator")...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -349,7 +350,7 @@ func identityFlags(c *cli.Context) (daemon.Identity, error) {
 	return id, nil
 }
 
-// boundsFlags reads --max-log-size and --retain.
+// boundsFlags reads --max-log-size, --retain and --cache-size.
 func boundsFlags(c *cli.Context) (daemon.Bounds, error) {
 	var b daemon.Bounds
 	if v := strings.TrimSpace(c.String("max-log-size")); v != "0" {
@@ -364,6 +365,14 @@ func boundsFlags(c *cli.Context) (daemon.Bounds, error) {
 		return b, fmt.Errorf("--retain: %w", err)
 	}
 	b.Retain = d
+	b.CacheSize = -1 // 0: none
+	if v := strings.TrimSpace(c.String("cache-size")); v != "0" {
+		n, err := units.RAMInBytes(v)
+		if err != nil || n <= 0 {
+			return b, fmt.Errorf("--cache-size %q: want a size such as 10GiB or 500MiB, or 0 to keep no caches", v)
+		}
+		b.CacheSize = n
+	}
 	return b, nil
 }
 

@@ -80,6 +80,9 @@ type Config struct {
 	// recorded but never created (awaiting approval, or queued), once it
 	// may run. nil: such a build ends as error when it would start.
 	Resume func(ctx context.Context, b *coordinator.Build) (coordinator.Request, error)
+	// Caches, when set, gives builds with cache: in their config their
+	// cache (caches.Store); nil: builds run without.
+	Caches coordinator.Caches
 }
 
 // Nodes lists the swarm's nodes; *client.Client satisfies it.
@@ -365,6 +368,11 @@ func (r *Runner) finish(ctx context.Context, b *coordinator.Build, st coordinato
 		return b
 	}
 	r.log.Info("build finished", "build", b.ID, "state", st, "reason", reason)
+	if r.cfg.Caches != nil {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+		r.cfg.Caches.Forget(fctx, b.ID) // what it may save is moot now
+		cancel()
+	}
 	r.kicked()
 	return nb
 }

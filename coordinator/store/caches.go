@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -17,9 +18,11 @@ type CacheEntry struct {
 	Created, Used           time.Time
 }
 
-// BuildCache is what a launched build may save: where its cache goes.
+// BuildCache is what a launched build may save: where its cache goes,
+// and the container paths it holds.
 type BuildCache struct {
 	BuildID, Owner, Repo, Scope, Key string
+	Paths                            []string
 	MaxBytes                         int64
 }
 
@@ -200,10 +203,15 @@ func (s *Store) Caches(ctx context.Context, owner, repo string) ([]CacheEntry, e
 
 // SetBuildCache records what a launched build may save.
 func (s *Store) SetBuildCache(ctx context.Context, bc BuildCache) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO build_caches (build_id, owner, repo, scope, cache_key, max_bytes, created)
-		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (build_id) DO UPDATE SET owner = excluded.owner, repo = excluded.repo,
-		scope = excluded.scope, cache_key = excluded.cache_key, max_bytes = excluded.max_bytes`,
-		bc.BuildID, bc.Owner, bc.Repo, bc.Scope, bc.Key, bc.MaxBytes, now().UnixNano())
+	for _, p := range bc.Paths {
+		if p == "" || strings.ContainsRune(p, '\n') {
+			return fmt.Errorf("store: build cache %s: path %q", bc.BuildID, p)
+		}
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO build_caches (build_id, owner, repo, scope, cache_key, paths, max_bytes, created)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (build_id) DO UPDATE SET owner = excluded.owner, repo = excluded.repo,
+		scope = excluded.scope, cache_key = excluded.cache_key, paths = excluded.paths, max_bytes = excluded.max_bytes`,
+		bc.BuildID, bc.Owner, bc.Repo, bc.Scope, bc.Key, strings.Join(bc.Paths, "\n"), bc.MaxBytes, now().UnixNano())
 	if err != nil {
 		return fmt.Errorf("store: build cache %s: %w", bc.BuildID, err)
 	}
@@ -214,14 +222,16 @@ func (s *Store) SetBuildCache(ctx context.Context, bc BuildCache) error {
 // when nothing.
 func (s *Store) BuildCacheOf(ctx context.Context, buildID string) (*BuildCache, error) {
 	bc := BuildCache{BuildID: buildID}
-	err := s.db.QueryRowContext(ctx, `SELECT owner, repo, scope, cache_key, max_bytes FROM build_caches WHERE build_id = ?`, buildID).
-		Scan(&bc.Owner, &bc.Repo, &bc.Scope, &bc.Key, &bc.MaxBytes)
+	var paths string
+	err := s.db.QueryRowContext(ctx, `SELECT owner, repo, scope, cache_key, paths, max_bytes FROM build_caches WHERE build_id = ?`, buildID).
+		Scan(&bc.Owner, &bc.Repo, &bc.Scope, &bc.Key, &paths, &bc.MaxBytes)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("store: build cache %s: %w", buildID, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store: build cache %s: %w", buildID, err)
 	}
+	bc.Paths = strings.Split(paths, "\n")
 	return &bc, nil
 }
 

@@ -311,6 +311,7 @@ var migrations = [][]string{
 			repo      TEXT    NOT NULL,
 			scope     TEXT    NOT NULL,
 			cache_key TEXT    NOT NULL,
+			paths     TEXT    NOT NULL,
 			max_bytes INTEGER NOT NULL,
 			created   INTEGER NOT NULL
 		)`,
