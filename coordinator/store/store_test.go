@@ -49,6 +49,8 @@ func fullBuild(id string) *Build {
 			Author:         "octocat",
 			Untrusted:      true,
 			NeedsApproval:  true,
+			BaseBranch:     "main",
+			DefaultBranch:  "trunk",
 		},
 		ApprovedBy:  "maintainer",
 		Approved:    time.Date(2026, 11, 29, 13, 53, 3, 7, zone),
