@@ -282,11 +282,15 @@ func skippedNote(p string, skipped map[string]int) string {
 	var kinds []string
 	total := 0
 	for k, n := range skipped {
-		kinds = append(kinds, fmt.Sprintf("%d %s", n, k))
+		kinds = append(kinds, fmt.Sprintf("%s: %d", k, n))
 		total += n
 	}
 	sort.Strings(kinds)
-	return fmt.Sprintf("cache: %s: %d entries not saved: %s", p, total, strings.Join(kinds, ", "))
+	what := "entries"
+	if total == 1 {
+		what = "entry"
+	}
+	return fmt.Sprintf("cache: %s: %d %s left out (%s)", p, total, what, strings.Join(kinds, ", "))
 }
 
 // countingWriter counts what it passes on, and fails past max.
