@@ -53,8 +53,8 @@ func BenchmarkCacheRestore(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	plain := plainBlobPair(b, p, size)
-	bare := bareStreamPair(b, p, size)
+	plain := plainPair(b, p, size)
+	bare := yamuxPair(b, p, nil, size)
 
 	var viaAgent, viaTLS, viaStream []float64
 	var acpu, pcpu time.Duration
@@ -62,9 +62,9 @@ func BenchmarkCacheRestore(b *testing.B) {
 		c0 := rusage()
 		d := restore(b, hub, node, exe, archive, size, i)
 		c1 := rusage()
-		dp := plain.send(b, archive, size)
+		dp := fromFile(b, archive, size, plain.send)
 		c2 := rusage()
-		ds := bare.send(b, archive, size)
+		ds := fromFile(b, archive, size, bare.send)
 		if i >= 0 {
 			viaAgent = append(viaAgent, float64(size)/d.Seconds()/1e6)
 			viaTLS = append(viaTLS, float64(size)/dp.Seconds()/1e6)
@@ -197,90 +197,13 @@ func restore(b *testing.B, hub *agents.Hub, node string, exe *coordinator.Execut
 	return d
 }
 
-// bareStreamPair is a wire session, as the agent's, whose agent side
-// reads each stream's size bytes and acknowledges them: the transfer
-// alone, without a Launch, a tar or an engine.
-func bareStreamPair(b *testing.B, p *wiretest.PKI, size int64) *streamPair {
-	b.Helper()
-	agentSide, coord := p.MustPair(b, nil)
-	go func() {
-		for {
-			st, err := agentSide.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			go func() {
-				defer st.Close()
-				if wire.RecvBlob(st, size, io.Discard) == nil {
-					st.Write([]byte{1})
-				}
-			}()
-		}
-	}()
-	return &streamPair{coord: coord}
-}
-
-type streamPair struct{ coord *wire.Session }
-
-func (p *streamPair) send(b *testing.B, archive string, size int64) time.Duration {
+// fromFile times send of the archive's bytes, read from its file.
+func fromFile(b *testing.B, archive string, size int64, send func(b *testing.B, r io.Reader, size int64) time.Duration) time.Duration {
 	b.Helper()
 	f, err := os.Open(archive)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer f.Close()
-	start := time.Now()
-	st, err := p.coord.Open(context.Background())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	st.SetDeadline(time.Now().Add(wire.TransferTimeout(size)))
-	if err := wire.SendBlob(st, f, size); err != nil {
-		b.Fatal(err)
-	}
-	var ack [1]byte
-	if _, err := io.ReadFull(st, ack[:]); err != nil {
-		b.Fatal(err)
-	}
-	return time.Since(start)
-}
-
-// blobPair is one plain TLS connection whose receiver reads size bytes
-// and acknowledges them with one byte.
-type blobPair struct{ coord net.Conn }
-
-func plainBlobPair(b *testing.B, p *wiretest.PKI, size int64) *blobPair {
-	b.Helper()
-	agentSide, coord := p.MustTLSConns(b)
-	go func() {
-		for {
-			if err := wire.RecvBlob(agentSide, size, io.Discard); err != nil {
-				return
-			}
-			if _, err := agentSide.Write([]byte{1}); err != nil {
-				return
-			}
-		}
-	}()
-	return &blobPair{coord: coord}
-}
-
-func (p *blobPair) send(b *testing.B, archive string, size int64) time.Duration {
-	b.Helper()
-	f, err := os.Open(archive)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	start := time.Now()
-	p.coord.SetDeadline(time.Now().Add(wire.TransferTimeout(size)))
-	if err := wire.SendBlob(p.coord, f, size); err != nil {
-		b.Fatal(err)
-	}
-	var ack [1]byte
-	if _, err := io.ReadFull(p.coord, ack[:]); err != nil {
-		b.Fatal(err)
-	}
-	return time.Since(start)
+	return send(b, f, size)
 }

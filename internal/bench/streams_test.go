@@ -2,10 +2,7 @@ package bench
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
-	"encoding/binary"
-	"io"
 	"os"
 	"sync"
 	"testing"
@@ -16,7 +13,7 @@ import (
 )
 
 // bulkSize is what BenchmarkBulkStreams moves: the restored cache's size.
-const bulkSize = 200 << 20
+const bulkSize int64 = 200 << 20
 
 // BenchmarkBulkStreams is the tool behind the analysis of
 // cache.restore_ratio in docs/benchmarks.md, not part of the results: it
@@ -49,38 +46,20 @@ func BenchmarkBulkStreams(b *testing.B) {
 		{"1 stream, 1 MiB window (wire as is)", 1 << 20, 1}, {"2 streams, 1 MiB", 1 << 20, 2}, {"4 streams, 1 MiB", 1 << 20, 4},
 		{"1 stream, 4 MiB", 4 << 20, 1}, {"2 streams, 4 MiB", 4 << 20, 2}, {"1 stream, 16 MiB", 16 << 20, 1},
 	} {
-		agentSide, coord := p.MustPair(b, &wire.SessionConfig{MaxStreamWindowSize: v.window})
-		go func() {
-			for {
-				st, err := agentSide.Accept(context.Background())
-				if err != nil {
-					return
-				}
-				go func() {
-					defer st.Close()
-					var n [8]byte
-					if _, err := io.ReadFull(st, n[:]); err != nil {
-						return
-					}
-					if wire.RecvBlob(st, int64(binary.BigEndian.Uint64(n[:])), io.Discard) == nil {
-						st.Write([]byte{1})
-					}
-				}()
-			}
-		}()
-		vs = append(vs, &variant{name: v.name, streams: v.streams, coord: coord})
+		ys := yamuxPair(b, p, &wire.SessionConfig{MaxStreamWindowSize: v.window}, bulkSize/int64(v.streams))
+		vs = append(vs, &variant{name: v.name, streams: v.streams, coord: ys.coord})
 	}
-	plain := plainBlobPair(b, p, bulkSize)
+	plain := plainPair(b, p, bulkSize)
 	rates := map[string][]float64{}
 	cpu := map[string]time.Duration{}
 	measure := func(name string, f func()) {
 		c0, start := rusage(), time.Now()
 		f()
-		rates[name] = append(rates[name], bulkSize/time.Since(start).Seconds()/1e6)
+		rates[name] = append(rates[name], float64(bulkSize)/time.Since(start).Seconds()/1e6)
 		cpu[name] += rusage() - c0
 	}
 	for range rounds {
-		measure("plain TLS", func() { plain.sendBytes(b, data) })
+		measure("plain TLS", func() { plain.transfer(b, data) })
 		for _, v := range vs {
 			measure(v.name, func() { sendParts(b, v.coord, data, v.streams) })
 		}
@@ -93,51 +72,21 @@ func BenchmarkBulkStreams(b *testing.B) {
 		return ns
 	}()...) {
 		m := Percentile(rates[name], 0.5)
-		b.Logf("%-36s %6.0f MB/s  ratio %.2f  CPU %.2f ms/MiB", name, m, m/base, float64(cpu[name])/1e6/float64(rounds)/(bulkSize>>20))
+		b.Logf("%-36s %6.0f MB/s  ratio %.2f  CPU %.2f ms/MiB", name, m, m/base, float64(cpu[name])/1e6/float64(rounds)/float64(bulkSize>>20))
 	}
 }
 
 // sendParts sends data over n streams at once, a part each, and waits for
 // every part's acknowledgement.
 func sendParts(b *testing.B, s *wire.Session, data []byte, n int) {
-	part := len(data) / n
+	ys, part := &yamuxSide{coord: s}, len(data)/n
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			st, err := s.Open(context.Background())
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			defer st.Close()
-			st.SetDeadline(time.Now().Add(wire.TransferTimeout(int64(part))))
-			var hdr [8]byte
-			binary.BigEndian.PutUint64(hdr[:], uint64(part))
-			if _, err := st.Write(hdr[:]); err != nil {
-				b.Error(err)
-				return
-			}
-			if err := wire.SendBlob(st, bytes.NewReader(data[i*part:(i+1)*part]), int64(part)); err != nil {
-				b.Error(err)
-				return
-			}
-			var ack [1]byte
-			if _, err := io.ReadFull(st, ack[:]); err != nil {
+			if _, err := ys.trySend(bytes.NewReader(data[i*part:(i+1)*part]), int64(part)); err != nil {
 				b.Error(err)
 			}
 		})
 	}
 	wg.Wait()
-}
-
-func (p *blobPair) sendBytes(b *testing.B, data []byte) {
-	b.Helper()
-	p.coord.SetDeadline(time.Now().Add(wire.TransferTimeout(int64(len(data)))))
-	if err := wire.SendBlob(p.coord, bytes.NewReader(data), int64(len(data))); err != nil {
-		b.Fatal(err)
-	}
-	var ack [1]byte
-	if _, err := io.ReadFull(p.coord, ack[:]); err != nil {
-		b.Fatal(err)
-	}
 }
