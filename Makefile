@@ -38,6 +38,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./coordinator/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzServiceName$$' -fuzztime $(FUZZTIME) ./coordinator/plan/
 	$(GO) test -run '^$$' -fuzz '^FuzzWebhook$$' -fuzztime $(FUZZTIME_WEBHOOK) ./coordinator/github/
+	$(GO) test -run '^$$' -fuzz '^FuzzCheckTar$$' -fuzztime $(FUZZTIME) ./coordinator/caches/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
