@@ -16,6 +16,8 @@ FUZZTIME  ?= 100000x
 FUZZTIME_WEBHOOK ?= 5000x
 # FuzzCheckCSR verifies an ECDSA signature per input that parses.
 FUZZTIME_CSR ?= 20000x
+# FuzzPut writes every archive it keeps to disk (10,000 take about 15 s).
+FUZZTIME_PUT ?= 10000x
 
 .PHONY: all build test fuzz lint clean demo test-cluster
 
@@ -38,6 +40,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./coordinator/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzServiceName$$' -fuzztime $(FUZZTIME) ./coordinator/plan/
 	$(GO) test -run '^$$' -fuzz '^FuzzWebhook$$' -fuzztime $(FUZZTIME_WEBHOOK) ./coordinator/github/
+	$(GO) test -run '^$$' -fuzz '^FuzzPut$$' -fuzztime $(FUZZTIME_PUT) ./coordinator/artifacts/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSecrets$$' -fuzztime $(FUZZTIME) ./forgexec/
+	$(GO) test -run '^$$' -fuzz '^FuzzMasker$$' -fuzztime $(FUZZTIME) ./internal/redact/
+	$(GO) test -run '^$$' -fuzz '^FuzzRenderLine$$' -fuzztime $(FUZZTIME) ./coordinator/web/
 	$(GO) test -run '^$$' -fuzz '^FuzzCheckTar$$' -fuzztime $(FUZZTIME) ./coordinator/caches/
 
 lint:

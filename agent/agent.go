@@ -54,6 +54,9 @@ type Config struct {
 	// OnSession, when set, is called with each session's id after Welcome
 	// and with "" when the session ends; tests and logs use it.
 	OnSession func(id string)
+	// TempDir is where artifacts wait, as one tar each, before they are
+	// sent (PROTOCOL.md §6.5); "" is os.TempDir().
+	TempDir string
 }
 
 // Timeouts of the agent's steps. Streams carry the deadlines of
@@ -94,6 +97,8 @@ type Agent struct {
 	// landed carries the engine's create events from watchEvents to the
 	// session loop; watchEvents drops what does not fit.
 	landed chan wire.Landed
+	// artifactSlots holds a token per artifacts request being served.
+	artifactSlots chan struct{}
 }
 
 // New checks cfg and returns an agent.
@@ -127,6 +132,8 @@ func New(cfg Config) (*Agent, error) {
 		log:    log,
 		acked:  map[string]bool{},
 		landed: make(chan wire.Landed, 64),
+
+		artifactSlots: make(chan struct{}, artifactSlots),
 	}
 	// Sessions present the current certificate; joins present none. Both
 	// verify the coordinator as cfg.TLS does, so the token goes only to it.

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/forge-ci/forge/forgexec"
 )
 
 // Paths of what a Launch puts into a build container (PROTOCOL.md §6.2).
@@ -16,6 +19,7 @@ import (
 const (
 	ExecutorPath = "/forgexec"
 	SpecPath     = "/.forge/build.json"
+	SecretsPath  = forgexec.SecretsPath
 )
 
 // Payload is what one Launch injects into a container: the executor, the
@@ -31,6 +35,31 @@ type Payload struct {
 	// put in before the source; every entry must lie under CachePaths.
 	Cache      io.Reader
 	CachePaths []string
+	// Secrets is the secrets file (forgexec.EncodeSecrets), nil when the
+	// build has none. It goes in with mode 0400, owned by Owner, as does
+	// /.forge/ (so the executor can remove it).
+	Secrets []byte
+	Owner   Owner
+}
+
+// Owner is a numeric user and group.
+type Owner struct{ UID, GID int }
+
+// ownerOf is the owner the secrets file gets in a container whose
+// configured user is user: that user when the image names it by number
+// ("1000", "1000:1000"), else root. A user named by name would need the
+// image's /etc/passwd: such an image must run as root to read secrets.
+func ownerOf(user string) Owner {
+	u, g, _ := strings.Cut(user, ":")
+	uid, err := strconv.Atoi(u)
+	if err != nil || uid < 0 {
+		return Owner{}
+	}
+	gid, err := strconv.Atoi(g)
+	if err != nil || gid < 0 {
+		gid = 0
+	}
+	return Owner{UID: uid, GID: gid}
 }
 
 // WriteArchive writes p as one tar stream rooted at "/", the body of a
@@ -52,13 +81,18 @@ func WriteArchive(w io.Writer, p Payload) error {
 	hdr := func(name string, typ byte, mode, size int64) error {
 		return tw.WriteHeader(&tar.Header{Name: name, Typeflag: typ, Mode: mode, Size: size, ModTime: now, Format: tar.FormatPAX})
 	}
+	var forgeDir Owner // /.forge/ is root's, but the secrets' owner's when there are secrets
+	if p.Secrets != nil {
+		forgeDir = p.Owner
+	}
 	if err := hdr(strings.TrimPrefix(ExecutorPath, "/"), tar.TypeReg, 0o755, p.ExecutorSize); err != nil {
 		return err
 	}
 	if n, err := copyExecutor(tw, p.Executor, p.ExecutorSize); err != nil {
 		return fmt.Errorf("executor: copied %d of %d bytes: %w", n, p.ExecutorSize, err)
 	}
-	if err := hdr(".forge/", tar.TypeDir, 0o755, 0); err != nil {
+	if err := tw.WriteHeader(&tar.Header{Name: ".forge/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: now,
+		Uid: forgeDir.UID, Gid: forgeDir.GID, Format: tar.FormatPAX}); err != nil {
 		return err
 	}
 	if err := hdr(strings.TrimPrefix(SpecPath, "/"), tar.TypeReg, 0o644, int64(len(p.Spec))); err != nil {
@@ -66,6 +100,15 @@ func WriteArchive(w io.Writer, p Payload) error {
 	}
 	if _, err := tw.Write(p.Spec); err != nil {
 		return err
+	}
+	if p.Secrets != nil {
+		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(SecretsPath, "/"), Typeflag: tar.TypeReg, Mode: 0o400,
+			Size: int64(len(p.Secrets)), ModTime: now, Uid: p.Owner.UID, Gid: p.Owner.GID, Format: tar.FormatPAX}); err != nil {
+			return err
+		}
+		if _, err := tw.Write(p.Secrets); err != nil {
+			return err
+		}
 	}
 	if p.Cache != nil {
 		if err := copyCache(tw, p.Cache, p.CachePaths); err != nil {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/docker/go-units"
 
 	"github.com/forge-ci/forge/wire"
 )
@@ -310,6 +309,3 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
-
-// sizeText writes n bytes for people: 10GiB, 12.5MiB, 500B.
-func sizeText(n int64) string { return units.BytesSize(float64(n)) }

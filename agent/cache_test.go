@@ -50,7 +50,7 @@ func tarOfEntries(t testing.TB, es []entry) []byte {
 }
 
 // names lists a tar's entry names in order, with each file's body.
-func names(t *testing.T, b []byte) ([]string, map[string]*tar.Header, map[string]string) {
+func entriesOf(t *testing.T, b []byte) ([]string, map[string]*tar.Header, map[string]string) {
 	t.Helper()
 	var order []string
 	hdrs, bodies := map[string]*tar.Header{}, map[string]string{}
@@ -94,7 +94,7 @@ func TestWriteArchiveCache(t *testing.T) {
 	if cr.N != 0 {
 		t.Errorf("%d bytes of the cache left unread", cr.N)
 	}
-	order, hdrs, bodies := names(t, out.Bytes())
+	order, hdrs, bodies := entriesOf(t, out.Bytes())
 	at := func(n string) int { return slices.Index(order, n) }
 	if at(".forge/build.json") > at("root/.cache/go-build/ab-d") || at("forge/src/node_modules/x") < at("root/.cache/go-build/ab-d") {
 		t.Errorf("order %q: want spec, cache, source", order)
@@ -174,7 +174,7 @@ func TestCollectCache(t *testing.T) {
 	if size != int64(out.Len()) {
 		t.Errorf("size %d, wrote %d", size, out.Len())
 	}
-	order, hdrs, bodies := names(t, out.Bytes())
+	order, hdrs, bodies := entriesOf(t, out.Bytes())
 	want := []string{"root/.cache/go-build/", "root/.cache/go-build/ab/", "root/.cache/go-build/ab/cd-d",
 		"root/.cache/go-build/ab/same", "root/.cache/go-build/latest"}
 	if !slices.Equal(order, want) {
@@ -262,7 +262,7 @@ func TestLaunchWithCache(t *testing.T) {
 		t.Fatalf("caches %+v: want one, before the exit", b.caches)
 	}
 	s := b.caches[0]
-	order, _, bodies := names(t, s.tar)
+	order, _, bodies := entriesOf(t, s.tar)
 	if s.save.ContainerID != cid || s.save.Size != int64(len(s.tar)) || !slices.Equal(order, []string{"root/.cache/go-build/", "root/.cache/go-build/new"}) || bodies["root/.cache/go-build/new"] != "fresh object" {
 		t.Errorf("cache save %+v: entries %q", s.save, order)
 	}

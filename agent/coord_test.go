@@ -589,13 +589,13 @@ var testExecutor = []byte("#!/forgexec stand-in\n")
 // launch sends a Launch (§6.2) with testExecutor and src, and returns the
 // agent's answer: Started, or a *wire.RefusedError; needExecutor tells
 // whether the agent asked for the executor.
-func (cs *coordSession) launch(t *testing.T, buildID, containerID string, src []byte) (started *wire.Started, needExecutor bool, err error) {
+func (cs *coordSession) launch(t *testing.T, buildID, containerID string, src []byte, secrets ...wire.Secret) (started *wire.Started, needExecutor bool, err error) {
 	t.Helper()
-	return cs.launchCache(t, buildID, containerID, src, nil, nil)
+	return cs.launchCache(t, buildID, containerID, src, nil, nil, secrets...)
 }
 
 // launchCache is launch with a cache part and the tar it announces.
-func (cs *coordSession) launchCache(t *testing.T, buildID, containerID string, src []byte, cache *wire.LaunchCache, cacheTar []byte) (started *wire.Started, needExecutor bool, err error) {
+func (cs *coordSession) launchCache(t *testing.T, buildID, containerID string, src []byte, cache *wire.LaunchCache, cacheTar []byte, secrets ...wire.Secret) (started *wire.Started, needExecutor bool, err error) {
 	t.Helper()
 	ref, err := wire.BlobRefOf(bytes.NewReader(testExecutor))
 	if err != nil {
@@ -610,7 +610,7 @@ func (cs *coordSession) launchCache(t *testing.T, buildID, containerID string, s
 	defer st.Close()
 	c := wire.NewCodec(st)
 	m := &wire.Launch{BuildID: buildID, ContainerID: containerID, Executor: ref,
-		Spec: []byte(`{"build_id":"` + buildID + `"}`), SourceSize: int64(len(src)), Workdir: "/forge/src", Cache: cache}
+		Spec: []byte(`{"build_id":"` + buildID + `"}`), SourceSize: int64(len(src)), Workdir: "/forge/src", Cache: cache, Secrets: secrets}
 	if err := c.Send(m); err != nil {
 		return nil, false, err
 	}

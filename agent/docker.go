@@ -41,6 +41,7 @@ type Docker interface {
 	ContainerStop(ctx context.Context, id string, opts container.StopOptions) error
 	ContainerWait(ctx context.Context, id string, cond container.WaitCondition) (<-chan container.WaitResponse, <-chan error)
 	ContainerLogs(ctx context.Context, id string, opts container.LogsOptions) (io.ReadCloser, error)
+	ContainerStatPath(ctx context.Context, id, path string) (container.PathStat, error)
 }
 
 // injector is the subset Inject needs, so its tests can fake less.
@@ -57,12 +58,31 @@ var (
 	ErrWrongBuild   = errors.New("container belongs to another build")
 	ErrAlreadyRan   = errors.New("container has already run")
 	ErrNotFailedYet = errors.New("container's own start has not failed yet")
+	// ErrNotStopped refuses artifacts of a container that has not run, or
+	// runs still (PROTOCOL.md §6.5).
+	ErrNotStopped = errors.New("container has not run and stopped")
 )
 
 var errCopyEnded = errors.New("copy to container ended")
 
 // neverStarted is how the engine reports a zero StartedAt.
 const neverStarted = "0001-01-01T00:00:00Z"
+
+// checkBuild says whether c carries buildID's forge.build label; what
+// names the request, for the refusal.
+func checkBuild(c container.InspectResponse, buildID, what string) error {
+	if c.Config == nil {
+		return fmt.Errorf("container %s: incomplete inspect data", c.ID)
+	}
+	got, ok := c.Config.Labels[LabelBuild]
+	switch {
+	case !ok || got == "":
+		return ErrNotForge
+	case got != buildID:
+		return fmt.Errorf("%w: label %s=%s, %s is for %s", ErrWrongBuild, LabelBuild, got, what, buildID)
+	}
+	return nil
+}
 
 // CheckLaunchable applies a Launch's checks for buildID to c (PROTOCOL.md
 // §6.2). Swarm's own start of it must also have failed already
@@ -72,12 +92,10 @@ func CheckLaunchable(c container.InspectResponse, buildID string) error {
 	if c.Config == nil || c.State == nil {
 		return fmt.Errorf("container %s: incomplete inspect data", c.ID)
 	}
-	got, ok := c.Config.Labels[LabelBuild]
+	if err := checkBuild(c, buildID, "launch"); err != nil {
+		return err
+	}
 	switch {
-	case !ok:
-		return ErrNotForge
-	case got != buildID:
-		return fmt.Errorf("%w: label %s=%s, launch is for %s", ErrWrongBuild, LabelBuild, got, buildID)
 	case c.State.Running || c.State.Paused || c.State.Restarting,
 		c.State.StartedAt != "" && c.State.StartedAt != neverStarted,
 		c.State.Status != "created":
@@ -95,18 +113,24 @@ const pollInterval = 20 * time.Millisecond
 // WaitLaunchable inspects the container until CheckLaunchable passes or
 // fails for good, or ctx ends. ErrNotFailedYet is the only reason to wait.
 func WaitLaunchable(ctx context.Context, d injector, id, buildID string) error {
+	_, err := waitLaunchable(ctx, d, id, buildID)
+	return err
+}
+
+// waitLaunchable is WaitLaunchable, with the inspect that passed.
+func waitLaunchable(ctx context.Context, d injector, id, buildID string) (container.InspectResponse, error) {
 	for {
 		c, err := d.ContainerInspect(ctx, id)
 		if err != nil {
-			return fmt.Errorf("inspect container %s: %w", id, err)
+			return c, fmt.Errorf("inspect container %s: %w", id, err)
 		}
 		err = CheckLaunchable(c, buildID)
 		if !errors.Is(err, ErrNotFailedYet) {
-			return err
+			return c, err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("container %s: %w: %w", id, err, ctx.Err())
+			return c, fmt.Errorf("container %s: %w: %w", id, err, ctx.Err())
 		case <-time.After(pollInterval):
 		}
 	}
@@ -115,8 +139,13 @@ func WaitLaunchable(ctx context.Context, d injector, id, buildID string) error {
 // Inject checks the container, puts p into it as one archive, and starts
 // it; the check comes first (PROTOCOL.md §6.2).
 func Inject(ctx context.Context, d injector, id, buildID string, p Payload) error {
-	if err := WaitLaunchable(ctx, d, id, buildID); err != nil {
+	c, err := waitLaunchable(ctx, d, id, buildID)
+	if err != nil {
 		return err
+	}
+	if p.Secrets != nil {
+		// Readable by the executor, which runs as the image's user.
+		p.Owner = ownerOf(c.Config.User)
 	}
 	pr, pw := io.Pipe()
 	written := make(chan error, 1)
@@ -125,7 +154,7 @@ func Inject(ctx context.Context, d injector, id, buildID string, p Payload) erro
 		pw.CloseWithError(err)
 		written <- err
 	}()
-	err := d.CopyToContainer(ctx, id, "/", pr, container.CopyToContainerOptions{})
+	err = d.CopyToContainer(ctx, id, "/", pr, container.CopyToContainerOptions{})
 	pr.CloseWithError(errCopyEnded) // stops the writer if the copy failed early
 	if werr := <-written; werr != nil && !errors.Is(werr, errCopyEnded) {
 		return fmt.Errorf("archive for %s: %w", id, werr)

@@ -13,6 +13,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 
+	"github.com/forge-ci/forge/forgexec"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -41,9 +42,14 @@ func (a *Agent) handle(ctx context.Context, s *session, st *wire.Stream) {
 		st.SetDeadline(time.Now().Add(time.Duration(m.GraceSeconds)*time.Second + cancelExtra))
 		reply = a.cancel(ctx, m)
 	case *wire.ArtifactsRequest:
-		reply = wire.NewRefused(wire.RefusedBadRequest, "artifacts are not supported by this agent yet")
+		a.log.Debug("artifacts request received", "build", m.BuildID, "container", m.ContainerID)
+		st.SetDeadline(time.Now().Add(wire.ArtifactsTimeout(m.MaxBytes)))
+		reply = a.artifacts(ctx, c, m)
 	default:
 		reply = wire.NewRefused(wire.RefusedBadRequest, "the agent does not serve %q requests", msg.MessageType())
+	}
+	if reply == nil {
+		return // the conversation is over (artifacts sent)
 	}
 	if r, ok := reply.(*wire.Refused); ok {
 		a.log.Warn("request refused", "type", msg.MessageType(), "code", r.Code, "message", r.Message)
@@ -71,7 +77,7 @@ func refusal(err error) *wire.Refused {
 	switch {
 	case errdefs.IsNotFound(err):
 		code = wire.RefusedNotFound
-	case errors.Is(err, ErrNotForge), errors.Is(err, ErrWrongBuild), errors.Is(err, ErrAlreadyRan):
+	case errors.Is(err, ErrNotForge), errors.Is(err, ErrWrongBuild), errors.Is(err, ErrAlreadyRan), errors.Is(err, ErrNotStopped):
 		code = wire.RefusedForbidden
 	case errors.Is(err, ErrUnsafePath), errors.Is(err, wire.ErrUnsafeEntry):
 		code = wire.RefusedBadRequest // the coordinator's source or cache, not this node, is at fault
@@ -109,6 +115,17 @@ func (a *Agent) launch(ctx context.Context, s *session, c *wire.Codec, m *wire.L
 	p := Payload{
 		Executor: bytes.NewReader(exe), ExecutorSize: int64(len(exe)),
 		Spec: m.Spec, Workdir: m.Workdir,
+	}
+	if len(m.Secrets) > 0 {
+		// Only into the archive (PROTOCOL.md §6.2); the Launch, and with
+		// it the values, are dropped once it returns.
+		ss := make(map[string][]byte, len(m.Secrets))
+		for _, s := range m.Secrets {
+			ss[s.Name] = s.Value
+		}
+		if p.Secrets, err = forgexec.EncodeSecrets(ss); err != nil {
+			return wire.NewRefused(wire.RefusedBadRequest, "secrets: %v", err)
+		}
 	}
 	// The cache's bytes come before the source's (PROTOCOL.md §6.2).
 	var cache, src *io.LimitedReader
@@ -157,10 +174,8 @@ func (a *Agent) cancel(ctx context.Context, m *wire.Cancel) wire.Message {
 	if err != nil {
 		return refusal(err)
 	}
-	if got := in.Config.Labels[LabelBuild]; got == "" {
-		return refusal(ErrNotForge)
-	} else if got != m.BuildID {
-		return refusal(fmt.Errorf("%w: label %s=%s, cancel is for %s", ErrWrongBuild, LabelBuild, got, m.BuildID))
+	if err := checkBuild(in, m.BuildID, "cancel"); err != nil {
+		return refusal(err)
 	}
 	grace := max(m.GraceSeconds, 0)
 	if err := a.cfg.Docker.ContainerStop(ctx, m.ContainerID, container.StopOptions{Timeout: &grace}); err != nil {

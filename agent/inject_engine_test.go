@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"strings"
@@ -9,8 +10,11 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/swarm"
+	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 
+	"github.com/forge-ci/forge/forgexec"
 	"github.com/forge-ci/forge/internal/dockertest"
 )
 
@@ -89,21 +93,7 @@ func TestInjectIntoSwarmTask(t *testing.T) {
 			if err != nil {
 				t.Fatalf("inject: %v", err)
 			}
-			waitC, errC := cli.ContainerWait(ctx, cid, container.WaitConditionNotRunning)
-			var code int64
-			select {
-			case r := <-waitC:
-				code = r.StatusCode
-			case err := <-errC:
-				t.Fatalf("wait: %v", err)
-			}
-			logs, err := cli.ContainerLogs(ctx, cid, container.LogsOptions{ShowStdout: true, ShowStderr: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var out bytes.Buffer
-			stdcopy.StdCopy(&out, &out, logs)
-			logs.Close()
+			code, out := runToExit(ctx, t, cli, cid)
 			t.Logf("exit %d, output:\n%s", code, out.String())
 			if int(code) != tc.wantCode {
 				t.Errorf("exit code %d, want %d", code, tc.wantCode)
@@ -177,4 +167,95 @@ func TestSIGTERMStopsBuild(t *testing.T) {
 	case err := <-errC:
 		t.Fatalf("wait: %v", err)
 	}
+}
+
+// TestInjectSecrets: secrets put in with the archive reach the commands
+// as environment variables, whether the image runs as root or as a user
+// given by number; the file is gone before the first command, and the
+// container's configuration never holds a value.
+func TestInjectSecrets(t *testing.T) {
+	cli := dockertest.Client(t)
+	dockertest.Swarm(t, cli)
+	exe := dockertest.Forgexec(t)
+	busybox := dockertest.EnsureBusybox(t, cli)
+	value := "v4lue-" + dockertest.ID(t)
+	file, err := forgexec.EncodeSecrets(map[string][]byte{"DEPLOY_TOKEN": []byte(value)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, user := range []string{"", "1000:1000"} {
+		t.Run("user="+user, func(t *testing.T) {
+			id := dockertest.ID(t)
+			dockertest.Cleanup(t, cli, id)
+			ctx := dockertest.Context(t, 2*time.Minute)
+			buildID := "b-" + id
+			svc := dockertest.BuildServiceWith(t, cli, busybox, buildID, id, func(c *swarm.ContainerSpec) { c.User = user })
+			task, err := dockertest.TaskContainer(ctx, cli, svc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cid := task.Status.ContainerStatus.ContainerID
+			err = Inject(ctx, cli, cid, buildID, Payload{
+				Executor: bytes.NewReader(exe), ExecutorSize: int64(len(exe)), Workdir: "/tmp/src",
+				Spec:    buildSpecIn(t, buildID, "/tmp/src", `echo "got [$DEPLOY_TOKEN] as $(id -u)"`, "test ! -e /.forge/secrets.json"),
+				Secrets: file,
+			})
+			if err != nil {
+				t.Fatalf("inject: %v", err)
+			}
+			code, out := runToExit(ctx, t, cli, cid)
+			uid := "0"
+			if user != "" {
+				uid = "1000"
+			}
+			if code != 0 || !strings.Contains(out.String(), "got ["+value+"] as "+uid) {
+				t.Errorf("exit %d, output:\n%s", code, out.String())
+			}
+			_, raw, err := cli.ContainerInspectWithRaw(ctx, cid, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Contains(raw, []byte(value)) {
+				t.Errorf("docker inspect shows the secret:\n%s", raw)
+			}
+		})
+	}
+}
+
+// buildSpecIn is buildSpec with another work directory (a user other
+// than root may not make /forge).
+func buildSpecIn(t *testing.T, buildID, workdir string, commands ...string) []byte {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(buildSpec(t, buildID, commands...), &m); err != nil {
+		t.Fatal(err)
+	}
+	m["workdir"] = workdir
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// runToExit waits for the container to stop and returns its exit code and
+// output.
+func runToExit(ctx context.Context, t *testing.T, cli *client.Client, cid string) (int64, *bytes.Buffer) {
+	t.Helper()
+	waitC, errC := cli.ContainerWait(ctx, cid, container.WaitConditionNotRunning)
+	var code int64
+	select {
+	case r := <-waitC:
+		code = r.StatusCode
+	case err := <-errC:
+		t.Fatalf("wait: %v", err)
+	}
+	logs, err := cli.ContainerLogs(ctx, cid, container.LogsOptions{ShowStdout: true, ShowStderr: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logs.Close()
+	var out bytes.Buffer
+	stdcopy.StdCopy(&out, &out, logs)
+	return code, &out
 }

@@ -232,6 +232,29 @@ type Agents interface {
 	WaitExit(ctx context.Context, buildID string) (<-chan wire.Exit, error)
 	// Cancel has the agent of nodeID stop the build's container.
 	Cancel(ctx context.Context, nodeID, buildID, containerID string, grace time.Duration) (*wire.Cancelled, error)
+	// Artifacts has the agent of nodeID copy the artifacts out of the
+	// build's stopped container (PROTOCOL.md §6.5); put reads their tar,
+	// at most req.MaxBytes, untrusted. It returns the agent's notes of
+	// what it skipped or cut.
+	Artifacts(ctx context.Context, nodeID string, req ArtifactsRequest, put func(tar io.Reader) error) (notes []string, err error)
+}
+
+// ArtifactsRequest is what the coordinator asks of the agent of a build's
+// node once the build's exit is recorded.
+type ArtifactsRequest struct {
+	BuildID, ContainerID string
+	Workdir              string   // absolute: what Paths are relative to
+	Paths                []string // the config's artifacts: paths or globs
+	MaxBytes             int64    // --max-artifacts-size
+}
+
+// ArtifactsStored is what was kept of a build's artifacts.
+type ArtifactsStored struct {
+	Files int   // files (and hard links) stored
+	Bytes int64 // their bytes
+	// Refused notes entries the coordinator's own check left out: an
+	// honest agent sends none.
+	Refused []string
 }
 
 // Landing is an agent's report that a build's container exists on its node.
@@ -247,6 +270,9 @@ type LaunchRequest struct {
 	Source               io.Reader // tar stream of SourceSize bytes, or nil
 	SourceSize           int64
 	Cache                *CacheLaunch // nil: no cache
+	// Secrets go to the agent with the Launch and into the container's
+	// archive, never into its service spec; nil for untrusted builds.
+	Secrets map[string][]byte
 }
 
 // LaunchResult is what a Launch did.

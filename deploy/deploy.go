@@ -1,8 +1,8 @@
 // Package deploy is `forge deploy up` and `forge deploy down`, which `make up`
 // and `make down` run: Forge on this swarm as the stack of stack.yml, with
 // its CA, the coordinator's certificate, the join token agents trade for
-// certificates of their own node, webhook secret, admin token, session key
-// and settings made once and kept in a state folder, and each file given to
+// certificates of their own node, webhook secret, admin token, session key,
+// secrets key and settings made once and kept in a state folder, and each file given to
 // the services as a Docker secret named after a hash of its content
 // (README: Deploying on a swarm).
 //

@@ -109,7 +109,7 @@ func TestDeployMakeUp(t *testing.T) {
 	tasks := d.taskIDs(ctx)
 
 	d.frontDoor(ctx, out, info.Swarm.NodeID)
-	step("the admin token: made, needed, and enough for bin/forge")
+	step("the admin token: made, needed, and enough for bin/forge; the secrets key in place")
 
 	// make up again: nothing to create, nothing restarted.
 	out = d.make(ctx, 2*time.Minute, "up")
@@ -229,6 +229,15 @@ func (d *deployment) frontDoor(ctx context.Context, out, node string) {
 	cmd.Env = append(os.Environ(), "FORGE_SERVER="+d.url, "STATE="+d.state)
 	if got, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(got), node) {
 		d.t.Errorf("FORGE_TOKEN=$(cat .../admin-token) bin/forge agents: %v\n%s", err, got)
+	}
+	// The coordinator has the secrets key make up made: a secret can be
+	// set, and is listed.
+	cmd = exec.CommandContext(ctx, "sh", "-c", `echo smoke-value | ../bin/forge secrets set --admin-token-file "$STATE/admin-token" Codertocat/Hello-World SMOKE_TEST &&
+		../bin/forge secrets ls --admin-token-file "$STATE/admin-token" Codertocat/Hello-World`)
+	cmd.Env = append(os.Environ(), "FORGE_SERVER="+d.url, "STATE="+d.state)
+	if got, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(got), "set SMOKE_TEST of Codertocat/Hello-World") ||
+		strings.Count(string(got), "SMOKE_TEST") != 2 || strings.Contains(string(got), "smoke-value") {
+		d.t.Errorf("bin/forge secrets set and ls on the deployed coordinator: %v\n%s", err, got)
 	}
 }
 

@@ -296,7 +296,7 @@ func (d *down) purge(ctx context.Context) error {
 		if err := os.RemoveAll(d.StateDir); err != nil {
 			fail("%v", err)
 		} else {
-			d.say("removed %s (CA, certificates, join token, webhook secret, admin token, session key, settings)", d.StateDir)
+			d.say("removed %s (CA, certificates, join token, webhook secret, admin token, session key, secrets key, settings)", d.StateDir)
 		}
 	}
 	if failed > 0 {

@@ -72,7 +72,7 @@ func TestDownPurge(t *testing.T) {
 		"make down: stack forge removed\n" +
 		"make down: removed the secret forge_ca_1\n" +
 		"make down: removed the volume forge_data (the coordinator's database and logs)\n" +
-		"make down: removed " + r.state + " (CA, certificates, join token, webhook secret, admin token, session key, settings)\n"
+		"make down: removed " + r.state + " (CA, certificates, join token, webhook secret, admin token, session key, secrets key, settings)\n"
 	if got := r.out.String(); got != want {
 		t.Errorf("said:\n%s\nwant:\n%s", got, want)
 	}

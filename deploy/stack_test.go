@@ -134,8 +134,8 @@ func secretTargets(s service) map[string]string {
 // swarm: the coordinator on a manager with its local socket, its data and
 // its port; an agent on every node with that node's socket; the CA, the
 // coordinator's certificate and key, the CA key (the coordinator's only),
-// the join token, the webhook secret, the admin token and the session key
-// as Docker secrets; one overlay network; and no Docker port anywhere.
+// the join token, the webhook secret, the admin token, the session key
+// and the secrets key as Docker secrets; one overlay network; and no Docker port anywhere.
 func TestStackFile(t *testing.T) {
 	s, raw := readStack(t, "stack.yml")
 	coord, ok := s.Services["coordinator"]
@@ -239,7 +239,7 @@ func TestStackFile(t *testing.T) {
 		}
 	}
 	for _, env := range []string{"FORGE_TLS_CA", "FORGE_TLS_CERT", "FORGE_TLS_KEY", "FORGE_TLS_CA_KEY", "FORGE_JOIN_TOKEN_FILE",
-		"FORGE_WEBHOOK_SECRET_FILE", "FORGE_ADMIN_TOKEN_FILE", "FORGE_SESSION_KEY_FILE"} {
+		"FORGE_WEBHOOK_SECRET_FILE", "FORGE_ADMIN_TOKEN_FILE", "FORGE_SESSION_KEY_FILE", "FORGE_SECRETS_KEY_FILE"} {
 		if !strings.HasPrefix(coord.Environment[env], "/run/secrets/") {
 			t.Errorf("coordinator %s=%q, want a secret", env, coord.Environment[env])
 		}
@@ -417,7 +417,8 @@ func TestStackConfig(t *testing.T) {
 		"FORGE_GITHUB_CLIENT_ID=Iv1.c", "FORGE_GITHUB_WEB=",
 		"FORGE_SECRET_CA=s1", "FORGE_SECRET_COORDINATOR_CERT=s2", "FORGE_SECRET_COORDINATOR_KEY=s3",
 		"FORGE_SECRET_CA_KEY=s4", "FORGE_SECRET_JOIN_TOKEN=s5", "FORGE_SECRET_WEBHOOK=s6", "FORGE_SECRET_GITHUB_KEY=s7",
-		"FORGE_SECRET_ADMIN_TOKEN=s8", "FORGE_SECRET_SESSION_KEY=s9", "FORGE_SECRET_GITHUB_CLIENT_SECRET=s10")
+		"FORGE_SECRET_ADMIN_TOKEN=s8", "FORGE_SECRET_SESSION_KEY=s9", "FORGE_SECRET_GITHUB_CLIENT_SECRET=s10",
+		"FORGE_SECRET_SECRETS_KEY=s11")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("docker stack config: %v\n%s", err, out)
@@ -428,7 +429,7 @@ func TestStackConfig(t *testing.T) {
 	}
 	c := s.Services["coordinator"]
 	if c.Environment["FORGE_GITHUB_APP_ID"] != "42" || c.Deploy.Placement.Constraints[1] != "node.id == node1" ||
-		len(c.Ports) != 1 || c.Ports[0].Published != "9090" || len(c.Secrets) != 10 || s.Secrets["github_app_key"].Name != "s7" {
+		len(c.Ports) != 1 || c.Ports[0].Published != "9090" || len(c.Secrets) != 11 || s.Secrets["github_app_key"].Name != "s7" {
 		t.Errorf("merged configuration:\n%s", out)
 	}
 	// The coordinator's flags (as their FORGE_ variables) and the secrets behind them.
@@ -436,6 +437,7 @@ func TestStackConfig(t *testing.T) {
 	for env, want := range map[string]string{
 		"FORGE_ADMIN_TOKEN_FILE":          "s8",
 		"FORGE_SESSION_KEY_FILE":          "s9",
+		"FORGE_SECRETS_KEY_FILE":          "s11",
 		"FORGE_GITHUB_CLIENT_SECRET_FILE": "s10",
 		"FORGE_WEBHOOK_SECRET_FILE":       "s6",
 		"FORGE_TLS_CA_KEY":                "s4",

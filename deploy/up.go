@@ -70,7 +70,11 @@ const (
 	adminTokenFile = "admin-token"
 	// sessionKeyFile signs the coordinator's session cookies: kept here,
 	// sessions outlive a new data volume.
-	sessionKeyFile   = "session-key"
+	sessionKeyFile = "session-key"
+	// secretsKeyFile seals repositories' secrets in the coordinator's
+	// database (--secrets-key-file): lose it, and they must all be set
+	// again.
+	secretsKeyFile   = "secrets-key"
 	appKeyFile       = "github-app-key.pem"
 	clientSecretFile = "github-client-secret"
 	// adminTokenPrefix makes the token recognisable in logs and to
@@ -310,12 +314,17 @@ type randomFile struct {
 	name, what string // its file name; what make up calls it
 	make       func() string
 	check      func(kept string) error // what a kept one must be; nil: anything
+	// fix says what to do about a kept one that fails check; "": make
+	// up makes a new one once it is removed.
+	fix string
 }
 
 var randomFiles = []randomFile{
-	{webhookSecretFile, "a random webhook secret", randomHex, nil},
-	{adminTokenFile, "an admin token", func() string { return adminTokenPrefix + randomHex() }, nil},
-	{sessionKeyFile, "a session key", randomHex, checkSessionKey},
+	{webhookSecretFile, "a random webhook secret", randomHex, nil, ""},
+	{adminTokenFile, "an admin token", func() string { return adminTokenPrefix + randomHex() }, nil, ""},
+	{sessionKeyFile, "a session key", randomHex, checkHexKey, ""},
+	{secretsKeyFile, "a secrets key", randomHex, checkHexKey,
+		"put the right key back: a new one cannot open the secrets sealed with it (removed, make up makes a new one, and every secret must be set again)"},
 }
 
 // randomHex is 32 random bytes in hex.
@@ -325,8 +334,9 @@ func randomHex() string {
 	return hex.EncodeToString(b)
 }
 
-// checkSessionKey: the coordinator's --session-key-file is 32 bytes in hex.
-func checkSessionKey(key string) error {
+// checkHexKey: the coordinator's --session-key-file and
+// --secrets-key-file are 32 bytes in hex.
+func checkHexKey(key string) error {
 	if b, err := hex.DecodeString(key); err != nil || len(b) != 32 {
 		return errors.New("want 64 hex characters (32 random bytes)")
 	}
@@ -345,7 +355,11 @@ func (u *up) makeRandomFiles() error {
 		if k := strings.TrimSpace(string(kept)); k != "" {
 			if f.check != nil {
 				if err := f.check(k); err != nil {
-					return fmt.Errorf("%s: %v; remove it and make up makes a new one", file, err)
+					fix := f.fix
+					if fix == "" {
+						fix = "remove it and make up makes a new one"
+					}
+					return fmt.Errorf("%s: %v; %s", file, err, fix)
 				}
 			}
 			continue
@@ -389,6 +403,7 @@ func (u *up) secretFiles() []secretFile {
 		{"webhook_secret", "FORGE_SECRET_WEBHOOK", u.stateFile(webhookSecretFile)},
 		{"admin_token", "FORGE_SECRET_ADMIN_TOKEN", u.stateFile(adminTokenFile)},
 		{"session_key", "FORGE_SECRET_SESSION_KEY", u.stateFile(sessionKeyFile)},
+		{"secrets_key", "FORGE_SECRET_SECRETS_KEY", u.stateFile(secretsKeyFile)},
 	}
 	if u.s.GitHubAppID != "" {
 		files = append(files, secretFile{"github_app_key", "FORGE_SECRET_GITHUB_KEY", u.stateFile(appKeyFile)})

@@ -95,7 +95,8 @@ func wantLines(t *testing.T, out string, want ...string) {
 }
 
 // TestUpMakesThenKeeps: a first run makes the CA, the coordinator's
-// certificate, the join token, webhook secret, admin token, session key and Docker secrets, deploys and waits
+// certificate, the join token, webhook secret, admin token, session key,
+// secrets key and Docker secrets, deploys and waits
 // (asking the coordinator with the admin token); a second one makes
 // nothing and deploys the same; a changed file becomes a new secret that
 // changes only the services that use it, and the old secret goes.
@@ -115,6 +116,7 @@ func TestUpMakesThenKeeps(t *testing.T) {
 		"make up: made a random webhook secret: ",
 		"make up: made an admin token: "+filepath.Join(r.state, "admin-token")+"\n",
 		"make up: made a session key: "+filepath.Join(r.state, "session-key")+"\n",
+		"make up: made a secrets key: "+filepath.Join(r.state, "secrets-key")+"\n",
 		"make up: deploying stack forge (forge/coordinator and forge/agent:v1, as 65532:",
 		"make up: Creating service forge_coordinator\n",
 		"make up: waiting (at most 5s) for the coordinator at http://127.0.0.1:"+r.port+" and an agent on every node\n",
@@ -128,8 +130,8 @@ func TestUpMakesThenKeeps(t *testing.T) {
 	if strings.Contains(out, "Sign-in with GitHub") {
 		t.Errorf("sign-in reported, but not configured:\n%s", out)
 	}
-	if len(r.sw.created) != 9 {
-		t.Errorf("created the secrets %q, want 9", r.sw.created)
+	if len(r.sw.created) != 10 {
+		t.Errorf("created the secrets %q, want 10", r.sw.created)
 	}
 	for _, name := range r.sw.created {
 		s := r.sw.secrets[name]
@@ -146,6 +148,12 @@ func TestUpMakesThenKeeps(t *testing.T) {
 	webhook, _ := os.ReadFile(filepath.Join(r.state, "webhook-secret"))
 	token, _ := os.ReadFile(filepath.Join(r.state, "admin-token"))
 	sessionKey, _ := os.ReadFile(filepath.Join(r.state, "session-key"))
+	secretsKey, _ := os.ReadFile(filepath.Join(r.state, "secrets-key"))
+	if !regexp.MustCompile(`^[0-9a-f]{64}$`).Match(secretsKey) || bytes.Equal(secretsKey, sessionKey) ||
+		env["FORGE_SECRET_SECRETS_KEY"] != secretName("forge", "secrets_key", secretsKey) ||
+		!bytes.Equal(r.sw.secrets[env["FORGE_SECRET_SECRETS_KEY"]].Spec.Data, secretsKey) {
+		t.Errorf("secrets key %q, deployed as %q", secretsKey, env["FORGE_SECRET_SECRETS_KEY"])
+	}
 	if !regexp.MustCompile(`^forge_admin_[0-9a-f]{64}$`).Match(token) || !regexp.MustCompile(`^[0-9a-f]{64}$`).Match(sessionKey) ||
 		bytes.Contains(token, sessionKey[:16]) || bytes.Contains(webhook, sessionKey[:16]) {
 		t.Errorf("admin token %q, session key %q (webhook secret %q)", token, sessionKey, webhook)
@@ -171,7 +179,7 @@ func TestUpMakesThenKeeps(t *testing.T) {
 		t.Errorf("forge.env:\n%s\nwant it to end with:\n%s", saved, wantEnv)
 	}
 	for file, mode := range map[string]os.FileMode{"": 0o700, "certs/ca-key.pem": 0o600, "certs/coordinator-key.pem": 0o600,
-		"certs/join-token": 0o600, "webhook-secret": 0o600, "admin-token": 0o600, "session-key": 0o600,
+		"certs/join-token": 0o600, "webhook-secret": 0o600, "admin-token": 0o600, "session-key": 0o600, "secrets-key": 0o600,
 		"github-app-key.pem": 0o600, "certs/ca.pem": 0o644} {
 		if fi, err := os.Stat(filepath.Join(r.state, file)); err != nil || fi.Mode().Perm() != mode {
 			t.Errorf("%s: %v, %v; want mode %#o", file, fi.Mode(), err, mode)
@@ -188,7 +196,7 @@ func TestUpMakesThenKeeps(t *testing.T) {
 	if again := r.lastEnv(); !mapsEqual(again, first) {
 		t.Errorf("the second run deployed\n%v\nafter\n%v", again, first)
 	}
-	for file, before := range map[string][]byte{"admin-token": token, "session-key": sessionKey} {
+	for file, before := range map[string][]byte{"admin-token": token, "session-key": sessionKey, "secrets-key": secretsKey} {
 		if now, err := os.ReadFile(filepath.Join(r.state, file)); err != nil || !bytes.Equal(now, before) {
 			t.Errorf("%s changed: %q, then %q (%v)", file, before, now, err)
 		}
@@ -268,7 +276,7 @@ func TestUpWithoutApp(t *testing.T) {
 		"make up: next: create a GitHub App",
 		"make up: set FORGE_PUBLIC_URL",
 		"make up: Forge is up: the coordinator and 1 agent(s)")
-	if len(r.sw.created) != 8 || r.lastEnv()["FORGE_SECRET_GITHUB_KEY"] != "" {
+	if len(r.sw.created) != 9 || r.lastEnv()["FORGE_SECRET_GITHUB_KEY"] != "" {
 		t.Errorf("created %q; FORGE_SECRET_GITHUB_KEY=%q", r.sw.created, r.lastEnv()["FORGE_SECRET_GITHUB_KEY"])
 	}
 	if args := r.sw.deploys[0]; slices.ContainsFunc(args, func(a string) bool { return strings.HasSuffix(a, "stack.github.yml") }) {
@@ -446,6 +454,10 @@ func TestUpRefuses(t *testing.T) {
 			os.MkdirAll(r.state, 0o700)
 			os.WriteFile(filepath.Join(r.state, "session-key"), []byte("0123abcd"), 0o600)
 		}, "session-key: want 64 hex characters (32 random bytes); remove it and make up makes a new one"},
+		{"secrets key", func(r *upRig, c *UpConfig) {
+			os.MkdirAll(r.state, 0o700)
+			os.WriteFile(filepath.Join(r.state, "secrets-key"), []byte("not hex"), 0o600)
+		}, "secrets-key: want 64 hex characters (32 random bytes); put the right key back: a new one cannot open the secrets sealed with it"},
 		{"client id without secret", func(r *upRig, c *UpConfig) { c.Settings.GitHubClientID = "Iv1.c" },
 			"FORGE_GITHUB_CLIENT_ID is set but there is no client secret: add FORGE_GITHUB_CLIENT_SECRET_FILE="},
 		{"client secret without id", func(r *upRig, c *UpConfig) { c.GitHubClientSecretFile = r.keyFile },

@@ -46,6 +46,27 @@ func TestBinary(t *testing.T) {
 	t.Run("SIGTERM", func(t *testing.T) { testBinarySIGTERM(t, bin) })
 	t.Run("Timeout", func(t *testing.T) { testBinaryTimeout(t, bin) })
 	t.Run("ReapsOrphans", func(t *testing.T) { testBinaryReapsOrphans(t, bin) })
+	t.Run("Secrets", func(t *testing.T) { testBinarySecrets(t, bin) })
+}
+
+// testBinarySecrets: the executor gives the secrets file's values to the
+// commands and removes the file before the first one runs; it does not
+// run at all with a file it cannot read.
+func testBinarySecrets(t *testing.T, bin string) {
+	path := writeSecrets(t, map[string][]byte{"DEPLOY_TOKEN": []byte("tok en")})
+	spec := newSpec(t, `echo "[$DEPLOY_TOKEN]"`, `test ! -e "$FORGEXEC_SECRETS"`)
+	cmd, stdout, stderr := forgexecCmd(t, bin, spec)
+	cmd.Env = append(cmd.Env, "FORGEXEC_SECRETS="+path)
+	if code := exitCodeOf(t, cmd.Run()); code != 0 || !strings.Contains(stdout.String(), "[tok en]") {
+		t.Errorf("exit code %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	bad := filepath.Join(t.TempDir(), "secrets.json")
+	os.WriteFile(bad, []byte("{"), 0o400)
+	cmd, stdout, stderr = forgexecCmd(t, bin, newSpec(t, "echo ran"))
+	cmd.Env = append(cmd.Env, "FORGEXEC_SECRETS="+bad)
+	if code := exitCodeOf(t, cmd.Run()); code != ExitInternal || strings.Contains(stdout.String(), "ran") || !strings.Contains(stderr.String(), "secrets") {
+		t.Errorf("bad secrets file: exit code %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
 }
 
 // forgexecCmd prepares the binary with spec written to a file. The returned

@@ -8,6 +8,11 @@
 // termination signals, enforces the build's timeout and reaps orphaned
 // processes, as PID 1 must.
 //
+// A build's secrets come in a file beside the spec ([SecretsPath], which
+// untrusted builds never have): [TakeSecrets] reads and removes it before
+// the first command, and [Runner] gives its values to the commands as
+// environment variables only.
+//
 // The package imports only the standard library so that the executor stays a
 // small static binary.
 //

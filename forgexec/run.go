@@ -81,6 +81,10 @@ type Runner struct {
 	// a signal, cancellation or timeout) before it gets SIGKILL. Zero or
 	// negative means DefaultKillGrace (1.5 s).
 	KillGrace time.Duration
+
+	// Secrets are given to every command as environment variables, over
+	// the spec's Env ([TakeSecrets] reads them). They are never printed.
+	Secrets map[string]string
 }
 
 // Run runs spec's setup commands, then its commands, in order, stopping at
@@ -118,7 +122,7 @@ func (r *Runner) Run(ctx context.Context, spec *Spec) int {
 
 	b := &build{
 		dir:     spec.WorkdirOrDefault(),
-		env:     buildEnv(os.Environ(), spec.Env, spec.Action, spec.BuildID),
+		env:     buildEnv(os.Environ(), overlay(spec.Env, r.Secrets), spec.Action, spec.BuildID),
 		shell:   r.shell(),
 		grace:   r.KillGrace,
 		timeout: time.Duration(spec.Timeout),
@@ -554,6 +558,22 @@ func buildEnv(base []string, extra map[string]string, action, buildID string) []
 		}
 	}
 	return env
+}
+
+// overlay is a copy of env with over's entries set on top; env itself
+// when over is empty.
+func overlay(env, over map[string]string) map[string]string {
+	if len(over) == 0 {
+		return env
+	}
+	out := make(map[string]string, len(env)+len(over))
+	for k, v := range env {
+		out[k] = v
+	}
+	for k, v := range over {
+		out[k] = v
+	}
+	return out
 }
 
 // lookupEnv returns the value of key in env, "" if absent.

@@ -17,6 +17,7 @@ type Runner struct {
 	Shell          string
 	NoShell        bool
 	KillGrace      time.Duration
+	Secrets        map[string]string
 }
 
 // Run prints that only Linux is supported and returns ExitInternal (125).

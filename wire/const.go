@@ -52,6 +52,25 @@ const (
 	// MaxSpecSize is the largest build spec (the build.json contents) a
 	// Launch carries.
 	MaxSpecSize = 256 << 10
+
+	// MaxArtifactPaths is the most paths an ArtifactsRequest names.
+	MaxArtifactPaths = 256
+	// MaxArtifactNotes is the most notes an ArtifactsHeader carries, and
+	// MaxNoteSize the longest: a hundred lines say enough of what was
+	// skipped, and the frame stays far under MaxFrameSize.
+	MaxArtifactNotes = 100
+	MaxNoteSize      = 1 << 10
+
+	// MaxSecretSize is the largest value of one secret (a repository
+	// secret given to a build's commands).
+	MaxSecretSize = 64 << 10
+	// MaxSecretName is the longest secret name.
+	MaxSecretName = 128
+	// MaxSecrets and MaxSecretsTotal (names and values) bound the secrets
+	// of one Launch: base64 in JSON, with the largest spec, it stays
+	// under MaxFrameSize.
+	MaxSecrets      = 100
+	MaxSecretsTotal = 512 << 10
 )
 
 // Labels the coordinator puts on a build's service and container, and the
@@ -173,6 +192,20 @@ const (
 	LaunchTimeout  = 5 * time.Minute  // a whole launch stream, transfers included
 	RequestTimeout = 30 * time.Second // a request stream's exchange of frames
 )
+
+// ArtifactsScanAllowance is how many bytes beyond max_bytes an agent may
+// read out of a container while it looks for an artifact request's
+// matches (PROTOCOL.md §6.5): what a glob does not match is read and
+// skipped, and that costs local socket bandwidth, so it is bounded.
+const ArtifactsScanAllowance = 1 << 30
+
+// ArtifactsTimeout is the deadline of a whole artifacts stream whose
+// request has maxBytes (PROTOCOL.md §4.4, §6.5): the agent reads up to
+// maxBytes plus ArtifactsScanAllowance out of the container, then sends up
+// to maxBytes, each at TransferTimeout's rate.
+func ArtifactsTimeout(maxBytes int64) time.Duration {
+	return TransferTimeout(maxBytes+ArtifactsScanAllowance) + TransferTimeout(maxBytes)
+}
 
 // writeChunk is how much one Write on the underlying connection may carry
 // under one write deadline; see timeoutConn.

@@ -263,6 +263,35 @@ func RecvBlob(r io.Reader, size int64, dst io.Writer) error {
 	return nil
 }
 
+// BlobReader reads the next size raw bytes of r (PROTOCOL.md §4.2) and
+// then io.EOF; a stream that ends early gives an error that is both
+// ErrShortBlob and io.ErrUnexpectedEOF. It is RecvBlob for a receiver that
+// reads rather than being written to.
+func BlobReader(r io.Reader, size int64) io.Reader { return &blobReader{r: r, left: size, size: size} }
+
+type blobReader struct {
+	r          io.Reader
+	left, size int64
+}
+
+func (b *blobReader) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	switch {
+	case b.left == 0:
+		return n, nil
+	case errors.Is(err, io.EOF):
+		return n, fmt.Errorf("%w: got %d of %d bytes: %w", ErrShortBlob, b.size-b.left, b.size, io.ErrUnexpectedEOF)
+	}
+	return n, err
+}
+
 // RecvBlobVerified is RecvBlob for a blob announced by ref: it copies
 // ref.Size bytes to dst and then checks their digest. On ErrDigestMismatch
 // dst has received bad bytes; write to a temporary place.

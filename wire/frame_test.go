@@ -226,6 +226,24 @@ func TestBlobs(t *testing.T) {
 	}
 }
 
+// TestBlobReader: a reader of the next size bytes stops there, leaving
+// the rest of the stream, and says when the stream ends short.
+func TestBlobReader(t *testing.T) {
+	src := bytes.NewReader([]byte("0123456789"))
+	got, err := io.ReadAll(iotest.OneByteReader(BlobReader(src, 4)))
+	if err != nil || string(got) != "0123" {
+		t.Fatalf("first 4: %q, %v", got, err)
+	}
+	got, err = io.ReadAll(BlobReader(src, 0))
+	if err != nil || len(got) != 0 {
+		t.Fatalf("empty: %q, %v", got, err)
+	}
+	got, err = io.ReadAll(BlobReader(src, 9))
+	if !errors.Is(err, ErrShortBlob) || !errors.Is(err, io.ErrUnexpectedEOF) || string(got) != "456789" {
+		t.Fatalf("short: %q, %v", got, err)
+	}
+}
+
 type failWriter struct{}
 
 func (failWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }

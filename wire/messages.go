@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"path"
 	"reflect"
 	"sort"
@@ -107,7 +108,24 @@ type Launch struct {
 	// Cache, optional, restores and saves the build's cache
 	// (PROTOCOL.md §6.8); sent only to agents with FeatureCache.
 	Cache *LaunchCache `json:"cache,omitempty"`
+	// Secrets go into the container inside the archive, never into its
+	// configuration (PROTOCOL.md §5.6, §6.2). Empty for untrusted builds.
+	Secrets []Secret `json:"secrets,omitempty"`
 }
+
+// Secret is one repository secret a Launch carries to the build's
+// commands as an environment variable (PROTOCOL.md §5.6).
+type Secret struct {
+	Name  string      `json:"name"`
+	Value SecretValue `json:"value"` // base64 in JSON
+}
+
+// SecretValue is a secret's bytes. It prints as *** with every fmt verb,
+// so no log line or error that formats a Launch shows one.
+type SecretValue []byte
+
+// Format prints *** whatever the verb.
+func (SecretValue) Format(f fmt.State, _ rune) { io.WriteString(f, "***") }
 
 // LaunchReady accepts a Launch (PROTOCOL.md §5.7).
 type LaunchReady struct {
@@ -176,13 +194,15 @@ type ExitAck struct{}
 type ArtifactsRequest struct {
 	BuildID     string   `json:"build_id"`
 	ContainerID string   `json:"container_id"`
+	Workdir     string   `json:"workdir"`   // absolute; what paths are relative to, and the folder links must stay in
 	Paths       []string `json:"paths"`     // paths or globs relative to the work directory
 	MaxBytes    int64    `json:"max_bytes"` // the largest tar accepted
 }
 
 // ArtifactsHeader precedes the artifacts' tar (PROTOCOL.md §5.18).
 type ArtifactsHeader struct {
-	Size int64 `json:"size"` // raw tar bytes that follow
+	Size  int64    `json:"size"`  // raw tar bytes that follow
+	Notes []string `json:"notes"` // what was skipped or cut, for the build's log
 }
 
 // Join asks for an agent's first certificate, on a session without a
@@ -570,7 +590,38 @@ func (m Launch) Validate() error {
 		return invalid(TypeLaunch, "source without a workdir")
 	}
 	if m.Cache != nil {
-		return m.Cache.validate()
+		if err := m.Cache.validate(); err != nil {
+			return err
+		}
+	}
+	return checkSecrets(m.Secrets)
+}
+
+// checkSecrets applies PROTOCOL.md §5.6's rules to a Launch's secrets:
+// valid and distinct names, values of 1 to MaxSecretSize bytes without NUL
+// (an environment variable cannot hold one), at most MaxSecrets of them
+// and MaxSecretsTotal bytes in all.
+func checkSecrets(ss []Secret) error {
+	if len(ss) > MaxSecrets {
+		return invalid(TypeLaunch, "%d secrets, max %d", len(ss), MaxSecrets)
+	}
+	seen := make(map[string]bool, len(ss))
+	total := 0
+	for _, s := range ss {
+		if err := ValidSecretName(s.Name); err != nil {
+			return invalid(TypeLaunch, "secret: %v", err)
+		}
+		if seen[s.Name] {
+			return invalid(TypeLaunch, "secret %s given twice", s.Name)
+		}
+		seen[s.Name] = true
+		if err := ValidSecretValue(s.Value); err != nil {
+			return invalid(TypeLaunch, "secret %s: %v", s.Name, err)
+		}
+		total += len(s.Name) + len(s.Value)
+	}
+	if total > MaxSecretsTotal {
+		return invalid(TypeLaunch, "secrets hold %d bytes, max %d", total, MaxSecretsTotal)
 	}
 	return nil
 }
@@ -622,13 +673,20 @@ func (m Log) Validate() error {
 	return nil
 }
 
-// Validate checks the ids, the paths and the size bound.
+// Validate checks the ids, the work directory, the paths and the size
+// bound.
 func (m ArtifactsRequest) Validate() error {
 	if err := requireIDs(TypeArtifactsRequest, m.BuildID, m.ContainerID); err != nil {
 		return err
 	}
+	if !path.IsAbs(m.Workdir) {
+		return invalid(TypeArtifactsRequest, "workdir %q is not absolute", m.Workdir)
+	}
 	if len(m.Paths) == 0 {
 		return invalid(TypeArtifactsRequest, "no paths")
+	}
+	if len(m.Paths) > MaxArtifactPaths {
+		return invalid(TypeArtifactsRequest, "%d paths, max %d", len(m.Paths), MaxArtifactPaths)
 	}
 	for _, p := range m.Paths {
 		if p == "" {
@@ -641,10 +699,18 @@ func (m ArtifactsRequest) Validate() error {
 	return nil
 }
 
-// Validate checks the size.
+// Validate checks the size and the notes' number and length.
 func (m ArtifactsHeader) Validate() error {
 	if m.Size < 0 {
 		return invalid(TypeArtifactsHeader, "negative size %d", m.Size)
+	}
+	if len(m.Notes) > MaxArtifactNotes {
+		return invalid(TypeArtifactsHeader, "%d notes, max %d", len(m.Notes), MaxArtifactNotes)
+	}
+	for _, n := range m.Notes {
+		if len(n) > MaxNoteSize {
+			return invalid(TypeArtifactsHeader, "a note of %d bytes, max %d", len(n), MaxNoteSize)
+		}
 	}
 	return nil
 }

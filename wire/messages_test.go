@@ -30,7 +30,8 @@ func sampleMessages() []Message {
 		&Launch{BuildID: "b1", ContainerID: "c1",
 			Executor: BlobRef{Digest: "sha256:" + strings.Repeat("ab", 32), Size: 1234},
 			Spec:     json.RawMessage(`{"image":"golang:1.22"}`), SourceSize: 99, Workdir: "/forge/src",
-			Cache: &LaunchCache{Paths: []string{"/root/.cache/go-build", "/forge/src/node_modules"}, Size: 10240, Save: true, MaxBytes: 1 << 30}},
+			Cache:   &LaunchCache{Paths: []string{"/root/.cache/go-build", "/forge/src/node_modules"}, Size: 10240, Save: true, MaxBytes: 1 << 30},
+			Secrets: []Secret{{Name: "DEPLOY_TOKEN", Value: SecretValue("s3cret\n\xff")}}},
 		&LaunchReady{NeedExecutor: true},
 		&Started{ContainerID: "c1", StartedAt: ts},
 		&Cancel{BuildID: "b1", ContainerID: "c1", GraceSeconds: 10},
@@ -41,8 +42,8 @@ func sampleMessages() []Message {
 		&LogAck{Seq: 7},
 		&Exit{ExitCode: 2, LastSeq: 7, FinishedAt: ts, Error: ""},
 		&ExitAck{},
-		&ArtifactsRequest{BuildID: "b1", ContainerID: "c1", Paths: []string{"coverage.out", "dist/*"}, MaxBytes: 1 << 30},
-		&ArtifactsHeader{Size: 4096},
+		&ArtifactsRequest{BuildID: "b1", ContainerID: "c1", Workdir: "/forge/src", Paths: []string{"coverage.out", "dist/*"}, MaxBytes: 1 << 30},
+		&ArtifactsHeader{Size: 4096, Notes: []string{"dist/*.zip matches nothing"}},
 		&Join{Protocol: ProtocolVersion, Token: "forge_join_x", NodeID: "p8u3hq2v5r9x1ktbz0d7lm4ae", CSR: []byte{0x30, 0x82, 1}},
 		&Renew{CSR: []byte{0x30, 0x82, 2}},
 		&Issued{Certificate: []byte{0x30, 0x82, 3}},
@@ -158,6 +159,11 @@ func TestDecodeErrors(t *testing.T) {
 		{`{"type":"log","seq":0,"stream":"stdout","offset":0,"data":"eA=="}`, ErrInvalidMessage, "seq 0"},
 		{`{"type":"hello","protocol":1}`, ErrInvalidMessage, "node_id"},
 		{`{"type":"launch","build_id":"b","container_id":"c","executor":{"digest":"md5:00","size":1},"spec":{}}`, ErrInvalidMessage, "digest"},
+		{`{"type":"artifacts_request","build_id":"b","container_id":"c","workdir":"src","paths":["a"],"max_bytes":1}`, ErrInvalidMessage, "workdir"},
+		{`{"type":"artifacts_request","build_id":"b","container_id":"c","workdir":"/src","paths":["a"],"max_bytes":0}`, ErrInvalidMessage, "max_bytes"},
+		{`{"type":"artifacts_header","size":-1}`, ErrInvalidMessage, "negative"},
+		{`{"type":"artifacts_header","size":1,"notes":["` + strings.Repeat("n", MaxNoteSize+1) + `"]}`, ErrInvalidMessage, "note"},
+		{`{"type":"artifacts_header","size":1,"notes":[` + strings.Repeat(`"n",`, MaxArtifactNotes) + `"n"]}`, ErrInvalidMessage, "notes"},
 	}
 	for _, tt := range tests {
 		_, err := DecodeMessage([]byte(tt.payload))

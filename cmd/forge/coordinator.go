@@ -20,6 +20,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/daemon"
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/coordinator/plan"
+	"github.com/forge-ci/forge/coordinator/secrets"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -66,7 +67,9 @@ func coordinatorCommand() *cli.Command {
 			&cli.DurationFlag{Name: "agent-cert-ttl", Usage: "how long the certificates signed for agents are valid; agents renew at two thirds", Value: wire.DefaultAgentCertTTL, EnvVars: env("agent-cert-ttl")},
 			&cli.BoolFlag{Name: "debug", Usage: "log more", EnvVars: env("debug")},
 			&cli.StringFlag{Name: "max-log-size", Usage: "cut each build's log past this size (64MiB, 1GiB); 0 keeps all", Value: "64MiB", EnvVars: env("max-log-size")},
-			&cli.StringFlag{Name: "retain", Usage: "delete final builds' logs older than this (90d, 720h); 0 keeps them forever", Value: "90d", EnvVars: env("retain")},
+			&cli.StringFlag{Name: "retain", Usage: "delete final builds' logs and artifacts older than this (90d, 720h); 0 keeps them forever", Value: "90d", EnvVars: env("retain")},
+			&cli.StringFlag{Name: "max-artifacts-size", Usage: "most bytes of artifacts kept per build (1GiB, 256MiB); the file that passes it is cut", Value: "1GiB", EnvVars: env("max-artifacts-size")},
+			&cli.PathFlag{Name: "secrets-key-file", Usage: "file holding the key that seals repositories' secrets: 64 hex characters (openssl rand -hex 32); without it secrets are disabled", EnvVars: env("secrets-key-file")},
 			&cli.StringFlag{Name: "cache-size", Usage: "bound of the builds' caches kept under --data, all repositories together (10GiB, 500MiB); the least recently used go first; 0 keeps none", Value: "10GiB", EnvVars: env("cache-size")},
 		}, tlsFlags("coordinator")...),
 		Action: func(c *cli.Context) error {
@@ -87,6 +90,10 @@ func coordinatorCommand() *cli.Command {
 				}
 			}
 			secret, err := readSecret(c.Path("webhook-secret-file"))
+			if err != nil {
+				return err
+			}
+			secretsKey, err := readSecretsKey(c.Path("secrets-key-file"))
 			if err != nil {
 				return err
 			}
@@ -125,9 +132,12 @@ func coordinatorCommand() *cli.Command {
 			cfg := daemon.Config{TLS: wire.ServerConfig(pool, pair), DataDir: c.Path("data"), Executor: exe,
 				AllowPorts: c.Bool("allow-ports"), Sandbox: sandbox, Logger: log, Access: access, Identity: identity,
 				RequireApproval: mode, MaxBuilds: c.Int("max-builds"), MaxBuildsPerRepo: c.Int("max-builds-per-repo")}
-			cfg.Bounds = bounds
+			cfg.Bounds, cfg.SecretsKey = bounds, secretsKey
 			if identity.Signer == nil {
 				log.Warn("no CA key (--tls-ca-key): agents cannot join with a token nor renew; each needs a certificate from forge certs issue --role agent --node")
+			}
+			if secretsKey == nil {
+				log.Warn("no secrets key (--secrets-key-file): secrets are disabled; builds that name secrets end as error")
 			}
 			if access.SignIn == nil {
 				log.Warn("sign-in with GitHub is not configured (--github-client-id, --github-client-secret-file): only public repositories' builds are shown, and only the admin token acts")
@@ -298,6 +308,24 @@ func readFileFlag(name, path string) (string, error) {
 	return s, nil
 }
 
+// readSecretsKey reads --secrets-key-file; nil without one (secrets are
+// disabled). A bad file is refused, naming the flag: a coordinator that
+// started with a wrong key could not open the secrets it sealed.
+func readSecretsKey(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--secrets-key-file: %w", err)
+	}
+	k, err := secrets.ParseKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("--secrets-key-file %s: %w", path, err)
+	}
+	return k, nil
+}
+
 // readSecret reads the webhook secret; the coordinator does not start
 // without one, since unsigned webhooks would let anyone start builds.
 func readSecret(path string) ([]byte, error) {
@@ -350,7 +378,8 @@ func identityFlags(c *cli.Context) (daemon.Identity, error) {
 	return id, nil
 }
 
-// boundsFlags reads --max-log-size, --retain and --cache-size.
+// boundsFlags reads --max-log-size, --retain, --max-artifacts-size and
+// --cache-size.
 func boundsFlags(c *cli.Context) (daemon.Bounds, error) {
 	var b daemon.Bounds
 	if v := strings.TrimSpace(c.String("max-log-size")); v != "0" {
@@ -365,6 +394,12 @@ func boundsFlags(c *cli.Context) (daemon.Bounds, error) {
 		return b, fmt.Errorf("--retain: %w", err)
 	}
 	b.Retain = d
+	v := strings.TrimSpace(c.String("max-artifacts-size"))
+	n, err := units.RAMInBytes(v)
+	if err != nil || n <= 0 {
+		return b, fmt.Errorf("--max-artifacts-size %q: want a size such as 1GiB or 256MiB", v)
+	}
+	b.MaxArtifactsSize = n
 	b.CacheSize = -1 // 0: none
 	if v := strings.TrimSpace(c.String("cache-size")); v != "0" {
 		n, err := units.RAMInBytes(v)

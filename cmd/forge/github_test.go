@@ -114,16 +114,17 @@ type ghRig struct {
 	coord  *ghProgram
 	agent  *ghProgram
 	// agentAddr is the coordinator's agent listener; certs holds the CA
-	// and the join token (issueCerts).
-	agentAddr, certs string
+	// and the join token (issueCerts); data is the coordinator's --data.
+	agentAddr, certs, data string
 
 	misplaced bool // a status went to another repository or installation
 }
 
 // startGHRig starts `forge coordinator` with a GitHub App on the fake
 // (withApp) or without one, and, with the App, `forge agent`, and waits
-// until the agent of this node is connected.
-func startGHRig(t *testing.T, withApp bool) *ghRig {
+// until the agent of this node is connected. extra are more flags of the
+// coordinator.
+func startGHRig(t *testing.T, withApp bool, extra ...string) *ghRig {
 	t.Helper()
 	cli := dockertest.Client(t)
 	dockertest.Swarm(t, cli)
@@ -146,12 +147,13 @@ func startGHRig(t *testing.T, withApp bool) *ghRig {
 	secretFile := writeGHFile(t, dir, "webhook-secret", r.secret, 0o600)
 	adminFile := writeGHFile(t, dir, "admin-token", []byte(r.admin), 0o600)
 	exe := writeGHFile(t, dir, "forgexec", dockertest.Forgexec(t), 0o755)
+	r.data = filepath.Join(dir, "data")
 	args := []string{"coordinator", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-		"--data", filepath.Join(dir, "data"), "--forgexec", exe, "--webhook-secret-file", secretFile, "--admin-token-file", adminFile,
+		"--data", r.data, "--forgexec", exe, "--webhook-secret-file", secretFile, "--admin-token-file", adminFile,
 		"--public-url", ghPublicURL,
 		"--tls-ca", filepath.Join(certs, "ca.pem"), "--tls-cert", filepath.Join(certs, "coordinator.pem"),
 		"--tls-key", filepath.Join(certs, "coordinator-key.pem")}
-	args = append(args, joinFlags(certs)...)
+	args = append(append(args, joinFlags(certs)...), extra...)
 	if withApp {
 		keyFile := writeGHFile(t, dir, "app-key.pem", fakegithubtest.AppKeyPEM(t), 0o600)
 		args = append(args, "--github-app-id", strconv.Itoa(fakegithub.AppID), "--github-key-file", keyFile,
@@ -855,6 +857,8 @@ func TestCoordinatorRefusals(t *testing.T) {
 		{"short admin token", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--admin-token-file", secret)...), "--admin-token-file"},
 		{"empty admin token", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--admin-token-file", empty)...), "--admin-token-file"},
 		{"bad session key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--session-key-file", secret)...), "--session-key-file"},
+		{"bad secrets key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--secrets-key-file", secret)...), "--secrets-key-file " + secret + ": want 64 hex characters"},
+		{"missing secrets key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--secrets-key-file", filepath.Join(dir, "nope"))...), "--secrets-key-file"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out, err := run(t, c.args...)

@@ -51,6 +51,7 @@ func newApp() *cli.App {
 			approveCommand(),
 			agentsCommand(),
 			versionCommand(),
+			secretsCommand(),
 		},
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"sort"
@@ -403,7 +404,7 @@ func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchR
 	cache := s.launchCache(ac, req)
 	err = c.Send(&wire.Launch{
 		BuildID: req.BuildID, ContainerID: req.ContainerID, Executor: req.Executor.Ref,
-		Spec: req.Spec, SourceSize: req.SourceSize, Workdir: req.Workdir, Cache: cache,
+		Spec: req.Spec, SourceSize: req.SourceSize, Workdir: req.Workdir, Cache: cache, Secrets: launchSecrets(req.Secrets),
 	})
 	if err != nil {
 		return nil, err
@@ -435,6 +436,15 @@ func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchR
 		return nil, fmt.Errorf("launch %s on %s: %w", req.BuildID, nodeID, err)
 	}
 	return &coordinator.LaunchResult{Started: *started, ExecutorSent: ready.NeedExecutor}, nil
+}
+
+// launchSecrets are a Launch's secrets, by name (PROTOCOL.md §5.6).
+func launchSecrets(m map[string][]byte) []wire.Secret {
+	var out []wire.Secret
+	for _, name := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, wire.Secret{Name: name, Value: m[name]})
+	}
+	return out
 }
 
 // Cancel asks the agent of nodeID to stop the build's container

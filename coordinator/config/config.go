@@ -30,6 +30,7 @@
 //	cache:                      # kept between builds of the repository
 //	  paths: [/root/.cache/go-build, node_modules]
 //	  key: '{{ hashFiles "go.sum" }}'
+//	secrets: [DEPLOY_TOKEN]     # or per action: {deploy: [DEPLOY_TOKEN]}
 //
 // # Rules beyond the design
 //
@@ -64,6 +65,12 @@
 //   - Action names match [a-z][a-z0-9_-]* and are at most 63 characters:
 //     they appear in commit-status contexts (forge/<action>), labels and
 //     FORGE_ACTION.
+//   - secrets is a list of names, which every action gets, or a mapping of
+//     action to such a list, for a secret only one action needs (a
+//     deploy token kept from the pull requests' execute). Names match
+//     [A-Z_][A-Z0-9_]*, at most 128 characters, appear once per list, are
+//     not CI or FORGE_* and are not also in environment; the actions
+//     named must exist.
 package config
 
 import "time"
@@ -124,6 +131,21 @@ type Config struct {
 	Ports []Port
 	// Cache is kept between builds of the repository; nil when none.
 	Cache *Cache `json:",omitempty"`
+	// Secrets are repository secrets that every action's commands get as
+	// environment variables (`secrets: [NAME, ...]`); ActionSecrets those
+	// of each action (`secrets: {deploy: [NAME]}`). At most one is set.
+	// Untrusted builds never get them.
+	Secrets       []string            `json:",omitempty"`
+	ActionSecrets map[string][]string `json:",omitempty"`
+}
+
+// SecretsFor lists the secrets a build of action gets, in the file's
+// order; nil when none.
+func (c *Config) SecretsFor(action string) []string {
+	if c.ActionSecrets != nil {
+		return c.ActionSecrets[action]
+	}
+	return c.Secrets
 }
 
 // Resources are the CPU and memory a build may use. Zero means unset.
@@ -147,5 +169,5 @@ type Port struct {
 // reservedKeys are the top-level keys that are not actions.
 var reservedKeys = []string{
 	"image", "environment", "setup", "on", "artifacts", "timeout",
-	"workdir", "resources", "constraints", "ports", "cache",
+	"workdir", "resources", "constraints", "ports", "secrets", "cache",
 }

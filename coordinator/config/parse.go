@@ -294,6 +294,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 		haveImage, haveExecute bool
 		rules                  []pushRule
 		cacheNodes             []*yaml.Node
+		secrets                *yaml.Node // checked once the actions and environment are known
 		// declared holds every action key, even one whose commands are
 		// invalid, so that on.push does not also report it as missing.
 		declared = map[string]bool{}
@@ -328,6 +329,8 @@ func (p *parser) config(root *yaml.Node) *Config {
 			cfg.Ports = p.ports(v)
 		case "cache":
 			cfg.Cache, cacheNodes = p.cache(v)
+		case "secrets":
+			secrets = v
 		case DefaultAction:
 			haveExecute = true
 			declared[e.key] = true
@@ -364,6 +367,9 @@ func (p *parser) config(root *yaml.Node) *Config {
 		cfg.OnPush[r.branch] = r.action
 	}
 	p.checkCache(cacheNodes, cfg.Cache, cfg.Workdir)
+	if secrets != nil {
+		cfg.Secrets, cfg.ActionSecrets = p.secrets(secrets, declared, cfg.Environment)
+	}
 	if !haveImage {
 		p.errAt(nil, "", "image is required")
 	}

@@ -30,15 +30,16 @@ func (c *Coordinator) retain(ctx context.Context) {
 	}
 }
 
-// prune deletes, as of now, the logs of final builds that finished more
-// than --retain ago (their rows stay: the history and GitHub's links
-// keep working, the log is gone) and deliveries older than 7 days.
+// prune deletes, as of now, the logs and artifacts of final builds that
+// finished more than --retain ago (their rows stay: the history and
+// GitHub's links keep working, the log is gone) and deliveries older than
+// 7 days.
 func (c *Coordinator) prune(ctx context.Context, now time.Time) {
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	if keep := c.bounds.Retain; keep > 0 {
 		cutoff := now.Add(-keep)
-		n, err := c.Logs.Prune(pctx, cutoff, func(ctx context.Context, id string) (bool, error) {
+		over := func(ctx context.Context, id string) (bool, error) {
 			b, err := c.Store.Build(ctx, id)
 			if errors.Is(err, store.ErrNotFound) {
 				return false, nil // not ours to judge: kept
@@ -47,9 +48,16 @@ func (c *Coordinator) prune(ctx context.Context, now time.Time) {
 				return false, err
 			}
 			return b.State.Final() && b.Finished.Before(cutoff), nil
-		})
+		}
+		n, err := c.Logs.Prune(pctx, cutoff, over)
 		if n > 0 || err != nil {
 			c.log.Info("old build logs deleted (--retain)", "deleted", n, "older_than", cutoff, "err", err)
+		}
+		if c.Artifacts != nil {
+			n, err := c.Artifacts.Prune(pctx, cutoff, over)
+			if n > 0 || err != nil {
+				c.log.Info("old builds' artifacts deleted (--retain)", "deleted", n, "older_than", cutoff, "err", err)
+			}
 		}
 	}
 	n, err := c.Store.PruneDeliveries(pctx, now.Add(-deliveryRetention))

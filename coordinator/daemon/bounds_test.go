@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -13,14 +15,16 @@ import (
 	"time"
 
 	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/coordinator/artifacts"
 	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/wire"
 )
 
-// A retention pass deletes the logs of final builds finished before
-// --retain, keeps their rows, keeps the logs of recent and unfinished
-// builds, and forgets deliveries older than 7 days.
+// A retention pass deletes the logs and artifacts of final builds
+// finished before --retain, keeps their rows, keeps the logs and artifacts
+// of recent and unfinished builds, and forgets deliveries older than 7
+// days.
 func TestPrune(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -31,6 +35,7 @@ func TestPrune(t *testing.T) {
 	defer st.Close()
 	lg := &logs.Store{Dir: filepath.Join(dir, "logs")}
 	defer lg.Close()
+	arts := &artifacts.Store{Dir: filepath.Join(dir, "artifacts")}
 	now := time.Now()
 	long := now.Add(-100 * 24 * time.Hour)
 	for _, b := range []*coordinator.Build{
@@ -52,6 +57,10 @@ func TestPrune(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		if _, err := arts.Put(b.ID, bytes.NewReader(oneFileTar(t, "out.txt", b.ID)), 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(filepath.Join(dir, "artifacts", b.ID, "index.json"), long, long)
 	}
 	lg.Close() // nothing runs: every log may be looked at
 	for _, f := range []string{"old.log", "old.exit", "oldqueued.log"} {
@@ -64,8 +73,14 @@ func TestPrune(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := &Coordinator{Store: st, Logs: lg, bounds: Bounds{Retain: 90 * 24 * time.Hour}, log: slog.New(slog.DiscardHandler)}
+	c := &Coordinator{Store: st, Logs: lg, Artifacts: arts, bounds: Bounds{Retain: 90 * 24 * time.Hour}, log: slog.New(slog.DiscardHandler)}
 	c.prune(ctx, now)
+
+	for id, kept := range map[string]bool{"old": false, "oldqueued": true, "recent": true} {
+		if list, err := arts.List(id); err != nil || (len(list) == 1) != kept {
+			t.Errorf("artifacts of %s: %+v, %v; want kept %v", id, list, err, kept)
+		}
+	}
 
 	if _, err := lg.Exited("old"); !errors.Is(err, coordinator.ErrUnknownBuild) {
 		t.Errorf("old build's log: %v, want deleted", err)
@@ -132,4 +147,16 @@ func TestHTTPServerBounds(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Errorf("100 KiB header: %d, want 431", resp.StatusCode)
 	}
+}
+
+func oneFileTar(t *testing.T, name, body string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
+	tw.Write([]byte(body))
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }

@@ -25,12 +25,14 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/artifacts"
 	"github.com/forge-ci/forge/coordinator/auth"
 	"github.com/forge-ci/forge/coordinator/caches"
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/coordinator/lifecycle"
 	"github.com/forge-ci/forge/coordinator/logs"
 	"github.com/forge-ci/forge/coordinator/plan"
+	"github.com/forge-ci/forge/coordinator/secrets"
 	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/coordinator/web"
 	"github.com/forge-ci/forge/wire"
@@ -84,6 +86,10 @@ type Config struct {
 	Identity Identity
 	// Bounds limit what the coordinator keeps (issue 15).
 	Bounds Bounds
+	// SecretsKey seals repositories' secrets (--secrets-key-file,
+	// secrets.KeySize bytes); nil disables secrets: none can be set, and
+	// a trusted build that names some ends as error saying so.
+	SecretsKey []byte
 }
 
 // Bounds limit what the coordinator keeps; zero values bound nothing.
@@ -91,8 +97,12 @@ type Bounds struct {
 	// MaxLogSize cuts each build's log past this many bytes
 	// (--max-log-size).
 	MaxLogSize int64
-	// Retain is how long final builds' logs are kept (--retain).
+	// Retain is how long final builds' logs and artifacts are kept
+	// (--retain).
 	Retain time.Duration
+	// MaxArtifactsSize bounds each build's artifacts
+	// (--max-artifacts-size; 0: lifecycle.DefaultMaxArtifactsSize).
+	MaxArtifactsSize int64
 	// CacheSize bounds the builds' caches, all repositories together
 	// (--cache-size); 0 takes caches.DefaultSize, < 0 keeps no caches.
 	CacheSize int64
@@ -144,6 +154,7 @@ type GitHub struct {
 type Coordinator struct {
 	Store     *store.Store
 	Logs      *logs.Store
+	Artifacts *artifacts.Store
 	Agents    *agents.Hub
 	Builds    *lifecycle.Runner
 	Metrics   *web.Metrics
@@ -200,6 +211,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	}
 
 	c := &Coordinator{Store: st, Logs: &logs.Store{Dir: filepath.Join(cfg.DataDir, "logs"), MaxSize: cfg.Bounds.MaxLogSize}, LocalNode: info.Swarm.NodeID, log: log, bounds: cfg.Bounds}
+	c.Artifacts = &artifacts.Store{Dir: filepath.Join(cfg.DataDir, "artifacts")}
 	if c.Caches, err = openCaches(ctx, cfg, st, c.Logs, log); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)
@@ -216,6 +228,15 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		}
 	}
 	c.Agents = agents.New(ac)
+	var keeper coordinator.Secrets // nil, not a nil *secrets.Keeper, without a key
+	if cfg.SecretsKey != nil {
+		k, err := secrets.New(cfg.SecretsKey, st)
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("coordinator: --secrets-key-file: %w", err)
+		}
+		keeper = k
+	}
 	c.Metrics = web.NewMetrics(st, c.Agents)
 	c.certs = watchedCerts(cfg)
 	if err := c.Metrics.Certificates(c.certOf("CA"), c.certOf("coordinator")); err != nil {
@@ -233,7 +254,8 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 	c.Builds = lifecycle.New(lifecycle.Config{Swarm: docker, Store: st, Logs: c.Logs, Agents: c.Agents, Executor: exe,
 		Instance: instance, Log: log.With("part", "builds"), AllowPorts: cfg.AllowPorts, Sandbox: cfg.Sandbox, Nodes: docker,
 		LandTimeout: cfg.LandTimeout, AgentWait: cfg.AgentWait,
-		MaxBuilds: cfg.MaxBuilds, MaxBuildsPerRepo: cfg.MaxBuildsPerRepo,
+		MaxBuilds: cfg.MaxBuilds, MaxBuildsPerRepo: cfg.MaxBuildsPerRepo, Secrets: keeper,
+		Artifacts: c.Artifacts, MaxArtifactsSize: cfg.Bounds.MaxArtifactsSize,
 		Resume: func(ctx context.Context, b *coordinator.Build) (coordinator.Request, error) {
 			if c.forge == nil {
 				return coordinator.Request{}, errors.New("no GitHub App configured to fetch its source from")
@@ -259,7 +281,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	c.API, err = web.New(web.Config{Builds: c.Builds, Store: st, Logs: c.Logs, Agents: c.Agents, Webhook: webhook,
-		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web")})
+		Auth: front, Metrics: c.Metrics.Handler(), Log: log.With("part", "web"), Retain: cfg.Bounds.Retain, Artifacts: c.Artifacts, Secrets: keeper})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)

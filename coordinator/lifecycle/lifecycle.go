@@ -27,9 +27,20 @@ import (
 )
 
 // Logs is where a build's output will go: the lifecycle makes the (empty)
-// log of each new build, so agents can attach to it (logs.Store).
+// log of each new build, so agents can attach to it, adds Forge's own
+// lines after the exit, and has a build's secrets masked (logs.Store).
 type Logs interface {
 	Create(buildID string) error
+	// Hold keeps the log open past the exit until release: its followers
+	// wait for the notes.
+	Hold(buildID string) (release func(), err error)
+	// Note appends Forge's own lines.
+	Note(buildID, text string) error
+	// Mask hides values in the build's output from now on; Forget drops
+	// them when the build is over, and Seal refuses its output for good.
+	Mask(buildID string, values [][]byte)
+	Forget(buildID string)
+	Seal(buildID string)
 }
 
 // Config is what a Runner needs; zero durations take the defaults.
@@ -80,6 +91,16 @@ type Config struct {
 	// recorded but never created (awaiting approval, or queued), once it
 	// may run. nil: such a build ends as error when it would start.
 	Resume func(ctx context.Context, b *coordinator.Build) (coordinator.Request, error)
+	// Artifacts keeps what the agents copy out of finished builds; nil
+	// collects none.
+	Artifacts ArtifactStore
+	// MaxArtifactsSize bounds each build's artifacts
+	// (--max-artifacts-size). Default DefaultMaxArtifactsSize.
+	MaxArtifactsSize int64
+	// Secrets opens the repository secrets builds name in .forge.yml;
+	// nil: the coordinator has no secrets key, and a trusted build that
+	// names secrets ends as error saying so.
+	Secrets coordinator.Secrets
 	// Caches, when set, gives builds with cache: in their config their
 	// cache (caches.Store); nil: builds run without.
 	Caches coordinator.Caches
@@ -147,6 +168,9 @@ func New(cfg Config) *Runner {
 	def(&cfg.UnplaceableGrace, 3*time.Second)
 	def(&cfg.CancelGrace, 10*time.Second)
 	def(&cfg.PollInterval, 250*time.Millisecond)
+	if cfg.MaxArtifactsSize <= 0 {
+		cfg.MaxArtifactsSize = DefaultMaxArtifactsSize
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -367,6 +391,7 @@ func (r *Runner) finish(ctx context.Context, b *coordinator.Build, st coordinato
 		}
 		return b
 	}
+	r.cfg.Logs.Forget(b.ID) // over: its secrets are dropped, and its log sealed
 	r.log.Info("build finished", "build", b.ID, "state", st, "reason", reason)
 	if r.cfg.Caches != nil {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)

@@ -121,7 +121,7 @@ func TestQueueMaxBuilds(t *testing.T) {
 }
 
 // A deep queue moves with every build that ends: a build 10 or more
-// places back writes its place at most once a second, and the last ten
+// places back writes its place at most once per noteEvery, and the last ten
 // places exactly, each once.
 func TestQueueDeepPlacesThrottled(t *testing.T) {
 	var (

@@ -70,14 +70,25 @@ func (r *Runner) Recover(ctx context.Context) error {
 			r.finish(ctx, b, coordinator.Error, "the coordinator restarted before the build started; run it again", nil)
 			r.removeService(svc, b.ID)
 		default:
-			timeout := config.DefaultTimeout
+			// Before its agent can attach again (the agents are served
+			// after Recover): its output is masked from the first byte.
+			if err := r.remask(ctx, b); err != nil {
+				r.log.Warn("stopping a build whose secrets cannot be masked after a restart", "build", b.ID, "err", err)
+				r.cfg.Logs.Seal(b.ID)
+				r.finish(ctx, b, coordinator.Error, err.Error(), nil)
+				r.removeService(svc, b.ID)
+				continue
+			}
+			timeout, w := config.DefaultTimeout, wanted{}
 			if cfg, err := config.Parse(".forge.yml", []byte(b.Config)); err == nil {
-				timeout = cfg.Timeout
+				timeout, w = cfg.Timeout, wantedOf(cfg)
 			}
 			r.log.Info("watching a build again after a restart", "build", b.ID, "node", b.NodeID)
 			r.start(b.ID, func(ctx context.Context) {
 				defer r.removeService(svc, b.ID)
-				r.await(ctx, b, timeout, b.Started)
+				releaseLog := r.holdLog(b.ID, w)
+				defer releaseLog()
+				r.await(ctx, b, timeout, b.Started, w, releaseLog)
 			})
 		}
 	}

@@ -55,6 +55,13 @@ func (r *Runner) admit(ctx context.Context, b *coordinator.Build, t *ticket, req
 // launch, await. ctx is the run's: its cause says why it ended. release
 // gives its slot in the queue back (once).
 func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordinator.Request, release func()) {
+	// Before anything exists in swarm: a secret that is not set ends
+	// the build here, as error naming it.
+	sec, err := r.secretsOf(ctx, b, req)
+	if err != nil {
+		r.finishCause(ctx, b, err)
+		return
+	}
 	// Agents may see the container before swarm's task list shows it.
 	landings, stopLandings := r.cfg.Agents.Landings(b.ID)
 	defer stopLandings()
@@ -87,7 +94,10 @@ func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordina
 	b, _ = r.update(ctx, b, func(x *coordinator.Build) { x.NodeID, x.ContainerID = node, cid })
 	b.NodeID, b.ContainerID = node, cid // even if the record failed: launch goes there
 
-	if err := r.launch(ctx, b, execSpec, req); err != nil {
+	// Before the launch: a short build may exit before await begins.
+	releaseLog := r.holdLog(b.ID, wantedOf(req.Config))
+	defer releaseLog()
+	if err := r.launch(ctx, b, execSpec, req, sec); err != nil {
 		r.finishCause(ctx, b, err)
 		return
 	}
@@ -97,7 +107,7 @@ func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordina
 	}
 	b, _ = r.update(ctx, b, func(x *coordinator.Build) { x.Started = started.UTC() })
 	b.Started = started.UTC()
-	r.await(ctx, b, req.Config.Timeout, started)
+	r.await(ctx, b, req.Config.Timeout, started, wantedOf(req.Config), releaseLog)
 }
 
 // finishCause ends a build that failed before it started: with the cancel
@@ -127,8 +137,7 @@ func (r *Runner) create(ctx context.Context, b *coordinator.Build, req coordinat
 	labels[coordinator.LabelCoordinator] = r.cfg.Instance // Recover relies on it
 	pb := planOf(b)
 	// An untrusted build (approved, or let run by --require-approval none)
-	// is planned sandboxed. Secrets, once Forge has them, are checked in
-	// launch, before the agent starts the build: never for b.Untrusted.
+	// is planned sandboxed; it gets no secrets (secretsOf, launch).
 	opt := plan.Options{AllowPorts: r.cfg.AllowPorts, Node: req.Node, ExtraLabels: labels, Sandbox: r.cfg.Sandbox, Untrusted: b.Untrusted}
 	if req.Node == "" && !r.cfg.Sandbox.BuildsOnManagers {
 		var err error
@@ -257,7 +266,7 @@ func taskMessage(t swarm.Task) string {
 // launch waits for the agent of the build's node and has it, and no
 // other, inject and start the build. A cancel meanwhile stops the wait or
 // the transfer.
-func (r *Runner) launch(ctx context.Context, b *coordinator.Build, spec []byte, req coordinator.Request) error {
+func (r *Runner) launch(ctx context.Context, b *coordinator.Build, spec []byte, req coordinator.Request, sec buildSecrets) error {
 	actx, cancel := context.WithTimeout(ctx, r.cfg.AgentWait)
 	err := r.cfg.Agents.WaitAgent(actx, b.NodeID)
 	cancel()
@@ -270,10 +279,16 @@ func (r *Runner) launch(ctx context.Context, b *coordinator.Build, spec []byte, 
 	if ctx.Err() != nil {
 		return context.Cause(ctx) // cancelled as the agent came: no launch
 	}
-	// The secrets check belongs here, before launch: a build whose
-	// Subject.Untrusted is set must never be given secrets.
+	// The last check before the agent: a build whose Subject.Untrusted is
+	// set is never given secrets, whatever secretsOf did.
+	if b.Untrusted && len(sec.values) > 0 {
+		return errors.New("refused to give secrets to an untrusted build")
+	}
 	lr := coordinator.LaunchRequest{BuildID: b.ID, ContainerID: b.ContainerID, Executor: r.cfg.Executor,
-		Spec: spec, Workdir: req.Config.Workdir}
+		Spec: spec, Workdir: req.Config.Workdir, Secrets: sec.values}
+	if err := r.giveSecrets(b, sec); err != nil {
+		return err
+	}
 	if lr.Workdir == "" {
 		lr.Workdir = config.DefaultWorkdir
 	}
@@ -310,9 +325,11 @@ func (r *Runner) cache(ctx context.Context, b *coordinator.Build, req coordinato
 }
 
 // await waits for the build's exit, enforcing its timeout and honouring
-// a cancel, then records the result. A build the coordinator stops
-// watching (shutdown) is left as it is, for Recover.
-func (r *Runner) await(ctx context.Context, b *coordinator.Build, timeout time.Duration, started time.Time) {
+// a cancel, then collects its artifacts (w) and records the result. A
+// build the coordinator stops watching (shutdown) is left as it is, for
+// Recover. releaseLog ends the log's hold (holdLog), before the build is
+// final.
+func (r *Runner) await(ctx context.Context, b *coordinator.Build, timeout time.Duration, started time.Time, w wanted, releaseLog func()) {
 	if timeout <= 0 {
 		timeout = config.DefaultTimeout
 	}
@@ -333,9 +350,19 @@ func (r *Runner) await(ctx context.Context, b *coordinator.Build, timeout time.D
 	var reason string
 	select {
 	case x, ok := <-exits:
-		if ok {
-			r.exited(ctx, b, x, timeout)
+		if !ok {
+			return
 		}
+		// After the action, pass or fail, and before the service (and
+		// its container) is removed.
+		if r.collects(w) && x.Error == "" {
+			r.collect(ctx, b, w)
+			if r.base.Err() != nil {
+				return // shutting down: after the restart, Recover collects again
+			}
+		}
+		releaseLog()
+		r.exited(ctx, b, x, timeout)
 		return
 	case <-ctx.Done():
 		if reason = cancelReason(ctx); reason == "" {

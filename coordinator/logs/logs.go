@@ -14,10 +14,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
 
 	"github.com/forge-ci/forge/coordinator"
+	"github.com/forge-ci/forge/internal/redact"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -31,6 +31,9 @@ import (
 // record cut short by a crash is dropped when the file is opened again.
 // The exit is kept beside it in <id>.exit, written once. A build's file
 // is open only while the build runs: from its first use until its exit.
+//
+// Output masked for a build's secrets (code 5, which also carries its
+// stream and that stream's offset) is described in mask.go.
 //
 // With MaxSize set, a build's output past MaxSize bytes (stdout and stderr
 // together) is cut: the store appends one note record (code 3) saying so
@@ -47,6 +50,7 @@ type Store struct {
 	mu     sync.Mutex
 	builds map[string]*buildLog
 	usage  usage // guarded by mu
+	masks  masks // guarded by mu
 
 	usageMu sync.Mutex // one count of the disk used at a time
 }
@@ -60,7 +64,14 @@ type buildLog struct {
 	cut     bool     // the note is written: further output is dropped
 	lastNL  bool     // the last stored byte is a newline (or none stored)
 	exit    *wire.Exit
-	changed chan struct{} // closed and replaced on every append or exit
+	holds   int           // Hold calls not released: the log is not over at the exit
+	changed chan struct{} // closed and replaced on every append, exit or release
+	// mask hides the build's secrets in each stream (by code) before it
+	// is stored; nil for a build without secrets (mask.go).
+	mask [3]*redact.Masker
+	// sealed: the build ended while its secrets were masked; no more of
+	// its output is stored, as it could no longer be masked.
+	sealed bool
 }
 
 const (
@@ -69,9 +80,9 @@ const (
 	// recNote is text from Forge itself (the cut line): shown with the
 	// output, counted in neither stream's offsets.
 	recNote byte = 3
-	// recInfo is a line from Forge about the build (what cache it got):
-	// shown with the output, counted nowhere, cuts nothing.
-	recInfo   byte = 4
+	// recForge is a note of Forge's that is not the cut (Note): shown the
+	// same way, and it leaves the output's cap alone.
+	recForge  byte = 4
 	recHeader      = 5
 )
 
@@ -128,10 +139,18 @@ func (s *Store) open(id string) (*buildLog, error) {
 		case recNote:
 			b.cut = true
 			return
-		case recInfo:
+		case recForge:
+			b.lastNL = true
 			return
+		case recMasked:
+			// The stream's offset is the record's: masking changed
+			// the length, and held back what is sent again.
+			var end int64
+			code, end, data = maskedRecord(data)
+			b.off[code] = end
+		default:
+			b.off[code] += int64(len(data))
 		}
-		b.off[code] += int64(len(data))
 		b.stored += int64(len(data))
 		if len(data) > 0 {
 			b.lastNL = data[len(data)-1] == '\n'
@@ -168,19 +187,24 @@ func (s *Store) open(id string) (*buildLog, error) {
 	if s.builds == nil {
 		s.builds = map[string]*buildLog{}
 	}
+	s.masks.attach(id, b)
 	s.builds[id] = b
 	return b, nil
 }
 
-// release closes a build's file once its exit is recorded.
+// release closes a build's file once its exit is recorded, unless a Hold
+// keeps it open for notes.
 func (s *Store) release(id string, b *buildLog) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.holds > 0 {
+		return nil
+	}
 	if s.builds[id] == b {
 		delete(s.builds, id)
 	}
-	s.mu.Unlock()
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.f == nil {
 		return nil
 	}
@@ -203,7 +227,7 @@ func scanRecords(r io.Reader, fn func(code byte, data []byte)) (int64, error) {
 			return good, err
 		}
 		code, n := hdr[0], binary.BigEndian.Uint32(hdr[1:])
-		if (code != recStdout && code != recStderr && code != recNote && code != recInfo) || n > wire.MaxLogChunk {
+		if !validRecord(code, n) {
 			return good, nil // garbage from a torn write: the rest is dropped
 		}
 		data := make([]byte, n)
@@ -226,7 +250,7 @@ func (s *Store) Attach(ctx context.Context, nodeID string, a *wire.Attach) (*wir
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return &wire.Attached{NextSeq: max(b.nextSeq, 1), StdoutOffset: b.off[recStdout], StderrOffset: b.off[recStderr], Done: b.exit != nil}, nil
+	return &wire.Attached{NextSeq: max(b.nextSeq, 1), StdoutOffset: b.off[recStdout], StderrOffset: b.off[recStderr], Done: b.exit != nil || b.sealed}, nil
 }
 
 // Log stores one chunk. Output the store has already (an agent that
@@ -247,6 +271,9 @@ func (s *Store) Log(ctx context.Context, id string, l *wire.Log) error {
 	if b.exit != nil {
 		return fmt.Errorf("build %s has exited; no more output is taken", id)
 	}
+	if b.sealed {
+		return fmt.Errorf("build %s has ended; its output is no longer taken, as its secrets are no longer masked", id)
+	}
 	have := b.off[code]
 	data := l.Data
 	switch end := l.Offset + int64(len(data)); {
@@ -264,33 +291,57 @@ func (s *Store) Log(ctx context.Context, id string, l *wire.Log) error {
 		b.nextSeq = max(b.nextSeq, l.Seq+1)
 		return nil
 	}
-	keep, cut := data, false
-	if s.MaxSize > 0 && b.stored+int64(len(data)) > s.MaxSize {
-		keep, cut = data[:max(s.MaxSize-b.stored, 0)], true
+	text, end := data, int64(-1)
+	if m := b.mask[code]; m != nil {
+		// Masked before it is stored (and so before anyone reads it);
+		// the offset stored with it leaves out what the masker holds.
+		text = m.Write(data)
+		end = b.off[code] + int64(len(data)) - int64(m.Held())
+	}
+	if err := b.append(s.MaxSize, code, text, end); err != nil {
+		return fmt.Errorf("append log of %s: %w", id, err)
+	}
+	b.off[code] += int64(len(data))
+	b.nextSeq = max(b.nextSeq, l.Seq+1)
+	b.notify()
+	return nil
+}
+
+// append stores text of stream code, cut at limit bytes of output (0: no
+// bound). end >= 0 stores it as masked output after which the stream's
+// offset is end. b.mu is held.
+func (b *buildLog) append(limit int64, code byte, text []byte, end int64) error {
+	keep, cut := text, false
+	if limit > 0 && b.stored+int64(len(text)) > limit {
+		keep, cut = text[:max(limit-b.stored, 0)], true
 	}
 	var recs []byte
-	if len(keep) > 0 {
+	switch {
+	case len(keep) == 0:
+	case end >= 0:
+		recs = appendMasked(recs, code, end, keep)
+	default:
 		recs = appendRecord(recs, code, keep)
 	}
 	if cut {
-		note := cutNote(s.MaxSize)
+		note := cutNote(limit)
 		if len(keep) > 0 && keep[len(keep)-1] != '\n' || len(keep) == 0 && !b.lastNL {
 			note = "\n" + note
 		}
 		recs = appendRecord(recs, recNote, []byte(note))
 	}
+	if len(recs) == 0 {
+		return nil
+	}
 	// One write: a crash leaves at most a torn tail, dropped at open.
 	if _, err := b.f.Write(recs); err != nil {
-		return fmt.Errorf("append log of %s: %w", id, err)
+		return err
 	}
-	b.off[code] += int64(len(data))
 	b.stored += int64(len(keep))
 	if len(keep) > 0 {
 		b.lastNL = keep[len(keep)-1] == '\n'
 	}
 	b.cut = cut
-	b.nextSeq = max(b.nextSeq, l.Seq+1)
-	b.notify()
 	return nil
 }
 
@@ -325,17 +376,24 @@ func (s *Store) Exit(ctx context.Context, id string, e *wire.Exit) error {
 	if err != nil {
 		return err
 	}
-	if err := b.recordExit(s.path(id, ".exit"), e); err != nil {
+	if err := b.recordExit(s.path(id, ".exit"), s.MaxSize, e); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	s.masks.forget(id)
+	s.mu.Unlock()
 	return s.release(id, b)
 }
 
-func (b *buildLog) recordExit(path string, e *wire.Exit) error {
+func (b *buildLog) recordExit(path string, limit int64, e *wire.Exit) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.exit != nil {
 		return nil
+	}
+	// The end of the output: what the maskers held back, masked.
+	if err := b.flushMasks(limit); err != nil {
+		return err
 	}
 	if err := b.f.Sync(); err != nil {
 		return err
@@ -398,13 +456,16 @@ func (s *Store) Follow(ctx context.Context, id string, w io.Writer, follow bool)
 	}
 	defer f.Close()
 	var pos int64
-	for {
+	for done := false; ; {
 		b.mu.Lock()
-		changed, exited := b.changed, b.exit != nil
+		changed, over := b.changed, b.exit != nil && b.holds == 0
 		b.mu.Unlock()
 		// Read the whole records written so far.
 		var werr error
-		n, err := scanRecords(io.NewSectionReader(f, pos, 1<<62), func(_ byte, data []byte) {
+		n, err := scanRecords(io.NewSectionReader(f, pos, 1<<62), func(code byte, data []byte) {
+			if code == recMasked {
+				_, _, data = maskedRecord(data)
+			}
 			if werr == nil {
 				_, werr = w.Write(data)
 			}
@@ -419,12 +480,17 @@ func (s *Store) Follow(ctx context.Context, id string, w io.Writer, follow bool)
 		if fl, ok := w.(interface{ Flush() }); ok && n > 0 {
 			fl.Flush()
 		}
-		if !follow || exited {
+		if !follow || over {
 			return nil
+		}
+		if done {
+			return ctx.Err()
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			// Once more: what was written as the follower was told to
+			// stop (the build's last notes) is still shown.
+			done = true
 		case <-changed:
 		}
 	}
@@ -436,38 +502,10 @@ func (s *Store) Close() error {
 	defer s.mu.Unlock()
 	var errs []error
 	for id, b := range s.builds {
-		errs = append(errs, b.f.Close())
+		if b.f != nil { // nil: exited, kept for a Hold
+			errs = append(errs, b.f.Close())
+		}
 		delete(s.builds, id)
 	}
 	return errors.Join(errs...)
-}
-
-// Note adds a line from Forge itself to a build's log ("forge: " and a
-// newline are added), between the output already stored and what comes
-// next. It is counted in neither output stream, so agents' offsets are
-// unchanged, and not against MaxSize. Only while the build runs: after its
-// exit the log is closed.
-func (s *Store) Note(id, line string) error {
-	b, err := s.open(id)
-	if err != nil {
-		return err
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.exit != nil || b.f == nil {
-		return fmt.Errorf("build %s has exited; its log takes no more notes", id)
-	}
-	text := "forge: " + strings.TrimRight(line, "\n") + "\n"
-	if !b.lastNL {
-		text = "\n" + text
-	}
-	if len(text) > wire.MaxLogChunk {
-		text = text[:wire.MaxLogChunk-1] + "\n"
-	}
-	if _, err := b.f.Write(appendRecord(nil, recInfo, []byte(text))); err != nil {
-		return fmt.Errorf("append log of %s: %w", id, err)
-	}
-	b.lastNL = true
-	b.notify()
-	return nil
 }

@@ -138,7 +138,7 @@ func (s *Store) CreateBuild(ctx context.Context, b *coordinator.Build) error {
 
 // Build returns the build with that id, or ErrNotFound (wrapped).
 func (s *Store) Build(ctx context.Context, id string) (*coordinator.Build, error) {
-	b, err := scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildColumns+` FROM builds WHERE id = ?`, id))
+	b, err := scanBuild(s.buildByID.QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("store: build %s: %w", id, ErrNotFound)
 	}
@@ -166,7 +166,7 @@ func (s *Store) UpdateBuild(ctx context.Context, id string, fn func(*coordinator
 	}
 	defer tx.Rollback() // no-op after Commit
 
-	old, err := scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildColumns+` FROM builds WHERE id = ?`, id))
+	old, err := scanBuild(tx.StmtContext(ctx, s.buildByID).QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("store: update build %s: %w", id, ErrNotFound)
 	}
@@ -191,7 +191,7 @@ func (s *Store) UpdateBuild(ctx context.Context, id string, fn func(*coordinator
 	if err != nil {
 		return nil, fmt.Errorf("store: update build: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, updateBuildSQL, append(args[1:], id)...); err != nil {
+	if _, err := tx.StmtContext(ctx, s.updateBuild).ExecContext(ctx, append(args[1:], id)...); err != nil {
 		return nil, fmt.Errorf("store: update build %s: %w", id, err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -226,6 +226,16 @@ type ListOptions struct {
 	State       coordinator.State
 	Before      string // build id cursor: only builds older than this one
 	PublicOnly  bool   // only public repositories' builds
+	// Branch and PullRequest (> 0) filter by the build's branch (a pull
+	// request's is its head branch) and pull request number.
+	Branch      string
+	PullRequest int
+	// NoPullRequest keeps builds of no pull request (pushes, forge run,
+	// the API): a branch's badge is not a fork's pull request's.
+	NoPullRequest bool
+	// States keeps builds in any of these states (and in State, when
+	// set too).
+	States []coordinator.State
 }
 
 const (
@@ -264,6 +274,28 @@ func (s *Store) ListBuilds(ctx context.Context, o ListOptions) ([]*coordinator.B
 	}
 	if o.PublicOnly {
 		where = append(where, "public = 1")
+	}
+	if o.Branch != "" {
+		where, args = append(where, "branch = ?"), append(args, o.Branch)
+	}
+	switch {
+	case o.PullRequest < 0:
+		return nil, fmt.Errorf("store: list builds: pull request %d: want a positive number", o.PullRequest)
+	case o.PullRequest > 0 && o.NoPullRequest:
+		return nil, fmt.Errorf("store: list builds: pull request %d and no pull request at once", o.PullRequest)
+	case o.PullRequest > 0:
+		where, args = append(where, "pull_request = ?"), append(args, o.PullRequest)
+	case o.NoPullRequest:
+		where = append(where, "pull_request = 0")
+	}
+	if len(o.States) > 0 {
+		for _, st := range o.States {
+			if !st.Valid() {
+				return nil, fmt.Errorf("store: list builds: unknown state %q", st)
+			}
+			args = append(args, string(st))
+		}
+		where = append(where, "state IN (?"+strings.Repeat(", ?", len(o.States)-1)+")")
 	}
 	if o.Before != "" {
 		// Resolve the cursor first so that a bad one is an error rather

@@ -1,5 +1,6 @@
 // Package store keeps the coordinator's durable state in one SQLite file
-// under --data: builds, webhook deliveries and the agents seen (DESIGN.md §6).
+// under --data: builds, webhook deliveries, the agents seen, people and
+// repositories' secrets, sealed (DESIGN.md §6).
 // Logs and artifacts are files beside it and are not kept here.
 //
 // It uses modernc.org/sqlite, a pure Go SQLite, so that the forge binary
@@ -44,6 +45,11 @@ var ErrExists = errors.New("already exists")
 type Store struct {
 	db   *sql.DB
 	path string
+
+	// Statements of the hottest calls, prepared once on the one
+	// connection: parsing them each time was a third of UpdateBuild's CPU
+	// (docs/benchmarks.md, queue.*).
+	buildByID, updateBuild *sql.Stmt
 }
 
 // pragmas applied by the driver to every connection it opens.
@@ -85,6 +91,10 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	if err := s.prepare(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
@@ -145,6 +155,15 @@ func (s *Store) checkJournal(ctx context.Context) error {
 func (s *Store) DB() *sql.DB { return s.db }
 
 // Close closes the database. Calls after Close fail.
+// prepare makes the Store's prepared statements, after the migrations.
+func (s *Store) prepare(ctx context.Context) (err error) {
+	if s.buildByID, err = s.db.PrepareContext(ctx, `SELECT `+buildColumns+` FROM builds WHERE id = ?`); err != nil {
+		return err
+	}
+	s.updateBuild, err = s.db.PrepareContext(ctx, updateBuildSQL)
+	return err
+}
+
 func (s *Store) Close() error {
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close %s: %w", s.path, err)
@@ -280,9 +299,22 @@ var migrations = [][]string{
 		`ALTER TABLE deliveries ADD COLUMN body_sha256 TEXT NOT NULL DEFAULT ''`,
 		`CREATE UNIQUE INDEX deliveries_body ON deliveries (body_sha256) WHERE body_sha256 <> ''`,
 	},
-	// 6 and 7 are issue 16's secrets and artifacts, on branches of their
-	// own; empty here so that 8 keeps its number when they are merged.
-	{},
+	// 6: repository secrets (issue 16), sealed with the coordinator's
+	// --secrets-key-file bound to owner/repo/name (secrets.Keeper): the
+	// file never holds a value in clear.
+	{
+		`CREATE TABLE secrets (
+			owner      TEXT    NOT NULL COLLATE NOCASE,
+			repo       TEXT    NOT NULL COLLATE NOCASE,
+			name       TEXT    NOT NULL,
+			sealed     BLOB    NOT NULL,
+			updated    INTEGER NOT NULL,
+			updated_by TEXT    NOT NULL DEFAULT '',
+			PRIMARY KEY (owner, repo, name)
+		)`,
+	},
+	// 7 is issue 16's, given to another branch (GitHub checks); empty here
+	// so that 8 keeps its number when that branch is merged.
 	{},
 	// 8: caches (issue 16). A build's base and default branches widen what
 	// caches it reads. caches holds each repository's entries by scope and

@@ -329,16 +329,7 @@ func TestListBuilds(t *testing.T) {
 		t.Fatalf("order:\n got %v\nwant %v", got, want)
 	}
 
-	check := func(name string, o ListOptions, want ...string) {
-		t.Helper()
-		got, err := s.ListBuilds(ctx, o)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		if g := ids(got); len(g) != len(want) || (len(g) > 0 && !reflect.DeepEqual(g, want)) {
-			t.Errorf("%s:\n got %v\nwant %v", name, g, want)
-		}
-	}
+	check := func(name string, o ListOptions, want ...string) { t.Helper(); checkList(t, s, name, o, want...) }
 	check("limit", ListOptions{Limit: 3}, "b09", "b08", "b07")
 	check("owner", ListOptions{Owner: "other"}, "b09")
 	check("repo", ListOptions{Owner: "acme", Repo: "api"}, "b07", "b05", "b03", "b01")

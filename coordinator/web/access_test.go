@@ -190,10 +190,11 @@ func readmeRoutes(t *testing.T) map[string]string {
 		t.Fatal("README.md has no <!-- routes --> table")
 	}
 	out := map[string]string{}
-	row := regexp.MustCompile("^\\| `([A-Z]+ [^`]+)` \\| ([a-z]+) \\|")
+	row := regexp.MustCompile("^\\| `([A-Z]+ [^`]+)` \\| ([a-z-]+) \\|")
 	for _, line := range strings.Split(table, "\n") {
 		if m := row.FindStringSubmatch(line); m != nil {
-			out[m[1]] = m[2]
+			// The mux cannot match "{repo}.svg": the badge's handler cuts it.
+			out[strings.Replace(m[1], "{repo}.svg", "{repo}", 1)] = m[2]
 		}
 	}
 	return out
@@ -246,7 +247,7 @@ func TestRoutesAsREADME(t *testing.T) {
 
 	routes := readmeRoutes(t)
 	api, _ := New(Config{Builds: &fakeBuilds{}, Store: e.st, Logs: fakeLogs{}, Agents: fakeAgents{}, Auth: mustAuth(t, e),
-		Webhook: http.NotFoundHandler(), Metrics: http.NotFoundHandler()})
+		Webhook: http.NotFoundHandler(), Metrics: http.NotFoundHandler(), Artifacts: e.arts, Secrets: e.keeper})
 	served := map[string]string{}
 	for _, r := range api.Routes() {
 		served[r.Pattern] = r.Who
@@ -264,9 +265,9 @@ func TestRoutesAsREADME(t *testing.T) {
 
 	for pattern, who := range routes {
 		method, path, _ := strings.Cut(pattern, " ")
-		page := !strings.HasPrefix(path, "/api/") && path != "/metrics"
+		page := !strings.HasPrefix(path, "/api/") && !strings.HasPrefix(path, "/badge/") && path != "/metrics"
 		ids := []string{""}
-		if strings.Contains(path, "{id}") {
+		if strings.Contains(path, "{id}") || strings.Contains(path, "{repo}") {
 			ids = []string{"pub", "priv"}
 		}
 		for _, id := range ids {
@@ -274,21 +275,38 @@ func TestRoutesAsREADME(t *testing.T) {
 				p := strings.ReplaceAll(path, "{id}", id)
 				p = strings.ReplaceAll(p, "{file}", "forge.css")
 				p = strings.ReplaceAll(p, "{node}", "n1")
+				p = strings.ReplaceAll(p, "{path...}", "dist/report.txt")
+				// A repository's routes: the repository of build id.
+				repo := map[string]string{"pub": "acme/open", "priv": "acme/secret"}[id]
+				if strings.HasPrefix(p, "/badge/") {
+					repo += ".svg"
+				}
+				p = strings.ReplaceAll(p, "{owner}/{repo}", repo)
+				p = strings.ReplaceAll(p, "{name}", "WALK")
 				body := ""
 				switch pattern {
 				case "POST /api/tokens":
 					body = `{"name":"walk"}`
 				case "POST /tokens":
 					body = "name=walk"
+				case "PUT /api/repos/{owner}/{repo}/secrets/{name}":
+					body = "walk-value"
+				case "POST /repos/{owner}/{repo}/secrets":
+					body = "name=WALK&value=walk-value"
 				}
 				if strings.Contains(pattern, "tokens/{id}") || (pattern == "POST /logout" && k.browser) {
 					continue // a token's id, and signing out, are tried in their own tests
 				}
 				cancels, approvals, agentCalls := len(e.cancels), len(e.approvals), len(e.agents.called())
+				secretsBefore := secretRows(t, e.st)
 				status, _, got := e.call(k.c, method, p, body)
 				if status == http.StatusConflict && strings.HasSuffix(pattern, "/approve") {
 					// These builds run already: the caller passed the door.
 					status = http.StatusOK
+				}
+				if status == http.StatusNotFound && method == "DELETE" && strings.Contains(got, "has no secret") {
+					// Not set (yet): the caller passed the door.
+					status = http.StatusNoContent
 				}
 				if status >= 400 && len(e.approvals) != approvals {
 					t.Errorf("%s %s as %s: refused with %d, yet a build was approved", method, p, k.c.name, status)
@@ -299,6 +317,9 @@ func TestRoutesAsREADME(t *testing.T) {
 				}
 				if status >= 400 && len(e.cancels) != cancels {
 					t.Errorf("%s %s as %s: refused with %d, yet a build was cancelled", method, p, k.c.name, status)
+				}
+				if n := secretRows(t, e.st); status >= 400 && n != secretsBefore {
+					t.Errorf("%s %s as %s: refused with %d, yet the secrets changed (%d rows, %d before)", method, p, k.c.name, status, n, secretsBefore)
 				}
 				if status >= 400 && len(e.agents.called()) != agentCalls {
 					t.Errorf("%s %s as %s: refused with %d, yet the hub was asked %q", method, p, k.c.name, status, e.agents.called()[agentCalls:])
@@ -352,14 +373,15 @@ func expect(who, id string, perm coordinator.Permission, nobody, bad, person, br
 	if id == "pub" && perm < coordinator.Read {
 		perm = coordinator.Read
 	}
+	if who == Public && id != "" {
+		// One repository's (a badge): public when it is, else read.
+		who = Reader
+	}
 	switch who {
 	case Public:
 		return ok
-	case Reader, Writer:
-		need := coordinator.Read
-		if who == Writer {
-			need = coordinator.Write
-		}
+	case Reader, Writer, RepoAdmin:
+		need := map[string]coordinator.Permission{Reader: coordinator.Read, Writer: coordinator.Write, RepoAdmin: coordinator.Admin}[who]
 		switch {
 		case perm >= need:
 			return ok

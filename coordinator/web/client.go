@@ -222,6 +222,11 @@ const maxAnswer = 32 << 20
 
 // do sends one request; an answer that is not 2xx becomes an *Error.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values) (*http.Response, error) {
+	return c.send(ctx, method, path, q, nil)
+}
+
+// send is do with a request body (nil: none).
+func (c *Client) send(ctx context.Context, method, path string, q url.Values, content io.Reader) (*http.Response, error) {
 	// path is escaped already (url.PathEscape of ids): keep it as it is.
 	u := *c.base
 	unescaped, err := url.PathUnescape(path)
@@ -230,7 +235,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values) (*ht
 	}
 	u.Path, u.RawPath = c.base.Path+unescaped, c.base.EscapedPath()+path
 	u.RawQuery = q.Encode()
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), content)
 	if err != nil {
 		return nil, err
 	}

@@ -9,14 +9,17 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/docker/go-units"
+
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/auth"
 	"github.com/forge-ci/forge/coordinator/store"
 	"github.com/forge-ci/forge/internal/redact"
 )
 
-// pages are the HTML templates. Build output never goes through them:
-// the build page's script fetches the log as text and sets textContent.
+// pages are the HTML templates. Build output goes through them only as
+// text in runs that renderLine made (html/template escapes it); the build
+// page's script adds what follows with textContent, never as HTML.
 // Scripts and styles are files under /static/, so the pages' CSP allows
 // no inline script.
 //
@@ -27,7 +30,10 @@ var templateFS embed.FS
 var staticFS embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
-	"ago": func(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" },
+	"ago":         func(t time.Time) string { return duration(time.Since(t)) + " ago" },
+	"short":       func(sha string) string { return sha[:min(len(sha), 7)] },
+	"artifactURL": artifactURL,
+	"size":        func(n int64) string { return units.BytesSize(float64(n)) },
 	"when": func(t time.Time) string {
 		if t.IsZero() {
 			return "never"
@@ -35,6 +41,14 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 		return t.UTC().Format("2006-01-02 15:04 UTC")
 	},
 }).ParseFS(templateFS, "templates/*.html"))
+
+// favicon answers the browsers that ask /favicon.ico whatever the page
+// names (an SVG image opened on its own, for one).
+func favicon(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "image/svg+xml")
+	w.Header().Set("Cache-Control", "max-age=86400")
+	http.ServeFileFS(w, r, staticFS, "static/favicon.svg")
+}
 
 // pageData is what every page gets: who is looking, and the CSRF token
 // its forms send back.
@@ -44,13 +58,20 @@ type pageData struct {
 	SignIn bool // GitHub sign-in is configured
 	CSRF   string
 
-	Builds     []*coordinator.Build
+	List       *listView // the builds page
 	Build      *coordinator.Build
+	BP         *buildView  // the build page's log, steps and times
+	Agents     *agentsView // the agents page
 	CanCancel  bool
 	CanApprove bool
+	Artifacts  []ArtifactView // of a final build
 	Tokens     []coordinator.APIToken
 	NewToken   string
 	Message    string
+	// A repository's secrets page; CanSecrets: the build page links to it.
+	Owner, Repo string
+	Secrets     []coordinator.Secret
+	CanSecrets  bool
 }
 
 func (a *API) data(p *auth.Principal, title string) *pageData {
@@ -78,35 +99,6 @@ func (a *API) errorPage(w http.ResponseWriter, r *http.Request, code int, err er
 	d := a.data(p, http.StatusText(code))
 	d.Message = redact.String(err.Error())
 	a.render(w, code, "error", d)
-}
-
-func (a *API) indexPage(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
-	if err := a.auth.NeedSignIn(p, true); err != nil {
-		a.refuse(w, r, err, false)
-		return
-	}
-	bs, err := a.visible(r.Context(), p, store.ListOptions{Limit: 100})
-	if err != nil {
-		a.refuse(w, r, err, false)
-		return
-	}
-	d := a.data(p, "Builds")
-	d.Builds = bs
-	a.render(w, http.StatusOK, "index", d)
-}
-
-func (a *API) buildPage(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
-	b := a.build(w, r, p, coordinator.Read, false)
-	if b == nil {
-		return
-	}
-	d := a.data(p, "Build "+b.ID)
-	d.Build = b
-	if !b.State.Final() && p.Kind != auth.Anonymous {
-		d.CanCancel = a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Write) == nil
-		d.CanApprove = d.CanCancel && b.AwaitingApproval()
-	}
-	a.render(w, http.StatusOK, "build", d)
 }
 
 // cancelForm is the build page's cancel button, for browsers without

@@ -39,8 +39,17 @@ type Config struct {
 	// Metrics, when set, is served at GET /metrics to Forge admins (the
 	// metrics listener serves it to whoever reaches it).
 	Metrics http.Handler
+	// Secrets keeps repositories' secrets; nil: the coordinator has no
+	// secrets key, and the secrets routes answer 503.
+	Secrets coordinator.Secrets
 	// Log notes refusals of credentials; nil discards.
 	Log *slog.Logger
+	// Retain is how long final builds' logs are kept (--retain; 0:
+	// forever): a log gone after it says so rather than "unknown".
+	Retain time.Duration
+	// Artifacts is where builds' artifacts are read; nil: builds have
+	// none.
+	Artifacts Artifacts
 }
 
 // Logs is where build output is read (logs.Store).
@@ -86,6 +95,9 @@ func New(cfg Config) (*API, error) {
 	if cfg.AgentAdmin == nil {
 		cfg.AgentAdmin, _ = cfg.Agents.(AgentAdmin)
 	}
+	if cfg.Artifacts == nil {
+		cfg.Artifacts = noArtifacts{}
+	}
 	return &API{cfg: cfg, auth: cfg.Auth, log: log}, nil
 }
 
@@ -99,6 +111,9 @@ const (
 	Admin   = "admin"   // a Forge admin
 	Person  = "person"  // a browser session or a personal token
 	Browser = "browser" // a browser session only
+	// RepoAdmin is the person's admin permission on the repository of the
+	// path (its secrets), or the admin token.
+	RepoAdmin = "repo-admin"
 )
 
 // Route is one of the edge's routes and who may use it.
@@ -118,12 +133,16 @@ func (a *API) Routes() []Route {
 		{"GET /login", Anyone, hf(a.auth.Login)},
 		{"GET " + auth.CallbackPath, Anyone, hf(a.auth.Callback)},
 		{"GET /static/{file}", Anyone, http.FileServerFS(staticFS)},
+		{"GET /favicon.ico", Anyone, hf(favicon)},
 
 		{"GET /api/builds", Public, a.api(a.listBuilds)},
 		{"GET /api/builds/{id}", Reader, a.api(a.getBuild)},
 		{"GET /api/builds/{id}/log", Reader, a.api(a.getLog)},
 		{"POST /api/builds/{id}/cancel", Writer, a.api(a.cancelBuild)},
 		{"POST /api/builds/{id}/approve", Writer, a.api(a.approveBuild)},
+		{"GET /api/builds/{id}/artifacts", Reader, a.api(a.listArtifacts)},
+		{"GET /api/builds/{id}/artifacts/{path...}", Reader, a.api(a.getArtifact)},
+		{"GET /api/builds/{id}/artifacts.tar.gz", Reader, a.api(a.getArtifactsTarGz)},
 		{"GET /{$}", Public, a.html(a.indexPage)},
 		{"GET /builds/{id}", Reader, a.html(a.buildPage)},
 		{"POST /builds/{id}/cancel", Writer, a.html(a.cancelForm)},
@@ -132,6 +151,8 @@ func (a *API) Routes() []Route {
 		{"GET /api/agents", Admin, a.api(a.listAgents)},
 		{"POST /api/agents/{node}/revoke", Admin, a.api(a.revokeAgent)},
 		{"POST /api/agents/{node}/allow", Admin, a.api(a.allowAgent)},
+		{"GET /agents", Admin, a.html(a.agentsPage)},
+		{"GET /badge/{owner}/{repo}", Public, a.api(a.badge)},
 
 		{"GET /api/tokens", Person, a.api(a.listTokens)},
 		{"POST /api/tokens", Browser, a.api(a.createToken)},
@@ -141,6 +162,13 @@ func (a *API) Routes() []Route {
 		{"POST /tokens/{id}/revoke", Person, a.html(a.revokeTokenForm)},
 		{"GET /logout", Anyone, a.html(a.logoutPage)},
 		{"POST /logout", Anyone, hf(a.logout)},
+
+		{"GET /api/repos/{owner}/{repo}/secrets", RepoAdmin, a.api(a.listSecrets)},
+		{"PUT /api/repos/{owner}/{repo}/secrets/{name}", RepoAdmin, a.api(a.putSecret)},
+		{"DELETE /api/repos/{owner}/{repo}/secrets/{name}", RepoAdmin, a.api(a.deleteSecret)},
+		{"GET /repos/{owner}/{repo}/secrets", RepoAdmin, a.html(a.secretsPage)},
+		{"POST /repos/{owner}/{repo}/secrets", RepoAdmin, a.html(a.setSecretForm)},
+		{"POST /repos/{owner}/{repo}/secrets/{name}/delete", RepoAdmin, a.html(a.deleteSecretForm)},
 	}
 	if a.cfg.Webhook != nil {
 		rs = append(rs, Route{"POST /webhook", Anyone, a.cfg.Webhook})
@@ -305,14 +333,12 @@ func (a *API) listBuilds(w http.ResponseWriter, r *http.Request, p *auth.Princip
 		return
 	}
 	q := r.URL.Query()
-	o := store.ListOptions{Owner: q.Get("owner"), Repo: q.Get("repo"), State: coordinator.State(q.Get("state")), Before: q.Get("before")}
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 {
-			httpError(w, http.StatusBadRequest, "limit %q: want a positive number", l)
-			return
-		}
-		o.Limit = n
+	o := store.ListOptions{Owner: q.Get("owner"), Repo: q.Get("repo"), State: coordinator.State(q.Get("state")), Before: q.Get("before"),
+		Branch: q.Get("branch")}
+	var err error
+	if o.PullRequest, o.Limit, err = listNumbers(q, "pull_request", o.State); err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
+		return
 	}
 	bs, err := a.visible(r.Context(), p, o)
 	switch {
@@ -426,10 +452,58 @@ func (a *API) getLog(w http.ResponseWriter, r *http.Request, p *auth.Principal) 
 			cancel()
 		}()
 	}
-	err := a.cfg.Logs.Follow(ctx, b.ID, fw, follow)
-	if err != nil && !errors.Is(err, context.Canceled) {
-		fmt.Fprintf(fw, "\n[forge: log unavailable: %v]\n", redact.Error(err))
+	var out io.Writer = fw
+	if off := r.URL.Query().Get("offset"); off != "" {
+		// The build page holds the log up to offset already.
+		n, err := strconv.ParseInt(off, 10, 64)
+		if err != nil || n < 0 {
+			httpError(w, http.StatusBadRequest, "offset %q: want a number of bytes", off)
+			return
+		}
+		out = &skipWriter{w: fw, skip: n}
 	}
+	err := a.cfg.Logs.Follow(ctx, b.ID, out, follow)
+	if note := a.logMissing(b, err); note != "" {
+		lead := "\n" // after whatever output came before the failure
+		if errors.Is(err, coordinator.ErrUnknownBuild) && (a.pruned(b) || b.State.Final()) {
+			lead = ""
+		}
+		fmt.Fprintf(fw, "%s[forge: %s]\n", lead, note)
+	}
+}
+
+// logMissing says why Follow gave err for b's log; "" when it did not fail.
+func (a *API) logMissing(b *coordinator.Build, err error) string {
+	switch {
+	case err == nil, errors.Is(err, context.Canceled):
+		return ""
+	case errors.Is(err, coordinator.ErrUnknownBuild) && a.pruned(b):
+		return fmt.Sprintf("this build's log was deleted by retention: logs are kept %s after a build ends (--retain)", days(a.cfg.Retain))
+	case errors.Is(err, coordinator.ErrUnknownBuild) && b.State.Final():
+		why := string(b.State)
+		if b.Reason != "" {
+			why += ": " + b.Reason
+		}
+		return fmt.Sprintf("no log was recorded for this build, which ended as %s", why)
+	}
+	return fmt.Sprintf("log unavailable: %v", redact.Error(err))
+}
+
+// pruned says whether retention may have deleted b's log.
+func (a *API) pruned(b *coordinator.Build) bool {
+	return a.cfg.Retain > 0 && b.State.Final() && !b.Finished.IsZero() && time.Since(b.Finished) > a.cfg.Retain
+}
+
+// days writes d in days when it is whole days ("90 days"), else as Go does.
+func days(d time.Duration) string {
+	const day = 24 * time.Hour
+	if d%day == 0 {
+		if d == day {
+			return "1 day"
+		}
+		return fmt.Sprintf("%d days", d/day)
+	}
+	return d.String()
 }
 
 type flushWriter struct {
@@ -439,6 +513,27 @@ type flushWriter struct {
 
 func (f *flushWriter) Write(p []byte) (int, error) { return f.w.Write(p) }
 func (f *flushWriter) Flush()                      { f.rc.Flush() }
+
+// skipWriter drops the first skip bytes written through it.
+type skipWriter struct {
+	w    *flushWriter
+	skip int64
+}
+
+func (s *skipWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	d := min(s.skip, int64(n))
+	s.skip -= d
+	if int(d) == n {
+		return n, nil
+	}
+	if _, err := s.w.Write(p[d:]); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+func (s *skipWriter) Flush() { s.w.Flush() }
 
 func (a *API) cancelBuild(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
 	b := a.build(w, r, p, coordinator.Write, true)

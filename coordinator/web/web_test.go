@@ -18,7 +18,9 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/agents"
+	"github.com/forge-ci/forge/coordinator/artifacts"
 	"github.com/forge-ci/forge/coordinator/auth"
+	"github.com/forge-ci/forge/coordinator/secrets"
 	"github.com/forge-ci/forge/coordinator/store"
 )
 
@@ -54,7 +56,7 @@ type fakeLogs map[string]string
 func (f fakeLogs) Follow(ctx context.Context, id string, w io.Writer, follow bool) error {
 	out, ok := f[id]
 	if !ok {
-		return fmt.Errorf("no log of %s", id)
+		return fmt.Errorf("%w %s", coordinator.ErrUnknownBuild, id) // as logs.Store's
 	}
 	io.WriteString(w, out)
 	if follow {
@@ -137,6 +139,9 @@ type apiEnv struct {
 	cancels   []string
 	approvals []string
 	agents    *fakeAgentAdmin
+	logs      fakeLogs
+	arts      *artifacts.Store // every build's: testArtifacts
+	keeper    *secrets.Keeper
 }
 
 func newAPIEnv(t *testing.T, builds ...*coordinator.Build) *apiEnv {
@@ -153,9 +158,12 @@ func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	e := &apiEnv{t: t, st: st}
+	e := &apiEnv{t: t, st: st, arts: &artifacts.Store{Dir: t.TempDir()}}
 	for _, b := range builds {
 		if err := st.CreateBuild(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.arts.Put(b.ID, bytes.NewReader(testArtifacts(t, b.ID)), 1<<20); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -215,7 +223,9 @@ func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator
 		t.Fatal(err)
 	}
 	m := NewMetrics(st, ag)
-	api, err := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, AgentAdmin: e.agents, Webhook: webhook, Auth: front, Metrics: m.Handler()})
+	e.keeper = newKeeper(t, st)
+	api, err := New(Config{Builds: fb, Store: st, Logs: lg, Agents: ag, AgentAdmin: e.agents, Webhook: webhook, Auth: front, Metrics: m.Handler(),
+		Retain: 90 * 24 * time.Hour, Artifacts: e.arts, Secrets: e.keeper})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +233,7 @@ func newAPIEnvWith(t *testing.T, tune func(*auth.Config), builds ...*coordinator
 	t.Cleanup(srv.Close)
 	metrics := httptest.NewServer(m.Handler())
 	t.Cleanup(metrics.Close)
-	e.url, e.metrics = srv.URL, metrics.URL
+	e.url, e.metrics, e.logs = srv.URL, metrics.URL, lg
 	return e
 }
 
@@ -305,6 +315,25 @@ func TestAPILog(t *testing.T) {
 	}
 	if status, _, _ := e.do("GET", "/api/builds/nope/log"); status != 404 {
 		t.Errorf("log of an unknown build: %d", status)
+	}
+}
+
+// A log that retention deleted says so, and a build that ended with no
+// log says that, rather than "unknown build".
+func TestAPILogGone(t *testing.T) {
+	old, recent := build("old", coordinator.Success, time.Now().Add(-100*24*time.Hour)), build("recent", coordinator.Error, time.Now())
+	old.Finished, recent.Finished = time.Now().Add(-91*24*time.Hour), time.Now()
+	recent.Reason = "cancelled by alice before it started"
+	e := newAPIEnv(t, old, recent)
+	delete(e.logs, "old")
+	delete(e.logs, "recent")
+	for id, want := range map[string]string{
+		"old":    "[forge: this build's log was deleted by retention: logs are kept 90 days after a build ends (--retain)]\n",
+		"recent": "[forge: no log was recorded for this build, which ended as error: cancelled by alice before it started]\n",
+	} {
+		if status, _, body := e.do("GET", "/api/builds/"+id+"/log"); status != 200 || body != want {
+			t.Errorf("log of %s: %d %q, want %q", id, status, body, want)
+		}
 	}
 }
 

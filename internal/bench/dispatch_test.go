@@ -170,6 +170,13 @@ func (r *dispatchRig) startForge(b *testing.B) {
 // called again, and the benchmark's cleanup calls it too.
 func startForge(b *testing.B, p *wiretest.PKI, cli *client.Client, node string, docker daemon.Docker, cfg daemon.Config) (*daemon.Coordinator, func()) {
 	b.Helper()
+	return startForgeHTTP(b, p, cli, node, docker, cfg, nil)
+}
+
+// startForgeHTTP is startForge with the coordinator's HTTP edge served on
+// httpLn (nil: none).
+func startForgeHTTP(b *testing.B, p *wiretest.PKI, cli *client.Client, node string, docker daemon.Docker, cfg daemon.Config, httpLn net.Listener) (*daemon.Coordinator, func()) {
+	b.Helper()
 	cfg.TLS, cfg.DataDir = p.ServerTLS(), b.TempDir()
 	srv, err := daemon.New(dockertest.Context(b, 30*time.Second), cfg, docker)
 	if err != nil {
@@ -182,7 +189,7 @@ func startForge(b *testing.B, p *wiretest.PKI, cli *client.Client, node string, 
 	}
 	sctx, sstop := context.WithCancel(context.Background())
 	sdone := make(chan error, 1)
-	go func() { sdone <- srv.Serve(sctx, daemon.Listeners{Agents: ln}) }()
+	go func() { sdone <- srv.Serve(sctx, daemon.Listeners{Agents: ln, HTTP: httpLn}) }()
 	stopSrv := sync.OnceFunc(func() {
 		sstop()
 		if err := <-sdone; err != nil {

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -19,9 +21,14 @@ import (
 
 // TestMain runs the benchmarks, or, when the scale benchmark re-executes
 // this test binary with envChild set, the agents' side of that benchmark
-// in a process of its own (so the coordinator's memory is measured alone).
+// in a process of its own (so the coordinator's memory is measured alone);
+// with envChild "followers", the log benchmark's followers.
 func TestMain(m *testing.M) {
-	if os.Getenv(envChild) != "" {
+	switch os.Getenv(envChild) {
+	case "":
+	case "followers":
+		os.Exit(runFollowersChild())
+	default:
 		os.Exit(runAgentsChild())
 	}
 	if os.Getenv(EnvOut) != "" {
@@ -99,4 +106,68 @@ func mustRead(b testing.TB, path string) []byte {
 		dockertest.Unavailable(b, "%s: %v", path, err)
 	}
 	return data
+}
+
+// benchEngine readies this engine for a benchmark: swarm mode, a run id
+// whose services and containers are removed when the benchmark ends, the
+// busybox image. It returns the client, this node's id, the run id and the
+// image.
+func benchEngine(b *testing.B) (cli *client.Client, node, runID, image string) {
+	b.Helper()
+	cli = dockertest.Client(b)
+	dockertest.Swarm(b, cli)
+	info, err := cli.Info(dockertest.Context(b, 30*time.Second))
+	if err != nil {
+		b.Fatal(err)
+	}
+	runID = dockertest.ID(b)
+	dockertest.Cleanup(b, cli, runID)
+	return cli, info.Swarm.NodeID, runID, dockertest.EnsureBusybox(b, cli)
+}
+
+// childCommand is this test binary run again as the other side of a
+// benchmark (TestMain: envChild is kind), with env added.
+func childCommand(b *testing.B, kind string, env ...string) *exec.Cmd {
+	b.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(append(os.Environ(), envChild+"="+kind, EnvOut+"="), env...)
+	return cmd
+}
+
+// stopChild closes a child's standard input (once: *stdin becomes nil),
+// its signal to stop, and waits until done is closed, killing it after
+// 30 s. It reports whether the child stopped of itself.
+func stopChild(b *testing.B, name string, cmd *exec.Cmd, stdin *io.WriteCloser, done <-chan struct{}) bool {
+	if *stdin != nil {
+		(*stdin).Close()
+		*stdin = nil
+	}
+	select {
+	case <-done:
+		return true
+	case <-time.After(30 * time.Second):
+		cmd.Process.Signal(syscall.SIGKILL)
+		<-done
+		b.Errorf("%s process did not stop; killed", name)
+		return false
+	}
+}
+
+// childStart is how a benchmark's child process begins: the count it was
+// given in env, with the open-file limit raised; 0, said on standard
+// error, when the count is not a positive number.
+func childStart(who, env string) int {
+	n, err := strconv.Atoi(os.Getenv(env))
+	if err != nil || n <= 0 {
+		fmt.Fprintln(os.Stderr, who+": bad", env)
+		return 0
+	}
+	if _, err := raiseNoFile(); err != nil {
+		fmt.Fprintln(os.Stderr, who+": raise open-file limit:", err)
+	}
+	return n
 }

@@ -37,21 +37,12 @@ import (
 func BenchmarkQueue(b *testing.B) {
 	n := envInt("FORGE_BENCH_QUEUE_BUILDS", 200)
 	maxB := envInt("FORGE_BENCH_QUEUE_MAX", 20)
-	cli := dockertest.Client(b)
-	dockertest.Swarm(b, cli)
-	ctx := dockertest.Context(b, 30*time.Second)
-	info, err := cli.Info(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	runID := dockertest.ID(b)
-	dockertest.Cleanup(b, cli, runID)
-	image := dockertest.EnsureBusybox(b, cli)
+	cli, node, runID, image := benchEngine(b)
 	cfg, err := config.Parse(".forge.yml", []byte(fmt.Sprintf(trivialConfig, image)))
 	if err != nil {
 		b.Fatal(err)
 	}
-	rig := &queueRig{cli: cli, node: info.Swarm.NodeID, runID: runID, exe: dockertest.Forgexec(b),
+	rig := &queueRig{cli: cli, node: node, runID: runID, exe: dockertest.Forgexec(b),
 		pki: wiretest.MustPKI(b), cfg: cfg, yml: fmt.Sprintf(trivialConfig, image)}
 
 	forge := rig.mode(b, "forge", n, maxB, maxB, false)
@@ -169,6 +160,7 @@ func (r *queueRig) mode(b *testing.B, name string, n, inFlight, maxBuilds int, t
 	watch.mu.Unlock()
 
 	ids := make([]string, 0, n)
+	stopProfile := startCPUProfile(b, "queue-"+name+".cpu")
 	cpu0, t0 := rusage(), time.Now()
 	if !throttle {
 		for i := range n {
@@ -204,6 +196,7 @@ func (r *queueRig) mode(b *testing.B, name string, n, inFlight, maxBuilds int, t
 		}
 	}
 	res := queueResult{wall: time.Since(t0), cpu: rusage() - cpu0}
+	stopProfile()
 	stop()
 
 	var creates, finals []time.Time

@@ -249,29 +249,41 @@ func (c *agentsChild) startProfiles(b *testing.B) func() {
 	if dir == "" {
 		return func() {}
 	}
-	f, err := os.Create(filepath.Join(dir, "coordinator.cpu"))
-	if err != nil {
-		b.Fatal(err)
-	}
 	runtime.SetBlockProfileRate(int(time.Microsecond))
 	runtime.SetMutexProfileFraction(1)
-	if err := pprof.StartCPUProfile(f); err != nil {
-		b.Logf("no coordinator profile: %v", err) // go test -cpuprofile is on
-		f.Close()
-		f = nil
-	}
+	stopCPU := startCPUProfile(b, "coordinator.cpu")
 	c.cmd.Process.Signal(syscall.SIGUSR1)
 	return func() {
-		if f != nil {
-			pprof.StopCPUProfile()
-			f.Close()
-		}
+		stopCPU()
 		writeProfile(b, "block", "coordinator.block")
 		writeProfile(b, "mutex", "coordinator.mutex")
 		runtime.SetBlockProfileRate(0)
 		runtime.SetMutexProfileFraction(0)
 		c.cmd.Process.Signal(syscall.SIGUSR2)
 		testwait.Pause(b, 200*time.Millisecond)
+	}
+}
+
+// startCPUProfile, when FORGE_BENCH_PROFILE_DIR is set, records this
+// process's CPU profile into file there until the returned function is
+// called.
+func startCPUProfile(b *testing.B, file string) func() {
+	dir := os.Getenv(envProfileDir)
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, file))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Logf("no CPU profile %s: %v", file, err) // go test -cpuprofile is on
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }
 
@@ -446,15 +458,10 @@ type agentsChild struct {
 
 func startAgentsChild(b *testing.B, addr string, n int, certs string) *agentsChild {
 	b.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^$", "-test.bench=^$")
-	cmd.Env = append(os.Environ(), envChild+"=agents", envChildAddr+"="+addr,
-		envChildN+"="+strconv.Itoa(n), envChildCerts+"="+certs, EnvOut+"=")
+	cmd := childCommand(b, "agents", envChildAddr+"="+addr, envChildN+"="+strconv.Itoa(n), envChildCerts+"="+certs)
 	c := &agentsChild{cmd: cmd, out: &syncbuf.Buffer{Max: childOutputMax}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = c.out, c.out
+	var err error
 	if c.stdin, err = cmd.StdinPipe(); err != nil {
 		b.Fatal(err)
 	}
@@ -484,29 +491,15 @@ func (c *agentsChild) output() string {
 
 // stop closes the child's standard input, its signal to stop, and waits.
 func (c *agentsChild) stop(b *testing.B) {
-	if c.stdin != nil {
-		c.stdin.Close()
-		c.stdin = nil
-	}
-	select {
-	case <-c.done:
-	case <-time.After(30 * time.Second):
-		c.cmd.Process.Signal(syscall.SIGKILL)
-		<-c.done
-		b.Errorf("agents' process did not stop; killed")
-	}
+	stopChild(b, "agents'", c.cmd, &c.stdin, c.done)
 }
 
 // runAgentsChild runs the agents: envChildN agents with fake Dockers, node
 // ids nodeName(i), all dialling envChildAddr, until standard input ends.
 func runAgentsChild() int {
-	n, err := strconv.Atoi(os.Getenv(envChildN))
-	if err != nil || n <= 0 {
-		fmt.Fprintln(os.Stderr, "agents: bad", envChildN)
+	n := childStart("agents", envChildN)
+	if n == 0 {
 		return 2
-	}
-	if _, err := raiseNoFile(); err != nil {
-		fmt.Fprintln(os.Stderr, "agents: raise open-file limit:", err)
 	}
 	dir := os.Getenv(envChildCerts)
 	pool, err := wire.LoadCAPool(filepath.Join(dir, "ca.pem"))

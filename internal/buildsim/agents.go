@@ -1,6 +1,7 @@
 package buildsim
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"slices"
@@ -46,6 +47,9 @@ type Agents struct {
 	// CancelFunc, when set, is what the agent does with a Cancel (after it
 	// is recorded); nil: the container is stopped and exits 143.
 	CancelFunc func(ctx context.Context, c CancelCall) (*wire.Cancelled, error)
+	// ArtifactsFunc, when set, is what the agent does with an artifacts
+	// request (after it is recorded); nil: it sends an empty archive.
+	ArtifactsFunc func(ctx context.Context, node string, req coordinator.ArtifactsRequest, put func(io.Reader) error) ([]string, error)
 
 	t    testing.TB
 	logs *logs.Store
@@ -56,6 +60,7 @@ type Agents struct {
 	waits    []string
 	launches []LaunchCall
 	cancels  []CancelCall
+	arts     []ArtifactsCall
 	// Landings and exits reach the lifecycle as through the hub.
 	*agents.Reports
 }
@@ -122,6 +127,31 @@ func (a *Agents) Cancel(ctx context.Context, node, build, container string, grac
 	code := 143
 	a.Report(build, "terminated\n", &wire.Exit{ExitCode: code})
 	return &wire.Cancelled{ExitCode: &code}, nil
+}
+
+// ArtifactsCall is one artifacts request the lifecycle made.
+type ArtifactsCall struct {
+	Node string
+	Req  coordinator.ArtifactsRequest
+}
+
+// Artifacts implements coordinator.Agents.
+func (a *Agents) Artifacts(ctx context.Context, node string, req coordinator.ArtifactsRequest, put func(io.Reader) error) ([]string, error) {
+	a.mu.Lock()
+	a.arts = append(a.arts, ArtifactsCall{Node: node, Req: req})
+	fn := a.ArtifactsFunc
+	a.mu.Unlock()
+	if fn != nil {
+		return fn(ctx, node, req, put)
+	}
+	return nil, put(bytes.NewReader(make([]byte, 1024))) // an empty archive: its end only
+}
+
+// ArtifactsCalls returns the artifacts requests so far.
+func (a *Agents) ArtifactsCalls() []ArtifactsCall {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.arts)
 }
 
 // Report writes, in the background, what an agent reports of a build: an

@@ -17,6 +17,13 @@ import (
 // container. Cleanup(t, cli, testID) removes it.
 func BuildService(t testing.TB, cli client.APIClient, image, buildID, testID string) string {
 	t.Helper()
+	return BuildServiceWith(t, cli, image, buildID, testID, nil)
+}
+
+// BuildServiceWith is BuildService with edit applied to the container's
+// spec first (a user, say); nil changes nothing.
+func BuildServiceWith(t testing.TB, cli client.APIClient, image, buildID, testID string, edit func(*swarm.ContainerSpec)) string {
+	t.Helper()
 	labels := map[string]string{"forge.build": buildID, LabelTest: testID}
 	one := uint64(1)
 	spec := swarm.ServiceSpec{
@@ -26,6 +33,9 @@ func BuildService(t testing.TB, cli client.APIClient, image, buildID, testID str
 			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
 		},
 		Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &one}},
+	}
+	if edit != nil {
+		edit(spec.TaskTemplate.ContainerSpec)
 	}
 	resp, err := cli.ServiceCreate(Context(t, 30*time.Second), spec, swarm.ServiceCreateOptions{QueryRegistry: false})
 	if err != nil {

@@ -104,13 +104,18 @@ func (s *server) stop() {
 
 func (s *server) submit(t testing.TB, e *env, yml string, testID string) *coordinator.Build {
 	t.Helper()
+	return s.submitAs(t, e, coordinator.Subject{Owner: "acme", Repo: "widgets", Branch: "main", SHA: "0123456789abcdef0123456789abcdef01234567", Action: "execute", Trigger: "api"}, yml, testID)
+}
+
+// submitAs submits a build of subj, pinned to this engine's node.
+func (s *server) submitAs(t testing.TB, e *env, subj coordinator.Subject, yml string, testID string) *coordinator.Build {
+	t.Helper()
 	cfg, err := config.Parse(".forge.yml", []byte(yml))
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, err := s.srv.Builds.Submit(dockertest.Context(t, 30*time.Second), coordinator.Request{
-		Subject: coordinator.Subject{Owner: "acme", Repo: "widgets", Branch: "main", SHA: "0123456789abcdef0123456789abcdef01234567", Action: "execute", Trigger: "api"},
-		Config:  cfg, ConfigText: yml, Node: e.node, Labels: map[string]string{dockertest.LabelTest: testID},
+		Subject: subj, Config: cfg, ConfigText: yml, Node: e.node, Labels: map[string]string{dockertest.LabelTest: testID},
 	})
 	if err != nil {
 		t.Fatal(err)

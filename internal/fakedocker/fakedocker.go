@@ -37,6 +37,7 @@ type Docker struct {
 	ContainerStopFn     func(ctx context.Context, id string, opts container.StopOptions) error
 	ContainerWaitFn     func(ctx context.Context, id string, cond container.WaitCondition) (<-chan container.WaitResponse, <-chan error)
 	ContainerLogsFn     func(ctx context.Context, id string, opts container.LogsOptions) (io.ReadCloser, error)
+	ContainerStatPathFn func(ctx context.Context, id, path string) (container.PathStat, error)
 }
 
 // ErrNotFaked is the error of a call whose function is nil.
@@ -119,6 +120,13 @@ func (f *Docker) ContainerLogs(ctx context.Context, id string, opts container.Lo
 		return nil, notFaked("ContainerLogs")
 	}
 	return f.ContainerLogsFn(ctx, id, opts)
+}
+
+func (f *Docker) ContainerStatPath(ctx context.Context, id, path string) (container.PathStat, error) {
+	if f.ContainerStatPathFn == nil {
+		return container.PathStat{}, notFaked("ContainerStatPath")
+	}
+	return f.ContainerStatPathFn(ctx, id, path)
 }
 
 // Engine's marks of a container that never ran, and of swarm's failed

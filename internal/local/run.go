@@ -74,6 +74,10 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if len(cfg.Actions[o.Action]) == 0 {
 		return 1, fmt.Errorf("--action %s: %s defines no such action (it has: %s)", o.Action, cfgPath, strings.Join(actions(cfg), ", "))
 	}
+	if names := cfg.SecretsFor(o.Action); len(names) > 0 {
+		return 1, fmt.Errorf("%s: action %s needs secrets (%s), which forge run cannot give: a coordinator keeps them (forge secrets set) for its builds",
+			cfgPath, o.Action, strings.Join(names, ", "))
+	}
 
 	// The source first: a folder that cannot be read fails before any
 	// service exists.

@@ -54,6 +54,17 @@ func TestRunUnknownAction(t *testing.T) {
 	}
 }
 
+// forge run refuses an action that needs secrets, naming them: only a
+// coordinator has them. Another action runs on.
+func TestRunNeedsSecrets(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, ".forge.yml"), []byte("image: x\nexecute: [echo hi]\ndeploy: [echo d]\nsecrets: {deploy: [DEPLOY_TOKEN]}\n"), 0o644)
+	_, err := Run(context.Background(), Options{Dir: dir, Action: "deploy"})
+	if err == nil || !strings.Contains(err.Error(), "action deploy needs secrets (DEPLOY_TOKEN)") || !strings.Contains(err.Error(), "forge secrets set") {
+		t.Fatalf("err %v", err)
+	}
+}
+
 func TestPackSource(t *testing.T) {
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, ".git", "objects"), 0o755)

@@ -1,0 +1,99 @@
+package agent
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/json"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/forge-ci/forge/internal/fakedocker"
+	"github.com/forge-ci/forge/wire"
+)
+
+// The secrets file goes into the archive beside the spec, 0400, owned
+// (with /.forge/) by the owner given; without secrets there is no file
+// and /.forge/ is root's.
+func TestWriteArchiveSecrets(t *testing.T) {
+	exe := []byte("exe")
+	for _, tc := range []struct {
+		secrets []byte
+		owner   Owner
+	}{
+		{nil, Owner{UID: 1000, GID: 1000}},
+		{[]byte(`{"A":"YQ=="}`), Owner{}},
+		{[]byte(`{"A":"YQ=="}`), Owner{UID: 1000, GID: 50}},
+	} {
+		var buf bytes.Buffer
+		if err := WriteArchive(&buf, Payload{Executor: bytes.NewReader(exe), ExecutorSize: 3, Spec: []byte(`{}`),
+			Workdir: "/forge/src", Secrets: tc.secrets, Owner: tc.owner}); err != nil {
+			t.Fatal(err)
+		}
+		got := readTar(t, buf.Bytes())
+		dir, file := got[".forge/"], got[".forge/secrets.json"]
+		if tc.secrets == nil {
+			if file != nil || dir.Uid != 0 || dir.Gid != 0 {
+				t.Errorf("no secrets: file %+v, /.forge/ owned %d:%d", file, dir.Uid, dir.Gid)
+			}
+			continue
+		}
+		if file == nil || file.Mode != 0o400 || file.Uid != tc.owner.UID || file.Gid != tc.owner.GID ||
+			dir.Uid != tc.owner.UID || dir.Gid != tc.owner.GID {
+			t.Errorf("owner %+v: file %+v, dir %+v", tc.owner, file, dir)
+		}
+		tr := tar.NewReader(bytes.NewReader(buf.Bytes()))
+		for h, err := tr.Next(); err == nil; h, err = tr.Next() {
+			if h.Name == ".forge/secrets.json" {
+				if body, _ := io.ReadAll(tr); !bytes.Equal(body, tc.secrets) {
+					t.Errorf("secrets file %q", body)
+				}
+			}
+		}
+	}
+}
+
+func TestOwnerOf(t *testing.T) {
+	for user, want := range map[string]Owner{
+		"": {}, "root": {}, "0": {}, "1000": {UID: 1000}, "1000:1000": {UID: 1000, GID: 1000},
+		"1000:staff": {UID: 1000}, "node": {}, "node:node": {}, "-1": {},
+	} {
+		if got := ownerOf(user); got != want {
+			t.Errorf("ownerOf(%q) = %+v, want %+v", user, got, want)
+		}
+	}
+}
+
+// A Launch's secrets reach the container in its one archive as the
+// secrets file, and nowhere else.
+func TestLaunchSecrets(t *testing.T) {
+	node := fakedocker.NewNode("n1")
+	_, cs, _ := start(t, node.Docker())
+	cid := node.Create("b1")
+	cs.waitLanded(t, cid)
+	value := "tok\nen-\xff"
+	if _, _, err := cs.launch(t, "b1", cid, nil, wire.Secret{Name: "DEPLOY_TOKEN", Value: wire.SecretValue(value)}); err != nil {
+		t.Fatalf("launch: %v", err)
+	}
+	ctr, _ := node.Container(cid)
+	if len(ctr.Archives) != 1 {
+		t.Fatalf("%d archives", len(ctr.Archives))
+	}
+	got := readTar(t, ctr.Archives[0])
+	if h := got[".forge/secrets.json"]; h == nil || h.Mode != 0o400 {
+		t.Fatalf("secrets file %+v", h)
+	}
+	files, err := fakedocker.Files(ctr.Archives[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ss map[string][]byte
+	if err := json.Unmarshal(files[".forge/secrets.json"], &ss); err != nil || string(ss["DEPLOY_TOKEN"]) != value || len(ss) != 1 {
+		t.Errorf("secrets file %q: %v", files[".forge/secrets.json"], err)
+	}
+	for name, body := range files {
+		if name != ".forge/secrets.json" && strings.Contains(string(body), "tok\nen") {
+			t.Errorf("%s holds the value", name)
+		}
+	}
+}
