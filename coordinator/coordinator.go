@@ -5,6 +5,7 @@
 //	lifecycle/  a build's life: create, land, launch, await, finish, recover
 //	agents/     the agents' sessions, and the way to the agent of a node
 //	logs/       build output on disk, and the exit recorded beside it
+//	caches/     build caches: archives by digest, index, bound, scopes
 //	store/      SQLite: builds, deliveries, agents
 //	web/        the HTTP API, the pages and the metrics
 //	github/     webhooks in, commit statuses out
