@@ -44,6 +44,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSecrets$$' -fuzztime $(FUZZTIME) ./forgexec/
 	$(GO) test -run '^$$' -fuzz '^FuzzMasker$$' -fuzztime $(FUZZTIME) ./internal/redact/
 	$(GO) test -run '^$$' -fuzz '^FuzzRenderLine$$' -fuzztime $(FUZZTIME) ./coordinator/web/
+	$(GO) test -run '^$$' -fuzz '^FuzzCheckTar$$' -fuzztime $(FUZZTIME) ./coordinator/caches/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -80,6 +80,9 @@ type Agent struct {
 	nodeID, hostname, engine string
 
 	exec execCache
+	// saves are the caches launched builds are to send back
+	// (PROTOCOL.md §6.8).
+	saves cacheSaves
 
 	// id is the certificate the agent presents; sessionTLS and joinTLS
 	// are cfg.TLS with and without it. storeMu orders writes to StateDir.
@@ -242,7 +245,7 @@ func (a *Agent) connect(ctx context.Context) (*session, error) {
 	codec := wire.NewCodec(ctl)
 	err = codec.Send(&wire.Hello{
 		Protocol: wire.ProtocolVersion, NodeID: a.nodeID, Hostname: a.hostname,
-		AgentVersion: version.Version, EngineVersion: a.engine,
+		AgentVersion: version.Version, EngineVersion: a.engine, Features: []string{wire.FeatureCache},
 	})
 	// Read the answer even if the send failed: a refusing coordinator
 	// closes the session at once, and its Refused is what the operator needs.

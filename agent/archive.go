@@ -31,6 +31,10 @@ type Payload struct {
 	Spec         []byte
 	Workdir      string    // absolute; where the source tree goes
 	Source       io.Reader // tar stream, or nil
+	// Cache, when set, is a tar of the build's cache (PROTOCOL.md §6.8),
+	// put in before the source; every entry must lie under CachePaths.
+	Cache      io.Reader
+	CachePaths []string
 	// Secrets is the secrets file (forgexec.EncodeSecrets), nil when the
 	// build has none. It goes in with mode 0400, owned by Owner, as does
 	// /.forge/ (so the executor can remove it).
@@ -59,8 +63,9 @@ func ownerOf(user string) Owner {
 }
 
 // WriteArchive writes p as one tar stream rooted at "/", the body of a
-// single PUT /containers/{id}/archive?path=/. The executor comes first and
-// the source last, re-rooted under Workdir (PROTOCOL.md §6.2).
+// single PUT /containers/{id}/archive?path=/. The executor comes first, the
+// cache before the source, and the source last, re-rooted under Workdir
+// (PROTOCOL.md §6.2).
 func WriteArchive(w io.Writer, p Payload) error {
 	if !path.IsAbs(p.Workdir) {
 		return fmt.Errorf("workdir %q is not absolute", p.Workdir)
@@ -103,6 +108,11 @@ func WriteArchive(w io.Writer, p Payload) error {
 		}
 		if _, err := tw.Write(p.Secrets); err != nil {
 			return err
+		}
+	}
+	if p.Cache != nil {
+		if err := copyCache(tw, p.Cache, p.CachePaths); err != nil {
+			return fmt.Errorf("cache: %w", err)
 		}
 	}
 	if workdir != "" {

@@ -70,10 +70,19 @@ type coordBuild struct {
 	out      map[string][]byte // stored output, per stream
 	nextSeq  uint64
 	attaches int
-	ended    int         // log streams the agent closed (its pump had returned)
-	repeats  int         // log frames carrying only bytes already stored
-	exits    []wire.Exit // every Exit received
-	faults   []string    // breaks of the protocol the agent committed
+	ended    int          // log streams the agent closed (its pump had returned)
+	repeats  int          // log frames carrying only bytes already stored
+	exits    []wire.Exit  // every Exit received
+	faults   []string     // breaks of the protocol the agent committed
+	caches   []savedCache // every CacheSave received, in order
+}
+
+// savedCache is a CacheSave and its tar, and how many exits had come
+// before it.
+type savedCache struct {
+	save        wire.CacheSave
+	tar         []byte
+	exitsBefore int
 }
 
 // coordSession is one session with the agent, as the test sees it.
@@ -352,6 +361,19 @@ func (c *testCoord) serveStream(cs *coordSession, st *wire.Stream) {
 		c.serveLog(st, codec, m)
 	case *wire.Renew:
 		c.serveRenew(cs, codec, m)
+	case *wire.CacheSave:
+		var buf bytes.Buffer
+		if m.Size > 0 {
+			if codec.Send(&wire.CacheReady{}) != nil || codec.RecvBlob(&buf, m.Size) != nil {
+				return
+			}
+		}
+		c.mu.Lock()
+		b := c.build(m.BuildID)
+		b.caches = append(b.caches, savedCache{save: *m, tar: buf.Bytes(), exitsBefore: len(b.exits)})
+		c.notify()
+		c.mu.Unlock()
+		codec.Send(&wire.CacheSaved{Size: m.Size})
 	default:
 		codec.Send(wire.NewRefused(wire.RefusedBadRequest, "unexpected %s", m.MessageType()))
 	}
@@ -529,7 +551,7 @@ func (b *coordBuild) copy() *coordBuild {
 	for k, v := range b.out {
 		out.out[k] = bytes.Clone(v)
 	}
-	out.exits, out.faults = slices.Clone(b.exits), slices.Clone(b.faults)
+	out.exits, out.faults, out.caches = slices.Clone(b.exits), slices.Clone(b.faults), slices.Clone(b.caches)
 	return &out
 }
 
@@ -569,6 +591,12 @@ var testExecutor = []byte("#!/forgexec stand-in\n")
 // whether the agent asked for the executor.
 func (cs *coordSession) launch(t *testing.T, buildID, containerID string, src []byte, secrets ...wire.Secret) (started *wire.Started, needExecutor bool, err error) {
 	t.Helper()
+	return cs.launchCache(t, buildID, containerID, src, nil, nil, secrets...)
+}
+
+// launchCache is launch with a cache part and the tar it announces.
+func (cs *coordSession) launchCache(t *testing.T, buildID, containerID string, src []byte, cache *wire.LaunchCache, cacheTar []byte, secrets ...wire.Secret) (started *wire.Started, needExecutor bool, err error) {
+	t.Helper()
 	ref, err := wire.BlobRefOf(bytes.NewReader(testExecutor))
 	if err != nil {
 		t.Fatal(err)
@@ -582,7 +610,7 @@ func (cs *coordSession) launch(t *testing.T, buildID, containerID string, src []
 	defer st.Close()
 	c := wire.NewCodec(st)
 	m := &wire.Launch{BuildID: buildID, ContainerID: containerID, Executor: ref,
-		Spec: []byte(`{"build_id":"` + buildID + `"}`), SourceSize: int64(len(src)), Workdir: "/forge/src", Secrets: secrets}
+		Spec: []byte(`{"build_id":"` + buildID + `"}`), SourceSize: int64(len(src)), Workdir: "/forge/src", Cache: cache, Secrets: secrets}
 	if err := c.Send(m); err != nil {
 		return nil, false, err
 	}
@@ -593,6 +621,11 @@ func (cs *coordSession) launch(t *testing.T, buildID, containerID string, src []
 	if ready.NeedExecutor {
 		if err := c.SendBlob(bytes.NewReader(testExecutor), ref.Size); err != nil {
 			return nil, true, err
+		}
+	}
+	if cache != nil && cache.Size > 0 {
+		if err := c.SendBlob(bytes.NewReader(cacheTar), cache.Size); err != nil {
+			return nil, ready.NeedExecutor, err
 		}
 	}
 	if err := c.SendBlob(bytes.NewReader(src), int64(len(src))); err != nil {

@@ -79,8 +79,8 @@ func refusal(err error) *wire.Refused {
 		code = wire.RefusedNotFound
 	case errors.Is(err, ErrNotForge), errors.Is(err, ErrWrongBuild), errors.Is(err, ErrAlreadyRan), errors.Is(err, ErrNotStopped):
 		code = wire.RefusedForbidden
-	case errors.Is(err, ErrUnsafePath):
-		code = wire.RefusedBadRequest // the coordinator's source, not this node, is at fault
+	case errors.Is(err, ErrUnsafePath), errors.Is(err, wire.ErrUnsafeEntry):
+		code = wire.RefusedBadRequest // the coordinator's source or cache, not this node, is at fault
 	}
 	return wire.NewRefused(code, "%v", err)
 }
@@ -127,21 +127,31 @@ func (a *Agent) launch(ctx context.Context, s *session, c *wire.Codec, m *wire.L
 			return wire.NewRefused(wire.RefusedBadRequest, "secrets: %v", err)
 		}
 	}
-	var src *io.LimitedReader
+	// The cache's bytes come before the source's (PROTOCOL.md §6.2).
+	var cache, src *io.LimitedReader
+	if m.Cache != nil && m.Cache.Size > 0 {
+		cache = &io.LimitedReader{R: c.Stream(), N: m.Cache.Size}
+		p.Cache, p.CachePaths = cache, m.Cache.Paths
+	}
 	if m.SourceSize > 0 {
 		src = &io.LimitedReader{R: c.Stream(), N: m.SourceSize}
 		p.Source = src
 	}
 	err = Inject(ctx, a.cfg.Docker, m.ContainerID, m.BuildID, p)
-	if src != nil && src.N > 0 {
-		// Read what the coordinator announced, so it sees the Refused
-		// rather than a broken write (PROTOCOL.md §4.2).
-		if _, derr := io.Copy(io.Discard, src); derr == nil && err == nil {
-			err = errors.New("source: bytes left after the end of the tar")
+	for _, r := range []*io.LimitedReader{cache, src} {
+		if r != nil && r.N > 0 {
+			// Read what the coordinator announced, so it sees the Refused
+			// rather than a broken write (PROTOCOL.md §4.2).
+			if _, derr := io.Copy(io.Discard, r); derr == nil && err == nil {
+				err = errors.New("bytes left after the end of a tar")
+			}
 		}
 	}
 	if err != nil {
 		return refusal(err)
+	}
+	if m.Cache != nil && m.Cache.Save {
+		a.saves.put(m.BuildID, cacheSave{containerID: m.ContainerID, paths: m.Cache.Paths, maxBytes: m.Cache.MaxBytes})
 	}
 	// The loop starts the build's log pump, unless the session is ending;
 	// the next session then reports the build as held (PROTOCOL.md §5.4).

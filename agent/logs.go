@@ -90,6 +90,14 @@ func (a *Agent) pump(ctx context.Context, s *session, b heldBuild) (done bool, e
 		}
 		exit = wire.Exit{ExitCode: -1, Error: "the build's container was removed before it finished"}
 	}
+	if save, ok := a.saves.take(b.buildID); ok && exit.ExitCode == 0 && exit.Error == "" {
+		// Before the exit, so the build's log has the cache's notes when
+		// its exit is recorded (PROTOCOL.md §6.8).
+		if err := a.saveCache(ctx, s, b, save); err != nil {
+			a.saves.put(b.buildID, save) // the next session tries again
+			return false, err
+		}
+	}
 	exit.LastSeq = w.seq
 	st.SetDeadline(time.Now().Add(exitAckTimeout))
 	if err := c.Send(&exit); err != nil {

@@ -186,6 +186,7 @@ func (a *Agent) apply(ctx context.Context, s *session, ev event) {
 		delete(s.pumping, ev.buildID)
 		if ev.done {
 			a.acked[ev.buildID] = true
+			a.saves.drop(ev.buildID)
 		}
 	}
 }

@@ -5,6 +5,7 @@
 //	lifecycle/  a build's life: create, land, launch, await, finish, recover
 //	agents/     the agents' sessions, and the way to the agent of a node
 //	logs/       build output on disk, and the exit recorded beside it
+//	caches/     build caches: archives by digest, index, bound, scopes
 //	store/      SQLite: builds, deliveries, agents
 //	web/        the HTTP API, the pages and the metrics
 //	github/     webhooks in, commit statuses out
@@ -84,6 +85,10 @@ type Subject struct {
 	// RerunOf is the build this one runs again (same SHA and action), ""
 	// when it is no re-run; RerunBy is who asked (a GitHub login).
 	RerunOf, RerunBy string
+	// BaseBranch is a pull request's base branch, DefaultBranch the
+	// repository's; "" when not known. They widen what caches a build
+	// reads (CacheScopes).
+	BaseBranch, DefaultBranch string
 }
 
 // Build is the record of one build: its subject and what became of it.
@@ -281,6 +286,7 @@ type LaunchRequest struct {
 	Workdir              string
 	Source               io.Reader // tar stream of SourceSize bytes, or nil
 	SourceSize           int64
+	Cache                *CacheLaunch // nil: no cache
 	// Secrets go to the agent with the Launch and into the container's
 	// archive, never into its service spec; nil for untrusted builds.
 	Secrets map[string][]byte

@@ -104,6 +104,9 @@ const (
 	TypeJoin             = "join"
 	TypeRenew            = "renew"
 	TypeIssued           = "issued"
+	TypeCacheSave        = "cache_save"
+	TypeCacheReady       = "cache_ready"
+	TypeCacheSaved       = "cache_saved"
 )
 
 // Codes of a Refused message; what each means is in PROTOCOL.md §5.3.

@@ -33,6 +33,9 @@ type Hello struct {
 	Hostname      string `json:"hostname"`       // node host name, for people
 	AgentVersion  string `json:"agent_version"`  // forge version of the agent
 	EngineVersion string `json:"engine_version"` // Docker Engine version of the node
+	// Features names what this agent can do beyond protocol 1's base
+	// (FeatureCache); optional, so older peers ignore it.
+	Features []string `json:"features,omitempty"`
 }
 
 // Welcome accepts a session (PROTOCOL.md §5.2).
@@ -102,6 +105,9 @@ type Launch struct {
 	Spec        json.RawMessage `json:"spec"`        // build.json, at most MaxSpecSize
 	SourceSize  int64           `json:"source_size"` // raw tar bytes that follow; 0 = none
 	Workdir     string          `json:"workdir"`     // absolute; where the source is unpacked
+	// Cache, optional, restores and saves the build's cache
+	// (PROTOCOL.md §6.8); sent only to agents with FeatureCache.
+	Cache *LaunchCache `json:"cache,omitempty"`
 	// Secrets go into the container inside the archive, never into its
 	// configuration (PROTOCOL.md §5.6, §6.2). Empty for untrusted builds.
 	Secrets []Secret `json:"secrets,omitempty"`
@@ -240,6 +246,9 @@ func (ArtifactsHeader) MessageType() string  { return TypeArtifactsHeader }
 func (Join) MessageType() string             { return TypeJoin }
 func (Renew) MessageType() string            { return TypeRenew }
 func (Issued) MessageType() string           { return TypeIssued }
+func (CacheSave) MessageType() string        { return TypeCacheSave }
+func (CacheReady) MessageType() string       { return TypeCacheReady }
+func (CacheSaved) MessageType() string       { return TypeCacheSaved }
 
 // registry maps each type name to its struct type. It is the one list of
 // messages this version understands.
@@ -251,6 +260,7 @@ var registry = func() map[string]reflect.Type {
 		Attach{}, Attached{}, Log{}, LogAck{}, Exit{}, ExitAck{},
 		ArtifactsRequest{}, ArtifactsHeader{},
 		Join{}, Renew{}, Issued{},
+		CacheSave{}, CacheReady{}, CacheSaved{},
 	} {
 		if _, dup := m[p.MessageType()]; dup {
 			panic("wire: message type registered twice: " + p.MessageType())
@@ -578,6 +588,11 @@ func (m Launch) Validate() error {
 	}
 	if m.SourceSize > 0 && m.Workdir == "" {
 		return invalid(TypeLaunch, "source without a workdir")
+	}
+	if m.Cache != nil {
+		if err := m.Cache.validate(); err != nil {
+			return err
+		}
 	}
 	return checkSecrets(m.Secrets)
 }

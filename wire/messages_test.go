@@ -19,7 +19,7 @@ func intp(i int) *int { return &i }
 func sampleMessages() []Message {
 	ts := time.Date(2025, 3, 1, 12, 30, 45, 123456789, time.UTC)
 	return []Message{
-		&Hello{Protocol: ProtocolVersion, NodeID: "n1", Hostname: "node-1", AgentVersion: "v1", EngineVersion: "28.5.2"},
+		&Hello{Protocol: ProtocolVersion, NodeID: "n1", Hostname: "node-1", AgentVersion: "v1", EngineVersion: "28.5.2", Features: []string{FeatureCache}},
 		&Welcome{Protocol: ProtocolVersion, CoordinatorVersion: "v1", SessionID: "s-1"},
 		&Refused{Code: RefusedBusy, Message: "try later"},
 		&Holding{Builds: []Held{
@@ -30,6 +30,7 @@ func sampleMessages() []Message {
 		&Launch{BuildID: "b1", ContainerID: "c1",
 			Executor: BlobRef{Digest: "sha256:" + strings.Repeat("ab", 32), Size: 1234},
 			Spec:     json.RawMessage(`{"image":"golang:1.22"}`), SourceSize: 99, Workdir: "/forge/src",
+			Cache:   &LaunchCache{Paths: []string{"/root/.cache/go-build", "/forge/src/node_modules"}, Size: 10240, Save: true, MaxBytes: 1 << 30},
 			Secrets: []Secret{{Name: "DEPLOY_TOKEN", Value: SecretValue("s3cret\n\xff")}}},
 		&LaunchReady{NeedExecutor: true},
 		&Started{ContainerID: "c1", StartedAt: ts},
@@ -46,6 +47,9 @@ func sampleMessages() []Message {
 		&Join{Protocol: ProtocolVersion, Token: "forge_join_x", NodeID: "p8u3hq2v5r9x1ktbz0d7lm4ae", CSR: []byte{0x30, 0x82, 1}},
 		&Renew{CSR: []byte{0x30, 0x82, 2}},
 		&Issued{Certificate: []byte{0x30, 0x82, 3}},
+		&CacheSave{BuildID: "b1", ContainerID: "c1", Size: 10240, Notes: []string{"cache: /root/.npm does not exist; not saved"}},
+		&CacheReady{},
+		&CacheSaved{Digest: "sha256:" + strings.Repeat("cd", 32), Size: 10240},
 	}
 }
 
@@ -96,6 +100,7 @@ func TestTypeNames(t *testing.T) {
 		"log": Log{}, "log_ack": LogAck{}, "exit": Exit{}, "exit_ack": ExitAck{},
 		"artifacts_request": ArtifactsRequest{}, "artifacts_header": ArtifactsHeader{},
 		"join": Join{}, "renew": Renew{}, "issued": Issued{},
+		"cache_save": CacheSave{}, "cache_ready": CacheReady{}, "cache_saved": CacheSaved{},
 	}
 	if len(want) != len(registry) {
 		t.Fatalf("registry has %d types, test knows %d", len(registry), len(want))

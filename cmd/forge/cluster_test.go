@@ -722,3 +722,64 @@ func TestClusterCertRenewal(t *testing.T) {
 	t.Logf("%d renewals in one session over a %d-line build", renewals, 70)
 	r.done()
 }
+
+// A cache follows its repository from node to node: a push to master on
+// node2 writes master's cache; a pull request built on node3 gets it
+// restored there, and writes its own scope; master's next build, on
+// node1, gets master's cache as node2 wrote it, not the pull request's.
+// The key hashes a file of the source the coordinator fetched.
+func TestClusterCacheAcrossNodes(t *testing.T) {
+	r := startClusterRig(t)
+	n1, n2, n3 := r.c.Node("node1"), r.c.Node("node2"), r.c.Node("node3")
+	const script = `if [ -f /root/.cache/demo/stamp ]; then echo "restored: $(cat /root/.cache/demo/stamp)"; else echo "cold"; fi; ` +
+		`mkdir -p /root/.cache/demo; echo "$FORGE_BUILD_ID on $(cat /etc/hostname)" > /root/.cache/demo/stamp`
+	cfg := func(n *cluster.Node) string {
+		return r.pinned(n, []string{script}, "cache:\n  paths: [/root/.cache/demo]\n  key: 'demo-{{ hashFiles \"hello.txt\" }}'",
+			"on:\n  push:\n    master: execute")
+	}
+	push := func(n *cluster.Node) (fakegithub.Status, string) {
+		t.Helper()
+		sha := randSHA(t)
+		r.commit(sha, cfg(n), "hello\n")
+		r.deliver("push", r.pushPayload("master", sha, true), http.StatusAccepted)
+		return r.final(sha, "forge/execute")
+	}
+
+	last, first := push(n2)
+	if last.State != "success" {
+		t.Fatalf("master on node2: %+v", last)
+	}
+	if b := r.build(first); b.NodeID != n2.ID {
+		t.Fatalf("the first build ran on %s, want node2", b.NodeID)
+	}
+	r.log(first, "cold", "forge: cache: saved ")
+
+	last, pr := r.final(r.open(80, cfg(n3)), "forge/execute")
+	if last.State != "success" {
+		t.Fatalf("pull request on node3: %+v", last)
+	}
+	if b := r.build(pr); b.NodeID != n3.ID {
+		t.Fatalf("the pull request's build ran on %s, want node3", b.NodeID)
+	}
+	text := r.log(pr, "forge: cache: saved ")
+	t.Logf("the pull request's build on node3:\n%s", text)
+	if !strings.Contains(text, "forge: cache: restoring ") || !strings.Contains(text, "restored: "+first+" on ") {
+		t.Errorf("node3 did not get the cache node2 wrote:\n%s", text)
+	}
+	if !strings.Contains(text, "of pull request #80") {
+		t.Errorf("the pull request did not write its own scope:\n%s", text)
+	}
+
+	last, again := push(n1)
+	if last.State != "success" {
+		t.Fatalf("master on node1: %+v", last)
+	}
+	text = r.log(again, "forge: cache: restoring ")
+	if !strings.Contains(text, "restored: "+first+" on ") || strings.Contains(text, pr) {
+		t.Errorf("master's build on node1 did not get master's cache as node2 wrote it:\n%s", text)
+	}
+	if !strings.Contains(text, "is stored already") {
+		t.Errorf("master's cache of the same key was saved again:\n%s", text)
+	}
+	r.done()
+}

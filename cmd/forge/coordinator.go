@@ -71,6 +71,7 @@ func coordinatorCommand() *cli.Command {
 			&cli.StringFlag{Name: "max-artifacts-size", Usage: "most bytes of artifacts kept per build (1GiB, 256MiB); the file that passes it is cut", Value: "1GiB", EnvVars: env("max-artifacts-size")},
 			&cli.PathFlag{Name: "secrets-key-file", Usage: "file holding the key that seals repositories' secrets: 64 hex characters (openssl rand -hex 32); without it secrets are disabled", EnvVars: env("secrets-key-file")},
 			&cli.BoolFlag{Name: "github-statuses", Usage: "report builds to GitHub as commit statuses even where the App may write checks (check runs)", EnvVars: env("github-statuses")},
+			&cli.StringFlag{Name: "cache-size", Usage: "bound of the builds' caches kept under --data, all repositories together (10GiB, 500MiB); the least recently used go first; 0 keeps none", Value: "10GiB", EnvVars: env("cache-size")},
 		}, tlsFlags("coordinator")...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -379,7 +380,8 @@ func identityFlags(c *cli.Context) (daemon.Identity, error) {
 	return id, nil
 }
 
-// boundsFlags reads --max-log-size, --retain and --max-artifacts-size.
+// boundsFlags reads --max-log-size, --retain, --max-artifacts-size and
+// --cache-size.
 func boundsFlags(c *cli.Context) (daemon.Bounds, error) {
 	var b daemon.Bounds
 	if v := strings.TrimSpace(c.String("max-log-size")); v != "0" {
@@ -400,6 +402,14 @@ func boundsFlags(c *cli.Context) (daemon.Bounds, error) {
 		return b, fmt.Errorf("--max-artifacts-size %q: want a size such as 1GiB or 256MiB", v)
 	}
 	b.MaxArtifactsSize = n
+	b.CacheSize = -1 // 0: none
+	if v := strings.TrimSpace(c.String("cache-size")); v != "0" {
+		n, err := units.RAMInBytes(v)
+		if err != nil || n <= 0 {
+			return b, fmt.Errorf("--cache-size %q: want a size such as 10GiB or 500MiB, or 0 to keep no caches", v)
+		}
+		b.CacheSize = n
+	}
 	return b, nil
 }
 

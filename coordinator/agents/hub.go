@@ -98,6 +98,9 @@ type Config struct {
 	// MaxStreams bounds the streams an agent's session may have open at
 	// once (0: DefaultMaxStreams); past it the session is closed.
 	MaxStreams int
+	// Caches, when set, takes the caches agents send (PROTOCOL.md §6.8);
+	// nil refuses them.
+	Caches CacheReceiver
 }
 
 // DefaultMaxStreams is the streams an agent may have open at once: one log
@@ -148,6 +151,7 @@ type agentConn struct {
 	remote  net.Addr
 	life    time.Duration // of the latest certificate, under Hub.mu
 	renewed chan struct{} // a renewal changed the certificate (buffered 1)
+	caches  bool          // the agent takes Launch.Cache (Hello.Features)
 }
 
 // Timeouts of the coordinator's side of the wire.
@@ -231,7 +235,7 @@ func (s *Hub) serveConn(ctx context.Context, conn net.Conn) {
 		c.Send(wire.NewRefused(wire.RefusedIdentity, "%v", err))
 		return
 	}
-	ac := &agentConn{ys: ys, remote: conn.RemoteAddr(), renewed: make(chan struct{}, 1),
+	ac := &agentConn{ys: ys, remote: conn.RemoteAddr(), renewed: make(chan struct{}, 1), caches: slices.Contains(hello.Features, wire.FeatureCache),
 		life: cert.NotAfter.Sub(issuedAt(cert)), info: AgentInfo{
 			NodeID: hello.NodeID, Hostname: hello.Hostname, AgentVersion: hello.AgentVersion,
 			EngineVersion: hello.EngineVersion, Protocol: hello.Protocol,
@@ -363,23 +367,29 @@ func (s *Hub) WaitAgent(ctx context.Context, nodeID string) error {
 
 // open opens a request stream to the agent of nodeID; it ends with ctx.
 func (s *Hub) open(ctx context.Context, nodeID string) (*wire.Stream, error) {
+	st, _, err := s.openConn(ctx, nodeID)
+	return st, err
+}
+
+// openConn is open, also returning the agent's session.
+func (s *Hub) openConn(ctx context.Context, nodeID string) (*wire.Stream, *agentConn, error) {
 	s.mu.Lock()
 	ac := s.agents[nodeID]
 	s.mu.Unlock()
 	if ac == nil {
-		return nil, fmt.Errorf("%w %s", coordinator.ErrNoAgent, nodeID)
+		return nil, nil, fmt.Errorf("%w %s", coordinator.ErrNoAgent, nodeID)
 	}
 	st, err := ac.ys.Open(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("open stream to agent of %s: %w", nodeID, err)
+		return nil, nil, fmt.Errorf("open stream to agent of %s: %w", nodeID, err)
 	}
-	return st, nil
+	return st, ac, nil
 }
 
 // Launch runs a launch stream with the agent of nodeID (PROTOCOL.md §6.2).
 // A refusal comes back as a *wire.RefusedError.
 func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchRequest) (*coordinator.LaunchResult, error) {
-	st, err := s.open(ctx, nodeID)
+	st, ac, err := s.openConn(ctx, nodeID)
 	if err != nil {
 		return nil, err
 	}
@@ -391,9 +401,10 @@ func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchR
 	s.mu.Unlock()
 	st.SetDeadline(time.Now().Add(launchTimeout))
 	c := wire.NewCodec(st)
+	cache := s.launchCache(ac, req)
 	err = c.Send(&wire.Launch{
 		BuildID: req.BuildID, ContainerID: req.ContainerID, Executor: req.Executor.Ref,
-		Spec: req.Spec, SourceSize: req.SourceSize, Workdir: req.Workdir, Secrets: launchSecrets(req.Secrets),
+		Spec: req.Spec, SourceSize: req.SourceSize, Workdir: req.Workdir, Cache: cache, Secrets: launchSecrets(req.Secrets),
 	})
 	if err != nil {
 		return nil, err
@@ -408,6 +419,11 @@ func (s *Hub) Launch(ctx context.Context, nodeID string, req coordinator.LaunchR
 	if ready.NeedExecutor {
 		if err := c.SendBlob(bytes.NewReader(req.Executor.Bytes), req.Executor.Ref.Size); err != nil {
 			return nil, fmt.Errorf("launch %s: send executor: %w", req.BuildID, err)
+		}
+	}
+	if cache != nil && cache.Size > 0 {
+		if err := c.SendBlob(req.Cache.Archive, cache.Size); err != nil {
+			return nil, fmt.Errorf("launch %s: send cache: %w", req.BuildID, err)
 		}
 	}
 	if req.SourceSize > 0 {
@@ -469,10 +485,12 @@ func (s *Hub) serveStream(ctx context.Context, ac *agentConn, st *wire.Stream) {
 		s.serveLog(ctx, ac.info.NodeID, st, c, m)
 	case *wire.Renew:
 		s.serveRenew(ctx, ac, c, m, log)
+	case *wire.CacheSave:
+		s.serveCache(ctx, ac.info.NodeID, st, c, m)
 	default:
 		log.Warn("agent stream", "err", "unexpected "+m.MessageType())
-		c.Send(wire.NewRefused(wire.RefusedBadRequest, "a stream an agent opens starts with %s or %s, not %s",
-			wire.TypeAttach, wire.TypeRenew, m.MessageType()))
+		c.Send(wire.NewRefused(wire.RefusedBadRequest, "a stream an agent opens starts with %s, %s or %s, not %s",
+			wire.TypeAttach, wire.TypeRenew, wire.TypeCacheSave, m.MessageType()))
 	}
 }
 

@@ -27,6 +27,9 @@
 //	resources: {cpus: 2, memory: 4GiB}
 //	constraints: ["node.labels.ci==true"]
 //	ports: ["8000:8000"]
+//	cache:                      # kept between builds of the repository
+//	  paths: [/root/.cache/go-build, node_modules]
+//	  key: '{{ hashFiles "go.sum" }}'
 //	secrets: [DEPLOY_TOKEN]     # or per action: {deploy: [DEPLOY_TOKEN]}
 //
 // # Rules beyond the design
@@ -126,6 +129,8 @@ type Config struct {
 	// Ports are published ports; whether they are allowed is the
 	// coordinator's decision (--allow-ports), not the parser's.
 	Ports []Port
+	// Cache is kept between builds of the repository; nil when none.
+	Cache *Cache `json:",omitempty"`
 	// Secrets are repository secrets that every action's commands get as
 	// environment variables (`secrets: [NAME, ...]`); ActionSecrets those
 	// of each action (`secrets: {deploy: [NAME]}`). At most one is set.
@@ -164,5 +169,5 @@ type Port struct {
 // reservedKeys are the top-level keys that are not actions.
 var reservedKeys = []string{
 	"image", "environment", "setup", "on", "artifacts", "timeout",
-	"workdir", "resources", "constraints", "ports", "secrets",
+	"workdir", "resources", "constraints", "ports", "secrets", "cache",
 }

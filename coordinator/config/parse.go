@@ -293,6 +293,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 	var (
 		haveImage, haveExecute bool
 		rules                  []pushRule
+		cacheNodes             []*yaml.Node
 		secrets                *yaml.Node // checked once the actions and environment are known
 		// declared holds every action key, even one whose commands are
 		// invalid, so that on.push does not also report it as missing.
@@ -326,6 +327,8 @@ func (p *parser) config(root *yaml.Node) *Config {
 			cfg.Constraints = p.constraints(v)
 		case "ports":
 			cfg.Ports = p.ports(v)
+		case "cache":
+			cfg.Cache, cacheNodes = p.cache(v)
 		case "secrets":
 			secrets = v
 		case DefaultAction:
@@ -363,6 +366,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 		}
 		cfg.OnPush[r.branch] = r.action
 	}
+	p.checkCache(cacheNodes, cfg.Cache, cfg.Workdir)
 	if secrets != nil {
 		cfg.Secrets, cfg.ActionSecrets = p.secrets(secrets, declared, cfg.Environment)
 	}

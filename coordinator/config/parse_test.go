@@ -169,6 +169,19 @@ func checkInvariants(t *testing.T, cfg *Config) {
 	if !strings.HasPrefix(cfg.Workdir, "/") || cfg.Workdir == "/" || cleanPath(cfg.Workdir) != cfg.Workdir {
 		t.Errorf("workdir %q", cfg.Workdir)
 	}
+	if c := cfg.Cache; c != nil {
+		if len(c.Paths) == 0 || len(c.Paths) > MaxCachePaths {
+			t.Errorf("cache paths %q", c.Paths)
+		}
+		for _, p := range c.ContainerPaths(cfg.Workdir) {
+			if !strings.HasPrefix(p, "/") || p == "/" || cleanPath(p) != p || p == cfg.Workdir || strings.HasPrefix(cfg.Workdir, p+"/") {
+				t.Errorf("cache path %q (workdir %s)", p, cfg.Workdir)
+			}
+		}
+		if _, msg := ParseKey(c.Key); c.Key != "" && msg != "" {
+			t.Errorf("cache key %q: %s", c.Key, msg)
+		}
+	}
 	for _, a := range cfg.Artifacts {
 		if strings.HasPrefix(a, "/") || hasDotDot(a) {
 			t.Errorf("artifact %q", a)

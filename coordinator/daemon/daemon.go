@@ -27,6 +27,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/agents"
 	"github.com/forge-ci/forge/coordinator/artifacts"
 	"github.com/forge-ci/forge/coordinator/auth"
+	"github.com/forge-ci/forge/coordinator/caches"
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/coordinator/lifecycle"
 	"github.com/forge-ci/forge/coordinator/logs"
@@ -102,6 +103,9 @@ type Bounds struct {
 	// MaxArtifactsSize bounds each build's artifacts
 	// (--max-artifacts-size; 0: lifecycle.DefaultMaxArtifactsSize).
 	MaxArtifactsSize int64
+	// CacheSize bounds the builds' caches, all repositories together
+	// (--cache-size); 0 takes caches.DefaultSize, < 0 keeps no caches.
+	CacheSize int64
 }
 
 // Identity configures the agents' certificates (DESIGN §7, PROTOCOL.md
@@ -161,7 +165,8 @@ type Coordinator struct {
 	Builds    *lifecycle.Runner
 	Metrics   *web.Metrics
 	API       *web.API
-	LocalNode string // the swarm node the coordinator runs on
+	Caches    *caches.Store // nil when the coordinator keeps none
+	LocalNode string        // the swarm node the coordinator runs on
 
 	forge    *github.Forge // nil without GitHub
 	bounds   Bounds
@@ -213,8 +218,15 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 
 	c := &Coordinator{Store: st, Logs: &logs.Store{Dir: filepath.Join(cfg.DataDir, "logs"), MaxSize: cfg.Bounds.MaxLogSize}, LocalNode: info.Swarm.NodeID, log: log, bounds: cfg.Bounds}
 	c.Artifacts = &artifacts.Store{Dir: filepath.Join(cfg.DataDir, "artifacts")}
+	if c.Caches, err = openCaches(ctx, cfg, st, c.Logs, log); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
 	ac := agents.Config{TLS: cfg.TLS, Session: cfg.Session, Logs: c.Logs, Record: st, Builds: st, Revocations: st,
 		Log: log.With("part", "agents"), Verify: &agents.SwarmVerifier{Docker: docker, LocalNodeID: info.Swarm.NodeID}}
+	if c.Caches != nil {
+		ac.Caches = c.Caches
+	}
 	if id := cfg.Identity; id.Signer != nil {
 		ac.Issuer = &agents.Issuer{CA: id.Signer, TTL: id.AgentCertTTL}
 		if id.JoinTokenFile != "" {
@@ -257,7 +269,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 			}
 			return c.forge.Resume(ctx, b)
 		},
-		OnChange: changes(c.reporter, cfg.OnChange),
+		OnChange: changes(c.reporter, cfg.OnChange), Caches: buildCaches(c.Caches),
 		OnDispatch: func(d time.Duration) {
 			c.Metrics.Dispatch.Observe(d.Seconds())
 			if cfg.OnDispatch != nil {
@@ -288,6 +300,28 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	return c, nil
+}
+
+// openCaches opens the builds' caches under the data folder, unless
+// Bounds.CacheSize turns them off.
+func openCaches(ctx context.Context, cfg Config, st *store.Store, notes caches.Notes, log *slog.Logger) (*caches.Store, error) {
+	size := cfg.Bounds.CacheSize
+	switch {
+	case size < 0:
+		return nil, nil
+	case size == 0:
+		size = caches.DefaultSize
+	}
+	return caches.Open(ctx, filepath.Join(cfg.DataDir, "caches"), size, st, notes, log.With("part", "caches"))
+}
+
+// buildCaches is the lifecycle's view of the caches: none, not a nil
+// *caches.Store in an interface.
+func buildCaches(c *caches.Store) coordinator.Caches {
+	if c == nil {
+		return nil
+	}
+	return c
 }
 
 func frontDoor(cfg Config, st *store.Store) (*auth.Auth, error) {

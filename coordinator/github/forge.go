@@ -242,7 +242,8 @@ func (f *Forge) build(ctx context.Context, ev Event, action string) error {
 		return nil
 	}
 	b := coordinator.Subject{Owner: ev.Owner, Repo: ev.Repo, Branch: ev.Branch, SHA: ev.SHA, Action: action,
-		CommitCount: ev.CommitCount, Fork: ev.Fork, Trigger: string(ev.Kind), InstallationID: inst, Public: ev.Public}
+		CommitCount: ev.CommitCount, Fork: ev.Fork, Trigger: string(ev.Kind), InstallationID: inst, Public: ev.Public,
+		BaseBranch: ev.BaseBranch, DefaultBranch: ev.DefaultBranch}
 	if ev.Kind == KindPullRequest {
 		b.PullRequest, b.Ref, b.Key = ev.PullRequest, fmt.Sprintf("refs/pull/%d/head", ev.PullRequest), prKey(ev)
 	} else {

@@ -121,7 +121,8 @@ func TestPullRequestBuild(t *testing.T) {
 	req := subs[0]
 	want := coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World", PullRequest: 2, Branch: "changes", SHA: prSHA,
 		Ref: "refs/pull/2/head", Action: "execute", CommitCount: 1, Trigger: "pull_request",
-		Key: "Codertocat/Hello-World#2", InstallationID: 1, Public: true, Author: "Codertocat"}
+		Key: "Codertocat/Hello-World#2", InstallationID: 1, Public: true, Author: "Codertocat",
+		BaseBranch: "master", DefaultBranch: "master"}
 	if req.Subject != want {
 		t.Errorf("build\n got %+v\nwant %+v", req.Subject, want)
 	}
@@ -232,7 +233,7 @@ func TestPushBuilds(t *testing.T) {
 	}
 	want := coordinator.Subject{Owner: "Codertocat", Repo: "Hello-World", Branch: "master", SHA: pushSHA,
 		Ref: "refs/heads/master", Action: "deploy", CommitCount: 1, Trigger: "push",
-		Key: "Codertocat/Hello-World@master", InstallationID: 1, Public: true}
+		Key: "Codertocat/Hello-World@master", InstallationID: 1, Public: true, DefaultBranch: "master"}
 	if subs[0].Subject != want {
 		t.Errorf("build\n got %+v\nwant %+v", subs[0].Subject, want)
 	}

@@ -89,6 +89,9 @@ type Event struct {
 	CheckRunID int64
 	App        int64
 	Sender     string
+	// BaseBranch is a pull request's base branch; DefaultBranch the
+	// repository's default branch ("" when the payload does not say).
+	BaseBranch, DefaultBranch string
 }
 
 // Queue carries events from the webhook handler to Forge's workers. It
@@ -480,6 +483,7 @@ func decodePullRequest(ev Event, p *gh.PullRequestEvent) (Event, bool, string, e
 	}
 	ev.Fork = headRepo == "" || !strings.EqualFold(headRepo, baseRepo)
 	ev.Author, ev.Association = pr.GetUser().GetLogin(), pr.GetAuthorAssociation()
+	ev.BaseBranch, ev.DefaultBranch = pr.GetBase().GetRef(), p.GetRepo().GetDefaultBranch()
 	if ev.Kind == KindPullRequest && !shaRE.MatchString(ev.SHA) {
 		return ev, false, "", fmt.Errorf("head sha %q is not a commit id", ev.SHA)
 	}
@@ -512,6 +516,7 @@ func decodePush(ev Event, p *gh.PushEvent) (Event, bool, string, error) {
 	}
 	ev.Installation = p.GetInstallation().GetID()
 	ev.SHA, ev.Branch, ev.CommitCount = after, branch, len(p.Commits)
+	ev.DefaultBranch = repo.GetDefaultBranch()
 	return ev, true, "", nil
 }
 

@@ -192,9 +192,11 @@ func TestEveryPayload(t *testing.T) {
 				wantEv.PullRequest, wantEv.CommitCount = 2, 1
 				wantEv.Action = ev.Action
 				wantEv.Author, wantEv.Association = "Codertocat", "OWNER" // every example's
+				wantEv.BaseBranch = "master"
 			} else {
 				wantEv.CommitCount = 1
 			}
+			wantEv.DefaultBranch = "master" // every example's repository.default_branch
 			ev.Delivery = ""
 			if ev != wantEv {
 				t.Errorf("event\n got %+v\nwant %+v", ev, wantEv)

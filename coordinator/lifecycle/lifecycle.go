@@ -101,6 +101,9 @@ type Config struct {
 	// nil: the coordinator has no secrets key, and a trusted build that
 	// names secrets ends as error saying so.
 	Secrets coordinator.Secrets
+	// Caches, when set, gives builds with cache: in their config their
+	// cache (caches.Store); nil: builds run without.
+	Caches coordinator.Caches
 }
 
 // Nodes lists the swarm's nodes; *client.Client satisfies it.
@@ -400,6 +403,11 @@ func (r *Runner) finishAs(ctx context.Context, b *coordinator.Build, st coordina
 	}
 	r.cfg.Logs.Forget(b.ID) // over: its secrets are dropped, and its log sealed
 	r.log.Info("build finished", "build", b.ID, "state", st, "reason", reason)
+	if r.cfg.Caches != nil {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+		r.cfg.Caches.Forget(fctx, b.ID) // what it may save is moot now
+		cancel()
+	}
 	r.kicked()
 	return nb
 }

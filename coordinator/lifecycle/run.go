@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -299,8 +300,28 @@ func (r *Runner) launch(ctx context.Context, b *coordinator.Build, spec []byte, 
 		defer rc.Close()
 		lr.Source, lr.SourceSize = rc, size
 	}
+	if lr.Cache = r.cache(ctx, b, req, lr.Source); lr.Cache != nil && lr.Cache.Archive != nil {
+		defer lr.Cache.Archive.Close()
+	}
 	_, err = r.cfg.Agents.Launch(ctx, b.NodeID, lr)
 	return err
+}
+
+// cache is the build's cache for its launch, or nil. A cache that cannot
+// be had is no reason to fail the build: it runs cold.
+func (r *Runner) cache(ctx context.Context, b *coordinator.Build, req coordinator.Request, src io.Reader) *coordinator.CacheLaunch {
+	if r.cfg.Caches == nil || req.Config.Cache == nil {
+		return nil
+	}
+	// The key may hash the source's files: the source is read, then sent
+	// from its start. Sources are files (GitHub's tarball, forge run's).
+	seeker, _ := src.(io.ReadSeeker)
+	cl, err := r.cfg.Caches.Prepare(ctx, b, req.Config, seeker)
+	if err != nil {
+		r.log.Warn("build runs without its cache", "build", b.ID, "err", err)
+		return nil
+	}
+	return cl
 }
 
 // await waits for the build's exit, enforcing its timeout and honouring

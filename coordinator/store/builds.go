@@ -23,7 +23,8 @@ const buildColumns = `id, owner, repo, pull_request, branch, sha, ref, action,
 	state, reason, exit_code, node_id, container_id, service_id, service_name,
 	created, started, finished, public,
 	author, untrusted, needs_approval, approved_by, approved,
-	rerun_of, rerun_by, ending`
+	rerun_of, rerun_by, ending,
+	base_branch, default_branch`
 
 // updateBuildSQL sets every column but id (args[0] of buildArgs) and takes
 // the id last, for the WHERE.
@@ -53,7 +54,8 @@ func scanBuild(sc scanner) (*coordinator.Build, error) {
 		&state, &b.Reason, &exit, &b.NodeID, &b.ContainerID, &b.ServiceID, &b.ServiceName,
 		&created, &started, &finished, &b.Public,
 		&b.Author, &b.Untrusted, &b.NeedsApproval, &b.ApprovedBy, &approved,
-		&b.RerunOf, &b.RerunBy, &b.Ending)
+		&b.RerunOf, &b.RerunBy, &b.Ending,
+		&b.BaseBranch, &b.DefaultBranch)
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +100,8 @@ func buildArgs(b *coordinator.Build) ([]any, error) {
 		string(b.State), b.Reason, exit, b.NodeID, b.ContainerID, b.ServiceID, b.ServiceName,
 		times[0], times[1], times[2], b.Public,
 		b.Author, b.Untrusted, b.NeedsApproval, b.ApprovedBy, times[3],
-		b.RerunOf, b.RerunBy, string(b.Ending)}, nil
+		b.RerunOf, b.RerunBy, string(b.Ending),
+		b.BaseBranch, b.DefaultBranch}, nil
 }
 
 // CreateBuild stores a new build. An empty State becomes Queued, a zero

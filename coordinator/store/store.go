@@ -337,6 +337,38 @@ var migrations = [][]string{
 		)`,
 		`CREATE INDEX check_runs_build ON check_runs (build_id, created)`,
 	},
+	// 8: caches (issue 16). A build's base and default branches widen what
+	// caches it reads. caches holds each repository's entries by scope and
+	// key, naming a content-addressed archive under --data (several
+	// entries may share one); used orders eviction. build_caches holds
+	// what a launched build may save, until it has.
+	{
+		`ALTER TABLE builds ADD COLUMN base_branch TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE builds ADD COLUMN default_branch TEXT NOT NULL DEFAULT ''`,
+		`CREATE TABLE caches (
+			owner     TEXT    NOT NULL,
+			repo      TEXT    NOT NULL,
+			scope     TEXT    NOT NULL,
+			cache_key TEXT    NOT NULL,
+			digest    TEXT    NOT NULL,
+			size      INTEGER NOT NULL,
+			created   INTEGER NOT NULL,
+			used      INTEGER NOT NULL,
+			PRIMARY KEY (owner, repo, scope, cache_key)
+		)`,
+		`CREATE INDEX caches_used ON caches (used)`,
+		`CREATE INDEX caches_digest ON caches (digest)`,
+		`CREATE TABLE build_caches (
+			build_id  TEXT    NOT NULL PRIMARY KEY,
+			owner     TEXT    NOT NULL,
+			repo      TEXT    NOT NULL,
+			scope     TEXT    NOT NULL,
+			cache_key TEXT    NOT NULL,
+			paths     TEXT    NOT NULL,
+			max_bytes INTEGER NOT NULL,
+			created   INTEGER NOT NULL
+		)`,
+	},
 }
 
 // migrate brings the schema up to date in one transaction per migration.

@@ -51,6 +51,8 @@ func fullBuild(id string) *Build {
 			NeedsApproval:  true,
 			RerunOf:        "20261129T120000-aaaaaa",
 			RerunBy:        "maintainer",
+			BaseBranch:     "main",
+			DefaultBranch:  "trunk",
 		},
 		Ending:      coordinator.EndTimedOut,
 		ApprovedBy:  "maintainer",

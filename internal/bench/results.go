@@ -197,6 +197,21 @@ var Rows = []Target{
 	{Key: "log.follower_baseline_cpu_ms_per_s"},
 	{Key: "log.follower_cpu_us_per_line"},
 	{Key: "log.load_lines_per_s"},
+	{Key: "cache.restore_mib"},
+	{Key: "cache.restore_agent_mb_s"},
+	{Key: "cache.restore_plain_mb_s"},
+	{Key: "cache.restore_ratio", Min: 0.8},
+	{Key: "cache.restore_stream_mb_s"},
+	{Key: "cache.restore_stream_ratio"},
+	{Key: "cache.restore_agent_cpu_ms_mib"},
+	{Key: "cache.restore_plain_cpu_ms_mib"},
+	{Key: "cache.warm_cold_s"},
+	{Key: "cache.warm_s"},
+	{Key: "cache.warm_ratio"},
+	{Key: "cache.warm_cold_run_s"},
+	{Key: "cache.warm_run_s"},
+	{Key: "cache.warm_cache_mib"},
+	{Key: "cache.warm_pairs"},
 }
 
 // Check says whether v meets t: "holds", "MISSES", or "" when t sets no

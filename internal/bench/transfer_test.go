@@ -34,8 +34,8 @@ func BenchmarkTransfer(b *testing.B) {
 	data := make([]byte, transferSize)
 	rand.Read(data)
 
-	ys := yamuxPair(b, p, nil)
-	plain := plainPair(b, p)
+	ys := yamuxPair(b, p, nil, transferSize)
+	plain := plainPair(b, p, transferSize)
 
 	var yam, pl []float64
 	var ycpu, pcpu time.Duration // CPU time of this process (both sides)
@@ -84,10 +84,10 @@ type transferer interface {
 }
 
 // yamuxSide is a coordinator's session with one agent, whose side accepts
-// each stream, receives the blob and acknowledges it.
+// each stream, receives a blob of size bytes and acknowledges it.
 type yamuxSide struct{ coord *wire.Session }
 
-func yamuxPair(b *testing.B, p *wiretest.PKI, cfg *wire.SessionConfig) *yamuxSide {
+func yamuxPair(b *testing.B, p *wiretest.PKI, cfg *wire.SessionConfig, size int64) *yamuxSide {
 	b.Helper()
 	agent, coord := p.MustPair(b, cfg)
 	go func() {
@@ -98,7 +98,7 @@ func yamuxPair(b *testing.B, p *wiretest.PKI, cfg *wire.SessionConfig) *yamuxSid
 			}
 			go func() {
 				defer st.Close()
-				if err := wire.RecvBlob(st, transferSize, io.Discard); err != nil {
+				if err := wire.RecvBlob(st, size, io.Discard); err != nil {
 					return
 				}
 				st.Write([]byte{1})
@@ -110,33 +110,49 @@ func yamuxPair(b *testing.B, p *wiretest.PKI, cfg *wire.SessionConfig) *yamuxSid
 
 func (y *yamuxSide) transfer(b *testing.B, data []byte) time.Duration {
 	b.Helper()
-	start := time.Now()
-	st, err := y.coord.Open(context.Background())
+	return y.send(b, bytes.NewReader(data), int64(len(data)))
+}
+
+// send moves size bytes of r on a stream of its own, timed from the
+// stream's opening to the acknowledgement.
+func (y *yamuxSide) send(b *testing.B, r io.Reader, size int64) time.Duration {
+	b.Helper()
+	d, err := y.trySend(r, size)
 	if err != nil {
 		b.Fatal(err)
 	}
+	return d
+}
+
+// trySend is send for goroutines other than the benchmark's.
+func (y *yamuxSide) trySend(r io.Reader, size int64) (time.Duration, error) {
+	start := time.Now()
+	st, err := y.coord.Open(context.Background())
+	if err != nil {
+		return 0, err
+	}
 	defer st.Close()
-	st.SetDeadline(time.Now().Add(wire.TransferTimeout(transferSize)))
-	if err := wire.SendBlob(st, bytes.NewReader(data), int64(len(data))); err != nil {
-		b.Fatal(err)
+	st.SetDeadline(time.Now().Add(wire.TransferTimeout(size)))
+	if err := wire.SendBlob(st, r, size); err != nil {
+		return 0, err
 	}
 	var ack [1]byte
 	if _, err := io.ReadFull(st, ack[:]); err != nil {
-		b.Fatal(err)
+		return 0, err
 	}
-	return time.Since(start)
+	return time.Since(start), nil
 }
 
 // plainSide is one TLS connection: the coordinator writes, the agent
-// reads everything and acknowledges.
+// reads size bytes and acknowledges, again and again.
 type plainSide struct{ coord *tls.Conn }
 
-func plainPair(b *testing.B, p *wiretest.PKI) *plainSide {
+func plainPair(b *testing.B, p *wiretest.PKI, size int64) *plainSide {
 	b.Helper()
 	agent, coord := p.MustTLSConns(b)
 	go func() {
 		for {
-			if err := wire.RecvBlob(agent, transferSize, io.Discard); err != nil {
+			if err := wire.RecvBlob(agent, size, io.Discard); err != nil {
 				return
 			}
 			if _, err := agent.Write([]byte{1}); err != nil {
@@ -149,9 +165,15 @@ func plainPair(b *testing.B, p *wiretest.PKI) *plainSide {
 
 func (p *plainSide) transfer(b *testing.B, data []byte) time.Duration {
 	b.Helper()
+	return p.send(b, bytes.NewReader(data), int64(len(data)))
+}
+
+// send moves size bytes of r, timed to the acknowledgement.
+func (p *plainSide) send(b *testing.B, r io.Reader, size int64) time.Duration {
+	b.Helper()
 	start := time.Now()
-	p.coord.SetDeadline(time.Now().Add(wire.TransferTimeout(transferSize)))
-	if err := wire.SendBlob(p.coord, bytes.NewReader(data), int64(len(data))); err != nil {
+	p.coord.SetDeadline(time.Now().Add(wire.TransferTimeout(size)))
+	if err := wire.SendBlob(p.coord, r, size); err != nil {
 		b.Fatal(err)
 	}
 	var ack [1]byte

@@ -101,6 +101,9 @@ func Run(ctx context.Context, o Options) (int, error) {
 	srv, err := daemon.New(setup, daemon.Config{
 		TLS: wire.ServerConfig(pki.ca.Pool(), pki.coordinator), DataDir: data, Executor: o.Executor,
 		Logger: o.Logger.With("side", "coordinator"),
+		// The data folder goes with the run: a cache saved there would
+		// never be restored.
+		Bounds: daemon.Bounds{CacheSize: -1},
 	}, o.Docker)
 	if err != nil {
 		if errors.Is(err, coordinator.ErrNotManager) {
