@@ -21,6 +21,7 @@ import (
 	"github.com/forge-ci/forge/coordinator/daemon"
 	"github.com/forge-ci/forge/coordinator/github"
 	"github.com/forge-ci/forge/internal/dockertest"
+	"github.com/forge-ci/forge/internal/fakegithub"
 	"github.com/forge-ci/forge/internal/fakegithub/fakegithubtest"
 )
 
@@ -452,4 +453,82 @@ func waitPage(t *testing.T, ctx context.Context, cond string) {
 			t.Fatalf("waiting for %s: %v", cond, err)
 		}
 	}
+}
+
+// A re-run from the build page: the page's button (write permission, a
+// build from GitHub that is over) starts a new build of the same commit
+// and action, with .forge.yml and the source fetched again from the fake
+// GitHub; it appears at the top of the list, and both pages link each
+// other.
+func TestBrowserRerun(t *testing.T) {
+	e := newEnv(t)
+	fake := fakegithubtest.New(t)
+	fake.AddUser("alice", 1)
+	fake.SetPermission("alice", "acme/widgets", "write")
+	const inst = 4242
+	fake.SetInstallation("acme/widgets", inst)
+	signin, err := github.NewSignIn(fakegithubtest.ClientID, fakegithubtest.ClientSecret, fake.WebBase(), fake.APIBase(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := github.NewApp(fakegithub.AppID, fakegithubtest.AppKeyPEM(t), fake.APIBase(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startServerWith(t, e, t.TempDir(), "", func(cfg *daemon.Config) {
+		cfg.Access.SignIn, cfg.Access.Admins = signin, []string{"alice"}
+		cfg.GitHub = &daemon.GitHub{App: app, Secret: []byte("webhook secret"), PublicURL: cfg.Access.PublicURL, AppID: fakegithub.AppID}
+	})
+	startAgent(t, e.pki, s.agents, nil, nil)
+	testID := dockertest.ID(t)
+	dockertest.Cleanup(t, e.cli, testID)
+	shots := screenshotDir(t)
+
+	sha := strings.Repeat("5eed", 10)
+	yml := "image: " + e.image + "\nexecute:\n  - echo built $FORGE_SHA\n"
+	fake.SetFile("acme/widgets", sha, yml)
+	fake.SetTarball("acme/widgets", sha, fakegithubtest.Tarball(t, "acme-widgets-5eed", map[string]string{".forge.yml": yml}))
+	first := s.submitAs(t, e, coordinator.Subject{Owner: "acme", Repo: "widgets", Branch: "main", SHA: sha, Action: "execute",
+		Trigger: "push", Public: true, InstallationID: inst}, yml, testID)
+	if b, err := s.srv.Builds.Wait(dockertest.Context(t, time.Minute), first.ID); err != nil || b.State != coordinator.Success {
+		t.Fatalf("the first build: %v %+v", err, b)
+	}
+
+	alice := browser(t)
+	con := watchConsole(alice)
+	signIn(t, alice, s, "alice", "/builds/"+first.ID)
+	var loc string
+	step(t, alice, 30*time.Second, "re-run from the build page", desktop, chromedp.Navigate(s.http+"/builds/"+first.ID),
+		chromedp.WaitVisible("#rerun button", chromedp.ByQuery), chromedp.Click("#rerun button", chromedp.ByQuery),
+		chromedp.WaitVisible("#rerun-of", chromedp.ByQuery), chromedp.Location(&loc))
+	id, ok := strings.CutPrefix(loc, s.http+"/builds/")
+	if !ok || id == first.ID || id == "" {
+		t.Fatalf("after the re-run the page is %s, want a new build's", loc)
+	}
+	b, err := s.srv.Builds.Wait(dockertest.Context(t, time.Minute), id)
+	if err != nil || b.State != coordinator.Success || b.SHA != sha || b.Action != "execute" || b.RerunOf != first.ID || b.RerunBy != "alice" {
+		t.Fatalf("the re-run: %v %+v", err, b)
+	}
+	waitPage(t, alice, `document.getElementById("state").textContent == "success" && document.getElementById("log").dataset.done == "1"`)
+	var text string
+	step(t, alice, 10*time.Second, "the re-run's log", chromedp.Text("#log", &text, chromedp.ByQuery))
+	if !strings.Contains(text, "built "+sha) {
+		t.Errorf("the re-run's log: %q", text)
+	}
+
+	var rows []string
+	step(t, alice, 20*time.Second, "the re-run in the list", chromedp.Navigate(s.http+"/"),
+		chromedp.Evaluate(`Array.from(document.querySelectorAll("#builds tbody tr"), r => Array.from(r.cells, c => c.textContent.trim()).join("|"))`, &rows))
+	if len(rows) != 2 || !strings.HasPrefix(rows[0], "success|"+id+"|acme/widgets|main|execute|5eed5ee|") ||
+		!strings.HasPrefix(rows[1], "success|"+first.ID+"|") {
+		t.Errorf("the list after the re-run: %q", rows)
+	}
+	shoot(t, alice, shots, "rerun-list")
+	var reruns string
+	step(t, alice, 20*time.Second, "the first build links its re-run", chromedp.Navigate(s.http+"/builds/"+first.ID),
+		chromedp.Text("#reruns", &reruns, chromedp.ByQuery))
+	if !strings.Contains(reruns, id) {
+		t.Errorf("the first build's page: %q, want a link to %s", reruns, id)
+	}
+	con.check(t, "a re-run")
 }
