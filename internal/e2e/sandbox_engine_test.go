@@ -52,7 +52,7 @@ func TestSandboxForkBomb(t *testing.T) {
 	if final.State != coordinator.Failure || final.ExitCode == nil || *final.ExitCode == 0 {
 		t.Fatalf("fork bomb: %s (%s), want failure", final.State, final.Reason)
 	}
-	if log := buildLog(t, s, b.ID); !strings.Contains(log, "\nbombing\n") || strings.Contains(log, "outlived") {
+	if log := buildLog(t, s, b.ID); !strings.Contains(log, "\nbombing\n") || strings.Contains(log, "\nthe shell outlived") {
 		t.Errorf("fork bomb log %q", log)
 	}
 	t.Logf("fork bomb contained in %v", time.Since(began).Round(time.Millisecond))
