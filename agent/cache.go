@@ -68,6 +68,9 @@ const cacheTimeout = 10 * time.Minute
 // the stream is at the source.
 func copyCache(tw *tar.Writer, r io.Reader, paths []string) error {
 	tr := tar.NewReader(r)
+	// One buffer for every file: io.CopyN makes one each, and a cache of
+	// thousands of files then keeps the collector busy while bytes wait.
+	buf := make([]byte, 256<<10)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -83,7 +86,7 @@ func copyCache(tw *tar.Writer, r io.Reader, paths []string) error {
 			return err
 		}
 		if h.Typeflag == tar.TypeReg {
-			if _, err := io.CopyN(tw, tr, h.Size); err != nil {
+			if _, err := io.CopyBuffer(tw, io.LimitReader(tr, h.Size), buf); err != nil {
 				return fmt.Errorf("%s: %w", h.Name, err)
 			}
 		}
@@ -224,6 +227,7 @@ func collectPath(ctx context.Context, d Docker, id, p string, paths []string, tw
 	rename := func(n string) string { return strings.TrimPrefix(path.Join(parent, n), "/") }
 	skipped = map[string]int{}
 	tr := tar.NewReader(rc)
+	buf := make([]byte, 256<<10) // one for every file, as in copyCache
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -263,7 +267,7 @@ func collectPath(ctx context.Context, d Docker, id, p string, paths []string, tw
 			return nil, "", overOr(err)
 		}
 		if h.Typeflag == tar.TypeReg {
-			if _, err := io.CopyN(tw, tr, h.Size); err != nil {
+			if _, err := io.CopyBuffer(tw, io.LimitReader(tr, h.Size), buf); err != nil {
 				return nil, "", overOr(fmt.Errorf("read %s out of the container: %w", h.Name, err))
 			}
 		}

@@ -179,9 +179,16 @@ const (
 	DefaultWriteTimeout       = 10 * time.Second // no progress for this long closes the session
 	DefaultStreamOpenTimeout  = 30 * time.Second
 	DefaultStreamCloseTimeout = 2 * time.Minute
-	// DefaultMaxStreamWindow is the per-stream receive window, and so the
-	// largest yamux data frame a stream sends (SendBlob's buffers).
-	DefaultMaxStreamWindow  = 1 << 20
+	// DefaultMaxStreamWindow is the per-stream receive window of the
+	// coordinator (the yamux server): an agent's stream can make it buffer
+	// this much. SendBlob writes in buffers of this size.
+	DefaultMaxStreamWindow = 1 << 20
+	// DefaultClientStreamWindow is the agent's (the yamux client's): its
+	// bulk bytes (sources, caches) come from the coordinator, and yamux
+	// reads a whole frame before its reader sees any, so a small window
+	// stalls the sender. 1 MiB: cache.restore_ratio 0.67–0.73; 16 MiB:
+	// 0.80–0.83 (docs/benchmarks.md, Cache restore).
+	DefaultClientStreamWindow = 16 << 20
 	DefaultAcceptBacklog    = 256
 	DefaultHandshakeTimeout = 10 * time.Second // the TLS handshake (PROTOCOL.md §2)
 )

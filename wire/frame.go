@@ -336,7 +336,7 @@ func parseDigest(d string) ([]byte, error) {
 	return sum, nil
 }
 
-// sendBufs holds SendBlob's copy buffers, one stream window each.
+// sendBufs holds SendBlob's copy buffers, one server stream window each.
 var sendBufs = sync.Pool{New: func() any { b := make([]byte, DefaultMaxStreamWindow); return &b }}
 
 // copyN copies exactly n bytes from src to dst. rerr is io.EOF when src

@@ -89,7 +89,8 @@ type SessionConfig struct {
 	// reset after this time (DefaultStreamCloseTimeout).
 	StreamCloseTimeout time.Duration
 	// MaxStreamWindowSize is the per-stream receive window
-	// (DefaultMaxStreamWindow; at least 256 KiB).
+	// (DefaultMaxStreamWindow for the server, DefaultClientStreamWindow
+	// for the client; at least 256 KiB).
 	MaxStreamWindowSize uint32
 	// AcceptBacklog is how many streams the peer may open before this side
 	// accepts them (DefaultAcceptBacklog).
@@ -192,6 +193,9 @@ func newSession(conn net.Conn, cfg *SessionConfig, client bool) (*Session, error
 	if err != nil {
 		conn.Close()
 		return nil, err
+	}
+	if client && (cfg == nil || cfg.MaxStreamWindowSize == 0) {
+		c.MaxStreamWindowSize = DefaultClientStreamWindow
 	}
 	var peer *x509.Certificate
 	if tc, ok := conn.(*tls.Conn); ok {
