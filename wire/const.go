@@ -189,8 +189,8 @@ const (
 	// stalls the sender. 1 MiB: cache.restore_ratio 0.67–0.73; 16 MiB:
 	// 0.80–0.83 (docs/benchmarks.md, Cache restore).
 	DefaultClientStreamWindow = 16 << 20
-	DefaultAcceptBacklog    = 256
-	DefaultHandshakeTimeout = 10 * time.Second // the TLS handshake (PROTOCOL.md §2)
+	DefaultAcceptBacklog      = 256
+	DefaultHandshakeTimeout   = 10 * time.Second // the TLS handshake (PROTOCOL.md §2)
 )
 
 // Stream deadlines (PROTOCOL.md §4.4, §6.1).
