@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"path"
-	"strconv"
 	"strings"
 	"time"
 
@@ -40,26 +39,6 @@ type Payload struct {
 	// /.forge/ (so the executor can remove it).
 	Secrets []byte
 	Owner   Owner
-}
-
-// Owner is a numeric user and group.
-type Owner struct{ UID, GID int }
-
-// ownerOf is the owner the secrets file gets in a container whose
-// configured user is user: that user when the image names it by number
-// ("1000", "1000:1000"), else root. A user named by name would need the
-// image's /etc/passwd: such an image must run as root to read secrets.
-func ownerOf(user string) Owner {
-	u, g, _ := strings.Cut(user, ":")
-	uid, err := strconv.Atoi(u)
-	if err != nil || uid < 0 {
-		return Owner{}
-	}
-	gid, err := strconv.Atoi(g)
-	if err != nil || gid < 0 {
-		gid = 0
-	}
-	return Owner{UID: uid, GID: gid}
 }
 
 // WriteArchive writes p as one tar stream rooted at "/", the body of a

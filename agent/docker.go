@@ -48,6 +48,7 @@ type Docker interface {
 type injector interface {
 	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
 	CopyToContainer(ctx context.Context, id, dstPath string, content io.Reader, opts container.CopyToContainerOptions) error
+	CopyFromContainer(ctx context.Context, id, srcPath string) (io.ReadCloser, container.PathStat, error)
 	ContainerStart(ctx context.Context, id string, opts container.StartOptions) error
 }
 
@@ -145,7 +146,12 @@ func Inject(ctx context.Context, d injector, id, buildID string, p Payload) erro
 	}
 	if p.Secrets != nil {
 		// Readable by the executor, which runs as the image's user.
-		p.Owner = ownerOf(c.Config.User)
+		p.Owner, err = ownerOf(c.Config.User, func(path string) ([]byte, error) {
+			return readAccountFile(ctx, d, id, path)
+		})
+		if err != nil {
+			return fmt.Errorf("the owner of the secrets file, the image's user %q: %w", c.Config.User, err)
+		}
 	}
 	pr, pw := io.Pipe()
 	written := make(chan error, 1)

@@ -79,8 +79,8 @@ func refusal(err error) *wire.Refused {
 		code = wire.RefusedNotFound
 	case errors.Is(err, ErrNotForge), errors.Is(err, ErrWrongBuild), errors.Is(err, ErrAlreadyRan), errors.Is(err, ErrNotStopped):
 		code = wire.RefusedForbidden
-	case errors.Is(err, ErrUnsafePath), errors.Is(err, wire.ErrUnsafeEntry):
-		code = wire.RefusedBadRequest // the coordinator's source or cache, not this node, is at fault
+	case errors.Is(err, ErrUnsafePath), errors.Is(err, wire.ErrUnsafeEntry), errors.Is(err, ErrUnknownUser):
+		code = wire.RefusedBadRequest // the source, cache or image, not this node, is at fault
 	}
 	return wire.NewRefused(code, "%v", err)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -170,26 +171,36 @@ func TestSIGTERMStopsBuild(t *testing.T) {
 }
 
 // TestInjectSecrets: secrets put in with the archive reach the commands
-// as environment variables, whether the image runs as root or as a user
-// given by number; the file is gone before the first command, and the
-// container's configuration never holds a value.
+// as environment variables, whether the image runs as root, as a user
+// given by number or as one given by name; the file is gone before the
+// first command, and the container's configuration never holds a value.
+// A user the image does not have fails the Inject, naming it.
 func TestInjectSecrets(t *testing.T) {
 	cli := dockertest.Client(t)
 	dockertest.Swarm(t, cli)
 	exe := dockertest.Forgexec(t)
 	busybox := dockertest.EnsureBusybox(t, cli)
+	users := dockertest.EnsureBusyboxUsers(t, cli)
 	value := "v4lue-" + dockertest.ID(t)
 	file, err := forgexec.EncodeSecrets(map[string][]byte{"DEPLOY_TOKEN": []byte(value)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, user := range []string{"", "1000:1000"} {
-		t.Run("user="+user, func(t *testing.T) {
+	for _, tc := range []struct {
+		image, user, want string // want: "uid:gid", or "" when Inject must fail
+	}{
+		{busybox, "", "0:0"},
+		{busybox, "1000:1000", "1000:1000"},
+		{users, "builder", "1234:1234"},
+		{users, "builder:staff", "1234:50"},
+		{users, "ghost", ""},
+	} {
+		t.Run("user="+tc.user, func(t *testing.T) {
 			id := dockertest.ID(t)
 			dockertest.Cleanup(t, cli, id)
 			ctx := dockertest.Context(t, 2*time.Minute)
 			buildID := "b-" + id
-			svc := dockertest.BuildServiceWith(t, cli, busybox, buildID, id, func(c *swarm.ContainerSpec) { c.User = user })
+			svc := dockertest.BuildServiceWith(t, cli, tc.image, buildID, id, func(c *swarm.ContainerSpec) { c.User = tc.user })
 			task, err := dockertest.TaskContainer(ctx, cli, svc)
 			if err != nil {
 				t.Fatal(err)
@@ -197,18 +208,20 @@ func TestInjectSecrets(t *testing.T) {
 			cid := task.Status.ContainerStatus.ContainerID
 			err = Inject(ctx, cli, cid, buildID, Payload{
 				Executor: bytes.NewReader(exe), ExecutorSize: int64(len(exe)), Workdir: "/tmp/src",
-				Spec:    buildSpecIn(t, buildID, "/tmp/src", `echo "got [$DEPLOY_TOKEN] as $(id -u)"`, "test ! -e /.forge/secrets.json"),
+				Spec:    buildSpecIn(t, buildID, "/tmp/src", `echo "got [$DEPLOY_TOKEN] as $(id -u):$(id -g)"`, "test ! -e /.forge/secrets.json"),
 				Secrets: file,
 			})
+			if tc.want == "" {
+				if !errors.Is(err, ErrUnknownUser) || !strings.Contains(err.Error(), `"ghost"`) {
+					t.Fatalf("inject as a user the image lacks: %v, want ErrUnknownUser naming it", err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatalf("inject: %v", err)
 			}
 			code, out := runToExit(ctx, t, cli, cid)
-			uid := "0"
-			if user != "" {
-				uid = "1000"
-			}
-			if code != 0 || !strings.Contains(out.String(), "got ["+value+"] as "+uid) {
+			if code != 0 || !strings.Contains(out.String(), "got ["+value+"] as "+tc.want) {
 				t.Errorf("exit %d, output:\n%s", code, out.String())
 			}
 			_, raw, err := cli.ContainerInspectWithRaw(ctx, cid, false)

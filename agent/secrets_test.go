@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -53,14 +54,46 @@ func TestWriteArchiveSecrets(t *testing.T) {
 	}
 }
 
+// The secrets file's owner is the container's user as the engine
+// resolves it: numbers as they are, names through the image's
+// /etc/passwd and /etc/group, a user's own group when none is given.
 func TestOwnerOf(t *testing.T) {
-	for user, want := range map[string]Owner{
-		"": {}, "root": {}, "0": {}, "1000": {UID: 1000}, "1000:1000": {UID: 1000, GID: 1000},
-		"1000:staff": {UID: 1000}, "node": {}, "node:node": {}, "-1": {},
-	} {
-		if got := ownerOf(user); got != want {
-			t.Errorf("ownerOf(%q) = %+v, want %+v", user, got, want)
+	files := map[string]string{
+		"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\n# a comment\nbad line\nnode:x:1000:1001::/home/node:/bin/sh\nodd:x:12:nan:\n",
+		"/etc/group":  "root:x:0:\nstaff:x:50:node\nnode:x:1001:\n",
+	}
+	read := func(path string) ([]byte, error) {
+		if b, ok := files[path]; ok {
+			return []byte(b), nil
 		}
+		return nil, nil
+	}
+	for user, want := range map[string]Owner{
+		"": {}, "root": {}, "0": {}, "1000": {UID: 1000, GID: 1001}, "1000:1000": {UID: 1000, GID: 1000},
+		"1000:staff": {UID: 1000, GID: 50}, "node": {UID: 1000, GID: 1001}, "node:node": {UID: 1000, GID: 1001},
+		"node:0": {UID: 1000}, "2000": {UID: 2000}, ":50": {GID: 50},
+	} {
+		if got, err := ownerOf(user, read); err != nil || got != want {
+			t.Errorf("ownerOf(%q) = %+v, %v; want %+v", user, got, err, want)
+		}
+	}
+	for _, user := range []string{"nobody", "node:wheel", "odd", "-1"} {
+		if got, err := ownerOf(user, read); !errors.Is(err, ErrUnknownUser) {
+			t.Errorf("ownerOf(%q) = %+v, %v; want ErrUnknownUser", user, got, err)
+		}
+	}
+	// An image without account files: numbers still work, names cannot.
+	none := func(string) ([]byte, error) { return nil, nil }
+	if got, err := ownerOf("1000:50", none); err != nil || got != (Owner{UID: 1000, GID: 50}) {
+		t.Errorf("no account files: 1000:50 = %+v, %v", got, err)
+	}
+	if _, err := ownerOf("node", none); !errors.Is(err, ErrUnknownUser) {
+		t.Errorf("no account files: node: %v", err)
+	}
+	// A failed read is the caller's error, not a guess.
+	broken := errors.New("engine gone")
+	if _, err := ownerOf("node", func(string) ([]byte, error) { return nil, broken }); !errors.Is(err, broken) {
+		t.Errorf("failed read: %v", err)
 	}
 }
 

@@ -37,7 +37,7 @@ func TakeSecrets(path string) (map[string]string, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read secrets: %w (the image's user must be root or given by number, USER 1000)", err)
+		return nil, fmt.Errorf("read secrets: %w", err)
 	}
 	if err := os.Remove(path); err != nil {
 		return nil, fmt.Errorf("remove the secrets file before the commands run: %w", err)

@@ -45,9 +45,29 @@ type imageOnce struct {
 	err  error
 }
 
+// BusyboxUsersImage is BusyboxImage with account files: user builder
+// (1234, group builder 1234) and group staff (50), for images whose USER
+// is a name.
+const BusyboxUsersImage = "forge-test/busybox-users:latest"
+
 // EnsureBusybox builds BusyboxImage from the host's static busybox, once
 // per test process.
 func EnsureBusybox(t testing.TB, cli client.APIClient) string {
+	t.Helper()
+	EnsureImage(t, cli, BusyboxImage, busyboxFiles(t))
+	return BusyboxImage
+}
+
+// EnsureBusyboxUsers builds BusyboxUsersImage, once per test process.
+func EnsureBusyboxUsers(t testing.TB, cli client.APIClient) string {
+	t.Helper()
+	EnsureImage(t, cli, BusyboxUsersImage, append(busyboxFiles(t),
+		File{Name: "etc/passwd", Body: []byte("root:x:0:0:root:/root:/bin/sh\nbuilder:x:1234:1234:builder:/tmp:/bin/sh\n")},
+		File{Name: "etc/group", Body: []byte("root:x:0:\nstaff:x:50:builder\nbuilder:x:1234:\n")}))
+	return BusyboxUsersImage
+}
+
+func busyboxFiles(t testing.TB) []File {
 	t.Helper()
 	bb, err := os.ReadFile(BusyboxPath)
 	if err != nil {
@@ -57,8 +77,7 @@ func EnsureBusybox(t testing.TB, cli client.APIClient) string {
 	for _, a := range busyboxApplets {
 		files = append(files, File{Name: "bin/" + a, Link: "busybox"})
 	}
-	EnsureImage(t, cli, BusyboxImage, files)
-	return BusyboxImage
+	return files
 }
 
 // EnsureScratch builds ScratchImage: one data file and no executable at all.
