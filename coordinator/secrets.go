@@ -32,6 +32,21 @@ type Secrets interface {
 	Values(ctx context.Context, owner, repo string, names []string) (map[string][]byte, error)
 }
 
+// TokenSealer seals people's GitHub tokens before they reach the store,
+// with the secrets key (secrets.Keeper); a coordinator without that key
+// keeps them as GitHub gave them.
+type TokenSealer interface {
+	// SealToken seals login's token; the result starts with
+	// SealedTokenPrefix.
+	SealToken(login, token string) string
+	// OpenToken opens what SealToken made for login, and nothing else.
+	OpenToken(login, sealed string) (string, error)
+}
+
+// SealedTokenPrefix starts a sealed token as stored, telling it from one
+// stored in clear before the coordinator had a secrets key.
+const SealedTokenPrefix = "forge-sealed-v1:"
+
 var (
 	// ErrNoSecretsKey: secrets are disabled, as the coordinator has no
 	// key to seal them with.

@@ -69,7 +69,7 @@ func coordinatorCommand() *cli.Command {
 			&cli.StringFlag{Name: "max-log-size", Usage: "cut each build's log past this size (64MiB, 1GiB); 0 keeps all", Value: "64MiB", EnvVars: env("max-log-size")},
 			&cli.StringFlag{Name: "retain", Usage: "delete final builds' logs and artifacts older than this (90d, 720h); 0 keeps them forever", Value: "90d", EnvVars: env("retain")},
 			&cli.StringFlag{Name: "max-artifacts-size", Usage: "most bytes of artifacts kept per build (1GiB, 256MiB); the file that passes it is cut", Value: "1GiB", EnvVars: env("max-artifacts-size")},
-			&cli.PathFlag{Name: "secrets-key-file", Usage: "file holding the key that seals repositories' secrets: 64 hex characters (openssl rand -hex 32); without it secrets are disabled", EnvVars: env("secrets-key-file")},
+			&cli.PathFlag{Name: "secrets-key-file", Usage: "file holding the key that seals repositories' secrets and people's GitHub tokens: 64 hex characters (openssl rand -hex 32); without it secrets are disabled and tokens are stored in clear", EnvVars: env("secrets-key-file")},
 			&cli.BoolFlag{Name: "github-statuses", Usage: "report builds to GitHub as commit statuses even where the App may write checks (check runs)", EnvVars: env("github-statuses")},
 			&cli.StringFlag{Name: "cache-size", Usage: "bound of the builds' caches kept under --data, all repositories together (10GiB, 500MiB); the least recently used go first; 0 keeps none", Value: "10GiB", EnvVars: env("cache-size")},
 		}, tlsFlags("coordinator")...),

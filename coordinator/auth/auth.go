@@ -82,7 +82,10 @@ type Config struct {
 	// requests too.
 	RequireSignIn bool
 	SessionTTL    time.Duration // DefaultSessionTTL when 0
-	Now           func() time.Time
+	// Tokens, when set (a secrets key), seals people's GitHub tokens in
+	// the store; nil keeps them in clear.
+	Tokens coordinator.TokenSealer
+	Now    func() time.Time
 }
 
 // Kind is how a request was authenticated.
@@ -316,7 +319,11 @@ func (a *Auth) permission(ctx context.Context, login, owner, repo string) (coord
 	if err != nil {
 		return coordinator.NoAccess, err
 	}
-	p, err := a.cfg.GitHub.Permission(ctx, u.Token, owner, repo)
+	tok, err := a.userToken(ctx, u)
+	if err != nil {
+		return coordinator.NoAccess, err
+	}
+	p, err := a.cfg.GitHub.Permission(ctx, tok, owner, repo)
 	if errors.Is(err, ErrBadCredential) {
 		return coordinator.NoAccess, fmt.Errorf("%w: GitHub no longer takes %s's authorisation; sign in again", ErrBadCredential, login)
 	}
@@ -334,4 +341,27 @@ func (a *Auth) permission(ctx context.Context, login, owner, repo string) (coord
 	}
 	a.perms[key] = cachedPermission{p: p, expires: now.Add(PermissionTTL)}
 	return p, nil
+}
+
+// userToken is u's GitHub token: opened when sealed. A token stored in
+// clear before the coordinator had a secrets key is sealed now.
+func (a *Auth) userToken(ctx context.Context, u coordinator.User) (string, error) {
+	if strings.HasPrefix(u.Token, coordinator.SealedTokenPrefix) {
+		if a.cfg.Tokens == nil {
+			return "", fmt.Errorf("%w: %s's GitHub authorisation is sealed with a secrets key this coordinator does not have (--secrets-key-file); sign in again", ErrBadCredential, u.Login)
+		}
+		tok, err := a.cfg.Tokens.OpenToken(u.Login, u.Token)
+		if err != nil {
+			return "", fmt.Errorf("%w: %v; sign in again", ErrBadCredential, err)
+		}
+		return tok, nil
+	}
+	tok := u.Token
+	if a.cfg.Tokens != nil {
+		u.Token = a.cfg.Tokens.SealToken(u.Login, tok)
+		if err := a.cfg.Store.PutUser(ctx, u); err != nil {
+			return "", fmt.Errorf("seal %s's GitHub token: %w", u.Login, err)
+		}
+	}
+	return tok, nil
 }

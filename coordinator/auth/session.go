@@ -178,6 +178,9 @@ func (a *Auth) Callback(w http.ResponseWriter, r *http.Request) {
 
 func (a *Auth) startSession(ctx context.Context, w http.ResponseWriter, u coordinator.User) error {
 	u.Updated = a.cfg.Now()
+	if a.cfg.Tokens != nil {
+		u.Token = a.cfg.Tokens.SealToken(u.Login, u.Token)
+	}
 	if err := a.cfg.Store.PutUser(ctx, u); err != nil {
 		return err
 	}

@@ -86,9 +86,10 @@ type Config struct {
 	Identity Identity
 	// Bounds limit what the coordinator keeps (issue 15).
 	Bounds Bounds
-	// SecretsKey seals repositories' secrets (--secrets-key-file,
-	// secrets.KeySize bytes); nil disables secrets: none can be set, and
-	// a trusted build that names some ends as error saying so.
+	// SecretsKey seals repositories' secrets and people's GitHub tokens
+	// (--secrets-key-file, secrets.KeySize bytes); nil disables secrets:
+	// none can be set, a trusted build that names some ends as error
+	// saying so, and tokens are stored in clear.
 	SecretsKey []byte
 }
 
@@ -283,7 +284,7 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 		webhook = &github.Webhook{Secret: cfg.GitHub.Secret, Deliveries: st, Queue: q, Log: log.With("part", "webhook"),
 			AppID: cfg.GitHub.AppID, Records: st}
 	}
-	front, err := frontDoor(cfg, st)
+	front, err := frontDoor(cfg, st, keeper)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)
@@ -324,7 +325,9 @@ func buildCaches(c *caches.Store) coordinator.Caches {
 	return c
 }
 
-func frontDoor(cfg Config, st *store.Store) (*auth.Auth, error) {
+// frontDoor is the coordinator's sign-in and access rules; keeper, when
+// there is a secrets key, also seals people's GitHub tokens.
+func frontDoor(cfg Config, st *store.Store, keeper coordinator.Secrets) (*auth.Auth, error) {
 	ac := cfg.Access
 	if ac.SignIn != nil && ac.PublicURL == "" {
 		return nil, errors.New("sign-in with GitHub needs the public URL (--public-url): GitHub sends browsers back to it")
@@ -336,8 +339,9 @@ func frontDoor(cfg Config, st *store.Store) (*auth.Auth, error) {
 			return nil, err
 		}
 	}
+	tokens, _ := keeper.(coordinator.TokenSealer)
 	return auth.New(auth.Config{Store: st, GitHub: ac.SignIn, PublicURL: ac.PublicURL, Key: key,
-		AdminToken: ac.AdminToken, Admins: ac.Admins, RequireSignIn: ac.RequireSignIn})
+		AdminToken: ac.AdminToken, Admins: ac.Admins, RequireSignIn: ac.RequireSignIn, Tokens: tokens})
 }
 
 // SessionKey reads the cookie key kept at path (64 hex characters),

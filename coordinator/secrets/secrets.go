@@ -9,6 +9,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -79,22 +80,69 @@ func additional(owner, repo, name string) []byte {
 }
 
 func (k *Keeper) seal(owner, repo, name string, value []byte) []byte {
-	out := make([]byte, 1+k.aead.NonceSize(), 1+k.aead.NonceSize()+len(value)+k.aead.Overhead())
-	out[0] = sealVersion
-	rand.Read(out[1:]) // a random 96-bit nonce per seal
-	return k.aead.Seal(out, out[1:], value, additional(owner, repo, name))
+	return k.sealWith(additional(owner, repo, name), value)
 }
 
 func (k *Keeper) open(owner, repo, name string, sealed []byte) ([]byte, error) {
-	n := k.aead.NonceSize()
-	if len(sealed) < 1+n || sealed[0] != sealVersion {
+	v, err := k.openWith(additional(owner, repo, name), sealed)
+	if errors.Is(err, errUnknownSeal) {
 		return nil, fmt.Errorf("secret %s of %s/%s: not a sealed value this forge knows", name, owner, repo)
 	}
-	v, err := k.aead.Open(nil, sealed[1:1+n], sealed[1+n:], additional(owner, repo, name))
 	if err != nil {
 		return nil, fmt.Errorf("secret %s of %s/%s does not open with this --secrets-key-file: it was sealed with another key, or changed; set it again", name, owner, repo)
 	}
 	return v, nil
+}
+
+var (
+	errUnknownSeal = errors.New("not a sealed value this forge knows")
+	errNoOpen      = errors.New("does not open with this --secrets-key-file (another key, or changed)")
+)
+
+func (k *Keeper) sealWith(ad, value []byte) []byte {
+	out := make([]byte, 1+k.aead.NonceSize(), 1+k.aead.NonceSize()+len(value)+k.aead.Overhead())
+	out[0] = sealVersion
+	rand.Read(out[1:]) // a random 96-bit nonce per seal
+	return k.aead.Seal(out, out[1:], value, ad)
+}
+
+func (k *Keeper) openWith(ad, sealed []byte) ([]byte, error) {
+	n := k.aead.NonceSize()
+	if len(sealed) < 1+n || sealed[0] != sealVersion {
+		return nil, errUnknownSeal
+	}
+	v, err := k.aead.Open(nil, sealed[1:1+n], sealed[1+n:], ad)
+	if err != nil {
+		return nil, errNoOpen
+	}
+	return v, nil
+}
+
+var _ coordinator.TokenSealer = (*Keeper)(nil)
+
+// tokenAdditional binds a sealed GitHub token to its person: moved to
+// another's row, it no longer opens.
+func tokenAdditional(login string) []byte {
+	return []byte(fmt.Sprintf("forge user token v%d\x00%s", sealVersion, strings.ToLower(login)))
+}
+
+// SealToken implements coordinator.TokenSealer.
+func (k *Keeper) SealToken(login, token string) string {
+	return coordinator.SealedTokenPrefix + base64.RawURLEncoding.EncodeToString(k.sealWith(tokenAdditional(login), []byte(token)))
+}
+
+// OpenToken implements coordinator.TokenSealer.
+func (k *Keeper) OpenToken(login, sealed string) (string, error) {
+	raw, ok := strings.CutPrefix(sealed, coordinator.SealedTokenPrefix)
+	b, err := base64.RawURLEncoding.DecodeString(raw)
+	if !ok || err != nil {
+		return "", fmt.Errorf("%s's GitHub token: %w", login, errUnknownSeal)
+	}
+	v, err := k.openWith(tokenAdditional(login), b)
+	if err != nil {
+		return "", fmt.Errorf("%s's GitHub token: %w", login, err)
+	}
+	return string(v), nil
 }
 
 // check refuses a bad repository, name or value, naming the problem.

@@ -203,3 +203,27 @@ func TestSetRefuses(t *testing.T) {
 		t.Errorf("delete a missing secret: %v", err)
 	}
 }
+
+// A person's GitHub token seals with a random nonce, opens only as
+// theirs, and anything else given to OpenToken is an error.
+func TestSealToken(t *testing.T) {
+	k, err := New(bytes.Repeat([]byte{3}, KeySize), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed := k.SealToken("Alice", "ghu_abc")
+	if !strings.HasPrefix(sealed, coordinator.SealedTokenPrefix) || strings.Contains(sealed, "ghu_abc") || sealed == k.SealToken("Alice", "ghu_abc") {
+		t.Fatalf("sealed %q", sealed)
+	}
+	if tok, err := k.OpenToken("alice", sealed); err != nil || tok != "ghu_abc" {
+		t.Errorf("open as alice (GitHub logins ignore case): %q %v", tok, err)
+	}
+	for _, bad := range []string{"ghu_abc", coordinator.SealedTokenPrefix + "!!", coordinator.SealedTokenPrefix, sealed[:len(sealed)-2]} {
+		if tok, err := k.OpenToken("alice", bad); err == nil {
+			t.Errorf("OpenToken(%q) = %q, want an error", bad, tok)
+		}
+	}
+	if _, err := k.OpenToken("bob", sealed); err == nil {
+		t.Error("alice's token opened as bob's")
+	}
+}

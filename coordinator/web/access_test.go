@@ -20,6 +20,7 @@ import (
 
 	"github.com/forge-ci/forge/coordinator"
 	"github.com/forge-ci/forge/coordinator/auth"
+	"github.com/forge-ci/forge/coordinator/secrets"
 )
 
 const adminToken = "forge_admin_test_0123456789abcdef"
@@ -764,5 +765,78 @@ func TestAgentAdminFromAgents(t *testing.T) {
 	}
 	if calls := both.called(); !slices.Equal(calls, []string{"revoke n1"}) {
 		t.Errorf("the hub behind Agents was asked %q", calls)
+	}
+}
+
+// With a secrets key, a person's GitHub token is sealed in the store and
+// bound to them. A token stored in clear before the key is sealed at its
+// next use. A sealed token that cannot be opened (no key, another key,
+// another person's row) means "sign in again", and GitHub is not asked.
+func TestGitHubTokensSealed(t *testing.T) {
+	keyOf := func(b byte) coordinator.TokenSealer {
+		k, err := secrets.New(bytes.Repeat([]byte{b}, secrets.KeySize), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	e := newAPIEnvWith(t, func(c *auth.Config) { c.Tokens = keyOf(1) }, privateBuild("priv"))
+	e.gh.set("alice", "acme/secret", coordinator.Read)
+	e.gh.set("bob", "acme/secret", coordinator.Read)
+	alice := e.signIn("alice")
+	ctx := t.Context()
+	u, err := e.st.User(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(u.Token, coordinator.SealedTokenPrefix) || strings.Contains(u.Token, "tok-alice") {
+		t.Fatalf("alice's token as stored: %q, want it sealed", u.Token)
+	}
+	if status, _, body := e.call(alice, "GET", "/api/builds/priv", ""); status != 200 {
+		t.Fatalf("alice reads with her sealed token: %d %s", status, body)
+	}
+
+	// Bob's token, stored in clear before the key, works and is sealed.
+	if err := e.st.PutUser(ctx, coordinator.User{Login: "bob", GitHubID: 3, Token: "tok-bob"}); err != nil {
+		t.Fatal(err)
+	}
+	a := func(tokens coordinator.TokenSealer) *auth.Auth {
+		a, err := auth.New(auth.Config{Store: e.st, GitHub: e.gh, PublicURL: "http://forge.test", Key: bytes.Repeat([]byte{7}, 32), Tokens: tokens})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	access := func(a *auth.Auth, login string) (coordinator.Permission, error) {
+		return a.Access(ctx, &auth.Principal{Kind: auth.Token, Login: login}, "acme", "secret", false)
+	}
+	if p, err := access(a(keyOf(1)), "bob"); err != nil || p != coordinator.Read {
+		t.Fatalf("bob's clear token: %v %v", p, err)
+	}
+	bob, err := e.st.User(ctx, "bob")
+	if err != nil || !strings.HasPrefix(bob.Token, coordinator.SealedTokenPrefix) {
+		t.Fatalf("bob's token after its use: %q %v, want it sealed", bob.Token, err)
+	}
+
+	// Alice's sealed token in bob's row does not open as bob's.
+	asked := e.gh.asked
+	bob.Token = u.Token
+	if err := e.st.PutUser(ctx, bob); err != nil {
+		t.Fatal(err)
+	}
+	for what, tc := range map[string]struct {
+		a     *auth.Auth
+		login string
+	}{
+		"no key":              {a(nil), "alice"},
+		"another key":         {a(keyOf(2)), "alice"},
+		"alice's token moved": {a(keyOf(1)), "bob"},
+	} {
+		if p, err := access(tc.a, tc.login); !errors.Is(err, coordinator.ErrBadCredential) || !strings.Contains(err.Error(), "sign in again") || p != coordinator.NoAccess {
+			t.Errorf("%s: %v %v, want ErrBadCredential saying sign in again", what, p, err)
+		}
+	}
+	if e.gh.asked != asked {
+		t.Errorf("GitHub was asked %d times with tokens that did not open", e.gh.asked-asked)
 	}
 }

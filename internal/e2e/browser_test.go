@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -94,7 +95,10 @@ func TestBrowserSignInFollowCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := startServerWith(t, e, t.TempDir(), "", func(cfg *daemon.Config) { cfg.Access.SignIn = signin })
+	// With a secrets key the people's GitHub tokens are sealed in the store.
+	s := startServerWith(t, e, t.TempDir(), "", func(cfg *daemon.Config) {
+		cfg.Access.SignIn, cfg.SecretsKey = signin, bytes.Repeat([]byte{5}, 32)
+	})
 	startAgent(t, e.pki, s.agents, nil, nil)
 	id := dockertest.ID(t)
 	dockertest.Cleanup(t, e.cli, id)
@@ -113,6 +117,9 @@ func TestBrowserSignInFollowCancel(t *testing.T) {
 
 	alice := browser(t)
 	signIn(t, alice, s, "alice", "/")
+	if u, err := s.srv.Store.User(t.Context(), "alice"); err != nil || !strings.HasPrefix(u.Token, coordinator.SealedTokenPrefix) {
+		t.Fatalf("alice's GitHub token as stored: %q %v, want it sealed", u.Token, err)
+	}
 	var list string
 	step(t, alice, 10*time.Second, "alice's build list", chromedp.Text("#builds", &list, chromedp.ByQuery))
 	if !strings.Contains(list, b.ID) || !strings.Contains(list, "acme/widgets") {
