@@ -619,6 +619,10 @@ func (r *ghRig) peopleCommands(id, hello string) {
 	t := r.t
 	t.Helper()
 	server := []string{"--server", r.base, "--token", r.admin}
+	branch := r.build(id).Branch
+	if branch == "" {
+		t.Fatalf("build %s has no branch", id)
+	}
 	for _, c := range []struct {
 		args   []string
 		want   []string // in the output, or in the error when fails is set
@@ -627,6 +631,12 @@ func (r *ghRig) peopleCommands(id, hello string) {
 	}{
 		{args: []string{"builds", "--repo", r.full}, want: []string{"ID", id, "success", r.full, "#7", "execute"}},
 		{args: []string{"builds", "--repo", r.full, "--state", "running"}, want: []string{"STATE"}, absent: []string{id}},
+		{args: []string{"builds", "--pr", "7"}, want: []string{id}},
+		{args: []string{"builds", "--pr", "8"}, want: []string{"STATE"}, absent: []string{id}},
+		{args: []string{"builds", "--branch", branch, "--repo", r.full}, want: []string{id}},
+		{args: []string{"builds", "--branch", branch + "-not"}, want: []string{"STATE"}, absent: []string{id}},
+		{args: []string{"builds", "--before", id}, want: []string{"STATE"}, absent: []string{id}},
+		{args: []string{"builds", "--pr", "-1"}, want: []string{"--pr -1"}, fails: true},
 		{args: []string{"logs", id}, want: []string{hello, "pr=7"}},
 		{args: []string{"logs", "-f", id}, want: []string{hello}},
 		{args: []string{"agents"}, want: []string{"NODE", "HOSTNAME"}},

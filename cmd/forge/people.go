@@ -58,18 +58,25 @@ func buildsCommand() *cli.Command {
 		ArgsUsage: " ",
 		Flags: append(serverFlags(),
 			&cli.StringFlag{Name: "repo", Usage: "only OWNER/REPO (or OWNER)"},
+			&cli.StringFlag{Name: "branch", Usage: "only builds of this branch (a pull request's head branch too)"},
+			&cli.IntFlag{Name: "pr", Usage: "only builds of this pull request number"},
 			&cli.StringFlag{Name: "state", Usage: "only builds in this state: queued, running, success, failure, error"},
 			&cli.IntFlag{Name: "limit", Usage: "at most this many", Value: 50},
+			&cli.StringFlag{Name: "before", Usage: "only builds older than this build ID (the next page: the last ID shown)"},
 		),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				return fmt.Errorf("builds takes no arguments (got %q); filter with --repo and --state", c.Args().First())
+				return fmt.Errorf("builds takes no arguments (got %q); filter with --repo, --branch, --pr and --state", c.Args().First())
+			}
+			if c.Int("pr") < 0 {
+				return fmt.Errorf("--pr %d: want a pull request number", c.Int("pr"))
 			}
 			cl, err := apiClient(c)
 			if err != nil {
 				return err
 			}
-			o := web.ListOptions{State: c.String("state"), Limit: c.Int("limit")}
+			o := web.ListOptions{Branch: c.String("branch"), PullRequest: c.Int("pr"), State: c.String("state"),
+				Limit: c.Int("limit"), Before: c.String("before")}
 			o.Owner, o.Repo, _ = strings.Cut(c.String("repo"), "/")
 			bs, err := cl.Builds(c.Context, o)
 			if err != nil {

@@ -75,20 +75,22 @@ func NewClient(server, token string, hc *http.Client) (*Client, error) {
 
 // ListOptions filter Builds; zero values do not filter.
 type ListOptions struct {
-	Owner, Repo, State, Before string
-	Limit                      int
+	Owner, Repo, Branch, State, Before string
+	PullRequest, Limit                 int
 }
 
 // Builds lists builds, newest first.
 func (c *Client) Builds(ctx context.Context, o ListOptions) ([]BuildView, error) {
 	q := url.Values{}
-	for k, v := range map[string]string{"owner": o.Owner, "repo": o.Repo, "state": o.State, "before": o.Before} {
+	for k, v := range map[string]string{"owner": o.Owner, "repo": o.Repo, "branch": o.Branch, "state": o.State, "before": o.Before} {
 		if v != "" {
 			q.Set(k, v)
 		}
 	}
-	if o.Limit > 0 {
-		q.Set("limit", strconv.Itoa(o.Limit))
+	for k, n := range map[string]int{"pull_request": o.PullRequest, "limit": o.Limit} {
+		if n > 0 {
+			q.Set(k, strconv.Itoa(n))
+		}
 	}
 	var out []BuildView
 	return out, c.getJSON(ctx, "/api/builds", q, &out)
