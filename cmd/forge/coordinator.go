@@ -70,6 +70,7 @@ func coordinatorCommand() *cli.Command {
 			&cli.StringFlag{Name: "retain", Usage: "delete final builds' logs and artifacts older than this (90d, 720h); 0 keeps them forever", Value: "90d", EnvVars: env("retain")},
 			&cli.StringFlag{Name: "max-artifacts-size", Usage: "most bytes of artifacts kept per build (1GiB, 256MiB); the file that passes it is cut", Value: "1GiB", EnvVars: env("max-artifacts-size")},
 			&cli.PathFlag{Name: "secrets-key-file", Usage: "file holding the key that seals repositories' secrets and people's GitHub tokens: 64 hex characters (openssl rand -hex 32); without it secrets are disabled and tokens are stored in clear", EnvVars: env("secrets-key-file")},
+			&cli.PathFlag{Name: "secrets-previous-key-file", Usage: "the key --secrets-key-file replaces: at start every secret and GitHub token sealed with it is sealed again with the new key, in one transaction (then drop this flag)", EnvVars: env("secrets-previous-key-file")},
 			&cli.BoolFlag{Name: "github-statuses", Usage: "report builds to GitHub as commit statuses even where the App may write checks (check runs)", EnvVars: env("github-statuses")},
 			&cli.StringFlag{Name: "cache-size", Usage: "bound of the builds' caches kept under --data, all repositories together (10GiB, 500MiB); the least recently used go first; 0 keeps none", Value: "10GiB", EnvVars: env("cache-size")},
 		}, tlsFlags("coordinator")...),
@@ -94,9 +95,16 @@ func coordinatorCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			secretsKey, err := readSecretsKey(c.Path("secrets-key-file"))
+			secretsKey, err := readSecretsKey("secrets-key-file", c.Path("secrets-key-file"))
 			if err != nil {
 				return err
+			}
+			previousKey, err := readSecretsKey("secrets-previous-key-file", c.Path("secrets-previous-key-file"))
+			if err != nil {
+				return err
+			}
+			if previousKey != nil && secretsKey == nil {
+				return errors.New("--secrets-previous-key-file needs --secrets-key-file: the new key to seal the secrets with")
 			}
 			app, err := githubApp(c)
 			if err != nil {
@@ -133,7 +141,7 @@ func coordinatorCommand() *cli.Command {
 			cfg := daemon.Config{TLS: wire.ServerConfig(pool, pair), DataDir: c.Path("data"), Executor: exe,
 				AllowPorts: c.Bool("allow-ports"), Sandbox: sandbox, Logger: log, Access: access, Identity: identity,
 				RequireApproval: mode, MaxBuilds: c.Int("max-builds"), MaxBuildsPerRepo: c.Int("max-builds-per-repo")}
-			cfg.Bounds, cfg.SecretsKey = bounds, secretsKey
+			cfg.Bounds, cfg.SecretsKey, cfg.SecretsPreviousKey = bounds, secretsKey, previousKey
 			if identity.Signer == nil {
 				log.Warn("no CA key (--tls-ca-key): agents cannot join with a token nor renew; each needs a certificate from forge certs issue --role agent --node")
 			}
@@ -310,20 +318,21 @@ func readFileFlag(name, path string) (string, error) {
 	return s, nil
 }
 
-// readSecretsKey reads --secrets-key-file; nil without one (secrets are
-// disabled). A bad file is refused, naming the flag: a coordinator that
-// started with a wrong key could not open the secrets it sealed.
-func readSecretsKey(path string) ([]byte, error) {
+// readSecretsKey reads a key file given with --flag; nil without one
+// (for --secrets-key-file: secrets are disabled). A bad file is refused,
+// naming the flag: a coordinator that started with a wrong key could not
+// open the secrets it sealed.
+func readSecretsKey(flag, path string) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("--secrets-key-file: %w", err)
+		return nil, fmt.Errorf("--%s: %w", flag, err)
 	}
 	k, err := secrets.ParseKey(b)
 	if err != nil {
-		return nil, fmt.Errorf("--secrets-key-file %s: %w", path, err)
+		return nil, fmt.Errorf("--%s %s: %w", flag, path, err)
 	}
 	return k, nil
 }

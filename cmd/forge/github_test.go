@@ -850,6 +850,7 @@ func TestCoordinatorRefusals(t *testing.T) {
 	dir := t.TempDir()
 	secret := writeGHFile(t, dir, "secret", []byte("s3cret\n"), 0o600)
 	empty := writeGHFile(t, dir, "empty", []byte(" \n"), 0o600)
+	key := writeGHFile(t, dir, "secrets-key", []byte(strings.Repeat("ab", 32)+"\n"), 0o600)
 	tls := []string{"--tls-ca", filepath.Join(dir, "ca.pem"), "--tls-cert", filepath.Join(dir, "c.pem"), "--tls-key", filepath.Join(dir, "c-key.pem")}
 	base := []string{"coordinator", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data", filepath.Join(dir, "data")}
 	for _, c := range []struct {
@@ -869,6 +870,8 @@ func TestCoordinatorRefusals(t *testing.T) {
 		{"bad session key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--session-key-file", secret)...), "--session-key-file"},
 		{"bad secrets key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--secrets-key-file", secret)...), "--secrets-key-file " + secret + ": want 64 hex characters"},
 		{"missing secrets key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--secrets-key-file", filepath.Join(dir, "nope"))...), "--secrets-key-file"},
+		{"bad previous secrets key", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--secrets-key-file", key, "--secrets-previous-key-file", secret)...), "--secrets-previous-key-file " + secret + ": want 64 hex characters"},
+		{"previous secrets key alone", append(append([]string{}, base...), append(tls, "--webhook-secret-file", secret, "--secrets-previous-key-file", key)...), "--secrets-previous-key-file needs --secrets-key-file"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out, err := run(t, c.args...)

@@ -91,6 +91,10 @@ type Config struct {
 	// none can be set, a trusted build that names some ends as error
 	// saying so, and tokens are stored in clear.
 	SecretsKey []byte
+	// SecretsPreviousKey, with SecretsKey, is the key it replaces: New
+	// seals again under SecretsKey whatever was sealed with it
+	// (secrets.Keeper.Rekey), or fails naming a secret neither opens.
+	SecretsPreviousKey []byte
 }
 
 // Bounds limit what the coordinator keeps; zero values bound nothing.
@@ -243,6 +247,18 @@ func New(ctx context.Context, cfg Config, docker Docker) (*Coordinator, error) {
 			return nil, fmt.Errorf("coordinator: --secrets-key-file: %w", err)
 		}
 		keeper = k
+		if cfg.SecretsPreviousKey != nil {
+			res, err := k.Rekey(ctx, cfg.SecretsPreviousKey)
+			if err != nil {
+				st.Close()
+				return nil, fmt.Errorf("coordinator: --secrets-previous-key-file: %w", err)
+			}
+			log.Info("sealed again with the new secrets key", "secrets", res.Secrets, "tokens", res.Tokens,
+				"tokens_forgotten", strings.Join(res.Dropped, ","))
+		}
+	} else if cfg.SecretsPreviousKey != nil {
+		st.Close()
+		return nil, errors.New("coordinator: a previous secrets key without a secrets key to seal with")
 	}
 	c.Metrics = web.NewMetrics(st, c.Agents)
 	c.certs = watchedCerts(cfg)

@@ -89,7 +89,7 @@ func (k *Keeper) open(owner, repo, name string, sealed []byte) ([]byte, error) {
 		return nil, fmt.Errorf("secret %s of %s/%s: not a sealed value this forge knows", name, owner, repo)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("secret %s of %s/%s does not open with this --secrets-key-file: it was sealed with another key, or changed; set it again", name, owner, repo)
+		return nil, fmt.Errorf("secret %s of %s/%s does not open with this --secrets-key-file: it was sealed with another key (start once with that key as --secrets-previous-key-file), or changed (set it again)", name, owner, repo)
 	}
 	return v, nil
 }
@@ -233,3 +233,59 @@ func (e *MissingError) Error() string {
 }
 
 func (e *MissingError) Unwrap() error { return coordinator.ErrNoSecret }
+
+// RekeyResult says what Rekey changed.
+type RekeyResult struct {
+	Secrets int // secrets sealed again under the new key
+	Tokens  int // people's tokens sealed again (or sealed for the first time)
+	// Dropped are the people whose sealed token opened with neither key:
+	// their token is forgotten, and they sign in again.
+	Dropped []string
+}
+
+// Rekey seals again under k's key, in one transaction, every secret and
+// every person's GitHub token that opens with previous, the key k's key
+// replaces (--secrets-previous-key-file). What already opens with k's key
+// stays as it is, and tokens kept in clear are sealed. A secret that
+// opens with neither key fails it all, naming the secret, and nothing
+// changes; a token that opens with neither is forgotten.
+func (k *Keeper) Rekey(ctx context.Context, previous []byte) (RekeyResult, error) {
+	var res RekeyResult
+	prev, err := New(previous, nil)
+	if err != nil {
+		return res, fmt.Errorf("the previous key: %w", err)
+	}
+	secret := func(owner, repo, name string, sealed []byte) ([]byte, error) {
+		if _, err := k.open(owner, repo, name, sealed); err == nil {
+			return sealed, nil
+		}
+		v, err := prev.open(owner, repo, name, sealed)
+		if err != nil {
+			return nil, fmt.Errorf("secret %s of %s/%s opens with neither the key nor the previous key: set it again, or delete it, before the key changes", name, owner, repo)
+		}
+		return k.seal(owner, repo, name, v), nil
+	}
+	token := func(login, stored string) (string, error) {
+		if !strings.HasPrefix(stored, coordinator.SealedTokenPrefix) {
+			if stored == "" {
+				return stored, nil
+			}
+			return k.SealToken(login, stored), nil
+		}
+		if _, err := k.OpenToken(login, stored); err == nil {
+			return stored, nil
+		}
+		tok, err := prev.OpenToken(login, stored)
+		if err != nil {
+			res.Dropped = append(res.Dropped, login)
+			return "", nil
+		}
+		return k.SealToken(login, tok), nil
+	}
+	res.Secrets, res.Tokens, err = k.store.Reseal(ctx, secret, token)
+	if err != nil {
+		return RekeyResult{}, err
+	}
+	res.Tokens -= len(res.Dropped)
+	return res, nil
+}

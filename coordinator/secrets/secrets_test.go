@@ -227,3 +227,88 @@ func TestSealToken(t *testing.T) {
 		t.Error("alice's token opened as bob's")
 	}
 }
+
+// Rekey seals every secret and token of the previous key under the new
+// one, leaves what the new key already opens, seals clear tokens, and
+// forgets tokens that open with neither. A secret that opens with neither
+// stops it, naming the secret, with nothing changed.
+func TestRekey(t *testing.T) {
+	ctx := t.Context()
+	oldKey, newKey, otherKey := bytes.Repeat([]byte{1}, KeySize), bytes.Repeat([]byte{2}, KeySize), bytes.Repeat([]byte{3}, KeySize)
+	old, st, _ := newKeeper(t, oldKey)
+	next, err := New(newKey, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := New(otherKey, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, k := range map[string]*Keeper{"OLD_ONE": old, "OLD_TWO": old, "NEW_ONE": next} {
+		if err := k.Set(ctx, "acme", "app", name, []byte("value of "+name), "alice"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	users := map[string]string{
+		"alice": old.SealToken("alice", "ghu_alice"), "bob": "ghu_bob", "carol": other.SealToken("carol", "ghu_carol"),
+		"dave": next.SealToken("dave", "ghu_dave"), "erin": "",
+	}
+	for login, tok := range users {
+		if err := st.PutUser(ctx, coordinator.User{Login: login, Token: tok}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A secret of a third key: refused, naming it, and nothing changes.
+	if err := other.Set(ctx, "acme", "lost", "STRAY", []byte("x"), "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := next.Rekey(ctx, oldKey); err == nil || !strings.Contains(err.Error(), "STRAY of acme/lost") {
+		t.Fatalf("rekey with a secret of neither key: %v, want an error naming it", err)
+	}
+	if v, err := old.Values(ctx, "acme", "app", []string{"OLD_ONE"}); err != nil || string(v["OLD_ONE"]) != "value of OLD_ONE" {
+		t.Errorf("after the refused rekey OLD_ONE no longer opens with the old key: %v", err)
+	}
+	if u, _ := st.User(ctx, "bob"); u.Token != "ghu_bob" {
+		t.Errorf("after the refused rekey bob's token is %q", u.Token)
+	}
+	if err := other.Delete(ctx, "acme", "lost", "STRAY"); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := next.Rekey(ctx, oldKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Secrets != 2 || res.Tokens != 2 || len(res.Dropped) != 1 || res.Dropped[0] != "carol" {
+		t.Errorf("rekey: %+v, want 2 secrets, 2 tokens (alice, bob), carol dropped", res)
+	}
+	v, err := next.Values(ctx, "acme", "app", []string{"OLD_ONE", "OLD_TWO", "NEW_ONE"})
+	if err != nil || len(v) != 3 || string(v["OLD_TWO"]) != "value of OLD_TWO" || string(v["NEW_ONE"]) != "value of NEW_ONE" {
+		t.Errorf("with the new key after the rekey: %q %v", v, err)
+	}
+	if _, err := old.Values(ctx, "acme", "app", []string{"OLD_ONE"}); err == nil {
+		t.Error("the old key still opens a secret after the rekey")
+	}
+	for login, want := range map[string]string{"alice": "ghu_alice", "bob": "ghu_bob", "dave": "ghu_dave"} {
+		u, err := st.User(ctx, login)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := next.OpenToken(login, u.Token); err != nil || got != want {
+			t.Errorf("%s's token after the rekey: %q (%q, %v)", login, u.Token, got, err)
+		}
+	}
+	if u, _ := st.User(ctx, "dave"); u.Token != users["dave"] {
+		t.Error("dave's token, sealed with the new key already, was sealed again")
+	}
+	for _, login := range []string{"carol", "erin"} {
+		if u, _ := st.User(ctx, login); u.Token != "" {
+			t.Errorf("%s's token after the rekey: %q, want none", login, u.Token)
+		}
+	}
+	// Again: nothing left to do.
+	if res, err := next.Rekey(ctx, oldKey); err != nil || res.Secrets != 0 || res.Tokens != 0 || len(res.Dropped) != 0 {
+		t.Errorf("a second rekey: %+v %v, want nothing changed", res, err)
+	}
+}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -96,4 +97,89 @@ func (s *Store) SealedSecrets(ctx context.Context, owner, repo string, names []s
 		return nil, fmt.Errorf("store: secrets of %s/%s: %w", owner, repo, err)
 	}
 	return out, nil
+}
+
+// Reseal rewrites, in one transaction, every secret's sealed value with
+// what secret returns for it, and every person's GitHub token with what
+// token returns for it (a new secrets key: secrets.Keeper.Rekey). A row
+// whose value comes back unchanged is left as it is; an error from either
+// function changes nothing. It returns how many rows of each changed.
+func (s *Store) Reseal(ctx context.Context, secret func(owner, repo, name string, sealed []byte) ([]byte, error),
+	token func(login, token string) (string, error)) (secrets, tokens int, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, 0, fmt.Errorf("store: reseal: %w", err)
+	}
+	defer tx.Rollback() // no-op after Commit
+
+	type secretRow struct {
+		owner, repo, name string
+		sealed            []byte
+	}
+	var ss []secretRow
+	if err := eachRow(ctx, tx, `SELECT owner, repo, name, sealed FROM secrets ORDER BY owner, repo, name`, func(rows *sql.Rows) error {
+		ss = append(ss, secretRow{})
+		return rows.Scan(&ss[len(ss)-1].owner, &ss[len(ss)-1].repo, &ss[len(ss)-1].name, &ss[len(ss)-1].sealed)
+	}); err != nil {
+		return 0, 0, fmt.Errorf("store: reseal secrets: %w", err)
+	}
+	for _, r := range ss {
+		out, err := secret(r.owner, r.repo, r.name, r.sealed)
+		if err != nil {
+			return 0, 0, err
+		}
+		if bytes.Equal(out, r.sealed) {
+			continue
+		}
+		if len(out) == 0 {
+			return 0, 0, fmt.Errorf("store: reseal secret %s of %s/%s: empty sealed value", r.name, r.owner, r.repo)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE secrets SET sealed = ? WHERE owner = ? AND repo = ? AND name = ?`,
+			out, r.owner, r.repo, r.name); err != nil {
+			return 0, 0, fmt.Errorf("store: reseal secret %s of %s/%s: %w", r.name, r.owner, r.repo, err)
+		}
+		secrets++
+	}
+
+	type userRow struct{ login, token string }
+	var us []userRow
+	if err := eachRow(ctx, tx, `SELECT login, token FROM users ORDER BY login`, func(rows *sql.Rows) error {
+		us = append(us, userRow{})
+		return rows.Scan(&us[len(us)-1].login, &us[len(us)-1].token)
+	}); err != nil {
+		return 0, 0, fmt.Errorf("store: reseal tokens: %w", err)
+	}
+	for _, u := range us {
+		out, err := token(u.login, u.token)
+		if err != nil {
+			return 0, 0, err
+		}
+		if out == u.token {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE users SET token = ? WHERE login = ?`, out, u.login); err != nil {
+			return 0, 0, fmt.Errorf("store: reseal %s's token: %w", u.login, err)
+		}
+		tokens++
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, 0, fmt.Errorf("store: reseal: %w", err)
+	}
+	return secrets, tokens, nil
+}
+
+// eachRow runs query in tx and scan on each row, reading them all before
+// it returns (so the transaction may write next).
+func eachRow(ctx context.Context, tx *sql.Tx, query string, scan func(*sql.Rows) error) error {
+	rows, err := tx.QueryContext(ctx, query)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := scan(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
 }
