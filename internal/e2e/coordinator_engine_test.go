@@ -126,7 +126,13 @@ func (s *server) submitAs(t testing.TB, e *env, subj coordinator.Subject, yml st
 // admin asks with the admin token.
 func admin(t testing.TB, method, url string) *http.Response {
 	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
+	return adminBody(t, method, url, nil)
+}
+
+// adminBody asks with the admin token, sending body.
+func adminBody(t testing.TB, method, url string, body io.Reader) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,15 +45,7 @@ func TestSecretsKeyRotation(t *testing.T) {
 	}
 
 	s := start(oldKey, nil)
-	req, err := http.NewRequest(http.MethodPut, s.http+"/api/repos/acme/widgets/secrets/ROTATED", strings.NewReader(value))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+adminToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := adminBody(t, http.MethodPut, s.http+"/api/repos/acme/widgets/secrets/ROTATED", strings.NewReader(value))
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusOK {
 		t.Fatalf("set the secret: %s", resp.Status)
