@@ -98,17 +98,20 @@ func TestBrowserSecrets(t *testing.T) {
 	if forms != 0 || strings.HasPrefix(title, "Secrets of") {
 		t.Errorf("bob (write, not admin) gets %q with %d secrets forms or tables", title, forms)
 	}
-	// And the form's POST, sent by bob's browser with his CSRF token, sets nothing.
-	var status int
+	// And the form's POST, sent by bob's browser with his session's CSRF
+	// token (from his tokens page), is refused and sets nothing.
+	var res []any
 	step(t, bob, 20*time.Second, "bob posts the form anyway",
 		chromedp.Evaluate(`(async () => {
-			const csrf = document.querySelector('input[name="csrf"]');
-			const body = new URLSearchParams({name: "BOB", value: "x", csrf: csrf ? csrf.value : ""});
-			return (await fetch("`+page+`", {method: "POST", body})).status;
-		})()`, &status, awaitPromise))
-	if status < 400 {
-		t.Errorf("bob's POST to the secrets form: %d", status)
+			const page = await (await fetch("/tokens")).text();
+			const m = page.match(/name="csrf" value="([^"]+)"/);
+			const body = new URLSearchParams({name: "BOB", value: "x", csrf: m ? m[1] : ""});
+			return [m ? m[1].length : 0, (await fetch("`+page+`", {method: "POST", body})).status];
+		})()`, &res, awaitPromise))
+	if len(res) != 2 || res[0].(float64) == 0 || res[1].(float64) < 400 {
+		t.Errorf("bob's POST to the secrets form with his CSRF token: [csrf length, status] = %v", res)
 	}
+	t.Logf("bob's POST with his CSRF token: %v", res[1])
 	if got := names(); len(got) != 0 {
 		t.Errorf("secrets after bob's POST: %v", got)
 	}
