@@ -48,6 +48,20 @@ func (c *cacheSaves) put(buildID string, s cacheSave) {
 	c.m[buildID] = s
 }
 
+// putNew puts s unless the build has a save due already (its launch's,
+// on this agent).
+func (c *cacheSaves) putNew(buildID string, s cacheSave) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[buildID]; ok {
+		return
+	}
+	if c.m == nil {
+		c.m = map[string]cacheSave{}
+	}
+	c.m[buildID] = s
+}
+
 func (c *cacheSaves) take(buildID string) (cacheSave, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

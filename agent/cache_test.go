@@ -313,3 +313,47 @@ func TestLaunchCacheRefused(t *testing.T) {
 		t.Errorf("container %s: %s after %v", cid, ctr.Status, ctr.Calls)
 	}
 }
+
+// TestRestartedAgentSavesCache: an agent restarted while a build runs has
+// forgotten the launch's save; the coordinator's attached repeats it, and
+// the new agent sends the cache before the exit. Without it in attached
+// (a build whose save is no longer awaited), nothing is sent.
+func TestRestartedAgentSavesCache(t *testing.T) {
+	node := fakedocker.NewNode("n1")
+	docker := node.Docker()
+	saved := tarOfEntries(t, []entry{{h: tar.Header{Name: "go-build/obj", Typeflag: tar.TypeReg}, body: "kept across the restart"}})
+	docker.CopyFromContainerFn = containerFiles(map[string][]byte{"/root/.cache/go-build": saved}, nil)
+	c, cs, r := start(t, docker)
+	paths := []string{"/root/.cache/go-build"}
+	cids := map[string]string{}
+	for _, id := range []string{"b1", "b2"} {
+		cids[id] = node.Create(id)
+		if _, _, err := cs.launchCache(t, id, cids[id], nil, &wire.LaunchCache{Paths: paths, Save: true, MaxBytes: 1 << 20}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.wait(t, "both builds attached", func() bool { return c.build("b1").attaches == 1 && c.build("b2").attaches == 1 })
+	r.stop()
+
+	c.answerAttach(func(at *wire.Attach, b *coordBuild) wire.Message {
+		if at.BuildID != "b1" {
+			return nil
+		}
+		return &wire.Attached{NextSeq: b.nextSeq, Cache: &wire.LaunchCache{Paths: paths, Save: true, MaxBytes: 1 << 20}}
+	})
+	runAgent(t, c, docker)
+	c.wait(t, "both builds attached again", func() bool { return c.build("b1").attaches == 2 && c.build("b2").attaches == 2 })
+	for _, id := range []string{"b1", "b2"} {
+		node.Exit(cids[id], 0)
+	}
+	b1, b2 := c.waitExit(t, "b1"), c.waitExit(t, "b2")
+	if len(b1.caches) != 1 || b1.caches[0].exitsBefore != 0 || b1.caches[0].save.ContainerID != cids["b1"] {
+		t.Fatalf("b1's caches after the restart %+v: want one, before the exit", b1.caches)
+	}
+	if _, _, bodies := entriesOf(t, b1.caches[0].tar); bodies["root/.cache/go-build/obj"] != "kept across the restart" {
+		t.Errorf("b1's cache: %q", bodies)
+	}
+	if len(b2.caches) != 0 {
+		t.Errorf("b2, whose attached did not ask, sent a cache: %+v", b2.caches)
+	}
+}

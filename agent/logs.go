@@ -50,6 +50,11 @@ func (a *Agent) pump(ctx context.Context, s *session, b heldBuild) (done bool, e
 	if at.Done {
 		return true, nil
 	}
+	if at.Cache != nil {
+		// The launch asked for the cache: this agent may have restarted
+		// since, and forgotten (PROTOCOL.md §6.8).
+		a.saves.putNew(b.buildID, cacheSave{containerID: b.containerID, paths: at.Cache.Paths, maxBytes: at.Cache.MaxBytes})
+	}
 
 	// LogAcks arrive while output is sent (PROTOCOL.md §6.4): a reader of
 	// its own collects them. It is stopped through the read deadline and

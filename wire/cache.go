@@ -63,23 +63,26 @@ type CacheSaved struct {
 	Size   int64  `json:"size"`
 }
 
-func (m LaunchCache) validate() error {
+func (m LaunchCache) validate() error { return m.validateIn(TypeLaunch) }
+
+// validateIn checks m as the cache part of a message of type typ.
+func (m LaunchCache) validateIn(typ string) error {
 	if len(m.Paths) == 0 {
-		return invalid(TypeLaunch, "cache without paths")
+		return invalid(typ, "cache without paths")
 	}
 	if len(m.Paths) > MaxCachePaths {
-		return invalid(TypeLaunch, "cache has %d paths, max %d", len(m.Paths), MaxCachePaths)
+		return invalid(typ, "cache has %d paths, max %d", len(m.Paths), MaxCachePaths)
 	}
 	for _, p := range m.Paths {
 		if err := CheckCachePath(p); err != nil {
-			return invalid(TypeLaunch, "cache path: %v", err)
+			return invalid(typ, "cache path: %v", err)
 		}
 	}
 	if m.Size < 0 {
-		return invalid(TypeLaunch, "negative cache size %d", m.Size)
+		return invalid(typ, "negative cache size %d", m.Size)
 	}
 	if m.Save && m.MaxBytes <= 0 {
-		return invalid(TypeLaunch, "cache save with max_bytes %d, want > 0", m.MaxBytes)
+		return invalid(typ, "cache save with max_bytes %d, want > 0", m.MaxBytes)
 	}
 	return nil
 }

@@ -31,6 +31,10 @@ func TestCacheMessageRules(t *testing.T) {
 		{`{"type":"cache_save","build_id":"b","container_id":"c","size":0,"notes":[""]}`, "a note of 0 bytes"},
 		{`{"type":"cache_saved","digest":"sha256:zz","size":1}`, "digest"},
 		{`{"type":"cache_saved","digest":"","size":-1}`, "negative size"},
+		{`{"type":"attached","next_seq":1,"stdout_offset":0,"stderr_offset":0,"done":false,"cache":{"paths":["/a"],"size":0,"max_bytes":1}}`, "want save and no size"},
+		{`{"type":"attached","next_seq":1,"stdout_offset":0,"stderr_offset":0,"done":false,"cache":{"paths":["/a"],"size":3,"save":true,"max_bytes":1}}`, "want save and no size"},
+		{`{"type":"attached","next_seq":1,"stdout_offset":0,"stderr_offset":0,"done":false,"cache":{"paths":["/a"],"size":0,"save":true}}`, "attached: cache save with max_bytes 0"},
+		{`{"type":"attached","next_seq":1,"stdout_offset":0,"stderr_offset":0,"done":false,"cache":{"paths":["a"],"size":0,"save":true,"max_bytes":1}}`, "attached: cache path"},
 	}
 	for _, tt := range tests {
 		_, err := DecodeMessage([]byte(tt.payload))
@@ -50,6 +54,10 @@ func TestCacheMessageRules(t *testing.T) {
 	p, err := EncodeMessage(&Launch{BuildID: "b", ContainerID: "c", Executor: BlobRef{Digest: "sha256:" + strings.Repeat("0", 64), Size: 1}, Spec: json.RawMessage(`{}`)})
 	if err != nil || strings.Contains(string(p), "cache") {
 		t.Errorf("launch without cache: %s, %v", p, err)
+	}
+	// Nor does an attached: older agents see the attached they know.
+	if p, err := EncodeMessage(&Attached{NextSeq: 1}); err != nil || strings.Contains(string(p), "cache") {
+		t.Errorf("attached without cache: %s, %v", p, err)
 	}
 }
 

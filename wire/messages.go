@@ -163,6 +163,10 @@ type Attached struct {
 	StdoutOffset int64  `json:"stdout_offset"` // bytes of stdout stored
 	StderrOffset int64  `json:"stderr_offset"` // bytes of stderr stored
 	Done         bool   `json:"done"`          // the exit is recorded already
+	// Cache, when set, is the cache the coordinator still waits for from
+	// the build: its launch's paths and bound, with Save and no Size. An
+	// agent that restarted since the launch learns it here (§6.8).
+	Cache *LaunchCache `json:"cache,omitempty"`
 }
 
 // Log is a chunk of a build's output (PROTOCOL.md §5.13).
@@ -648,6 +652,12 @@ func (m Attached) Validate() error {
 	}
 	if m.StdoutOffset < 0 || m.StderrOffset < 0 {
 		return invalid(TypeAttached, "negative offset (stdout %d, stderr %d)", m.StdoutOffset, m.StderrOffset)
+	}
+	if m.Cache != nil {
+		if !m.Cache.Save || m.Cache.Size != 0 {
+			return invalid(TypeAttached, "cache with save %t and size %d, want save and no size", m.Cache.Save, m.Cache.Size)
+		}
+		return m.Cache.validateIn(TypeAttached)
 	}
 	return nil
 }

@@ -38,6 +38,7 @@ func sampleMessages() []Message {
 		&Cancelled{ExitCode: intp(143)},
 		&Attach{BuildID: "b1", ContainerID: "c1"},
 		&Attached{NextSeq: 7, StdoutOffset: 100, StderrOffset: 5, Done: true},
+		&Attached{NextSeq: 1, Cache: &LaunchCache{Paths: []string{"/root/.cache/go-build"}, Save: true, MaxBytes: 1 << 30}},
 		&Log{Seq: 7, Stream: StreamStderr, Offset: 5, Data: []byte("line\n\x00\xff")},
 		&LogAck{Seq: 7},
 		&Exit{ExitCode: 2, LastSeq: 7, FinishedAt: ts, Error: ""},

@@ -17,6 +17,9 @@ type CacheReceiver interface {
 	// of its cache are taken (nil, nil: nothing to take). Refusals wrap
 	// coordinator.ErrCacheRefused or ErrCacheTooLarge.
 	Accept(ctx context.Context, buildID string, size int64, notes []string) (*caches.Upload, error)
+	// Pending is the cache the build's launch asked for that is still
+	// awaited, or nil (a new attach repeats it: PROTOCOL.md §6.8).
+	Pending(ctx context.Context, buildID string) (*wire.LaunchCache, error)
 }
 
 // launchCache is the cache part of a Launch for ac: none for an agent

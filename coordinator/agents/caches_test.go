@@ -6,6 +6,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -66,7 +67,9 @@ func TestCacheBoundToNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bs, _, err := rawAgent(t, p, addr, hello("nodeB"))
+	hb := hello("nodeB")
+	hb.Features = []string{wire.FeatureCache}
+	bs, _, err := rawAgent(t, p, addr, hb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,9 +123,38 @@ func TestCacheBoundToNode(t *testing.T) {
 		t.Errorf("another node's or container's notes reached the build's log: %q", l)
 	}
 
+	// Until it is saved, an attach repeats the launch's save (an agent
+	// that restarted has forgotten it); an untrusted build's never has one.
+	attached := func(id string) *wire.LaunchCache {
+		st, err := bs.Open(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		st.SetDeadline(time.Now().Add(10 * time.Second))
+		c := wire.NewCodec(st)
+		if err := c.Send(&wire.Attach{BuildID: id, ContainerID: "c-" + id}); err != nil {
+			t.Fatal(err)
+		}
+		at, err := wire.Expect[*wire.Attached](c)
+		if err != nil {
+			t.Fatalf("attach %s: %v", id, err)
+		}
+		return at.Cache
+	}
+	if got := attached("onB"); got == nil || !slices.Equal(got.Paths, []string{"/root/.m2"}) || !got.Save || got.Size != 0 || got.MaxBytes != 1<<20 {
+		t.Errorf("attached's cache before the save: %+v", got)
+	}
+	if got := attached("untrusted"); got != nil {
+		t.Errorf("an untrusted build's attached asks for a cache: %+v", got)
+	}
+
 	saved, err := send(bs, wire.CacheSave{BuildID: "onB", ContainerID: "c-onB", Notes: []string{"cache: /root/.gradle does not exist"}}, good)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := attached("onB"); got != nil {
+		t.Errorf("attached after the save asks for it again: %+v", got)
 	}
 	es, _ := db.Caches(ctx, "acme", "w")
 	if len(es) != 1 || es[0].Digest != saved.Digest || es[0].Scope != "branch/main" || saved.Size != int64(len(good)) {

@@ -482,7 +482,7 @@ func (s *Hub) serveStream(ctx context.Context, ac *agentConn, st *wire.Stream) {
 	}
 	switch m := m.(type) {
 	case *wire.Attach:
-		s.serveLog(ctx, ac.info.NodeID, st, c, m)
+		s.serveLog(ctx, ac, st, c, m)
 	case *wire.Renew:
 		s.serveRenew(ctx, ac, c, m, log)
 	case *wire.CacheSave:
@@ -536,7 +536,8 @@ func orNone(s string) string {
 }
 
 // serveLog serves a log stream whose Attach is att (PROTOCOL.md §6.4).
-func (s *Hub) serveLog(ctx context.Context, nodeID string, st *wire.Stream, c *wire.Codec, att *wire.Attach) {
+func (s *Hub) serveLog(ctx context.Context, ac *agentConn, st *wire.Stream, c *wire.Codec, att *wire.Attach) {
+	nodeID := ac.info.NodeID
 	log := s.log.With("node", nodeID, "build", att.BuildID)
 	err := s.bound(ctx, nodeID, att)
 	switch {
@@ -577,6 +578,12 @@ func (s *Hub) serveLog(ctx context.Context, nodeID string, st *wire.Stream, c *w
 		c.Send(wire.NewRefused(code, "%v", err))
 		log.Warn("attach refused", "err", err)
 		return
+	}
+	if !reply.Done && ac.caches && s.cfg.Caches != nil {
+		// The launch's save, again: the agent may have restarted since.
+		if reply.Cache, err = s.cfg.Caches.Pending(ctx, att.BuildID); err != nil {
+			log.Warn("the build's pending cache save is not repeated", "err", err)
+		}
 	}
 	if err := c.Send(reply); err != nil || reply.Done {
 		return

@@ -363,6 +363,10 @@ func (u *Upload) Store(ctx context.Context, r io.Reader) (string, error) {
 		return "", err
 	}
 	s.note(u.buildID, fmt.Sprintf("cache: saved %s as %s", sizeText(u.size), describe(u.bc.Key, u.bc.Scope)))
+	// Saved once: an agent that attaches again is not asked again (Pending).
+	if _, err := s.db.DeleteBuildCache(ctx, u.buildID); err != nil {
+		s.log.Warn("forget build cache", "build", u.buildID, "err", err)
+	}
 	return digest, nil
 }
 
@@ -441,6 +445,20 @@ func (s *Store) put(ctx context.Context, bc *store.BuildCache, tmp, digest strin
 		}
 	}
 	return s.evict(ctx)
+}
+
+// Pending is the cache build buildID's launch asked it to save, while the
+// coordinator still waits for it (until the build ends), or nil: what an
+// agent that restarted since the launch is told again (PROTOCOL.md §6.8).
+func (s *Store) Pending(ctx context.Context, buildID string) (*wire.LaunchCache, error) {
+	bc, err := s.db.BuildCacheOf(ctx, buildID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("caches: %w", err)
+	}
+	return &wire.LaunchCache{Paths: bc.Paths, Save: true, MaxBytes: min(bc.MaxBytes, s.max)}, nil
 }
 
 // Forget implements coordinator.Caches.

@@ -124,3 +124,35 @@ func checkNoBuildCaches(t *testing.T, ctx context.Context, st *store.Store) {
 		t.Errorf("%d builds may still save a cache (%v)", n, err)
 	}
 }
+
+// TestCacheSavedAfterAgentRestart: the node's agent is killed while a
+// build that saves a cache runs; the agent that starts in its place is
+// told the save again when it attaches, and the build's cache is saved
+// before its exit, as without the restart.
+func TestCacheSavedAfterAgentRestart(t *testing.T) {
+	e := newEnv(t)
+	s := startServer(t, e, t.TempDir(), "")
+	first := startAgent(t, e.pki, s.agents, nil, nil)
+	id := dockertest.ID(t)
+	dockertest.Cleanup(t, e.cli, id)
+	yml := "image: " + e.image + "\ncache: [/root/.cache/demo]\nexecute: ['echo started; sleep 3; mkdir -p /root/.cache/demo; echo $FORGE_BUILD_ID > /root/.cache/demo/stamp']\n"
+	b := s.submitAs(t, e, coordinator.Subject{Owner: "acme", Repo: "widgets", Branch: "main", DefaultBranch: "main",
+		SHA: "0123456789abcdef0123456789abcdef01234567", Action: "execute", Trigger: "api"}, yml, id)
+	waitStarted(t, s, b.ID)
+	first.stop()
+	startAgent(t, e.pki, s.agents, nil, nil)
+
+	ctx := dockertest.Context(t, 2*time.Minute)
+	final, err := s.srv.Builds.Wait(ctx, b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := buildLog(t, s, b.ID)
+	if final.State != coordinator.Success || !strings.Contains(log, "forge: cache: saved ") {
+		t.Fatalf("build %s: %s (%s), log:\n%s", b.ID, final.State, final.Reason, log)
+	}
+	es, err := s.srv.Store.Caches(ctx, "acme", "widgets")
+	if err != nil || len(es) != 1 || es[0].Scope != "branch/main" {
+		t.Errorf("caches after the restart: %+v %v", es, err)
+	}
+}
