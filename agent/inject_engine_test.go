@@ -181,6 +181,7 @@ func TestInjectSecrets(t *testing.T) {
 	exe := dockertest.Forgexec(t)
 	busybox := dockertest.EnsureBusybox(t, cli)
 	users := dockertest.EnsureBusyboxUsers(t, cli)
+	linked := dockertest.EnsureBusyboxLinkedUsers(t, cli)
 	value := "v4lue-" + dockertest.ID(t)
 	file, err := forgexec.EncodeSecrets(map[string][]byte{"DEPLOY_TOKEN": []byte(value)})
 	if err != nil {
@@ -194,8 +195,9 @@ func TestInjectSecrets(t *testing.T) {
 		{users, "builder", "1234:1234"},
 		{users, "builder:staff", "1234:50"},
 		{users, "ghost", ""},
+		{linked, "builder:staff", "1234:50"}, // account files behind links
 	} {
-		t.Run("user="+tc.user, func(t *testing.T) {
+		t.Run(tc.image+"/user="+tc.user, func(t *testing.T) {
 			id := dockertest.ID(t)
 			dockertest.Cleanup(t, cli, id)
 			ctx := dockertest.Context(t, 2*time.Minute)

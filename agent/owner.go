@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"strconv"
 	"strings"
 
@@ -105,31 +106,52 @@ func findAccount(file []byte, key string, byID bool, n int) ([]int, bool) {
 }
 
 // readAccountFile reads a regular file of at most maxAccountFile bytes
-// out of container id; nil, nil when there is none (or it is not a
-// regular file, as a link would need resolving in the image).
+// out of container id, following up to maxAccountLinks symbolic links (as
+// some images link /etc/passwd); nil, nil when there is none.
 func readAccountFile(ctx context.Context, d injector, id, p string) ([]byte, error) {
-	rc, _, err := d.CopyFromContainer(ctx, id, p)
-	if errdefs.IsNotFound(err) {
-		return nil, nil
+	for range maxAccountLinks + 1 {
+		rc, _, err := d.CopyFromContainer(ctx, id, p)
+		if errdefs.IsNotFound(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s of container %s: %w", p, id, err)
+		}
+		b, link, err := readOneFile(rc)
+		rc.Close()
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("read %s of container %s: %w", p, id, err)
+		case link == "":
+			return b, nil
+		case path.IsAbs(link):
+			p = path.Clean(link)
+		default:
+			p = path.Join(path.Dir(p), link)
+		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read %s of container %s: %w", p, id, err)
-	}
-	defer rc.Close()
-	tr := tar.NewReader(rc)
+	return nil, fmt.Errorf("read %s of container %s: more than %d symbolic links", p, id, maxAccountLinks)
+}
+
+// maxAccountLinks bounds the links followed to an account file.
+const maxAccountLinks = 4
+
+// readOneFile reads the first entry of a tar: a regular file's bytes, a
+// symbolic link's target, or neither for anything else.
+func readOneFile(r io.Reader) (body []byte, link string, err error) {
+	tr := tar.NewReader(r)
 	h, err := tr.Next()
 	if err != nil {
-		return nil, fmt.Errorf("read %s of container %s: %w", p, id, err)
+		return nil, "", err
 	}
-	if h.Typeflag != tar.TypeReg {
-		return nil, nil
+	switch {
+	case h.Typeflag == tar.TypeSymlink:
+		return nil, h.Linkname, nil
+	case h.Typeflag != tar.TypeReg:
+		return nil, "", nil
+	case h.Size > maxAccountFile:
+		return nil, "", fmt.Errorf("%d bytes, more than %d", h.Size, maxAccountFile)
 	}
-	if h.Size > maxAccountFile {
-		return nil, fmt.Errorf("%s of container %s: %d bytes, more than %d", p, id, h.Size, maxAccountFile)
-	}
-	b, err := io.ReadAll(io.LimitReader(tr, maxAccountFile))
-	if err != nil {
-		return nil, fmt.Errorf("read %s of container %s: %w", p, id, err)
-	}
-	return b, nil
+	body, err = io.ReadAll(io.LimitReader(tr, maxAccountFile))
+	return body, "", err
 }

@@ -3,12 +3,15 @@ package agent
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"strings"
 	"testing"
 
+	"github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
 	"github.com/forge-ci/forge/internal/fakedocker"
 	"github.com/forge-ci/forge/wire"
 )
@@ -128,5 +131,42 @@ func TestLaunchSecrets(t *testing.T) {
 		if name != ".forge/secrets.json" && strings.Contains(string(body), "tok\nen") {
 			t.Errorf("%s holds the value", name)
 		}
+	}
+}
+
+// readAccountFile follows links (relative and absolute) to the account
+// file, a bounded number of them, and takes a missing file as none.
+func TestReadAccountFileLinks(t *testing.T) {
+	entry := func(h tar.Header, body string) []byte {
+		var b bytes.Buffer
+		tw := tar.NewWriter(&b)
+		h.Size = int64(len(body))
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(body))
+		tw.Close()
+		return b.Bytes()
+	}
+	files := map[string][]byte{
+		"/etc/passwd":     entry(tar.Header{Name: "passwd", Typeflag: tar.TypeSymlink, Linkname: "../usr/lib/passwd"}, ""),
+		"/usr/lib/passwd": entry(tar.Header{Name: "passwd", Typeflag: tar.TypeReg, Mode: 0o644}, "node:x:7:8::/:/bin/sh\n"),
+		"/etc/group":      entry(tar.Header{Name: "group", Typeflag: tar.TypeSymlink, Linkname: "/etc/group"}, ""),
+	}
+	d := &fakedocker.Docker{CopyFromContainerFn: func(ctx context.Context, id, p string) (io.ReadCloser, container.PathStat, error) {
+		b, ok := files[p]
+		if !ok {
+			return nil, container.PathStat{}, errdefs.ErrNotFound
+		}
+		return io.NopCloser(bytes.NewReader(b)), container.PathStat{}, nil
+	}}
+	if b, err := readAccountFile(t.Context(), d, "c", "/etc/passwd"); err != nil || string(b) != "node:x:7:8::/:/bin/sh\n" {
+		t.Errorf("/etc/passwd through its link: %q %v", b, err)
+	}
+	if _, err := readAccountFile(t.Context(), d, "c", "/etc/group"); err == nil || !strings.Contains(err.Error(), "symbolic links") {
+		t.Errorf("a link to itself: %v", err)
+	}
+	if b, err := readAccountFile(t.Context(), d, "c", "/etc/shadow"); err != nil || b != nil {
+		t.Errorf("a missing file: %q %v", b, err)
 	}
 }

@@ -58,13 +58,32 @@ func EnsureBusybox(t testing.TB, cli client.APIClient) string {
 	return BusyboxImage
 }
 
+// BusyboxLinkedUsersImage is BusyboxUsersImage with its account files
+// behind symbolic links (/etc/passwd -> ../usr/lib/passwd, /etc/group ->
+// /usr/lib/group), as some images have them.
+const BusyboxLinkedUsersImage = "forge-test/busybox-linked-users:latest"
+
+const (
+	testPasswd = "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1234:1234:builder:/tmp:/bin/sh\n"
+	testGroup  = "root:x:0:\nstaff:x:50:builder\nbuilder:x:1234:\n"
+)
+
 // EnsureBusyboxUsers builds BusyboxUsersImage, once per test process.
 func EnsureBusyboxUsers(t testing.TB, cli client.APIClient) string {
 	t.Helper()
 	EnsureImage(t, cli, BusyboxUsersImage, append(busyboxFiles(t),
-		File{Name: "etc/passwd", Body: []byte("root:x:0:0:root:/root:/bin/sh\nbuilder:x:1234:1234:builder:/tmp:/bin/sh\n")},
-		File{Name: "etc/group", Body: []byte("root:x:0:\nstaff:x:50:builder\nbuilder:x:1234:\n")}))
+		File{Name: "etc/passwd", Body: []byte(testPasswd)}, File{Name: "etc/group", Body: []byte(testGroup)}))
 	return BusyboxUsersImage
+}
+
+// EnsureBusyboxLinkedUsers builds BusyboxLinkedUsersImage, once per test
+// process.
+func EnsureBusyboxLinkedUsers(t testing.TB, cli client.APIClient) string {
+	t.Helper()
+	EnsureImage(t, cli, BusyboxLinkedUsersImage, append(busyboxFiles(t),
+		File{Name: "usr/lib/passwd", Body: []byte(testPasswd)}, File{Name: "usr/lib/group", Body: []byte(testGroup)},
+		File{Name: "etc/passwd", Link: "../usr/lib/passwd"}, File{Name: "etc/group", Link: "/usr/lib/group"}))
+	return BusyboxLinkedUsersImage
 }
 
 func busyboxFiles(t testing.TB) []File {
