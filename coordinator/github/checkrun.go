@@ -266,7 +266,12 @@ func lastLines(out []byte, n, maxBytes int) string {
 			return -1
 		}, l)
 	}
-	for len(lines) > 0 && len(strings.Join(lines, "\n")) > maxBytes {
+	size := len(lines) - 1 // the newlines between them
+	for _, l := range lines {
+		size += len(l)
+	}
+	for len(lines) > 0 && size > maxBytes {
+		size -= len(lines[0]) + 1
 		lines = lines[1:]
 	}
 	return strings.Join(lines, "\n")

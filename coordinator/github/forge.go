@@ -220,25 +220,20 @@ func (f *Forge) build(ctx context.Context, ev Event, action string) error {
 			return err
 		}
 	}
-	data, found, err := f.App.Config(ctx, inst, ev.Owner, ev.Repo, ev.SHA)
-	var cerr *config.Error
-	if err != nil && !errors.As(err, &cerr) {
+	data, cfg, found, invalid, err := f.readConfig(ctx, inst, ev.Owner, ev.Repo, ev.SHA)
+	if err != nil {
 		return err
 	}
 	if !found {
 		log.Debug("no " + ConfigFile + ": the repository does not use Forge")
 		return nil
 	}
-	var cfg *config.Config
-	if err == nil {
-		cfg, err = config.Parse(ConfigFile, data)
-	}
-	if err != nil {
+	if invalid != nil {
 		// An invalid config cannot say which action a push would run,
 		// so the error goes on the pull-request context, forge/execute,
 		// for pushes too: the author learns of it either way.
-		log.Info("invalid "+ConfigFile, "err", err)
-		f.Reporter.reportProblem(inst, ev.Owner, ev.Repo, ev.SHA, config.DefaultAction, invalidConfig(err))
+		log.Info("invalid "+ConfigFile, "err", invalid)
+		f.Reporter.reportProblem(inst, ev.Owner, ev.Repo, ev.SHA, config.DefaultAction, invalidConfig(invalid))
 		return nil
 	}
 	b := coordinator.Subject{Owner: ev.Owner, Repo: ev.Repo, Branch: ev.Branch, SHA: ev.SHA, Action: action,
@@ -262,11 +257,7 @@ func (f *Forge) build(ctx context.Context, ev Event, action string) error {
 		b.Author = ev.Author
 		b.Untrusted = ev.Fork || !coordinator.TrustedAssociation(ev.Association)
 	}
-	mode := f.RequireApproval
-	if mode == "" {
-		mode = coordinator.ApproveForks
-	}
-	b.NeedsApproval = mode.NeedsApproval(b)
+	b.NeedsApproval = f.RequireApproval.NeedsApproval(b) // "" is ApproveForks
 	if b.Untrusted {
 		log.Info("untrusted pull request", "pr", ev.PullRequest, "fork", ev.Fork, "author", ev.Author,
 			"association", ev.Association, "needs_approval", b.NeedsApproval)
@@ -332,4 +323,23 @@ func statusContext(action string) string {
 		action = config.DefaultAction
 	}
 	return "forge/" + action
+}
+
+// readConfig reads .forge.yml at sha and parses it. err is a failure to
+// read it; found is false when the commit has none; invalid says why a
+// file that is there is not a valid config (cfg is then nil).
+func (f *Forge) readConfig(ctx context.Context, inst int64, owner, repo, sha string) (data []byte, cfg *config.Config, found bool, invalid, err error) {
+	data, found, err = f.App.Config(ctx, inst, owner, repo, sha)
+	var cerr *config.Error
+	if err != nil && !errors.As(err, &cerr) {
+		return nil, nil, false, nil, err
+	}
+	if !found {
+		return nil, nil, false, nil, nil
+	}
+	if err != nil {
+		return data, nil, true, err, nil
+	}
+	cfg, invalid = config.Parse(ConfigFile, data)
+	return data, cfg, true, invalid, nil
 }

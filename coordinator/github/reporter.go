@@ -235,65 +235,55 @@ func (r *Reporter) send(ctx context.Context, s *sender) {
 // refuses for want of the permission (revoked since the token was made)
 // is sent as a status instead, and so is the rest of that build's life.
 func (r *Reporter) deliver(ctx context.Context, u report) error {
-	checks, err := r.useChecks(ctx, u)
+	cur, checks, err := r.useChecks(ctx, u)
 	if err != nil {
 		return err
 	}
 	if checks {
-		err := r.sendCheckRun(ctx, u)
+		err := r.sendCheckRun(ctx, u, cur)
 		if !errors.Is(err, ErrNoChecksPermission) {
 			return err
 		}
 		r.Log.Warn("GitHub refused a check run: the app may not write checks; sending a commit status", "repo", u.owner+"/"+u.repo, "err", err)
-		r.statusMode(u, true)
 	}
-	return r.sendStatus(ctx, u)
+	return r.sendStatus(ctx, u) // which records the build as reported by statuses
 }
 
-// useChecks decides how u is reported. A build keeps the way its first
-// report went, so that a permission granted mid-build does not leave a
-// pending status behind.
-func (r *Reporter) useChecks(ctx context.Context, u report) (bool, error) {
+// useChecks decides how u is reported, and returns the build's latest
+// check run when it has one. A build keeps the way its first report
+// went, so that a permission granted mid-build does not leave a pending
+// status behind.
+func (r *Reporter) useChecks(ctx context.Context, u report) (*coordinator.CheckRun, bool, error) {
 	if r.Statuses || r.Checks == nil {
-		return false, nil
+		return nil, false, nil
 	}
 	if u.build != nil {
 		r.mu.Lock()
 		byStatus := r.byStatus[u.build.ID]
 		r.mu.Unlock()
 		if byStatus {
-			return false, nil
+			return nil, false, nil
 		}
-		_, err := r.Checks.LatestCheckRun(ctx, u.build.ID)
+		cur, err := r.Checks.LatestCheckRun(ctx, u.build.ID)
 		if err == nil {
-			return true, nil
+			return cur, true, nil
 		}
 		if !errors.Is(err, store.ErrNotFound) {
-			return false, err
+			return nil, false, err
 		}
 	}
 	ok, err := r.App.ChecksAllowed(ctx, u.inst)
-	if err != nil {
-		return false, err
-	}
-	if !ok {
-		r.statusMode(u, true)
-	}
-	return ok, nil
+	return nil, ok, err
 }
 
-// statusMode records that u's build is reported with statuses, until it
-// is final.
-func (r *Reporter) statusMode(u report, on bool) {
-	if u.build == nil {
-		return
-	}
+// statusMode records that b is reported with statuses, until it is final.
+func (r *Reporter) statusMode(b *coordinator.Build) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if on && !u.build.State.Final() {
-		r.byStatus[u.build.ID] = true
+	if !b.State.Final() {
+		r.byStatus[b.ID] = true
 	} else {
-		delete(r.byStatus, u.build.ID)
+		delete(r.byStatus, b.ID)
 	}
 }
 
@@ -302,7 +292,7 @@ func (r *Reporter) statusMode(u report, on bool) {
 func (r *Reporter) sendStatus(ctx context.Context, u report) error {
 	state, desc, to := StateError, u.problem.desc, ""
 	if b := u.build; b != nil {
-		r.statusMode(u, !b.State.Final())
+		r.statusMode(b)
 		switch b.State {
 		case coordinator.Queued:
 			// "awaiting approval", "queued: 3 ahead", or just queued.
@@ -329,20 +319,18 @@ func (r *Reporter) sendStatus(ctx context.Context, u report) error {
 	return r.App.SetStatus(ctx, u.inst, u.owner, u.repo, u.sha, state, statusContext(u.action), desc, to)
 }
 
-// sendCheckRun makes or updates the check run of u's build, or makes a
-// failed one for u's problem. A build's check run that is completed is
-// not reopened: when the build goes on (approved after awaiting
-// approval), it gets a new one.
-func (r *Reporter) sendCheckRun(ctx context.Context, u report) error {
+// sendCheckRun makes or updates the check run of u's build (cur, its
+// latest, or nil), or makes a failed one for u's problem. A build's check
+// run that is completed is not reopened: when the build goes on (approved
+// after awaiting approval), it gets a new one.
+func (r *Reporter) sendCheckRun(ctx context.Context, u report, cur *coordinator.CheckRun) error {
 	if u.build == nil {
 		_, err := r.App.CreateCheckRun(ctx, u.inst, u.owner, u.repo, problemCheckRun(u))
 		return err
 	}
 	b := u.build
 	c := r.checkRunOf(ctx, b)
-	cur, err := r.Checks.LatestCheckRun(ctx, b.ID)
-	switch {
-	case err == nil && (cur.Status != CheckCompleted || c.Status == CheckCompleted):
+	if cur != nil && (cur.Status != CheckCompleted || c.Status == CheckCompleted) {
 		if err := r.App.UpdateCheckRun(ctx, u.inst, u.owner, u.repo, cur.ID, c); err != nil {
 			return err
 		}
@@ -350,8 +338,6 @@ func (r *Reporter) sendCheckRun(ctx context.Context, u report) error {
 			return fmt.Errorf("record check run %d of build %s: %w", cur.ID, b.ID, err)
 		}
 		return nil
-	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return err
 	}
 	id, err := r.App.CreateCheckRun(ctx, u.inst, u.owner, u.repo, c)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 
 	"github.com/forge-ci/forge/coordinator"
-	"github.com/forge-ci/forge/coordinator/config"
 	"github.com/forge-ci/forge/coordinator/store"
 )
 
@@ -54,22 +53,17 @@ func (f *Forge) Rerun(ctx context.Context, b *coordinator.Build, who string) (*c
 		return nil, fmt.Errorf("re-run build %s: %w", b.ID, ErrNotFromGitHub)
 	}
 	inst, owner, repo, sha := b.InstallationID, b.Owner, b.Repo, b.SHA
-	data, found, err := f.App.Config(ctx, inst, owner, repo, sha)
-	var cerr *config.Error
-	if err != nil && !errors.As(err, &cerr) {
+	data, cfg, found, invalid, err := f.readConfig(ctx, inst, owner, repo, sha)
+	if err != nil {
 		return nil, fmt.Errorf("re-run build %s: %w", b.ID, err)
 	}
 	if !found {
 		f.Reporter.reportProblem(inst, owner, repo, sha, b.Action, noConfig(sha))
 		return nil, fmt.Errorf("re-run build %s: %w at %s: the repository has none there any more", b.ID, ErrNoConfig, short(sha))
 	}
-	var cfg *config.Config
-	if err == nil {
-		cfg, err = config.Parse(ConfigFile, data)
-	}
-	if err != nil {
-		f.Reporter.reportProblem(inst, owner, repo, sha, b.Action, invalidConfig(err))
-		return nil, fmt.Errorf("re-run build %s: %w: %w", b.ID, coordinator.ErrNotRerunnable, err)
+	if invalid != nil {
+		f.Reporter.reportProblem(inst, owner, repo, sha, b.Action, invalidConfig(invalid))
+		return nil, fmt.Errorf("re-run build %s: %w: %w", b.ID, coordinator.ErrNotRerunnable, invalid)
 	}
 	if _, ok := cfg.Actions[b.Action]; !ok {
 		msg := fmt.Sprintf("nothing to re-run: %s at %s has no action %q", ConfigFile, short(sha), b.Action)
@@ -80,11 +74,7 @@ func (f *Forge) Rerun(ctx context.Context, b *coordinator.Build, who string) (*c
 	s := b.Subject
 	s.RerunOf, s.RerunBy = b.ID, who
 	s.Key = f.rerunKey(ctx, b)
-	mode := f.RequireApproval
-	if mode == "" {
-		mode = coordinator.ApproveForks
-	}
-	s.NeedsApproval = mode.NeedsApproval(s)
+	s.NeedsApproval = f.RequireApproval.NeedsApproval(s) // "" is ApproveForks
 	nb, err := f.Builds.Submit(ctx, coordinator.Request{Subject: s, Config: cfg, ConfigText: string(data),
 		Source: f.source(inst, owner, repo, sha)})
 	if err != nil {

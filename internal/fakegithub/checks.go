@@ -144,7 +144,15 @@ func (f *Server) permissionsOf(inst int64) map[string]string {
 func (f *Server) FailCheckRuns(n int, how string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.checkFail, f.checkFailHow = n, how
+	f.checkFail = failures{n: n, how: how}
+}
+
+// clone is a copy of c that shares no slice with it.
+func (c *CheckRun) clone() CheckRun {
+	out := *c
+	out.Output.Annotations = append([]Annotation(nil), c.Output.Annotations...)
+	out.Requests = append([]CheckRunRequest(nil), c.Requests...)
+	return out
 }
 
 // CheckRuns are the check runs accepted so far, in the order they were
@@ -154,10 +162,7 @@ func (f *Server) CheckRuns() []CheckRun {
 	defer f.mu.Unlock()
 	out := make([]CheckRun, 0, len(f.checkRuns))
 	for _, cr := range f.checkRuns {
-		c := *cr
-		c.Output.Annotations = append([]Annotation(nil), cr.Output.Annotations...)
-		c.Requests = append([]CheckRunRequest(nil), cr.Requests...)
-		out = append(out, c)
+		out = append(out, cr.clone())
 	}
 	return out
 }
@@ -176,23 +181,9 @@ func (f *Server) tokenMay(w http.ResponseWriter, r *http.Request, perm, docs str
 	return false
 }
 
-// failCheck answers a failure FailCheckRuns asked for, and says so.
-func (f *Server) failCheck(w http.ResponseWriter) bool {
-	f.mu.Lock()
-	if f.checkFail <= 0 {
-		f.mu.Unlock()
-		return false
-	}
-	f.checkFail--
-	how := f.checkFailHow
-	f.mu.Unlock()
-	writeFailure(w, how)
-	return true
-}
-
 func (f *Server) createCheckRun(w http.ResponseWriter, r *http.Request) {
 	inst, ok := f.checkToken(w, r)
-	if !ok || !f.tokenMay(w, r, "checks", "https://docs.github.com/rest/checks/runs#create-a-check-run") || f.failCheck(w) {
+	if !ok || !f.tokenMay(w, r, "checks", "https://docs.github.com/rest/checks/runs#create-a-check-run") || f.fail(w, &f.checkFail) {
 		return
 	}
 	var in checkRunBody
@@ -223,7 +214,7 @@ func (f *Server) createCheckRun(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *Server) updateCheckRun(w http.ResponseWriter, r *http.Request) {
-	if _, ok := f.checkToken(w, r); !ok || !f.tokenMay(w, r, "checks", "https://docs.github.com/rest/checks/runs#update-a-check-run") || f.failCheck(w) {
+	if _, ok := f.checkToken(w, r); !ok || !f.tokenMay(w, r, "checks", "https://docs.github.com/rest/checks/runs#update-a-check-run") || f.fail(w, &f.checkFail) {
 		return
 	}
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
@@ -236,9 +227,7 @@ func (f *Server) updateCheckRun(w http.ResponseWriter, r *http.Request) {
 	}
 	var cur CheckRun
 	if cr != nil {
-		cur = *cr
-		cur.Output.Annotations = append([]Annotation(nil), cr.Output.Annotations...)
-		cur.Requests = append([]CheckRunRequest(nil), cr.Requests...)
+		cur = cr.clone()
 	}
 	f.mu.Unlock()
 	if cr == nil {

@@ -127,16 +127,14 @@ type Server struct {
 	files         map[string]string // "o/r@sha" -> .forge.yml
 	tarballs      map[string][]byte // "o/r@sha" -> tar.gz
 	statuses      []Status
-	taken         int           // statuses returned by WaitStatus
-	posted        chan struct{} // closed and replaced at every status
-	statusFail    int           // the next N status posts fail
-	statusFailHow string
+	taken         int                          // statuses returned by WaitStatus
+	posted        chan struct{}                // closed and replaced at every status
+	statusFail    failures                     // of status posts
 	tokenPerms    map[string]map[string]string // token -> its permissions
 	instPerms     map[int64]map[string]string  // installation -> its tokens' permissions
 	checkRuns     []*CheckRun
 	nextCheckRun  int64
-	checkFail     int // the next N check-run requests fail
-	checkFailHow  string
+	checkFail     failures // of check-run requests
 	requests      []string
 	refused       []string
 	holds         []*Hold
@@ -299,7 +297,7 @@ func (f *Server) SetTarball(repo, sha string, tgz []byte) {
 func (f *Server) FailStatuses(n int, how string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.statusFail, f.statusFailHow = n, how
+	f.statusFail = failures{n: n, how: how}
 }
 
 // TokenCount is the number of access tokens made for installation inst.
@@ -457,12 +455,11 @@ func (f *Server) appOnly(w http.ResponseWriter, r *http.Request) bool {
 // checkToken returns the installation of the request's token, or answers
 // as GitHub does and returns false.
 func (f *Server) checkToken(w http.ResponseWriter, r *http.Request) (int64, bool) {
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "token ")
 	f.mu.Lock()
-	inst, known := f.tokens[tok]
+	inst, known := f.tokens[tokenOf(r)]
 	want, has := f.installations[r.PathValue("o")+"/"+r.PathValue("r")]
 	f.mu.Unlock()
-	if !ok || !known {
+	if !known {
 		f.refuse("refused " + r.Method + " " + r.URL.RequestURI() + ": no installation token of the fake's")
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": "Bad credentials"})
 		return 0, false
@@ -615,20 +612,34 @@ func writeFailure(w http.ResponseWriter, how string) {
 	}
 }
 
+// failures makes the next n requests of a kind fail, how (writeFailure).
+type failures struct {
+	n   int
+	how string
+}
+
+// fail answers a failure that fl has due, and says so.
+func (f *Server) fail(w http.ResponseWriter, fl *failures) bool {
+	f.mu.Lock()
+	if fl.n <= 0 {
+		f.mu.Unlock()
+		return false
+	}
+	fl.n--
+	how := fl.how
+	f.mu.Unlock()
+	writeFailure(w, how)
+	return true
+}
+
 func (f *Server) status(w http.ResponseWriter, r *http.Request) {
 	inst, ok := f.checkToken(w, r)
 	if !ok || !f.tokenMay(w, r, "statuses", "https://docs.github.com/rest/commits/statuses#create-a-commit-status") {
 		return
 	}
-	f.mu.Lock()
-	if f.statusFail > 0 {
-		f.statusFail--
-		how := f.statusFailHow
-		f.mu.Unlock()
-		writeFailure(w, how)
+	if f.fail(w, &f.statusFail) {
 		return
 	}
-	f.mu.Unlock()
 	var in struct {
 		State, Context, Description string
 		TargetURL                   string `json:"target_url"`
