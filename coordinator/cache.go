@@ -12,8 +12,8 @@ import (
 // Cache scopes: a build's caches are kept per repository and scope, and a
 // scope is a branch or a pull request, as GitHub Actions scopes its cache.
 const (
-	scopeBranch = "branch/"
-	scopePull   = "pull/"
+	ScopeBranch = "branch/"
+	ScopePull   = "pull/"
 )
 
 // CacheScopes says which caches a build of s may read, best first, and
@@ -26,14 +26,14 @@ func (s Subject) CacheScopes() (read []string, write string) {
 	var own, fallback string
 	switch {
 	case s.PullRequest > 0:
-		own = scopePull + strconv.Itoa(s.PullRequest)
+		own = ScopePull + strconv.Itoa(s.PullRequest)
 		if s.BaseBranch != "" {
-			fallback = scopeBranch + s.BaseBranch
+			fallback = ScopeBranch + s.BaseBranch
 		}
 	case s.Branch != "":
-		own = scopeBranch + s.Branch
+		own = ScopeBranch + s.Branch
 		if s.DefaultBranch != "" {
-			fallback = scopeBranch + s.DefaultBranch
+			fallback = ScopeBranch + s.DefaultBranch
 		}
 	default:
 		return nil, ""

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"time"
 
 	"github.com/docker/docker/api/types/swarm"
@@ -338,3 +339,11 @@ var (
 	// more. The error wrapping it says which.
 	ErrNotRerunnable = errors.New("the build cannot be re-run")
 )
+
+// buildIDPattern is what a build id may be: what makes it safe as a file
+// name under --data (logs, artifacts).
+var buildIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+// ValidBuildID reports whether id is a build id Forge could have made,
+// and so safe to use as a file name.
+func ValidBuildID(id string) bool { return buildIDPattern.MatchString(id) }

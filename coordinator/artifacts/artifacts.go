@@ -21,7 +21,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"time"
@@ -58,8 +57,6 @@ type index struct {
 // ErrNotFound: the build has no such artifact (or none at all).
 var ErrNotFound = errors.New("no such artifact")
 
-var buildIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
-
 // incoming holds builds' artifacts while they arrive, and what is being
 // replaced or deleted; nothing in it is served.
 const incoming = ".incoming"
@@ -75,7 +72,7 @@ func (s *Store) dir(id string) string { return filepath.Join(s.Dir, id) }
 // max bytes of files. A broken archive is an error, and stores nothing.
 func (s *Store) Put(buildID string, r io.Reader, max int64) (coordinator.ArtifactsStored, error) {
 	var res coordinator.ArtifactsStored
-	if !buildIDPattern.MatchString(buildID) {
+	if !coordinator.ValidBuildID(buildID) {
 		return res, fmt.Errorf("artifacts: build id %q is not valid", buildID)
 	}
 	tmp, err := s.scratch(buildID)
@@ -211,7 +208,7 @@ func (s *Store) swap(buildID, tmp string) error {
 // List returns the build's artifacts by path; none (and no error) for a
 // build that has none.
 func (s *Store) List(buildID string) ([]Entry, error) {
-	if !buildIDPattern.MatchString(buildID) {
+	if !coordinator.ValidBuildID(buildID) {
 		return []Entry{}, nil
 	}
 	raw, err := os.ReadFile(filepath.Join(s.dir(buildID), "index.json"))
@@ -350,7 +347,7 @@ func (s *Store) Prune(ctx context.Context, olderThan time.Time, over func(ctx co
 	var errs []error
 	for _, e := range entries {
 		id := e.Name()
-		if !e.IsDir() || !buildIDPattern.MatchString(id) || ctx.Err() != nil {
+		if !e.IsDir() || !coordinator.ValidBuildID(id) || ctx.Err() != nil {
 			continue
 		}
 		fi, err := os.Stat(filepath.Join(s.dir(id), "index.json"))

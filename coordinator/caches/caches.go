@@ -220,9 +220,13 @@ func (s *Store) open(e *store.CacheEntry) (io.ReadCloser, int64, error) {
 		return nil, 0, err
 	}
 	fi, err := f.Stat()
-	if err != nil || fi.Size() != e.Size {
+	if err != nil {
 		f.Close()
-		return nil, 0, fmt.Errorf("archive %s: size %v, index says %d (%v)", e.Digest, fi.Size(), e.Size, err)
+		return nil, 0, fmt.Errorf("archive %s: %w", e.Digest, err)
+	}
+	if fi.Size() != e.Size {
+		f.Close()
+		return nil, 0, fmt.Errorf("archive %s: size %d, index says %d", e.Digest, fi.Size(), e.Size)
 	}
 	return f, e.Size, nil
 }
@@ -363,10 +367,7 @@ func (u *Upload) Store(ctx context.Context, r io.Reader) (string, error) {
 		return "", err
 	}
 	s.note(u.buildID, fmt.Sprintf("cache: saved %s as %s", sizeText(u.size), describe(u.bc.Key, u.bc.Scope)))
-	// Saved once: an agent that attaches again is not asked again (Pending).
-	if _, err := s.db.DeleteBuildCache(ctx, u.buildID); err != nil {
-		s.log.Warn("forget build cache", "build", u.buildID, "err", err)
-	}
+	s.Forget(ctx, u.buildID) // saved once: an agent that attaches again is not asked again (Pending)
 	return digest, nil
 }
 
@@ -381,14 +382,12 @@ func (s *Store) receive(r io.Reader, size int64, paths []string) (tmp, digest st
 	tmp = f.Name()
 	defer f.Close()
 	h := sha256.New()
-	body := &countReader{r: io.LimitReader(r, size)}
-	tee := io.TeeReader(body, io.MultiWriter(f, h))
+	// A short stream is ErrShortBlob (from the drain), whatever the tar
+	// check made of it.
+	tee := io.TeeReader(wire.BlobReader(r, size), io.MultiWriter(f, h))
 	checkErr := checkTar(tee, paths)
 	if _, err := io.Copy(io.Discard, tee); err != nil {
 		return tmp, "", fmt.Errorf("receive cache: %w", err)
-	}
-	if body.n != size {
-		return tmp, "", fmt.Errorf("receive cache: %w: got %d of %d bytes", wire.ErrShortBlob, body.n, size)
 	}
 	if checkErr != nil {
 		return tmp, "", checkErr
@@ -463,7 +462,7 @@ func (s *Store) Pending(ctx context.Context, buildID string) (*wire.LaunchCache,
 
 // Forget implements coordinator.Caches.
 func (s *Store) Forget(ctx context.Context, buildID string) {
-	if _, err := s.db.DeleteBuildCache(ctx, buildID); err != nil {
+	if err := s.db.DeleteBuildCache(ctx, buildID); err != nil {
 		s.log.Warn("forget build cache", "build", buildID, "err", err)
 	}
 }
@@ -471,25 +470,14 @@ func (s *Store) Forget(ctx context.Context, buildID string) {
 // Usage is the bytes of the archives kept.
 func (s *Store) Usage(ctx context.Context) (int64, error) { return s.db.CacheUsage(ctx) }
 
-type countReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 func digestOf(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
 
 // describe names a cache for a build's log: its key and scope.
 func describe(key, scope string) string {
 	where := scope
-	if n, ok := strings.CutPrefix(scope, "pull/"); ok {
+	if n, ok := strings.CutPrefix(scope, coordinator.ScopePull); ok {
 		where = "pull request #" + n
-	} else if b, ok := strings.CutPrefix(scope, "branch/"); ok {
+	} else if b, ok := strings.CutPrefix(scope, coordinator.ScopeBranch); ok {
 		where = "branch " + b
 	}
 	if key == "" {

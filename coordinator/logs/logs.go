@@ -13,7 +13,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sync"
 
 	"github.com/forge-ci/forge/coordinator"
@@ -86,8 +85,6 @@ const (
 	recHeader      = 5
 )
 
-var buildIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
-
 func streamCode(s string) (byte, error) {
 	switch s {
 	case wire.StreamStdout:
@@ -103,7 +100,7 @@ func (s *Store) path(id, ext string) string { return filepath.Join(s.Dir, id+ext
 // Create makes the (empty) log of a new build; agents can attach to it
 // from then on.
 func (s *Store) Create(id string) error {
-	if !buildIDPattern.MatchString(id) {
+	if !coordinator.ValidBuildID(id) {
 		return fmt.Errorf("build id %q: not a valid id", id)
 	}
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
@@ -123,7 +120,7 @@ func (s *Store) open(id string) (*buildLog, error) {
 	if b := s.builds[id]; b != nil {
 		return b, nil
 	}
-	if !buildIDPattern.MatchString(id) {
+	if !coordinator.ValidBuildID(id) {
 		return nil, fmt.Errorf("%w %q", coordinator.ErrUnknownBuild, id)
 	}
 	f, err := os.OpenFile(s.path(id, ".log"), os.O_RDWR, 0)
@@ -422,7 +419,7 @@ func (b *buildLog) notify() {
 
 // Exited returns the build's recorded exit, or nil while it runs.
 func (s *Store) Exited(id string) (*wire.Exit, error) {
-	if !buildIDPattern.MatchString(id) {
+	if !coordinator.ValidBuildID(id) {
 		return nil, fmt.Errorf("%w %q", coordinator.ErrUnknownBuild, id)
 	}
 	raw, err := os.ReadFile(s.path(id, ".exit"))

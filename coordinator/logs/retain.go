@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/forge-ci/forge/coordinator"
 )
 
 // Prune deletes the logs (<id>.log and <id>.exit) of builds whose files
@@ -26,7 +28,7 @@ func (s *Store) Prune(ctx context.Context, olderThan time.Time, over func(ctx co
 	var errs []error
 	for _, e := range entries {
 		id, ok := strings.CutSuffix(e.Name(), ".log")
-		if !ok || !buildIDPattern.MatchString(id) || ctx.Err() != nil {
+		if !ok || !coordinator.ValidBuildID(id) || ctx.Err() != nil {
 			continue
 		}
 		if !s.oldFile(s.path(id, ".log"), olderThan) || !s.oldFile(s.path(id, ".exit"), olderThan) {

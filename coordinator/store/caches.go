@@ -104,20 +104,39 @@ func (s *Store) PutCache(ctx context.Context, e *CacheEntry) (replaced string, e
 	return replaced, nil
 }
 
+// rowQueryer is a database or a transaction.
+type rowQueryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// digestNamed reports whether any entry names digest.
+func digestNamed(ctx context.Context, q rowQueryer, digest string) (bool, error) {
+	var n int
+	err := q.QueryRowContext(ctx, `SELECT COUNT(*) FROM caches WHERE digest = ?`, digest).Scan(&n)
+	return n > 0, err
+}
+
+// cacheUsage is the bytes of the archives the entries name, each counted
+// once.
+func cacheUsage(ctx context.Context, q rowQueryer) (int64, error) {
+	var n int64
+	err := q.QueryRowContext(ctx, `SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM caches GROUP BY digest)`).Scan(&n)
+	return n, err
+}
+
 // CacheDigestUsed reports whether any entry names digest.
 func (s *Store) CacheDigestUsed(ctx context.Context, digest string) (bool, error) {
-	var n int
-	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM caches WHERE digest = ?`, digest).Scan(&n); err != nil {
+	used, err := digestNamed(ctx, s.db, digest)
+	if err != nil {
 		return false, fmt.Errorf("store: cache digest: %w", err)
 	}
-	return n > 0, nil
+	return used, nil
 }
 
 // CacheUsage is the bytes of the archives the entries name, each counted
 // once.
 func (s *Store) CacheUsage(ctx context.Context) (int64, error) {
-	var n int64
-	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM caches GROUP BY digest)`).Scan(&n)
+	n, err := cacheUsage(ctx, s.db)
 	if err != nil {
 		return 0, fmt.Errorf("store: cache usage: %w", err)
 	}
@@ -134,8 +153,7 @@ func (s *Store) EvictCaches(ctx context.Context, max int64) (evicted []CacheEntr
 	}
 	defer tx.Rollback()
 	for {
-		var used int64
-		err := tx.QueryRowContext(ctx, `SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM caches GROUP BY digest)`).Scan(&used)
+		used, err := cacheUsage(ctx, tx)
 		if err != nil {
 			return nil, nil, fmt.Errorf("store: evict caches: %w", err)
 		}
@@ -151,11 +169,11 @@ func (s *Store) EvictCaches(ctx context.Context, max int64) (evicted []CacheEntr
 			return nil, nil, fmt.Errorf("store: evict caches: %w", err)
 		}
 		evicted = append(evicted, *e)
-		var n int
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM caches WHERE digest = ?`, e.Digest).Scan(&n); err != nil {
+		named, err := digestNamed(ctx, tx, e.Digest)
+		if err != nil {
 			return nil, nil, fmt.Errorf("store: evict caches: %w", err)
 		}
-		if n == 0 {
+		if !named {
 			orphans = append(orphans, e.Digest)
 		}
 	}
@@ -235,13 +253,10 @@ func (s *Store) BuildCacheOf(ctx context.Context, buildID string) (*BuildCache, 
 	return &bc, nil
 }
 
-// DeleteBuildCache forgets what a build may save; true when there was
-// something.
-func (s *Store) DeleteBuildCache(ctx context.Context, buildID string) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM build_caches WHERE build_id = ?`, buildID)
-	if err != nil {
-		return false, fmt.Errorf("store: build cache %s: %w", buildID, err)
+// DeleteBuildCache forgets what a build may save.
+func (s *Store) DeleteBuildCache(ctx context.Context, buildID string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM build_caches WHERE build_id = ?`, buildID); err != nil {
+		return fmt.Errorf("store: build cache %s: %w", buildID, err)
 	}
-	n, err := res.RowsAffected()
-	return n > 0, err
+	return nil
 }

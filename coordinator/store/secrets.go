@@ -118,8 +118,10 @@ func (s *Store) Reseal(ctx context.Context, secret func(owner, repo, name string
 	}
 	var ss []secretRow
 	if err := eachRow(ctx, tx, `SELECT owner, repo, name, sealed FROM secrets ORDER BY owner, repo, name`, func(rows *sql.Rows) error {
-		ss = append(ss, secretRow{})
-		return rows.Scan(&ss[len(ss)-1].owner, &ss[len(ss)-1].repo, &ss[len(ss)-1].name, &ss[len(ss)-1].sealed)
+		var r secretRow
+		err := rows.Scan(&r.owner, &r.repo, &r.name, &r.sealed)
+		ss = append(ss, r)
+		return err
 	}); err != nil {
 		return 0, 0, fmt.Errorf("store: reseal secrets: %w", err)
 	}
@@ -144,8 +146,10 @@ func (s *Store) Reseal(ctx context.Context, secret func(owner, repo, name string
 	type userRow struct{ login, token string }
 	var us []userRow
 	if err := eachRow(ctx, tx, `SELECT login, token FROM users ORDER BY login`, func(rows *sql.Rows) error {
-		us = append(us, userRow{})
-		return rows.Scan(&us[len(us)-1].login, &us[len(us)-1].token)
+		var u userRow
+		err := rows.Scan(&u.login, &u.token)
+		us = append(us, u)
+		return err
 	}); err != nil {
 		return 0, 0, fmt.Errorf("store: reseal tokens: %w", err)
 	}

@@ -154,7 +154,6 @@ func (s *Store) checkJournal(ctx context.Context) error {
 // DB is the database itself, for tests that check what is (not) stored.
 func (s *Store) DB() *sql.DB { return s.db }
 
-// Close closes the database. Calls after Close fail.
 // prepare makes the Store's prepared statements, after the migrations.
 func (s *Store) prepare(ctx context.Context) (err error) {
 	if s.buildByID, err = s.db.PrepareContext(ctx, `SELECT `+buildColumns+` FROM builds WHERE id = ?`); err != nil {
@@ -164,6 +163,7 @@ func (s *Store) prepare(ctx context.Context) (err error) {
 	return err
 }
 
+// Close closes the database. Calls after Close fail.
 func (s *Store) Close() error {
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close %s: %w", s.path, err)

@@ -47,16 +47,16 @@ func (a *API) badge(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
 	}
 	ctx := r.Context()
 	// Whether the repository is public is what its newest build says.
-	newest, err := a.cfg.Store.ListBuilds(ctx, store.ListOptions{Owner: owner, Repo: repo, Limit: 1})
+	newest, err := a.newestBuild(ctx, owner, repo)
 	if err != nil {
 		httpError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	if len(newest) == 0 {
+	if newest == nil {
 		unknown()
 		return
 	}
-	if err := a.auth.Need(ctx, p, owner, repo, newest[0].Public, coordinator.Read); err != nil {
+	if err := a.auth.Need(ctx, p, owner, repo, newest.Public, coordinator.Read); err != nil {
 		if errors.Is(err, auth.ErrHidden) {
 			unknown()
 			return

@@ -38,11 +38,17 @@ func (a *API) buildPage(w http.ResponseWriter, r *http.Request, p *auth.Principa
 		a.errorPage(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	if p.Kind != auth.Anonymous && a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Write) == nil {
-		d.CanCancel = !b.State.Final()
-		d.CanApprove = d.CanCancel && b.AwaitingApproval()
-		// A build from GitHub, once over: its commit is built again.
-		d.CanRerun = b.State.Final() && b.InstallationID != 0 && a.cfg.Reruns != nil
+	if p.Kind != auth.Anonymous {
+		// One question for the buttons of both levels.
+		if got, err := a.auth.Access(r.Context(), p, b.Owner, b.Repo, b.Public); err == nil {
+			if got >= coordinator.Write {
+				d.CanCancel = !b.State.Final()
+				d.CanApprove = d.CanCancel && b.AwaitingApproval()
+				// A build from GitHub, once over: its commit is built again.
+				d.CanRerun = b.State.Final() && b.InstallationID != 0 && a.cfg.Reruns != nil
+			}
+			d.CanSecrets = a.cfg.Secrets != nil && got >= coordinator.Admin
+		}
 	}
 	if b.State.Final() {
 		// A running build's come with its end: the page's script asks.
@@ -51,9 +57,6 @@ func (a *API) buildPage(w http.ResponseWriter, r *http.Request, p *auth.Principa
 			a.log.Warn("artifacts of the build page", "build", b.ID, "err", err)
 		}
 		d.Artifacts = artifactViews(list)
-	}
-	if a.cfg.Secrets != nil && p.Kind != auth.Anonymous {
-		d.CanSecrets = a.auth.Need(r.Context(), p, b.Owner, b.Repo, b.Public, coordinator.Admin) == nil
 	}
 	d.BP = a.buildView(r.Context(), b)
 	a.render(w, http.StatusOK, "build", d)

@@ -126,7 +126,12 @@ func (c *Client) Log(ctx context.Context, id string, follow bool, w io.Writer) e
 
 // Cancel asks the coordinator to cancel a build.
 func (c *Client) Cancel(ctx context.Context, id string) error {
-	resp, err := c.do(ctx, http.MethodPost, "/api/builds/"+url.PathEscape(id)+"/cancel", nil)
+	return c.call(ctx, http.MethodPost, "/api/builds/"+url.PathEscape(id)+"/cancel", nil)
+}
+
+// call sends a request whose answer has nothing to read but its status.
+func (c *Client) call(ctx context.Context, method, path string, body io.Reader) error {
+	resp, err := c.send(ctx, method, path, nil, body)
 	if err != nil {
 		return err
 	}

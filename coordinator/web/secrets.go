@@ -71,8 +71,18 @@ func (a *API) repoAdmin(w http.ResponseWriter, r *http.Request, p *auth.Principa
 // repoPublic says whether owner/repo is public, as its latest build
 // recorded: closed when there is none.
 func (a *API) repoPublic(ctx context.Context, owner, repo string) bool {
+	b, err := a.newestBuild(ctx, owner, repo)
+	return err == nil && b != nil && b.Public
+}
+
+// newestBuild is owner/repo's newest build, whose record says whether the
+// repository is public; nil when Forge never built it.
+func (a *API) newestBuild(ctx context.Context, owner, repo string) (*coordinator.Build, error) {
 	bs, err := a.cfg.Store.ListBuilds(ctx, store.ListOptions{Owner: owner, Repo: repo, Limit: 1})
-	return err == nil && len(bs) == 1 && bs[0].Public
+	if err != nil || len(bs) == 0 {
+		return nil, err
+	}
+	return bs[0], nil
 }
 
 func (a *API) listSecrets(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
@@ -99,20 +109,34 @@ func (a *API) putSecret(w http.ResponseWriter, r *http.Request, p *auth.Principa
 		return
 	}
 	name := r.PathValue("name")
-	value, err := readSecretValue(name, r.Body)
+	if err := a.setSecret(r, p, owner, repo, name, r.Body); err != nil {
+		httpError(w, secretErrorCode(err), "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, SecretView{Name: name, Updated: time.Now().UTC(), UpdatedBy: p.Name()})
+}
+
+// setSecret reads a value from body and sets it as owner/repo's secret
+// name, for the API and the page's form alike.
+func (a *API) setSecret(r *http.Request, p *auth.Principal, owner, repo, name string, body io.Reader) error {
+	value, err := readSecretValue(name, body)
 	if err == nil {
 		err = a.cfg.Secrets.Set(r.Context(), owner, repo, name, value, p.Name())
 	}
-	switch {
-	case errors.Is(err, coordinator.ErrBadSecret):
-		httpError(w, http.StatusBadRequest, "%v", err)
-		return
-	case err != nil:
-		httpError(w, http.StatusInternalServerError, "%v", err)
-		return
+	if err != nil {
+		return err
 	}
 	a.log.Info("secret set", "repo", owner+"/"+repo, "name", name, "by", p.Name())
-	writeJSON(w, http.StatusOK, SecretView{Name: name, Updated: time.Now().UTC(), UpdatedBy: p.Name()})
+	return nil
+}
+
+// secretErrorCode is the status for a failure to set or delete a secret:
+// 400 for a bad name or value.
+func secretErrorCode(err error) int {
+	if errors.Is(err, coordinator.ErrBadSecret) {
+		return http.StatusBadRequest
+	}
+	return http.StatusInternalServerError
 }
 
 // readSecretValue reads a value of at most wire.MaxSecretSize bytes; a
@@ -156,14 +180,13 @@ func (a *API) deleteSecret(w http.ResponseWriter, r *http.Request, p *auth.Princ
 // secretsPage lists a repository's secrets, with a form to set one and a
 // button to delete each.
 func (a *API) secretsPage(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
-	a.secrets(w, r, p, "")
+	if owner, repo, ok := a.repoAdmin(w, r, p, false); ok {
+		a.secrets(w, r, p, owner, repo, "")
+	}
 }
 
-func (a *API) secrets(w http.ResponseWriter, r *http.Request, p *auth.Principal, message string) {
-	owner, repo, ok := a.repoAdmin(w, r, p, false)
-	if !ok {
-		return
-	}
+// secrets renders the secrets page of owner/repo, whose admin p is.
+func (a *API) secrets(w http.ResponseWriter, r *http.Request, p *auth.Principal, owner, repo, message string) {
 	ss, err := a.cfg.Secrets.List(r.Context(), owner, repo)
 	if err != nil {
 		a.errorPage(w, r, http.StatusInternalServerError, err)
@@ -182,25 +205,11 @@ func (a *API) setSecretForm(w http.ResponseWriter, r *http.Request, p *auth.Prin
 		return
 	}
 	name := strings.TrimSpace(r.PostFormValue("name"))
-	value, err := readSecretValue(name, strings.NewReader(strings.ReplaceAll(r.PostFormValue("value"), "\r\n", "\n")))
-	if err == nil {
-		err = a.cfg.Secrets.Set(r.Context(), owner, repo, name, value, p.Name())
-	}
-	if err != nil {
-		a.secretErrorPage(w, r, err)
+	if err := a.setSecret(r, p, owner, repo, name, strings.NewReader(strings.ReplaceAll(r.PostFormValue("value"), "\r\n", "\n"))); err != nil {
+		a.errorPage(w, r, secretErrorCode(err), err)
 		return
 	}
-	a.log.Info("secret set", "repo", owner+"/"+repo, "name", name, "by", p.Name())
-	a.secrets(w, r, p, "Secret "+name+" set.")
-}
-
-// secretErrorPage answers a form's failure: 400 for a bad name or value.
-func (a *API) secretErrorPage(w http.ResponseWriter, r *http.Request, err error) {
-	code := http.StatusInternalServerError
-	if errors.Is(err, coordinator.ErrBadSecret) {
-		code = http.StatusBadRequest
-	}
-	a.errorPage(w, r, code, err)
+	a.secrets(w, r, p, owner, repo, "Secret "+name+" set.")
 }
 
 func (a *API) deleteSecretForm(w http.ResponseWriter, r *http.Request, p *auth.Principal) {
@@ -210,7 +219,7 @@ func (a *API) deleteSecretForm(w http.ResponseWriter, r *http.Request, p *auth.P
 	}
 	name := r.PathValue("name")
 	if err := a.cfg.Secrets.Delete(r.Context(), owner, repo, name); err != nil && !errors.Is(err, coordinator.ErrNoSecret) {
-		a.secretErrorPage(w, r, err)
+		a.errorPage(w, r, secretErrorCode(err), err)
 		return
 	}
 	a.log.Info("secret deleted", "repo", owner+"/"+repo, "name", name, "by", p.Name())

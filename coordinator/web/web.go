@@ -494,7 +494,8 @@ func (a *API) getLog(w http.ResponseWriter, r *http.Request, p *auth.Principal) 
 	err := a.cfg.Logs.Follow(ctx, b.ID, out, follow)
 	if note := a.logMissing(b, err); note != "" {
 		lead := "\n" // after whatever output came before the failure
-		if errors.Is(err, coordinator.ErrUnknownBuild) && (a.pruned(b) || b.State.Final()) {
+		// Pruned or never recorded: no output came before.
+		if errors.Is(err, coordinator.ErrUnknownBuild) && b.State.Final() {
 			lead = ""
 		}
 		fmt.Fprintf(fw, "%s[forge: %s]\n", lead, note)
