@@ -393,33 +393,35 @@ func identityFlags(c *cli.Context) (daemon.Identity, error) {
 // --cache-size.
 func boundsFlags(c *cli.Context) (daemon.Bounds, error) {
 	var b daemon.Bounds
+	var err error
 	if v := strings.TrimSpace(c.String("max-log-size")); v != "0" {
-		n, err := units.RAMInBytes(v)
-		if err != nil || n <= 0 {
-			return b, fmt.Errorf("--max-log-size %q: want a size such as 64MiB or 1GiB, or 0 for no limit", v)
+		if b.MaxLogSize, err = sizeFlag("max-log-size", v, "a size such as 64MiB or 1GiB, or 0 for no limit"); err != nil {
+			return b, err
 		}
-		b.MaxLogSize = n
 	}
-	d, err := parseRetain(c.String("retain"))
-	if err != nil {
+	if b.Retain, err = parseRetain(c.String("retain")); err != nil {
 		return b, fmt.Errorf("--retain: %w", err)
 	}
-	b.Retain = d
-	v := strings.TrimSpace(c.String("max-artifacts-size"))
-	n, err := units.RAMInBytes(v)
-	if err != nil || n <= 0 {
-		return b, fmt.Errorf("--max-artifacts-size %q: want a size such as 1GiB or 256MiB", v)
+	if b.MaxArtifactsSize, err = sizeFlag("max-artifacts-size", strings.TrimSpace(c.String("max-artifacts-size")), "a size such as 1GiB or 256MiB"); err != nil {
+		return b, err
 	}
-	b.MaxArtifactsSize = n
 	b.CacheSize = -1 // 0: none
 	if v := strings.TrimSpace(c.String("cache-size")); v != "0" {
-		n, err := units.RAMInBytes(v)
-		if err != nil || n <= 0 {
-			return b, fmt.Errorf("--cache-size %q: want a size such as 10GiB or 500MiB, or 0 to keep no caches", v)
+		if b.CacheSize, err = sizeFlag("cache-size", v, "a size such as 10GiB or 500MiB, or 0 to keep no caches"); err != nil {
+			return b, err
 		}
-		b.CacheSize = n
 	}
 	return b, nil
+}
+
+// sizeFlag reads v, the value of --name, as a size above 0; want says
+// what the flag takes.
+func sizeFlag(name, v, want string) (int64, error) {
+	n, err := units.RAMInBytes(v)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("--%s %q: want %s", name, v, want)
+	}
+	return n, nil
 }
 
 // parseRetain reads a duration in days ("90d") or as Go writes it

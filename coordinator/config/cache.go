@@ -124,10 +124,6 @@ func matchParts(pat, name []string) bool {
 	return len(name) == 0
 }
 
-// reservedCacheDirs cannot hold a cache: the kernel's file systems and
-// Forge's own paths.
-var reservedCacheDirs = []string{"/proc", "/sys", "/dev", "/.forge", "/forgexec"}
-
 // cache reads cache: (a list of paths, or a mapping of paths and key),
 // and gives the paths' nodes for checkCache.
 func (p *parser) cache(v *yaml.Node) (*Cache, []*yaml.Node) {
@@ -196,7 +192,7 @@ func (p *parser) cachePaths(v *yaml.Node) ([]string, []*yaml.Node) {
 			p.errAt(it, "cache.paths", "%s is not a clean path; write %s", quote(s), quote(cleanPath(s)))
 		case s == ".":
 			p.errAt(it, "cache.paths", ". is the work directory, which holds the source; name the folders inside it to keep")
-		case strings.HasPrefix(s, "/") && underAny(cleanPath(s), reservedCacheDirs):
+		case strings.HasPrefix(s, "/") && underAny(cleanPath(s), reservedDirs):
 			p.errAt(it, "cache.paths", "%s is reserved for the system or for Forge", quote(s))
 		default:
 			c := cleanPath(s)

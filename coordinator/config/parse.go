@@ -492,7 +492,7 @@ func (p *parser) environment(v *yaml.Node) map[string]string {
 		case !envNameRE.MatchString(e.key):
 			p.errAt(e.k, "environment", "invalid variable name %s: use letters, digits and _, not starting with a digit", quote(e.key))
 			continue
-		case e.key == "CI" || strings.HasPrefix(e.key, "FORGE_"):
+		case ReservedVar(e.key):
 			p.errAt(e.k, "environment", "%s is reserved: Forge sets CI and FORGE_* itself", e.key)
 			continue
 		}
@@ -593,8 +593,9 @@ func (p *parser) timeout(v *yaml.Node) (_ time.Duration, ok bool) {
 	return 0, false
 }
 
-// reservedDirs cannot be the work directory: the kernel's file systems,
-// and the paths where the agent puts the executor and its spec.
+// reservedDirs can be neither the work directory nor a cache: the
+// kernel's file systems, and the paths where the agent puts the executor
+// and its spec.
 var reservedDirs = []string{"/proc", "/sys", "/dev", "/.forge", "/forgexec"}
 
 func (p *parser) workdir(v *yaml.Node) (string, bool) {

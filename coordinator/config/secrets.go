@@ -2,7 +2,6 @@ package config
 
 import (
 	"regexp"
-	"strings"
 
 	"gopkg.in/yaml.v3"
 )
@@ -57,7 +56,7 @@ func (p *parser) secretNames(v *yaml.Node, key string, env map[string]string) []
 			p.errAt(it, key, "invalid secret name %s: use upper-case letters, digits and _, not starting with a digit", quote(name))
 		case len(name) > maxSecretName:
 			p.errAt(it, key, "secret name %s is longer than %d characters", shortValue(name), maxSecretName)
-		case name == "CI" || strings.HasPrefix(name, "FORGE_"):
+		case ReservedVar(name):
 			p.errAt(it, key, "%s is reserved: Forge sets CI and FORGE_* itself", name)
 		case seen[name] != 0:
 			p.errAt(it, key, "secret %s is listed twice (first at line %d)", name, seen[name])

@@ -197,6 +197,10 @@ func isSpaceOrControl(r rune) bool { return unicode.IsSpace(r) || unicode.IsCont
 
 func cleanPath(s string) string { return path.Clean(s) }
 
+// ReservedVar reports whether k is a variable Forge sets itself, which
+// neither environment nor secrets may name: CI and FORGE_*.
+func ReservedVar(k string) bool { return k == "CI" || strings.HasPrefix(k, "FORGE_") }
+
 // underAny reports whether dir is one of roots or inside one.
 func underAny(dir string, roots []string) bool {
 	for _, r := range roots {

@@ -72,7 +72,11 @@ func (r *Runner) Recover(ctx context.Context) error {
 		default:
 			// Before its agent can attach again (the agents are served
 			// after Recover): its output is masked from the first byte.
-			if err := r.remask(ctx, b); err != nil {
+			cfg, perr := config.Parse(".forge.yml", []byte(b.Config))
+			if perr != nil {
+				cfg = nil // a config that never parsed named no secrets it was given
+			}
+			if err := r.remask(ctx, b, cfg); err != nil {
 				r.log.Warn("stopping a build whose secrets cannot be masked after a restart", "build", b.ID, "err", err)
 				r.cfg.Logs.Seal(b.ID)
 				r.finish(ctx, b, coordinator.Error, err.Error(), nil)
@@ -80,7 +84,7 @@ func (r *Runner) Recover(ctx context.Context) error {
 				continue
 			}
 			timeout, w := config.DefaultTimeout, wanted{}
-			if cfg, err := config.Parse(".forge.yml", []byte(b.Config)); err == nil {
+			if cfg != nil {
 				timeout, w = cfg.Timeout, wantedOf(cfg)
 			}
 			r.log.Info("watching a build again after a restart", "build", b.ID, "node", b.NodeID)

@@ -95,7 +95,8 @@ func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordina
 	b.NodeID, b.ContainerID = node, cid // even if the record failed: launch goes there
 
 	// Before the launch: a short build may exit before await begins.
-	releaseLog := r.holdLog(b.ID, wantedOf(req.Config))
+	w := wantedOf(req.Config)
+	releaseLog := r.holdLog(b.ID, w)
 	defer releaseLog()
 	if err := r.launch(ctx, b, execSpec, req, sec); err != nil {
 		r.finishCause(ctx, b, err)
@@ -107,7 +108,7 @@ func (r *Runner) execute(ctx context.Context, b *coordinator.Build, req coordina
 	}
 	b, _ = r.update(ctx, b, func(x *coordinator.Build) { x.Started = started.UTC() })
 	b.Started = started.UTC()
-	r.await(ctx, b, req.Config.Timeout, started, wantedOf(req.Config), releaseLog)
+	r.await(ctx, b, req.Config.Timeout, started, w, releaseLog)
 }
 
 // finishCause ends a build that failed before it started: with the cancel

@@ -70,13 +70,13 @@ func (r *Runner) giveSecrets(b *coordinator.Build, sec buildSecrets) error {
 }
 
 // remask has the log of a build an earlier coordinator started masked
-// again, after a restart: its secrets opened anew from its recorded
-// .forge.yml. A build whose secrets cannot be opened (no key any more,
-// one deleted meanwhile) is an error: its output could not be masked.
-func (r *Runner) remask(ctx context.Context, b *coordinator.Build) error {
-	cfg, err := config.Parse(".forge.yml", []byte(b.Config))
-	if err != nil {
-		return nil // its config never named secrets it was given
+// again, after a restart: its secrets opened anew from cfg, its recorded
+// .forge.yml (nil when that does not parse). A build whose secrets cannot
+// be opened (no key any more, one deleted meanwhile) is an error: its
+// output could not be masked.
+func (r *Runner) remask(ctx context.Context, b *coordinator.Build, cfg *config.Config) error {
+	if cfg == nil {
+		return nil
 	}
 	sec, err := r.secretsOf(ctx, b, coordinator.Request{Config: cfg})
 	if err != nil {

@@ -340,7 +340,7 @@ func environment(b Build, cfg *config.Config) ([]string, error) {
 	for k, v := range cfg.Environment {
 		// config.Parse already refuses these; a hand-made Config must not
 		// be able to override what Forge sets either.
-		if k == "CI" || strings.HasPrefix(k, "FORGE_") {
+		if config.ReservedVar(k) {
 			return nil, fmt.Errorf("environment: %s is reserved", k)
 		}
 		if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {

@@ -74,7 +74,10 @@ func prefixFunction(v []byte) []int {
 // Write takes the next piece of the stream and returns what can be shown
 // of it now, masked.
 func (m *Masker) Write(p []byte) []byte {
-	buf := append(m.held, p...)
+	buf := p // nothing held, mostly: no copy of the chunk
+	if len(m.held) > 0 {
+		buf = append(m.held, p...)
+	}
 	out, rest := m.mask(buf, false)
 	m.held = append([]byte(nil), rest...)
 	return out
