@@ -54,8 +54,8 @@ type Config struct {
 	// OnSession, when set, is called with each session's id after Welcome
 	// and with "" when the session ends; tests and logs use it.
 	OnSession func(id string)
-	// TempDir is where artifacts wait, as one tar each, before they are
-	// sent (PROTOCOL.md §6.5); "" is os.TempDir().
+	// TempDir is where artifacts and caches wait, as one tar each, before
+	// they are sent (PROTOCOL.md §6.5, §6.8); "" is os.TempDir().
 	TempDir string
 }
 

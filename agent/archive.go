@@ -57,32 +57,31 @@ func WriteArchive(w io.Writer, p Payload) error {
 	// seconds.
 	now := time.Now().Truncate(time.Second)
 	tw := tar.NewWriter(w)
-	hdr := func(name string, typ byte, mode, size int64) error {
-		return tw.WriteHeader(&tar.Header{Name: name, Typeflag: typ, Mode: mode, Size: size, ModTime: now, Format: tar.FormatPAX})
+	hdr := func(name string, typ byte, mode, size int64, o Owner) error {
+		return tw.WriteHeader(&tar.Header{Name: name, Typeflag: typ, Mode: mode, Size: size, ModTime: now,
+			Uid: o.UID, Gid: o.GID, Format: tar.FormatPAX})
 	}
 	var forgeDir Owner // /.forge/ is root's, but the secrets' owner's when there are secrets
 	if p.Secrets != nil {
 		forgeDir = p.Owner
 	}
-	if err := hdr(strings.TrimPrefix(ExecutorPath, "/"), tar.TypeReg, 0o755, p.ExecutorSize); err != nil {
+	if err := hdr(strings.TrimPrefix(ExecutorPath, "/"), tar.TypeReg, 0o755, p.ExecutorSize, Owner{}); err != nil {
 		return err
 	}
 	if n, err := copyExecutor(tw, p.Executor, p.ExecutorSize); err != nil {
 		return fmt.Errorf("executor: copied %d of %d bytes: %w", n, p.ExecutorSize, err)
 	}
-	if err := tw.WriteHeader(&tar.Header{Name: ".forge/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: now,
-		Uid: forgeDir.UID, Gid: forgeDir.GID, Format: tar.FormatPAX}); err != nil {
+	if err := hdr(".forge/", tar.TypeDir, 0o755, 0, forgeDir); err != nil {
 		return err
 	}
-	if err := hdr(strings.TrimPrefix(SpecPath, "/"), tar.TypeReg, 0o644, int64(len(p.Spec))); err != nil {
+	if err := hdr(strings.TrimPrefix(SpecPath, "/"), tar.TypeReg, 0o644, int64(len(p.Spec)), Owner{}); err != nil {
 		return err
 	}
 	if _, err := tw.Write(p.Spec); err != nil {
 		return err
 	}
 	if p.Secrets != nil {
-		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(SecretsPath, "/"), Typeflag: tar.TypeReg, Mode: 0o400,
-			Size: int64(len(p.Secrets)), ModTime: now, Uid: p.Owner.UID, Gid: p.Owner.GID, Format: tar.FormatPAX}); err != nil {
+		if err := hdr(strings.TrimPrefix(SecretsPath, "/"), tar.TypeReg, 0o400, int64(len(p.Secrets)), p.Owner); err != nil {
 			return err
 		}
 		if _, err := tw.Write(p.Secrets); err != nil {
@@ -99,7 +98,7 @@ func WriteArchive(w io.Writer, p Payload) error {
 		// depend on what the image has.
 		parts := strings.Split(workdir, "/")
 		for i := range parts {
-			if err := hdr(strings.Join(parts[:i+1], "/")+"/", tar.TypeDir, 0o755, 0); err != nil {
+			if err := hdr(strings.Join(parts[:i+1], "/")+"/", tar.TypeDir, 0o755, 0, Owner{}); err != nil {
 				return err
 			}
 		}
@@ -133,6 +132,7 @@ func copyExecutor(tw *tar.Writer, r io.Reader, size int64) (int64, error) {
 var ErrUnsafePath = errors.New("path leaves the work directory")
 
 func copySource(tw *tar.Writer, tr *tar.Reader, workdir string) error {
+	buf := make([]byte, fileBuffer)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -164,11 +164,29 @@ func copySource(tw *tar.Writer, tr *tar.Reader, workdir string) error {
 			return err
 		}
 		if h.Typeflag == tar.TypeReg {
-			if _, err := io.CopyN(tw, tr, h.Size); err != nil {
+			if _, err := copyN(tw, tr, h.Size, buf); err != nil {
 				return fmt.Errorf("%s: %w", h.Name, err)
 			}
 		}
 	}
+}
+
+// fileBuffer is the size of the one buffer an archive's files are copied
+// through.
+const fileBuffer = 256 << 10
+
+// copyN is io.CopyN through buf. One buffer serves all of an archive's
+// files: io.CopyN makes one per call, and archives of thousands of files
+// then keep the collector busy while bytes wait (docs/benchmarks.md).
+func copyN(w io.Writer, r io.Reader, n int64, buf []byte) (int64, error) {
+	written, err := io.CopyBuffer(w, io.LimitReader(r, n), buf)
+	if written == n {
+		return n, nil
+	}
+	if written < n && err == nil {
+		err = io.EOF // as io.CopyN: the reader ended early
+	}
+	return written, err
 }
 
 // underDir joins a relative archive name onto dir, refusing names that are

@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/forge-ci/forge/internal/safetar"
 	"github.com/forge-ci/forge/wire"
 )
 
@@ -82,9 +83,7 @@ const cacheTimeout = 10 * time.Minute
 // the stream is at the source.
 func copyCache(tw *tar.Writer, r io.Reader, paths []string) error {
 	tr := tar.NewReader(r)
-	// One buffer for every file: io.CopyN makes one each, and a cache of
-	// thousands of files then keeps the collector busy while bytes wait.
-	buf := make([]byte, 256<<10)
+	buf := make([]byte, fileBuffer) // one for every file (copyN)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -100,7 +99,7 @@ func copyCache(tw *tar.Writer, r io.Reader, paths []string) error {
 			return err
 		}
 		if h.Typeflag == tar.TypeReg {
-			if _, err := io.CopyBuffer(tw, io.LimitReader(tr, h.Size), buf); err != nil {
+			if _, err := copyN(tw, tr, h.Size, buf); err != nil {
 				return fmt.Errorf("%s: %w", h.Name, err)
 			}
 		}
@@ -121,7 +120,7 @@ func cacheHeader(h *tar.Header) *tar.Header {
 // only when the session failed, so the caller tries again on the next one;
 // everything else is logged, and the build's log gets the notes.
 func (a *Agent) saveCache(ctx context.Context, s *session, b heldBuild, save cacheSave) error {
-	f, err := os.CreateTemp("", "forge-cache-*.tar")
+	f, err := os.CreateTemp(a.cfg.TempDir, "forge-cache-*.tar")
 	if err != nil {
 		return a.sendCache(ctx, s, b, nil, 0, []string{fmt.Sprintf("cache: not saved: the agent cannot make a temporary file: %v", err)})
 	}
@@ -193,14 +192,16 @@ func (a *Agent) sendCache(ctx context.Context, s *session, b heldBuild, r io.Rea
 // symbolic link gets a note. A tar over max is an error naming the bound;
 // w then holds a part of it.
 func collectCache(ctx context.Context, d Docker, id string, paths []string, max int64, w io.Writer) (size int64, notes []string, err error) {
-	cw := &countingWriter{w: w, max: max}
+	cw := &countWriter{w: w, max: max}
 	tw := tar.NewWriter(cw)
 	for _, p := range paths {
 		skipped, note, err := collectPath(ctx, d, id, p, paths, tw)
 		if note != "" {
 			notes = append(notes, note)
 		}
-		if errors.Is(err, errOverBound) || (err == nil && cw.over) {
+		// tar.Writer keeps its writer's first error: a write past max
+		// fails every later one too.
+		if errors.Is(err, errOverBound) {
 			return 0, notes, fmt.Errorf("the cache is over the bound of %s (--cache-size) at %s", sizeText(max), p)
 		}
 		if err != nil {
@@ -210,8 +211,8 @@ func collectCache(ctx context.Context, d Docker, id string, paths []string, max 
 			notes = append(notes, skippedNote(p, skipped))
 		}
 	}
-	if err := tw.Close(); err != nil || cw.over {
-		if cw.over {
+	if err := tw.Close(); err != nil {
+		if errors.Is(err, errOverBound) {
 			err = fmt.Errorf("the cache is over the bound of %s (--cache-size)", sizeText(max))
 		}
 		return 0, notes, err
@@ -233,15 +234,15 @@ func collectPath(ctx context.Context, d Docker, id, p string, paths []string, tw
 	}
 	defer rc.Close()
 	if stat.Mode&os.ModeSymlink != 0 {
-		return nil, fmt.Sprintf("cache: %s is a symbolic link (to %s); not saved: name the folder it points to", p, stat.LinkTarget), nil
+		return nil, fmt.Sprintf("cache: %s is a symbolic link (to %s); not saved: name the folder it points to", p, safetar.Quote(stat.LinkTarget)), nil
 	}
 	// The engine names entries after the path's last element: they sit
 	// under its parent.
 	parent := path.Dir(p)
-	rename := func(n string) string { return strings.TrimPrefix(path.Join(parent, n), "/") }
+	rename := func(n string) string { return strings.TrimPrefix(path.Join(parent, n), "/") } // a hard link's target
 	skipped = map[string]int{}
 	tr := tar.NewReader(rc)
-	buf := make([]byte, 256<<10) // one for every file, as in copyCache
+	buf := make([]byte, fileBuffer) // one for every file (copyN)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -258,11 +259,12 @@ func collectPath(ctx context.Context, d Docker, id, p string, paths []string, tw
 			skipped["devices, FIFOs and sockets"]++
 			continue
 		}
-		if path.IsAbs(h.Name) || strings.Contains("/"+h.Name+"/", "/../") {
+		name, err := underDir(parent, h.Name)
+		if err != nil {
 			skipped["entries with unsafe names"]++
 			continue
 		}
-		h.Name = rename(h.Name)
+		h.Name = name
 		if h.Typeflag == tar.TypeDir {
 			h.Name += "/"
 		}
@@ -278,21 +280,14 @@ func collectPath(ctx context.Context, d Docker, id, p string, paths []string, tw
 			continue
 		}
 		if err := tw.WriteHeader(wire.CacheHeader(h)); err != nil {
-			return nil, "", overOr(err)
+			return nil, "", err
 		}
 		if h.Typeflag == tar.TypeReg {
-			if _, err := io.CopyBuffer(tw, io.LimitReader(tr, h.Size), buf); err != nil {
-				return nil, "", overOr(fmt.Errorf("read %s out of the container: %w", h.Name, err))
+			if _, err := copyN(tw, tr, h.Size, buf); err != nil {
+				return nil, "", fmt.Errorf("read %s out of the container: %w", h.Name, err)
 			}
 		}
 	}
-}
-
-func overOr(err error) error {
-	if errors.Is(err, errOverBound) {
-		return errOverBound
-	}
-	return err
 }
 
 func skippedNote(p string, skipped map[string]int) string {
@@ -308,22 +303,4 @@ func skippedNote(p string, skipped map[string]int) string {
 		what = "entry"
 	}
 	return fmt.Sprintf("cache: %s: %d %s left out (%s)", p, total, what, strings.Join(kinds, ", "))
-}
-
-// countingWriter counts what it passes on, and fails past max.
-type countingWriter struct {
-	w    io.Writer
-	n    int64
-	max  int64
-	over bool
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	if c.n+int64(len(p)) > c.max {
-		c.over = true
-		return 0, errOverBound
-	}
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }

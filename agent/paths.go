@@ -107,6 +107,7 @@ type pathsReader struct {
 
 	cw      *countWriter
 	tw      *tar.Writer
+	buf     []byte // the files' copy buffer (copyN)
 	chk     safetar.Checker
 	seen    map[string]bool // names written, by any pattern
 	res     PathsResult
@@ -302,7 +303,10 @@ func (r *pathsReader) write(h *tar.Header, tr *tar.Reader) error {
 		// What is kept is bounded by max already: the scan bound counts,
 		// and stops, only what is skipped.
 		r.copying = true
-		_, err := io.CopyN(r.tw, tr, out.Size)
+		if r.buf == nil {
+			r.buf = make([]byte, fileBuffer)
+		}
+		_, err := copyN(r.tw, tr, out.Size, r.buf)
 		r.copying = false
 		if err != nil {
 			if r.ctx.Err() != nil {
@@ -423,9 +427,7 @@ type noteList struct {
 }
 
 func (l *noteList) add(s string) {
-	if len(s) > wire.MaxNoteSize {
-		s = s[:wire.MaxNoteSize-3] + "..."
-	}
+	s = wire.CutNote(s, wire.MaxNoteSize, "...")
 	if len(l.kept) < wire.MaxArtifactNotes-1 {
 		l.kept = append(l.kept, s)
 		return
@@ -443,13 +445,18 @@ func (l *noteList) lines() []string {
 	return append(l.kept, fmt.Sprintf("and %d more lines like these", l.extra))
 }
 
-// countWriter counts what is written through it.
+// countWriter counts what is written through it, and fails past max
+// (errOverBound) when max is set.
 type countWriter struct {
-	w io.Writer
-	n int64
+	w   io.Writer
+	n   int64
+	max int64 // 0: no bound
 }
 
 func (c *countWriter) Write(p []byte) (int, error) {
+	if c.max > 0 && c.n+int64(len(p)) > c.max {
+		return 0, errOverBound
+	}
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err

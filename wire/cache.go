@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"unicode/utf8"
 )
 
 // FeatureCache in Hello.Features: the agent restores and saves caches
@@ -136,19 +137,26 @@ func (m CacheSaved) Validate() error {
 	return nil
 }
 
-// CacheNote cuts a note for CacheSave to MaxCacheNote bytes.
+// CacheNote cuts a note for CacheSave to MaxCacheNote bytes (CutNote).
 func CacheNote(s string) string {
 	if s == "" {
 		return "(empty note)"
 	}
-	if len(s) <= MaxCacheNote {
-		return s
-	}
-	cut := MaxCacheNote - len(cacheNoteCut)
-	for cut > 0 && !isRuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + cacheNoteCut
+	return CutNote(s, MaxCacheNote, cacheNoteCut)
 }
 
-func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
+// CutNote makes s a note of at most max bytes as the peer decodes it:
+// valid UTF-8 (JSON would turn each invalid byte into the 3 bytes of
+// U+FFFD on the way, past the bound), and cut on a character, ending with
+// mark, when longer.
+func CutNote(s string, max int, mark string) string {
+	s = strings.ToValidUTF8(s, string(utf8.RuneError))
+	if len(s) <= max {
+		return s
+	}
+	cut := max - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
+}

@@ -74,3 +74,31 @@ func TestCacheNote(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A note cut by CutNote stays within its bound as the peer decodes it:
+// invalid UTF-8 (which JSON would widen to U+FFFD, 3 bytes each) and
+// characters cut in half included.
+func TestCutNote(t *testing.T) {
+	for name, s := range map[string]string{
+		"invalid bytes": strings.Repeat("\xff", 400),
+		"long cyrillic": strings.Repeat("ж", 600),
+		"mixed":         strings.Repeat("a\xffж", 300),
+	} {
+		note := CutNote(s, MaxNoteSize, "...")
+		p, err := EncodeMessage(&ArtifactsHeader{Notes: []string{note}})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		m, err := DecodeMessage(p)
+		if err != nil {
+			t.Errorf("%s: the peer refuses the note: %v", name, err)
+			continue
+		}
+		if got := m.(*ArtifactsHeader).Notes[0]; got != note || !utf8.ValidString(got) {
+			t.Errorf("%s: note changed on the way: %d bytes sent, %d decoded", name, len(note), len(got))
+		}
+	}
+	if got := CutNote("plain", MaxNoteSize, "..."); got != "plain" {
+		t.Errorf("a short note: %q", got)
+	}
+}

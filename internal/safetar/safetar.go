@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"unicode/utf8"
 )
 
 // Limits of one archive.
@@ -166,10 +167,10 @@ func (c *Checker) Kept(name string) (byte, bool) {
 
 // Quote is how notes name a path: as is when plain, quoted when it holds
 // anything a log line should not carry raw (spaces, control characters,
-// quotes).
+// quotes, bytes that are not UTF-8).
 func Quote(s string) string {
 	for _, r := range s {
-		if r <= ' ' || r == '"' || r == '\\' || r == 0x7f {
+		if r <= ' ' || r == '"' || r == '\\' || r == 0x7f || r == utf8.RuneError {
 			return fmt.Sprintf("%q", s)
 		}
 	}

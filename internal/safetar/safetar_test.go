@@ -110,3 +110,14 @@ func TestQuote(t *testing.T) {
 		t.Error(Quote("a b"), Quote("x\ny"))
 	}
 }
+
+// Names that are not UTF-8 are quoted, with their bytes escaped, so a
+// note carries them as they are.
+func TestQuoteInvalidUTF8(t *testing.T) {
+	if got := Quote("a\xffb"); got != `"a\xffb"` {
+		t.Errorf("Quote(a\\xffb) = %s", got)
+	}
+	if got := Quote("dist/app.tar.gz"); got != "dist/app.tar.gz" {
+		t.Errorf("a plain name was quoted: %s", got)
+	}
+}
